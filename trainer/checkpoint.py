@@ -1,0 +1,208 @@
+"""Atomic, checksummed checkpoints that load without unpickling arbitrary objects.
+
+Layout (one directory per saved step; each rank writes its own shard)::
+
+    <root>/
+      step-00000100/
+        rank-00000.pt      torch.save of plain containers of tensors/numbers/strings
+        rank-00001.pt
+        meta.json          written last: step, world size, sha256 + size of every shard, extra metadata
+      latest               the name of the newest complete step directory (replaced atomically)
+
+Saving writes into ``step-XXXXXXXX.tmp``, fsyncs, then renames it into place and swaps ``latest``,
+so a crash at any point leaves the previous checkpoint readable and the partial one invisible.
+Loading verifies the shard's sha256 against ``meta.json`` (a truncated or bit-flipped file is
+reported, never half-loaded) and uses ``torch.load(weights_only=True)``, which refuses pickled code.
+
+Multi-rank saves take a ``barrier`` callable (the trainer passes the process group's barrier), so
+this module stays free of ``torch.distributed``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+LATEST = "latest"
+META = "meta.json"
+FORMAT = "metarec.checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete, corrupt or incompatible with this run."""
+
+
+def _shard_name(rank: int) -> str:
+    return f"rank-{rank:05d}.pt"
+
+
+def _step_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _noop() -> None:
+    return None
+
+
+class Checkpointer:
+    """Saves and loads the per-rank state of a run under ``root``.
+
+    Args:
+        root: local directory (a PVC mount on a cluster).
+        rank: this process's rank; ``world_size``: number of shards per checkpoint.
+        keep: complete checkpoints to keep (older ones are deleted after a successful save).
+        barrier: called where all ranks must meet; required when ``world_size > 1``.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        keep: int = 3,
+        barrier: Callable[[], None] | None = None,
+    ) -> None:
+        if world_size > 1 and barrier is None:
+            raise ValueError("a multi-rank Checkpointer needs a barrier")
+        if keep < 1:
+            raise ValueError(f"checkpoint keep must be >= 1, got {keep}")
+        self.root = Path(root)
+        self.rank, self.world_size, self.keep = rank, world_size, keep
+        self.barrier = barrier or _noop
+
+    # ----------------------------------------------------------------------------------- save
+    def save(self, step: int, state: dict[str, Any], meta: dict[str, Any] | None = None) -> Path:
+        """Write this rank's ``state`` for ``step``; rank 0 commits once every shard is written."""
+        final = self.root / _step_name(step)
+        tmp = self.root / (_step_name(step) + ".tmp")
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a crashed save
+            tmp.mkdir(parents=True)
+        self.barrier()
+        shard = tmp / _shard_name(self.rank)
+        torch.save(state, shard)
+        with open(shard, "rb+") as f:
+            os.fsync(f.fileno())
+        _fsync_write(shard.with_suffix(".sha256"), sha256_file(shard).encode())
+        self.barrier()
+        if self.rank == 0:
+            shards = {}
+            for r in range(self.world_size):
+                path = tmp / _shard_name(r)
+                sidecar = path.with_suffix(".sha256")
+                shards[path.name] = {"sha256": sidecar.read_text(), "bytes": path.stat().st_size}
+                sidecar.unlink()
+            body = {
+                "format": FORMAT,
+                "version": FORMAT_VERSION,
+                "step": step,
+                "world_size": self.world_size,
+                "shards": shards,
+                "meta": meta or {},
+            }
+            _fsync_write(tmp / META, json.dumps(body, indent=2, sort_keys=True).encode())
+            if final.exists():  # re-saving the same step (e.g. after a resume): replace it
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            pointer = self.root / (LATEST + ".tmp")
+            _fsync_write(pointer, final.name.encode())
+            os.replace(pointer, self.root / LATEST)
+            self._prune()
+        self.barrier()
+        return final
+
+    def _prune(self) -> None:
+        steps = sorted(
+            p for p in self.root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")
+        )
+        for old in steps[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    # ----------------------------------------------------------------------------------- load
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint directory, or None if none was ever committed."""
+        pointer = self.root / LATEST
+        if not pointer.exists():
+            return None
+        path = self.root / pointer.read_text().strip()
+        if not (path / META).exists():
+            raise CheckpointError(
+                f"{pointer} names {path.name}, which is missing or incomplete; "
+                "restore that directory or delete the pointer to start from scratch"
+            )
+        return path
+
+    def load(
+        self, path: str | os.PathLike[str] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Load this rank's shard of ``path`` (default: the latest) after verifying its checksum.
+
+        Returns:
+            ``(state, info)`` where ``info`` holds ``step``, ``world_size`` and the saved ``meta``.
+        """
+        ckpt = Path(path) if path is not None else self.latest()
+        if ckpt is None:
+            raise CheckpointError(f"no checkpoint under {self.root}")
+        info = read_meta(ckpt)
+        if info["world_size"] != self.world_size:
+            raise CheckpointError(
+                f"{ckpt} was saved by {info['world_size']} ranks but this run has {self.world_size}; "
+                "resume with the same world size (or reshard it explicitly)"
+            )
+        return load_shard(ckpt, self.rank, info), info
+
+
+def read_meta(ckpt: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check ``meta.json`` of a checkpoint directory."""
+    meta_path = Path(ckpt) / META
+    try:
+        info = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{ckpt} is not a complete checkpoint (no {META})") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{meta_path} is corrupt: {e}") from e
+    if info.get("format") != FORMAT or info.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"{ckpt}: unsupported checkpoint format {info.get('format')!r}")
+    return info
+
+
+def load_shard(ckpt: str | os.PathLike[str], rank: int, info: dict[str, Any]) -> dict[str, Any]:
+    """Verify and load one rank's shard with ``weights_only=True``."""
+    name = _shard_name(rank)
+    path = Path(ckpt) / name
+    expected = info["shards"].get(name)
+    if expected is None or not path.exists():
+        raise CheckpointError(f"{ckpt} has no shard for rank {rank}")
+    if path.stat().st_size != expected["bytes"] or sha256_file(path) != expected["sha256"]:
+        raise CheckpointError(
+            f"{path} does not match its checksum (truncated or corrupted); "
+            "resume from an earlier checkpoint"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only refuses pickled code: say so plainly
+        raise CheckpointError(f"{path} cannot be loaded safely: {e}") from e

@@ -1,0 +1,199 @@
+"""``ModelConfig`` and ``build_model``: one entry point for the model zoo.
+
+    model = build_model(ModelConfig(arch="deepfm", embedding_dim=16, mlp=(256, 128)), layout)
+    rows = model.embeddings.lookup(batch.ids)                  # one lookup per step (VSI)
+    logits = model(rows, batch.inverse, batch.dense)           # (T, N)
+
+A :class:`RecModel` is the sparse half (``sparse_arch``: pooling, no parameters), the dense half
+(``dense_half``: every dense parameter, a pure ``forward(fields, linear, dense) -> logit``) and the
+injected embedding collection (``embeddings``, a plain attribute: not a submodule, so
+``model.parameters()`` are exactly the dense parameters that Adam updates, and a sharded or cached
+collection can be passed in instead).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from trainer.embeddings import EmbeddingCollection, Rows
+from trainer.models.common import Linear, SparseArch, SparseFeatures
+from trainer.models.deepfm import DeepFMDense
+from trainer.models.dlrm import DLRMDense
+from trainer.models.melu import MeLUDense
+from trainer.models.wide_deep import WideDeepDense
+
+ARCHS = ("dlrm", "deepfm", "wide_deep", "melu")
+LINEAR_ARCHS = ("deepfm", "wide_deep")
+"""Architectures with first-order terms: their collection also holds the 1-wide linear table."""
+ADAPT_MODES = ("head", "dense", "dense+emb")
+
+
+@dataclass
+class ModelConfig:
+    """The model: architecture and sizes. Validated on construction."""
+
+    arch: Literal["dlrm", "deepfm", "wide_deep", "melu"] = "dlrm"
+    """Model family: DLRM (dot interaction), DeepFM (LR + FM + deep), Wide&Deep, MeLU (concat MLP)."""
+    embedding_dim: int = 16
+    """Width of every field embedding."""
+    mlp: tuple[int, ...] = (256, 128)
+    """Hidden widths of the main MLP (DLRM: top MLP; others: deep tower / decision layers). A final
+    1-wide output layer is appended, so ``(256, 128)`` is the 256-128-1 MLP."""
+    bottom_mlp: tuple[int, ...] = (64,)
+    """DLRM only: hidden widths of the bottom MLP on dense features (its output is ``embedding_dim``)."""
+    head_layers: int = 2
+    """``adapt = "head"`` adapts the last ``head_layers`` linear layers of the main MLP."""
+    label: Literal["click", "conversion"] = "click"
+    """The label predicted; ``conversion`` masks samples whose conversion is unknown (-1)."""
+    embedding_init_std: float = 0.01
+    """Std of the normal initialisation of the embedding rows (null rows are zero)."""
+
+    def __post_init__(self) -> None:
+        self.mlp = tuple(self.mlp)
+        self.bottom_mlp = tuple(self.bottom_mlp)
+        if self.arch not in ARCHS:
+            raise ValueError(f"model.arch {self.arch!r} is not one of {', '.join(ARCHS)}")
+        if self.embedding_dim < 1:
+            raise ValueError(f"model.embedding_dim must be >= 1, got {self.embedding_dim}")
+        if not self.mlp or any(w < 1 for w in self.mlp):
+            raise ValueError(
+                f"model.mlp must list at least one positive hidden width (e.g. [256, 128]), got {list(self.mlp)}"
+            )
+        if any(w < 1 for w in self.bottom_mlp):
+            raise ValueError(
+                f"model.bottom_mlp widths must be positive, got {list(self.bottom_mlp)}"
+            )
+        n_layers = len(self.mlp) + 1
+        if not 1 <= self.head_layers <= n_layers:
+            raise ValueError(
+                f"model.head_layers must be between 1 and {n_layers} (the layers of mlp={list(self.mlp)} "
+                f"plus the output layer), got {self.head_layers}"
+            )
+        if self.label not in ("click", "conversion"):
+            raise ValueError(f"model.label must be 'click' or 'conversion', got {self.label!r}")
+        if self.embedding_init_std < 0:
+            raise ValueError(
+                f"model.embedding_init_std must be >= 0, got {self.embedding_init_std}"
+            )
+
+
+class RecModel(nn.Module):
+    """Sparse half + dense half + injected embeddings (see the module docstring)."""
+
+    def __init__(
+        self, cfg: ModelConfig, sparse_arch: SparseArch, dense_half: nn.Module, embeddings: Any
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.sparse_arch = sparse_arch
+        self.dense_half = dense_half
+        object.__setattr__(self, "embeddings", embeddings)  # never a submodule (see docstring)
+
+    def sparse_features(self, rows: Rows, inverse: Tensor) -> SparseFeatures:
+        """Pool ``rows`` (from ``embeddings.lookup(batch.ids)``) into fields for every sample."""
+        return self.sparse_arch(rows.emb, rows.linear, inverse)
+
+    def forward(self, rows: Rows, inverse: Tensor, dense: Tensor) -> Tensor:
+        """Logits ``(...,)`` for ``inverse`` ``(..., S)`` and ``dense`` ``(..., Dn)``."""
+        sf = self.sparse_features(rows, inverse)
+        return self.dense_half(sf.fields, sf.linear, dense)
+
+    def adapted_names(self, adapt: str) -> list[str]:
+        """Dense parameter names that the inner loop adapts for ``adapt`` (``MetaConfig.adapt``)."""
+        if adapt not in ADAPT_MODES:
+            raise ValueError(f"adapt {adapt!r} is not one of {', '.join(ADAPT_MODES)}")
+        if adapt == "head":
+            layers = self.dense_half.layer_names()[-self.cfg.head_layers :]
+            return [name for layer in layers for name in layer]
+        return [name for name, _ in self.dense_half.named_parameters()]
+
+    def adapted_layers(self, adapt: str) -> list[str]:
+        """The :class:`~trainer.models.common.Linear` layers (module names in ``dense_half``) whose
+        parameters ``adapt`` selects: meta learning adapts whole layers (weight and bias)."""
+        names = self.adapted_names(adapt)
+        layers = sorted({n.rsplit(".", 1)[0] for n in names})
+        for layer in layers:
+            module = self.dense_half.get_submodule(layer)
+            assert isinstance(module, Linear), (
+                f"{layer}: adaptable parameters must live in a Linear"
+            )
+            own = {f"{layer}.{k}" for k, _ in module.named_parameters()}
+            assert own <= set(names), f"{layer}: a layer adapts all its parameters or none"
+        return layers
+
+
+def build_embeddings(
+    cfg: ModelConfig, layout: Any, *, seed: int = 0, device: torch.device | str | None = None
+) -> EmbeddingCollection:
+    """The plain (single-process) collection for ``cfg`` over ``layout``'s stacked tables."""
+    return EmbeddingCollection(
+        layout.table_offsets,
+        layout.total_rows,
+        cfg.embedding_dim,
+        linear=cfg.arch in LINEAR_ARCHS,
+        init_std=cfg.embedding_init_std,
+        seed=seed,
+        device=device,
+    )
+
+
+def build_model(
+    cfg: ModelConfig,
+    layout: Any,
+    embeddings: Any | None = None,
+    *,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> RecModel:
+    """Build ``cfg.arch`` for a ``FeatureLayout`` (``slot_feature``, ``table_offsets``,
+    ``total_rows``, ``dense_width``).
+
+    ``embeddings``: the collection to inject (default: a plain :class:`EmbeddingCollection` seeded
+    with ``seed + 1``). Dense parameters are initialised from ``seed`` without touching the global
+    RNG state.
+
+    Raises:
+        ValueError: the layout or the injected collection does not fit the config.
+    """
+    num_fields = len(layout.table_offsets)
+    dense_width = int(layout.dense_width)
+    if num_fields < 1:
+        raise ValueError(
+            "the feature layout has no sparse features; every model needs at least one"
+        )
+    if cfg.arch == "dlrm" and num_fields + (1 if dense_width else 0) < 2:
+        raise ValueError(
+            "DLRM's dot interaction needs at least two vectors (fields + dense output)"
+        )
+    if embeddings is None:
+        embeddings = build_embeddings(cfg, layout, seed=seed + 1, device=device)
+    if embeddings.dim != cfg.embedding_dim:
+        raise ValueError(
+            f"the embedding collection has dim {embeddings.dim}, model.embedding_dim is {cfg.embedding_dim}"
+        )
+    if embeddings.total_rows != layout.total_rows:
+        raise ValueError(
+            f"the embedding collection has {embeddings.total_rows} rows, the feature layout "
+            f"{layout.total_rows}: built for another manifest?"
+        )
+    if cfg.arch in LINEAR_ARCHS and not embeddings.has_linear:
+        raise ValueError(f"model.arch {cfg.arch!r} needs a collection with the 1-wide linear table")
+
+    d = cfg.embedding_dim
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if cfg.arch == "dlrm":
+            dense_half: nn.Module = DLRMDense(num_fields, d, dense_width, cfg.bottom_mlp, cfg.mlp)
+        elif cfg.arch == "deepfm":
+            dense_half = DeepFMDense(num_fields, d, dense_width, cfg.mlp)
+        elif cfg.arch == "wide_deep":
+            dense_half = WideDeepDense(num_fields, d, dense_width, cfg.mlp)
+        else:
+            dense_half = MeLUDense(num_fields, d, dense_width, cfg.mlp)
+    sparse_arch = SparseArch(layout.slot_feature, num_fields)
+    model = RecModel(cfg, sparse_arch, dense_half, embeddings)
+    return model.to(device=embeddings.device, dtype=embeddings.dtype)

@@ -113,7 +113,10 @@ class Manifest:
     dense_features: list[DenseSpec]
     splits: dict[str, dict[str, int]]
     files: list[dict[str, Any]]
+    """One entry per data file: ``{path, split, bucket, rows, row_groups, bytes, sha256}``, ``path``
+    relative to the root and ``/``-separated."""
     content_hash: str
+    """:func:`content_hash` of ``files``."""
     time_range: dict[str, str] = field(default_factory=dict)
     accounting: dict[str, Any] = field(default_factory=dict)
     split_rule: dict[str, Any] = field(default_factory=dict)
@@ -167,6 +170,14 @@ class Manifest:
             return cls(**d)
         except (KeyError, TypeError) as e:
             raise ContractError(f"malformed episode manifest: {e}") from e
+
+
+def content_hash(files: list[dict[str, Any]]) -> str:
+    """The dataset's content hash: sha256 of the lines ``"<path>\\t<sha256>\\n"`` sorted by path."""
+    import hashlib
+
+    lines = "".join(f"{f['path']}\t{f['sha256']}\n" for f in sorted(files, key=lambda f: f["path"]))
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def load_manifest(root: str) -> Manifest:

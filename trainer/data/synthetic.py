@@ -57,6 +57,7 @@ from trainer.data.contract import (
     DenseSpec,
     FeatureSpec,
     Manifest,
+    content_hash,
 )
 from trainer.data.hashing import HASH_CONTRACT, signed_hash
 from trainer.data.schema import episode_schema
@@ -280,9 +281,6 @@ def write_synthetic_episodes(
                     )
                 )
 
-    content = "".join(
-        f"{f['path']}\t{f['sha256']}\n" for f in sorted(files, key=lambda f: f["path"])
-    )
     real_times = event_ms[real]
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
@@ -309,7 +307,7 @@ def write_synthetic_episodes(
         ],
         splits=counts,
         files=files,
-        content_hash=hashlib.sha256(content.encode()).hexdigest(),
+        content_hash=content_hash(files),
         time_range={
             "min_event_time_ms": str(int(real_times.min())),
             "max_event_time_ms": str(int(real_times.max())),

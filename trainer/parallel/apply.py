@@ -1,0 +1,80 @@
+"""Apply hybrid parallelism to a model: the ONE place that decides what is sharded and what is
+replicated.
+
+    env = init_parallel(device=cfg.train.device, backend=cfg.parallel.backend,
+                        timeout_s=cfg.parallel.timeout_s,
+                        dense_bucket_bytes=int(cfg.parallel.dense_bucket_mb * 2**20))
+    model, plan = build_parallel_model(cfg.model, layout, env, cfg.parallel, seed=cfg.train.seed)
+    optimizers = build_optimizers(cfg.optim, model)        # unchanged: Adam + the shard's Adagrad
+
+- embeddings: model-parallel, a :class:`ShardedEmbeddingCollection` placed by the plan (row-wise by
+  default), injected into the unchanged model (``build_model(..., embeddings=...)``);
+- dense half: data-parallel, a full replica per rank, made identical by a broadcast from rank 0
+  here and kept identical by the summed gradients (``env.reduce_dense_grads``) and the same Adam.
+
+Seeds follow ``build_model``: dense layers from ``seed``, embedding rows from ``seed + 1``, so a
+sharded model starts exactly where the single-process one does, at any world size.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from trainer.models.build import ModelConfig, RecModel, build_model
+from trainer.parallel.dense_sync import broadcast_parameters
+from trainer.parallel.env import ParallelEnv
+from trainer.parallel.plan import ParallelConfig, ShardingPlan, build_sharding_plan
+from trainer.parallel.sharded_embeddings import ShardedEmbeddingCollection
+
+log = logging.getLogger(__name__)
+
+
+def build_sharded_embeddings(
+    model: ModelConfig,
+    plan: ShardingPlan,
+    env: ParallelEnv,
+    *,
+    seed: int = 1,
+    dtype: torch.dtype = torch.float32,
+) -> ShardedEmbeddingCollection:
+    """This rank's shard of the model's tables under ``plan`` (seeded like the plain collection)."""
+    if plan.dim != model.embedding_dim:
+        raise ValueError(
+            f"the sharding plan has dim {plan.dim}, model.embedding_dim is {model.embedding_dim}"
+        )
+    return ShardedEmbeddingCollection(
+        plan,
+        env.comm,
+        init_std=model.embedding_init_std,
+        seed=seed,
+        device=env.device,
+        dtype=dtype,
+    )
+
+
+def build_parallel_model(
+    model: ModelConfig,
+    layout: Any,
+    env: ParallelEnv,
+    cfg: ParallelConfig | None = None,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[RecModel, ShardingPlan]:
+    """The model of ``model`` over ``layout`` with sharded embeddings and replicated dense layers.
+
+    Returns the model (on ``env.device``) and the plan (rank 0 logs it as a table).
+
+    Raises:
+        ValueError: the plan cannot be built (unknown table-wise feature) or does not fit the model.
+    """
+    plan = build_sharding_plan(layout, env.world_size, model, cfg, dtype)
+    if env.is_main:
+        log.info("embedding placement:\n%s", plan)
+    embeddings = build_sharded_embeddings(model, plan, env, seed=seed + 1, dtype=dtype)
+    net = build_model(model, layout, embeddings=embeddings, seed=seed)
+    broadcast_parameters(net, env.comm)
+    return net, plan

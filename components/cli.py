@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "components.validation.command",
         "check raw logs or episodes with great-expectations (fails closed)",
     ),
+    "train": ("components.train.command", "meta-train and evaluate a CTR/CVR model on episodes"),
 }
 
 

@@ -1,0 +1,1 @@
+"""``metarec train``: run the PyTorch trainer (``trainer/``) in this process."""

@@ -1,0 +1,110 @@
+"""Train and evaluate a meta-learning CTR/CVR model on one interval of ETL episodes.
+
+    python -m trainer --config debug data.path=out/episodes/dt=2026-11-01
+    python -m trainer --config trainer/configs/default.toml data.path=s3://b/ep train.steps=5000
+    torchrun --nproc_per_node=1 -m trainer --config default data.path=...   # same, under torchrun
+    metarec train --config debug data.path=...                              # same, via the CLI
+
+A run is a config file (a TOML path, or the name of a packaged run: debug, default) plus
+``section.key=value`` overrides, values written as TOML literals (``train.steps=100``,
+``model.mlp=[64,32]``, ``meta.mode=fomaml``). Sections: data, model, meta, optim, train,
+checkpoint, eval (see ``trainer/config.py``: every field is documented there).
+
+Writes to ``train.output_dir``: config.json, metrics.jsonl, eval.json, report.png, checkpoints/.
+Exit codes: 0 done; 2 a user error (bad config, missing or mismatched data, unusable checkpoint),
+reported as one line (``-v`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+log = logging.getLogger("trainer")
+
+
+def build_parser(prog: str = "python -m trainer") -> argparse.ArgumentParser:
+    """The command line shared by ``python -m trainer`` and ``metarec train``."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(parser)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config``, ``--print-config`` and the overrides (also used by ``metarec train``)."""
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="TOML config file, or a packaged run name (debug, default)",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config as JSON and exit",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="override a config value (TOML literal), e.g. train.steps=100 meta.mode=fomaml",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the config, train, evaluate and write the report; user errors propagate (see main)."""
+    from trainer.config import load_trainer_config
+    from trainer.context import context_from_env
+    from trainer.logging_utils import setup_logging
+
+    ctx = context_from_env()
+    setup_logging(ctx.rank, getattr(args, "verbose", False))
+    cfg = load_trainer_config(args.config, list(args.overrides))
+    if args.print_config:
+        sys.stdout.write(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        return 0
+
+    from trainer.report import write_report
+    from trainer.trainer import Trainer
+
+    trainer = Trainer(cfg, ctx)
+    try:
+        trainer.build()
+        trainer.fit()
+    finally:
+        trainer.close()
+        ctx.close()
+    if ctx.is_main:
+        log.info("report: %s", write_report(cfg.train.output_dir))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 done, 2 user error)."""
+    try:
+        args = build_parser().parse_intermixed_args(argv)  # options may follow overrides
+    except SystemExit as e:  # --help, or a malformed command line
+        return int(e.code or 0)
+    return execute(args)
+
+
+def execute(args: argparse.Namespace, prog: str = "trainer") -> int:
+    """:func:`run` with user errors turned into one line ``<prog>: error: ...`` on stderr and
+    exit code 2."""
+    from trainer.checkpoint import CheckpointError
+
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
+        if args.verbose:
+            raise
+        sys.stderr.write(f"{prog}: error: {e}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""What a checkpoint holds, and how a run restores one: resume its own, or warm start from another's.
+
+State (per rank, loaded with ``weights_only=True``)::
+
+    {"model": dense parameters, "embeddings": rows + row-wise Adagrad sums + null mask,
+     "optimizers": {"dense": Adam state}, "reader": {"epoch", "step_in_epoch", "seed", "world_size"},
+     "step": int, "rng": {"torch": ByteTensor, "cuda": [ByteTensor, ...]}}
+
+Metadata (``meta.json``, readable without torch): the resolved config, the data it was trained on
+(manifest content hash, interval, time range, task key) and the feature spec (names, kinds,
+buckets, slots; dense feature names), so a mismatch is explained before any tensor is loaded.
+
+- **Resume** (``checkpoint.resume``, the run's own ``checkpoints/latest``): everything is restored
+  and the reader continues the same sample stream, so an interrupted run ends exactly where an
+  uninterrupted one does. Refused when the data, the batching or the model shape changed.
+- **Warm start** (``checkpoint.warm_start``): model and embeddings (and, with
+  ``warm_start_optimizer``, Adam and Adagrad state) from another run; step 0 and a fresh reader on
+  this run's data (the next interval). Refused when the feature spec or the model shape differ.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from trainer.checkpoint import LATEST, META, CheckpointError, read_meta
+
+if TYPE_CHECKING:
+    from trainer.trainer import Trainer
+
+log = logging.getLogger(__name__)
+MODEL_SHAPE_KEYS = ("arch", "embedding_dim", "mlp", "bottom_mlp")
+"""``model`` settings that fix parameter shapes: a checkpoint only loads where they are equal."""
+STREAM_KEYS = ("train_split", "batch_episodes", "seed", "shuffle", "shuffle_buffer")
+"""``data`` settings that define the sample stream: a resume continues it only where they are equal."""
+
+
+def state_dict(trainer: Trainer) -> dict[str, Any]:
+    """The checkpoint state of ``trainer`` (see the module docstring)."""
+    rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if trainer.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {
+        "model": trainer.model.state_dict(),
+        "embeddings": trainer.model.embeddings.state_dict(),
+        "optimizers": trainer.optimizers.state_dict(),
+        "reader": trainer.reader.state_dict(),
+        "step": trainer.step,
+        "rng": rng,
+    }
+
+
+def checkpoint_meta(trainer: Trainer) -> dict[str, Any]:
+    """``meta.json`` content: config, data identity and feature spec."""
+    m = trainer.manifest
+    return {
+        "config": trainer.cfg.to_dict(),
+        "data": {
+            "path": trainer.cfg.data.path,
+            "content_hash": m.content_hash,
+            "interval": m.interval,
+            "time_range": m.time_range,
+            "task_key": m.task_key,
+            "schema_version": m.schema_version,
+        },
+        "features": [_feature_key(asdict(f)) for f in m.features],
+        "dense_features": [d.name for d in sorted(m.dense_features, key=lambda d: d.index)],
+    }
+
+
+def _feature_key(f: dict[str, Any]) -> dict[str, Any]:
+    return {k: f[k] for k in ("name", "kind", "buckets", "slots")}
+
+
+def _as_list(v: Any) -> Any:
+    return list(v) if isinstance(v, list | tuple) else v
+
+
+def compatibility_problems(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Why a checkpoint with metadata ``saved`` cannot load into a run with metadata ``current``
+    (model shape and feature spec; empty when it can)."""
+    problems = []
+    for key in MODEL_SHAPE_KEYS:
+        a, b = _as_list(saved["config"]["model"][key]), _as_list(current["config"]["model"][key])
+        if a != b:
+            problems.append(f"model.{key} is {a!r} in the checkpoint, {b!r} in this run")
+    old = {f["name"]: f for f in saved["features"]}
+    new = {f["name"]: f for f in current["features"]}
+    for name in old.keys() - new.keys():
+        problems.append(f"feature {name!r} is in the checkpoint but not in this data")
+    for name in new.keys() - old.keys():
+        problems.append(f"feature {name!r} is in this data but not in the checkpoint")
+    for name in old.keys() & new.keys():
+        for key in ("kind", "buckets", "slots"):
+            if old[name][key] != new[name][key]:
+                problems.append(
+                    f"feature {name!r} has {key}={old[name][key]} in the checkpoint, "
+                    f"{new[name][key]} in this data"
+                )
+    if not problems and [f["name"] for f in saved["features"]] != list(new):
+        problems.append("the sparse features are in another order (the stacked table differs)")
+    if saved["dense_features"] != current["dense_features"]:
+        problems.append(
+            f"dense features {saved['dense_features']} in the checkpoint, "
+            f"{current['dense_features']} in this data"
+        )
+    return sorted(problems)
+
+
+def _require(info: dict[str, Any], ckpt: Path) -> dict[str, Any]:
+    meta = info.get("meta", {})
+    if not all(k in meta for k in ("config", "data", "features", "dense_features")):
+        raise CheckpointError(f"{ckpt} was not written by this trainer (its meta.json lacks them)")
+    return meta
+
+
+def restore(trainer: Trainer) -> int:
+    """Resume the run's latest checkpoint, else warm start when configured; returns the step."""
+    cfg = trainer.cfg.checkpoint
+    latest = trainer.checkpointer.latest()
+    if latest is not None:
+        if not cfg.resume:
+            raise ValueError(
+                f"{trainer.checkpointer.root} already holds checkpoints of a run; set "
+                "checkpoint.resume=true to continue it, or choose another train.output_dir"
+            )
+        return _resume(trainer, latest)
+    if cfg.warm_start:
+        _warm_start(trainer, find_checkpoint(cfg.warm_start))
+    return 0
+
+
+def _resume(trainer: Trainer, ckpt: Path) -> int:
+    saved = _require(read_meta(ckpt), ckpt)
+    current = checkpoint_meta(trainer)
+    problems = compatibility_problems(saved, current)
+    if saved["data"]["content_hash"] != current["data"]["content_hash"]:
+        problems.append(
+            f"the data differs: the checkpoint trained on {saved['data']['path']} (interval "
+            f"{saved['data']['interval']}), data.path {current['data']['path']} has other content"
+        )
+    for key in STREAM_KEYS:
+        a, b = saved["config"]["data"][key], current["config"]["data"][key]
+        if a != b:
+            problems.append(f"data.{key} is {a!r} in the checkpoint, {b!r} in this run")
+    if problems:
+        raise ValueError(
+            f"cannot resume {ckpt}: " + "; ".join(problems) + ". Resuming continues the same "
+            "sample stream with the same model: restore those settings, use "
+            "checkpoint.warm_start for new data, or choose another train.output_dir"
+        )
+    state, _ = trainer.checkpointer.load(ckpt)
+    trainer.model.load_state_dict(state["model"])
+    trainer.model.embeddings.load_state_dict(state["embeddings"])
+    trainer.optimizers.load_state_dict(state["optimizers"])
+    trainer.reader.load_state_dict(state["reader"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if "cuda" in state["rng"] and trainer.device.type == "cuda":
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    log.info("resumed %s at step %d (reader at %s)", ckpt, state["step"], state["reader"])
+    return int(state["step"])
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from a checkpoint directory, a ``checkpoints`` root or a run's
+    output directory (the latter two: their ``latest``).
+
+    Raises:
+        FileNotFoundError: nothing checkpoint-like at ``path``.
+    """
+    p = Path(path)
+    for root in (p, p / "checkpoints"):
+        if (root / META).is_file():
+            return root
+        if (root / LATEST).is_file():
+            return root / (root / LATEST).read_text().strip()
+    raise FileNotFoundError(
+        f"checkpoint.warm_start={str(path)!r}: no checkpoint there (expected a step-XXXXXXXX "
+        "directory with meta.json, a checkpoints directory with 'latest', or a run's output_dir)"
+    )
+
+
+def _warm_start(trainer: Trainer, ckpt: Path) -> None:
+    saved = _require(read_meta(ckpt), ckpt)
+    problems = compatibility_problems(saved, checkpoint_meta(trainer))
+    if problems:
+        raise ValueError(
+            f"cannot warm start from {ckpt}: " + "; ".join(problems) + ". A warm start reuses "
+            "the embedding tables and dense layers, so the feature spec (names, buckets, slots) "
+            "and the model shape must be the same; train from scratch instead"
+        )
+    state, _ = trainer.checkpointer.load(ckpt)
+    trainer.model.load_state_dict(state["model"])
+    embeddings = state["embeddings"]
+    if trainer.cfg.checkpoint.warm_start_optimizer:
+        trainer.optimizers.load_state_dict(state["optimizers"])
+    else:  # keep this run's fresh (zero) Adagrad sums, take only the rows
+        fresh = trainer.model.embeddings.state_dict()
+        embeddings = {
+            k: fresh[k] if k.endswith(".adagrad_sum") else v for k, v in embeddings.items()
+        }
+    trainer.model.embeddings.load_state_dict(embeddings)
+    log.info(
+        "warm start from %s (step %d, interval %s) onto interval %s%s",
+        ckpt, state["step"], saved["data"]["interval"], trainer.manifest.interval,
+        "" if trainer.cfg.checkpoint.warm_start_optimizer else " (fresh optimizer state)",
+    )  # fmt: skip

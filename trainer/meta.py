@@ -178,9 +178,9 @@ class _Episodes:
         self.sides_sf = None
         if adapt is not None:
             sup_rows = rows.detach() if detach_support else rows
-            self.sides_sf = (
-                model.sparse_features(sup_rows, batch.inverse[:, :K]),
-                model.sparse_features(rows, batch.inverse[:, K:]),
+            self.sides_sf = (  # .samples: per-sample DES partials follow the inverse's slice
+                model.sparse_features(sup_rows.samples(slice(0, K)), batch.inverse[:, :K]),
+                model.sparse_features(rows.samples(slice(K, None)), batch.inverse[:, K:]),
             )
         self.y, known = _labels(model, batch, dtype)
         self.s_mask, self.q_mask = _masks(batch, known, dtype)
@@ -201,7 +201,7 @@ class _Episodes:
     def _side(
         self, batch: Any, sf: Any, sl: slice, mask: Tensor, tinv: Tensor | None
     ) -> dict[str, Tensor]:
-        side = {"fields": sf.fields, "dense": batch.dense[:, sl].to(sf.fields.dtype)}
+        side = {"fields": sf.fields, "dense": batch.dense[:, sl].to(self.y.dtype)}
         side["y"], side["m"] = self.y[:, sl], mask
         if sf.linear is not None:
             side["linear"] = sf.linear
@@ -246,8 +246,13 @@ def _factor_buffers(factors: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Tens
 
 
 def _detach(d: dict[str, Any]) -> dict[str, Any]:
+    # Nested dicts: the DES partial results that replace the pooled fields (``fields``).
     return {
-        k: tuple(x.detach() for x in v) if isinstance(v, tuple) else v.detach()
+        k: tuple(x.detach() for x in v)
+        if isinstance(v, tuple)
+        else _detach(v)
+        if isinstance(v, dict)
+        else v.detach()
         for k, v in d.items()
     }
 
@@ -396,6 +401,7 @@ def predict(model: RecModel, rows: Rows, batch: Any, adapted: Adapted | None = N
     rows = rows.detach()
     K = batch.k_support
     dense = batch.dense[:, K:].to(rows.emb.dtype)
+    rows = rows.samples(slice(K, None))
     if adapted is None:
         return model(rows, batch.inverse[:, K:], dense)
     sf = model.sparse_features(rows, batch.inverse[:, K:])

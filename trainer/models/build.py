@@ -19,8 +19,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from trainer.cache import CacheSpec
 from trainer.embeddings import EmbeddingCollection, Rows
-from trainer.models.common import Linear, SparseArch, SparseFeatures
+from trainer.models.common import Linear, SparseArch, SparseFeatures, lr_term
 from trainer.models.deepfm import DeepFMDense
 from trainer.models.dlrm import DLRMDense
 from trainer.models.melu import MeLUDense
@@ -94,8 +95,22 @@ class RecModel(nn.Module):
         object.__setattr__(self, "embeddings", embeddings)  # never a submodule (see docstring)
 
     def sparse_features(self, rows: Rows, inverse: Tensor) -> SparseFeatures:
-        """Pool ``rows`` (from ``embeddings.lookup(batch.ids)``) into fields for every sample."""
-        return self.sparse_arch(rows.emb, rows.linear, inverse)
+        """Pool ``rows`` (from ``embeddings.lookup(batch.ids)``) into fields for every sample.
+
+        Under DES (``rows.partials``) the substituted operators' per-sample results replace the
+        pooled rows: ``fields`` becomes a dict (see ``trainer/models/common.py``) and ``linear``
+        the owners' LR sums; rows are pooled only where they were still exchanged.
+        """
+        p = rows.partials
+        if p is None:
+            return self.sparse_arch(rows.emb, rows.linear, inverse)
+        fields = {k: p[k] for k in ("fm_sum", "fm_sq", "h1") if k in p}
+        if rows.emb.shape[0]:  # rows still exchanged for an operator that was not substituted
+            fields["fields"] = self.sparse_arch.pool(rows.emb, inverse)
+        linear = p.get("lr")
+        if linear is None and rows.linear is not None and rows.linear.shape[0]:
+            linear = lr_term(rows.linear, inverse)
+        return SparseFeatures(fields, linear)
 
     def forward(self, rows: Rows, inverse: Tensor, dense: Tensor) -> Tensor:
         """Logits ``(...,)`` for ``inverse`` ``(..., S)`` and ``dense`` ``(..., Dn)``."""
@@ -127,9 +142,15 @@ class RecModel(nn.Module):
 
 
 def build_embeddings(
-    cfg: ModelConfig, layout: Any, *, seed: int = 0, device: torch.device | str | None = None
+    cfg: ModelConfig,
+    layout: Any,
+    *,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    cache: CacheSpec | None = None,
 ) -> EmbeddingCollection:
-    """The plain (single-process) collection for ``cfg`` over ``layout``'s stacked tables."""
+    """The plain (single-process) collection for ``cfg`` over ``layout``'s stacked tables;
+    ``cache``: MixCache settings (``build_sharding_plan(layout, 1, cfg, parallel).cache_spec(0)``)."""
     return EmbeddingCollection(
         layout.table_offsets,
         layout.total_rows,
@@ -138,6 +159,7 @@ def build_embeddings(
         init_std=cfg.embedding_init_std,
         seed=seed,
         device=device,
+        cache=cache,
     )
 
 

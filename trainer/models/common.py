@@ -13,6 +13,11 @@ Every model is split in two (see ``build.py``):
 DES operators (kept as free functions so a later issue can substitute each one by owner-side partial
 sums without touching the models): :func:`lr_term`, :func:`fm_sums` (+ :func:`fm_from_sums`) and
 :func:`field_concat_linear`.
+
+With DES (``trainer/parallel/des.py``) the dense half receives ``fields`` as a dict instead of a
+tensor: the owners' summed partial results ``fm_sum`` ``(..., D)``, ``fm_sq`` ``(...,)`` and ``h1``
+``(..., H)`` (= ``concat(fields) @ W`` without bias) for the substituted operators, plus
+``fields`` ``(..., F, D)`` when another operator still needs the pooled embeddings.
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ from torch import Tensor, nn
 
 @dataclass
 class SparseFeatures:
-    """Output of the sparse half: ``fields`` ``(..., F, D)`` and ``linear`` ``(...,)`` (or ``None``)."""
+    """Output of the sparse half: ``fields`` ``(..., F, D)`` (under DES a dict of partial
+    results, see the module docstring) and ``linear`` ``(...,)`` (or ``None``)."""
 
-    fields: Tensor
+    fields: Tensor | dict[str, Tensor]
     linear: Tensor | None
 
 
@@ -59,6 +65,21 @@ def fm_from_sums(total: Tensor, total_sq: Tensor) -> Tensor:
     """FM second-order term from :func:`fm_sums`: ``0.5 * sum_d (s_d^2 - q_d)`` = sum of all pairwise
     field dot products (``sum_{i<j} <e_i, e_j>``), ``(...,)``."""
     return 0.5 * (total.square() - total_sq).sum(-1)
+
+
+def fm_from_partials(total: Tensor, total_sq: Tensor) -> Tensor:
+    """FM second-order term from DES partials: ``total`` ``(..., D)`` = sum of the field
+    embeddings, ``total_sq`` ``(...,)`` = sum over fields of ``|e_f|^2``. Equals
+    :func:`fm_from_sums` (which takes the per-dimension sum of squares)."""
+    return 0.5 * (total.square().sum(-1) - total_sq)
+
+
+def pooled_fields(fields: Tensor | dict[str, Tensor]) -> Tensor:
+    """The field embeddings ``(..., F, D)`` (a plain tensor, or the ``fields`` entry under DES)."""
+    if isinstance(fields, dict):
+        assert "fields" in fields, "DES: this operator needs the rows, but they were not exchanged"
+        return fields["fields"]
+    return fields
 
 
 def field_concat_linear(fields: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -232,9 +253,16 @@ class FieldLinear(nn.Module):
         self.fields = Linear(num_fields * dim, out_features)
         self.dense = Linear(dense_width, out_features, bias=False) if dense_width else None
 
-    def forward(self, fields: Tensor, dense: Tensor) -> Tensor:
-        y = field_concat_linear(fields, self.fields.weight, self.fields.bias)
-        y = self.fields.offset(y, fields.flatten(-2))  # per-episode offset (meta learning), if set
+    def forward(self, fields: Tensor | dict[str, Tensor], dense: Tensor) -> Tensor:
+        if isinstance(fields, dict) and "h1" in fields:
+            # DES: the owners computed concat(fields) @ W; these weights adapt only in the outer
+            # loop (meta learning refuses to adapt this layer then), so there is no offset here.
+            assert self.fields.factor_a is None and self.fields.out_offset is None
+            y = fields["h1"] + self.fields.bias
+        else:
+            x = pooled_fields(fields)
+            y = field_concat_linear(x, self.fields.weight, self.fields.bias)
+            y = self.fields.offset(y, x.flatten(-2))  # per-episode offset (meta learning), if set
         if self.dense is not None:
             y = y + self.dense(dense)
         return y
@@ -255,7 +283,7 @@ class DeepTower(nn.Module):
         self.first = FieldLinear(num_fields, dim, dense_width, sizes[0])
         self.over_arch = MLP(sizes[0], [*sizes[1:], 1])
 
-    def forward(self, fields: Tensor, dense: Tensor) -> Tensor:
+    def forward(self, fields: Tensor | dict[str, Tensor], dense: Tensor) -> Tensor:
         return self.over_arch(F.relu(self.first(fields, dense))).squeeze(-1)
 
     def layer_names(self, prefix: str) -> list[list[str]]:

@@ -13,14 +13,24 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from trainer.models.common import DeepTower, Linear, fm_from_sums, fm_sums
+from trainer.models.common import (
+    DeepTower,
+    Linear,
+    fm_from_partials,
+    fm_from_sums,
+    fm_sums,
+    pooled_fields,
+)
 
 
 class FMInteraction(nn.Module):
-    """InteractionArch: the FM second-order term ``sum_{i<j} <e_i, e_j>`` via the DES operator."""
+    """InteractionArch: the FM second-order term ``sum_{i<j} <e_i, e_j>`` via the DES operator
+    (from the owners' partial sums when DES substitutes it)."""
 
-    def forward(self, fields: Tensor) -> Tensor:
-        return fm_from_sums(*fm_sums(fields))
+    def forward(self, fields: Tensor | dict[str, Tensor]) -> Tensor:
+        if isinstance(fields, dict) and "fm_sum" in fields:
+            return fm_from_partials(fields["fm_sum"], fields["fm_sq"])
+        return fm_from_sums(*fm_sums(pooled_fields(fields)))
 
 
 class DeepFMDense(nn.Module):
@@ -33,7 +43,9 @@ class DeepFMDense(nn.Module):
         self.interaction_arch = FMInteraction()
         self.deep = DeepTower(num_fields, dim, dense_width, sizes)
 
-    def forward(self, fields: Tensor, linear: Tensor | None, dense: Tensor) -> Tensor:
+    def forward(
+        self, fields: Tensor | dict[str, Tensor], linear: Tensor | None, dense: Tensor
+    ) -> Tensor:
         assert linear is not None, "DeepFM needs the 1-wide linear rows"
         first_order = linear + self.linear_arch(dense).squeeze(-1)
         return first_order + self.interaction_arch(fields) + self.deep(fields, dense)

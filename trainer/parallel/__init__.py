@@ -9,5 +9,10 @@ layers over AllReduce, and the process-group setup. One module per role:
 - ``apply``: builds the model with sharded embeddings and replicated dense layers;
 - ``reshard``: shards <-> full table, between world sizes;
 - ``metrics_sync``: evaluation metrics over every rank's samples;
-- ``launch``: spawn N local processes (tests, benchmarks).
+- ``launch``: spawn N local processes (tests, benchmarks);
+- ``des`` / ``des_plan``: distributed equivalent substitution (owners compute LR / FM / first-layer
+  partial results; which operators apply, their bytes, ``auto``'s choice).
+
+The MixCache behind a shard (host rows, device cache) is ``trainer/cache.py``: it needs no
+communication, so it lives outside this package and serves the plain collection too.
 """

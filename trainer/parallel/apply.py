@@ -10,7 +10,12 @@ replicated.
 - embeddings: model-parallel, a :class:`ShardedEmbeddingCollection` placed by the plan (row-wise by
   default), injected into the unchanged model (``build_model(..., embeddings=...)``);
 - dense half: data-parallel, a full replica per rank, made identical by a broadcast from rank 0
-  here and kept identical by the summed gradients (``env.reduce_dense_grads``) and the same Adam.
+  here and kept identical by the summed gradients (``env.reduce_dense_grads``) and the same Adam;
+- ``cfg.cache.enabled``: each shard lives in host memory behind a device cache (MixCache,
+  ``trainer/cache.py``), per-table settings from the plan;
+- ``cfg.des != "off"``: ``model.embeddings`` becomes a :class:`~trainer.parallel.des.DESEmbeddings`
+  over the shard (owners compute the LR / FM / first-layer partial results); its step needs
+  ``lookup(ids, inverse)`` and a ``backward(rows)`` after ``loss.backward()``.
 
 Seeds follow ``build_model``: dense layers from ``seed``, embedding rows from ``seed + 1``, so a
 sharded model starts exactly where the single-process one does, at any world size.
@@ -25,6 +30,7 @@ import torch
 
 from trainer.models.build import ModelConfig, RecModel, build_model
 from trainer.parallel.dense_sync import broadcast_parameters
+from trainer.parallel.des import DESEmbeddings
 from trainer.parallel.env import ParallelEnv
 from trainer.parallel.plan import ParallelConfig, ShardingPlan, build_sharding_plan
 from trainer.parallel.sharded_embeddings import ShardedEmbeddingCollection
@@ -52,6 +58,7 @@ def build_sharded_embeddings(
         seed=seed,
         device=env.device,
         dtype=dtype,
+        cache=plan.cache_spec(env.rank),
     )
 
 
@@ -63,13 +70,16 @@ def build_parallel_model(
     *,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    meta: Any | None = None,
 ) -> tuple[RecModel, ShardingPlan]:
     """The model of ``model`` over ``layout`` with sharded embeddings and replicated dense layers.
 
+    ``meta`` (the ``MetaConfig``) tells DES what the inner loop adapts (None: plain training).
     Returns the model (on ``env.device``) and the plan (rank 0 logs it as a table).
 
     Raises:
-        ValueError: the plan cannot be built (unknown table-wise feature) or does not fit the model.
+        ValueError: the plan cannot be built (unknown table-wise feature), does not fit the model,
+            or ``des = "on"`` cannot apply to this model and adapt setting.
     """
     plan = build_sharding_plan(layout, env.world_size, model, cfg, dtype)
     if env.is_main:
@@ -77,4 +87,6 @@ def build_parallel_model(
     embeddings = build_sharded_embeddings(model, plan, env, seed=seed + 1, dtype=dtype)
     net = build_model(model, layout, embeddings=embeddings, seed=seed)
     broadcast_parameters(net, env.comm)
+    if plan.des != "off":
+        object.__setattr__(net, "embeddings", DESEmbeddings(embeddings, net, plan.des, meta))
     return net, plan

@@ -23,6 +23,11 @@ A rank's shard stacks its parts of the tables in feature order. Worked example, 
 
 Bytes per rank count the weights (``dim`` + 1 when there is a linear table) and the row-wise Adagrad
 state (one float per row and table) in the table's dtype.
+
+The plan also carries the per-table MixCache settings (``ParallelConfig.cache``, resolved per table
+and rank by :meth:`ShardingPlan.cache_spec`; printed in the ``cache`` column) and the DES mode
+(``ParallelConfig.des``, see ``trainer/parallel/des.py``). Neither changes where rows live, so
+neither enters the fingerprint: a checkpoint loads with or without a cache.
 """
 
 from __future__ import annotations
@@ -31,14 +36,17 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from trainer.cache import CacheConfig, CacheSegment, CacheSpec, TableCacheConfig
 from trainer.models.build import LINEAR_ARCHS, ModelConfig
 
 SHARDING_TYPES = ("row_wise", "table_wise")
+DES_MODES = ("off", "on", "auto")
 
 
 @dataclass(kw_only=True)
@@ -56,9 +64,21 @@ class ParallelConfig:
     """``auto``: NCCL on GPUs, gloo on CPU."""
     timeout_s: float = 1800.0
     """How long a collective waits for the other ranks before the job fails."""
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    """MixCache: host-memory rows behind a device cache, per table (``[parallel.cache]``)."""
+    des: Literal["off", "on", "auto"] = "off"
+    """Distributed equivalent substitution of the LR, FM and first-dense-layer operators: ``on``
+    substitutes every operator that applies to the model, ``auto`` only those whose partial
+    results cost fewer bytes than the rows they replace (``trainer/parallel/des.py``)."""
 
     def __post_init__(self) -> None:
         self.table_wise = tuple(self.table_wise)
+        if isinstance(self.cache, dict):
+            self.cache = CacheConfig(**self.cache)
+        if self.des not in DES_MODES:
+            raise ValueError(
+                f"parallel.des must be one of {', '.join(DES_MODES)}, got {self.des!r}"
+            )
         if self.sharding not in SHARDING_TYPES:
             raise ValueError(
                 f"parallel.sharding {self.sharding!r} is not one of {', '.join(SHARDING_TYPES)}"
@@ -100,6 +120,10 @@ class ShardingPlan:
     linear: bool
     dtype_bytes: int
     tables: tuple[TableShard, ...] = field(repr=False)
+    cache: CacheConfig | None = field(default=None, repr=False, compare=False, hash=False)
+    """MixCache settings (not part of the placement nor of the fingerprint)."""
+    des: str = field(default="off", compare=False, hash=False)
+    """DES mode (not part of the placement nor of the fingerprint)."""
 
     @property
     def total_rows(self) -> int:
@@ -117,8 +141,7 @@ class ShardingPlan:
     def bytes_per_rank(self) -> tuple[int, ...]:
         return tuple(n * self.bytes_per_row() for n in self.rows_per_rank)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data (JSON, checkpoint metadata)."""
+    def _placement(self) -> dict[str, Any]:
         return {
             "world_size": self.world_size,
             "dim": self.dim,
@@ -127,6 +150,15 @@ class ShardingPlan:
             "tables": [asdict(t) for t in self.tables],
         }
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON, checkpoint metadata)."""
+        out = self._placement()
+        if self.cache is not None and self.cache.enabled:
+            out["cache"] = asdict(self.cache)
+        if self.des != "off":
+            out["des"] = self.des
+        return out
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ShardingPlan:
         """Inverse of :meth:`to_dict`."""
@@ -134,29 +166,79 @@ class ShardingPlan:
             TableShard(**{k: tuple(v) if isinstance(v, list) else v for k, v in t.items()})
             for t in data["tables"]
         )
+        cache = None
+        if "cache" in data:
+            c = dict(data["cache"])
+            c["tables"] = tuple(TableCacheConfig(**t) for t in c.get("tables", ()))
+            cache = CacheConfig(**c)
         return cls(
             world_size=int(data["world_size"]),
             dim=int(data["dim"]),
             linear=bool(data["linear"]),
             dtype_bytes=int(data["dtype_bytes"]),
             tables=tables,
+            cache=cache,
+            des=str(data.get("des", "off")),
         )
 
     @cached_property
     def fingerprint(self) -> str:
-        """Short hash of :meth:`to_dict`: two shards fit together iff their plans' hashes match."""
-        body = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """Short hash of the placement (:meth:`to_dict` without cache and DES settings): two
+        shards fit together iff their plans' hashes match."""
+        body = json.dumps(self._placement(), sort_keys=True).encode()
         return hashlib.sha256(body).hexdigest()[:16]
+
+    def cache_spec(self, rank: int) -> CacheSpec | None:
+        """Rank ``rank``'s MixCache: one segment per table part it holds (None: no cache).
+
+        Example: ``capacity_fraction = 0.1``, rank 0 holds 6,250 rows of ``user`` (shard rows
+        0-6,249) and 2 of ``hour`` (rows 6,250-6,251) -> segments ``user`` rows [0, 6250) with 625
+        cache rows and ``hour`` rows [6250, 6252) with 1 cache row.
+        """
+        cfg = self.cache
+        if cfg is None or not cfg.enabled:
+            return None
+        segments = []
+        for t in self.tables:
+            rows = t.rows_per_rank[rank]
+            if rows:
+                _, capacity, policy = cfg.resolve(t.feature, rows)
+                start = t.shard_offsets[rank]
+                segments.append(CacheSegment(t.feature, start, start + rows, capacity, policy))
+        if not segments:
+            return None
+        mmap = None
+        if cfg.mmap_dir:
+            name = f"shard-{rank}-of-{self.world_size}-{self.fingerprint}.rows"
+            mmap = str(Path(cfg.mmap_dir) / name)
+        return CacheSpec(tuple(segments), cfg.prefetch, mmap)
+
+    def _cache_text(self, t: TableShard) -> str:
+        cfg = self.cache
+        owned = [t.rows_per_rank[r] for r in t.owners]
+        cached, cap, policy = cfg.resolve(t.feature, max(owned))  # type: ignore[union-attr]
+        if not cached:
+            return "off"
+        mib = cap * self.bytes_per_row() / 1024.0**2
+        return f"{policy} {cap:,} rows ({mib:.2f} MiB)"
 
     def __str__(self) -> str:
         W, mib = self.world_size, 1024.0**2
         per_rank = [t.rows_per_rank for t in self.tables]
+        cached = self.cache is not None and self.cache.enabled
         head = (
             f"sharding plan {self.fingerprint}: {len(self.tables)} tables, {self.total_rows:,} rows "
             f"x dim {self.dim}{' + linear' if self.linear else ''}, {W} rank(s), "
             f"{self.dtype_bytes}-byte floats"
         )
+        if cached:
+            where = f"mmap files in {self.cache.mmap_dir}" if self.cache.mmap_dir else "host RAM"
+            prefetch = "prefetch on" if self.cache.prefetch else "no prefetch"
+            head += f"; MixCache: rows in {where}, {prefetch} (cache = device rows per rank)"
+        if self.des != "off":
+            head += f"; DES {self.des}"
         cols = ["feature", "rows", "sharding", "owners", "rows/rank (min-max)", "MiB/rank (max)"]
+        cols += ["cache"] if cached else []
         body = []
         for t, rows in zip(self.tables, per_rank, strict=True):
             owned = [rows[r] for r in t.owners]
@@ -164,12 +246,12 @@ class ShardingPlan:
             body.append([
                 t.feature, f"{t.rows:,}", t.sharding, owners,
                 f"{min(owned):,}-{max(owned):,}", f"{max(owned) * self.bytes_per_row() / mib:.2f}",
-            ])  # fmt: skip
+            ] + ([self._cache_text(t)] if cached else []))  # fmt: skip
         rpr, bpr = self.rows_per_rank, self.bytes_per_rank
         body.append([
             "total", f"{self.total_rows:,}", "", _ranks_text(range(W)),
             f"{min(rpr):,}-{max(rpr):,}", f"{max(bpr) / mib:.2f}",
-        ])  # fmt: skip
+        ] + ([""] if cached else []))  # fmt: skip
         widths = [max(len(str(r[i])) for r in [cols, *body]) for i in range(len(cols))]
         lines = [head, "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
         lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in body]
@@ -290,12 +372,20 @@ def build_sharding_plan(
                 shift=f % W,
             )
         )
+    unknown = sorted({t.feature for t in cfg.cache.tables} - set(names))
+    if unknown:
+        raise ValueError(
+            f"parallel.cache.tables names {unknown}, which are not features of this layout "
+            f"(features: {', '.join(names)})"
+        )
     return ShardingPlan(
         world_size=W,
         dim=model.embedding_dim,
         linear=model.arch in LINEAR_ARCHS,
         dtype_bytes=torch.empty((), dtype=dtype).element_size(),
         tables=tuple(tables),
+        cache=cfg.cache if cfg.cache.enabled else None,
+        des=cfg.des,
     )
 
 

@@ -24,6 +24,13 @@ owner sums the duplicates, which is how the bytes saved by VSI are measured).
 Initialisation equals the plain collection's bit for bit at every world size: every rank replays the
 same seeded normal stream over the full table in chunks (at most ``_INIT_CHUNK_ROWS`` rows in memory)
 and keeps its own rows.
+
+MixCache (``cache=plan.cache_spec(rank)``): the shard's rows and Adagrad state live in a host store
+and the tables are views of the device cache, indexed by slot (see ``trainer/cache.py``). The rows a
+rank serves in a step are the rows the other ranks requested, known only after the ids exchange, so
+``prefetch(next_ids)`` runs the NEXT step's count and ids exchanges (a collective: every rank calls
+it, with the reader's next batch) and stages those rows while this step computes; the next
+``lookup`` reuses that routing instead of exchanging the ids again.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from trainer.embeddings import Rows
+from trainer.cache import CacheSpec, HostStore, MixCache, build_store_columns
+from trainer.embeddings import Rows, draw_initial_rows
 from trainer.parallel.comm import Collectives
 from trainer.parallel.plan import ShardingPlan
 
@@ -65,6 +73,9 @@ class _Route:
     recv: list[int]
     requested: Tensor
     """Local rows the other ranks asked this rank for (int64, grouped by source rank)."""
+    unique: Tensor | None = None
+    """``unique(requested)`` and its inverse (the rows this rank serves; a cache step)."""
+    inverse: Tensor | None = None
 
 
 class ShardedEmbeddingCollection:
@@ -75,7 +86,8 @@ class ShardedEmbeddingCollection:
         comm: the collectives of this rank (counted).
         init_std, adagrad_eps, seed: as :class:`~trainer.embeddings.EmbeddingCollection`; the same
             ``seed`` gives the same rows as the plain collection.
-        device, dtype: where the shard and its state live.
+        device, dtype: where the shard and its state live (with a cache: the device cache).
+        cache: keep the shard in a host store behind a device cache (``plan.cache_spec(rank)``).
     """
 
     def __init__(
@@ -88,6 +100,7 @@ class ShardedEmbeddingCollection:
         seed: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        cache: CacheSpec | None = None,
     ) -> None:
         if plan.world_size != comm.world_size:
             raise ValueError(
@@ -100,17 +113,46 @@ class ShardedEmbeddingCollection:
         self.plan, self.comm, self.rank = plan, comm, comm.rank
         self.dim, self.total_rows, self.adagrad_eps = plan.dim, plan.total_rows, adagrad_eps
         owned = plan.owned_ids(self.rank)
-        emb = _draw_rows(owned, plan.total_rows, plan.dim, init_std, seed, dtype)
+        # int32 requests halve the id bytes on the wire while every shard has < 2**31 rows.
+        self._id_dtype = torch.int32 if max(plan.rows_per_rank) < 2**31 else torch.int64
+        self._route: _Route | None = None
+        self._next: _Route | None = None
+        self.cache: MixCache | None = None
         null = plan.is_null(owned)
+        if cache is not None:
+            self._init_cached(cache, owned, null, init_std, seed, device, dtype)
+            return
+        emb = _draw_rows(owned, plan.total_rows, plan.dim, init_std, seed, dtype)
         emb[null] = 0.0
         self.weights: dict[str, Tensor] = {"emb": emb.to(device)}
         if plan.linear:
             self.weights["linear"] = torch.zeros(len(owned), 1, dtype=dtype, device=device)
         self.accum = {k: torch.zeros(len(owned), dtype=dtype, device=device) for k in self.weights}
         self.null_mask = null.to(device)
-        # int32 requests halve the id bytes on the wire while every shard has < 2**31 rows.
-        self._id_dtype = torch.int32 if max(plan.rows_per_rank) < 2**31 else torch.int64
-        self._route: _Route | None = None
+
+    def _init_cached(
+        self,
+        spec: CacheSpec,
+        owned: Tensor,
+        null: Tensor,
+        init_std: float,
+        seed: int,
+        device: torch.device | str | None,
+        dtype: torch.dtype,
+    ) -> None:
+        """The shard in a host store (drawn chunk by chunk), the tables as cache views."""
+        dev = torch.device(device or "cpu")
+        columns = build_store_columns(self.dim, self.plan.linear)
+        store = HostStore(len(owned), columns, dtype, path=spec.mmap_path, pin=dev.type == "cuda")
+        store.data.zero_()
+        draw_initial_rows(store.column("emb.weight"), owned, self.plan.total_rows, init_std, seed)
+        store.column("emb.weight")[null] = 0.0
+        self.cache = MixCache(store, spec, null.nonzero().squeeze(1), dev)
+        names = ["emb", "linear"] if self.plan.linear else ["emb"]
+        self.weights = {k: self.cache.table(f"{k}.weight") for k in names}
+        self.accum = {k: self.cache.table(f"{k}.adagrad_sum") for k in names}
+        self.null_mask = self.cache.null  # per slot
+        self._null_rows = null
 
     @property
     def has_linear(self) -> bool:
@@ -133,6 +175,13 @@ class ShardedEmbeddingCollection:
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> ShardedEmbeddingCollection:
         """Move the shard and its state (``dtype`` applies to floating tensors); returns ``self``."""
+        if self.cache is not None:
+            if (device is None or torch.device(device) == self.device) and dtype in (
+                None,
+                self.dtype,
+            ):
+                return self
+            raise ValueError("a cached collection is placed when built (device=, dtype=)")
         self.weights = {k: v.to(device=device, dtype=dtype) for k, v in self.weights.items()}
         self.accum = {k: v.to(device=device, dtype=dtype) for k, v in self.accum.items()}
         self.null_mask = self.null_mask.to(device)
@@ -145,6 +194,25 @@ class ShardedEmbeddingCollection:
         that require grad. A collective: every rank calls it once per step."""
         comm, dim = self.comm, self.dim
         ids = ids.to(self.device)
+        route, self._next = self._next, None
+        if route is not None and not (ids.shape == route.ids.shape and torch.equal(ids, route.ids)):
+            raise ValueError(
+                "lookup ids differ from the ids passed to prefetch: prefetch exactly the next "
+                "batch's ids (the routing of the next step is exchanged ahead, by every rank)"
+            )
+        route = route or self._exchange_ids(ids)
+        served = self.serve(route)
+        got = comm.all_to_all(served, route.recv, route.send, "rows")
+        rows = torch.empty_like(got)
+        rows[route.order] = got
+        self._route = route
+        emb = rows[:, :dim].contiguous().requires_grad_()
+        lin = rows[:, dim:].contiguous().requires_grad_() if self.has_linear else None
+        return Rows(emb, lin, ~self.plan.is_null(ids))
+
+    def _exchange_ids(self, ids: Tensor) -> _Route:
+        """Counts and ids to the owners: what each rank will serve (two collectives)."""
+        comm = self.comm
         owner, local = self.plan.locate(ids)
         order = torch.argsort(owner, stable=True)
         send_t = torch.bincount(owner, minlength=comm.world_size)
@@ -152,16 +220,41 @@ class ShardedEmbeddingCollection:
         send = send_t.tolist()
         wanted = local.index_select(0, order).to(self._id_dtype)
         requested = comm.all_to_all(wanted, send, recv, "ids").long()
-        served = self.weights["emb"].index_select(0, requested)
+        return _Route(ids, order, send, recv, requested)
+
+    def serve(self, route: _Route) -> Tensor:
+        """Packed ``[emb | linear]`` values of the rows requested in ``route`` (one cache step)."""
+        if self.cache is None:
+            return self._gather(route.requested)
+        if route.unique is None:
+            route.unique, route.inverse = torch.unique(route.requested, return_inverse=True)
+        return self._gather(self.cache.lookup(route.unique).index_select(0, route.inverse))
+
+    def read_local(self, rows: Tensor) -> Tensor:
+        """Packed ``[emb | linear]`` values of this step's unique local ``rows`` (one cache step;
+        for owner-side computations such as DES). No communication."""
+        return self._gather(rows if self.cache is None else self.cache.lookup(rows))
+
+    def _gather(self, idx: Tensor) -> Tensor:
+        served = self.weights["emb"].index_select(0, idx)
         if self.has_linear:  # one message for both tables
-            served = torch.cat([served, self.weights["linear"].index_select(0, requested)], 1)
-        got = comm.all_to_all(served, recv, send, "rows")
-        rows = torch.empty_like(got)
-        rows[order] = got
-        self._route = _Route(ids, order, send, recv, requested)
-        emb = rows[:, :dim].contiguous().requires_grad_()
-        lin = rows[:, dim:].contiguous().requires_grad_() if self.has_linear else None
-        return Rows(emb, lin, ~self.plan.is_null(ids))
+            served = torch.cat([served, self.weights["linear"].index_select(0, idx)], 1)
+        return served
+
+    def prefetch(self, ids: Tensor, inverse: Tensor | None = None) -> None:
+        """With a prefetching cache: exchange the NEXT step's ids now and stage the rows the other
+        ranks will ask for. A collective when it does anything (every rank calls it, each with
+        its next batch's ids); a no-op without a cache. ``inverse`` is unused (DES needs it)."""
+        if self.cache is None or not self.cache.spec.prefetch:
+            return
+        route = self._exchange_ids(ids.to(self.device))
+        route.unique, route.inverse = torch.unique(route.requested, return_inverse=True)
+        self.cache.prefetch(route.unique)
+        self._next = route
+
+    def cache_stats(self, reset: bool = True) -> dict[str, float]:
+        """The cache's counters since the last call (``{}`` without a cache)."""
+        return {} if self.cache is None else self.cache.stats(reset)
 
     # ------------------------------------------------------------------------------- optimizer
     @torch.no_grad()
@@ -197,31 +290,49 @@ class ShardedEmbeddingCollection:
             flat.index_select(0, route.order), route.send, route.recv, "grads"
         )
         self._route = None
-        rows, inv = torch.unique(route.requested, return_inverse=True)
+        if route.unique is None:
+            route.unique, route.inverse = torch.unique(route.requested, return_inverse=True)
+        rows, inv = route.unique, route.inverse
         summed = received.new_zeros(rows.shape[0], received.shape[1]).index_add_(0, inv, received)
-        self._adagrad(rows, summed, lr)
+        self.update_local(rows, summed, lr)
 
-    def _adagrad(self, rows: Tensor, grads: Tensor, lr: float) -> None:
-        """Row-wise Adagrad on unique local ``rows`` (the plain collection's arithmetic)."""
-        keep = (~self.null_mask.index_select(0, rows)).unsqueeze(1)
+    def update_local(self, rows: Tensor, grads: Tensor, lr: float) -> None:
+        """Row-wise Adagrad on unique local ``rows`` with packed ``[emb | linear]`` gradients
+        (the plain collection's arithmetic; null rows never move). No communication."""
+        idx = rows if self.cache is None else self.cache.slots(rows)
+        null = self.null_mask.index_select(0, idx)
+        keep = (~null).unsqueeze(1)
         col = 0
         for name, w in self.weights.items():
             width = w.shape[1]
             g = grads[:, col : col + width] * keep
             col += width
             acc = self.accum[name]
-            a = acc.index_select(0, rows).add_(g.square().mean(1))
-            acc.index_copy_(0, rows, a)
+            a = acc.index_select(0, idx).add_(g.square().mean(1))
+            acc.index_copy_(0, idx, a)
             step = g.mul_((-lr) / (a.sqrt_().add_(self.adagrad_eps)).unsqueeze(1))
-            w.index_copy_(0, rows, w.index_select(0, rows).add_(step))
+            w.index_copy_(0, idx, w.index_select(0, idx).add_(step))
+        if self.cache is not None:
+            self.cache.mark_dirty(rows.masked_select(~null))
 
     # ----------------------------------------------------------------------------------- state
+    def _row_state(self) -> dict[str, Tensor]:
+        """Per-row tensors of the shard (with a cache: views of the host store)."""
+        if self.cache is None:
+            out = {f"{k}.weight": v for k, v in self.weights.items()}
+            out.update({f"{k}.adagrad_sum": v for k, v in self.accum.items()})
+            out["null_mask"] = self.null_mask
+            return out
+        store = self.cache.store
+        return {**{n: store.column(n) for n in store.columns}, "null_mask": self._null_rows}
+
     def state_dict(self) -> dict[str, Tensor | str | int]:
         """This rank's shard: the plain collection's keys (local rows only) plus the plan's
-        fingerprint, world size and rank (``torch.load(weights_only=True)``-safe)."""
-        out: dict[str, Tensor | str | int] = {f"{k}.weight": v for k, v in self.weights.items()}
-        out.update({f"{k}.adagrad_sum": v for k, v in self.accum.items()})
-        out["null_mask"] = self.null_mask
+        fingerprint, world size and rank (``torch.load(weights_only=True)``-safe). With a cache:
+        dirty rows are written back first, the rows are views of the host store, and the cache's
+        own state is under ``cache.*``."""
+        cache_state = {} if self.cache is None else self.cache.state_dict()
+        out: dict[str, Tensor | str | int] = {**self._row_state(), **cache_state}
         out.update(shard_metadata(self.plan, self.rank))
         return out
 
@@ -246,9 +357,9 @@ class ShardedEmbeddingCollection:
                 "with the same world size and sharding, or convert the checkpoint with "
                 "trainer.parallel.reshard.reshard_states"
             )
-        mine = self.state_dict()
-        expected = {k for k, v in mine.items() if isinstance(v, Tensor)}
-        got = {k for k, v in state.items() if isinstance(v, Tensor)}
+        mine = self._row_state()
+        expected = set(mine)
+        got = {k for k, v in state.items() if isinstance(v, Tensor) and not k.startswith("cache.")}
         if got != expected:
             raise ValueError(
                 f"embedding shard has tables {sorted(got)}, this collection {sorted(expected)} "
@@ -260,9 +371,11 @@ class ShardedEmbeddingCollection:
                     f"embedding shard {key!r} has shape {tuple(state[key].shape)}, this one "
                     f"{tuple(mine[key].shape)}: the feature layout or embedding_dim differs"
                 )
-        for k in self.weights:
-            self.weights[k].copy_(state[f"{k}.weight"])
-            self.accum[k].copy_(state[f"{k}.adagrad_sum"])
+        for key, value in mine.items():
+            if key != "null_mask":
+                value.copy_(state[key])
+        if self.cache is not None:
+            self.cache.load_state_dict({k: v for k, v in state.items() if k.startswith("cache.")})
 
 
 def _draw_rows(

@@ -1,7 +1,7 @@
 """Distributed meta-step benchmark: bytes on the wire with VSI vs without, and step throughput at
 world size 1 and 2 (gloo, CPU processes spawned on this machine).
 
-    python -m bench.distributed_step --out-dir out/bench                 # -> distributed_step.json
+    python -m bench.distributed_step --out out/bench/distributed_step.json
     python -m bench.distributed_step --steps 3 --warmup 1 --rows 100000  # quick look
 
 Shape (as ``bench/meta_step.py``): 16 single-slot sparse fields, dim 16, a 1M-row stacked table
@@ -187,11 +187,13 @@ def _summarise(reports: list[dict], shape: Shape, world_size: int, threads: int)
     return out
 
 
-def main(out_dir: str | Path = "out/bench", shape: Shape | None = None) -> dict[str, Any]:
-    """Run both world sizes, write ``<out_dir>/distributed_step.json`` and return its content."""
+def run(
+    out_file: str | Path = "out/bench/distributed_step.json", shape: Shape | None = None
+) -> dict[str, Any]:
+    """Run both world sizes, write ``out_file`` (JSON) and return its content."""
     shape = shape or Shape()
     cores = os.cpu_count() or 1
-    out = Path(out_dir)
+    out = Path(out_file).parent
     out.mkdir(parents=True, exist_ok=True)
     # World size 1 on all cores is the baseline a user compares against; on one core it shows
     # the per-core scaling (and is immune to thread oversubscription on a busy machine).
@@ -238,7 +240,7 @@ def main(out_dir: str | Path = "out/bench", shape: Shape | None = None) -> dict[
             vsi_saving=w2["vsi_saving"],
             vsi_target_met=w2["vsi_saving"] >= 3.0,
         )
-    (out / "distributed_step.json").write_text(json.dumps(result, indent=2))
+    Path(out_file).write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -246,11 +248,12 @@ def _rank_job_entry(env: ParallelEnv, shape: Shape, files: list[str]) -> None:
     _rank_job(env, shape, files[env.rank])
 
 
-def _cli(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Command line (``python -m bench`` passes ``--out <dir>/distributed_step.json``)."""
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--out-dir", default="out/bench")
+    ap.add_argument("--out", default="out/bench/distributed_step.json", help="JSON result path")
     defaults = Shape()
     for f in dataclasses.fields(Shape):
         if f.name == "mlp":
@@ -262,8 +265,8 @@ def _cli(argv: list[str] | None = None) -> int:
         "--mlp", type=lambda s: tuple(int(x) for x in s.split(",")), default=defaults.mlp
     )
     args = vars(ap.parse_args(argv))
-    out_dir = args.pop("out_dir")
-    result = main(out_dir, Shape(**args))
+    out_file = args.pop("out")
+    result = run(out_file, Shape(**args))
     w1, w2 = result["world_size_1"], result.get("world_size_2")
     if w2 is None:
         print(
@@ -283,4 +286,4 @@ def _cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_cli())
+    raise SystemExit(main())

@@ -5,9 +5,10 @@ few values that pipelines inject (paths, steps, run id)::
 
     cfg = load_trainer_config("debug", ["data.path=out/episodes/dt=2026-11-01", "train.steps=50"])
 
-Sections: ``data``, ``model``, ``meta``, ``optim``, ``train``, ``checkpoint``, ``eval``. ``model``,
-``meta`` and ``optim`` are the dataclasses of the modules that use them (``trainer.models``,
-``trainer.meta``, ``trainer.optim``); the others live here. Every field has a docstring below it,
+Sections: ``data``, ``model``, ``meta``, ``optim``, ``parallel``, ``train``, ``checkpoint``,
+``eval``. ``model``, ``meta``, ``optim`` and ``parallel`` are the dataclasses of the modules that
+use them (``trainer.models``, ``trainer.meta``, ``trainer.optim``, ``trainer.parallel.plan``); the
+others live here. Every field has a docstring below it,
 every section validates itself in ``__post_init__`` and raises ``ValueError`` with the dotted key
 and the offending value; an unknown key or a wrong type is refused by
 :func:`trainer.config_loader.load_config` before any work starts.
@@ -24,9 +25,10 @@ from trainer.data.contract import SPLITS
 from trainer.meta import ADAPTS, MetaConfig
 from trainer.models import ModelConfig
 from trainer.optim import OptimConfig
+from trainer.parallel.plan import ParallelConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-SECTIONS = ("data", "model", "meta", "optim", "train", "checkpoint", "eval")
+SECTIONS = ("data", "model", "meta", "optim", "parallel", "train", "checkpoint", "eval")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -39,7 +41,8 @@ class DataConfig:
     train_split: Literal["train", "valid", "test_cold"] = "train"
     """Split streamed for training."""
     batch_episodes: int = 64
-    """Episodes per step and per rank (T); evaluation uses the same batch size."""
+    """Episodes per step and PER RANK (T): a step of W ranks trains on W * T episodes. Evaluation
+    uses the same batch size."""
     prefetch: int = 2
     """Batches prepared ahead by the reader's background thread (0: read inline)."""
     seed: int = 0
@@ -125,6 +128,12 @@ class CheckpointConfig:
     warm_start_optimizer: bool = True
     """With ``warm_start``, also load the optimizer state (Adam moments and row-wise Adagrad
     accumulators); ``false`` restarts both optimizers from zero."""
+    reshard: bool = False
+    """Allow resuming a checkpoint saved at another world size or sharding plan: every rank reads
+    all the saved shards and keeps its rows under this run's plan (dense layers, Adam and the
+    Adagrad state unchanged). The epoch in progress continues at the same fraction, with this
+    world size's sample stream. Warm starts always reshard; a resume without this is refused,
+    because it would not continue the same sample stream."""
 
     def __post_init__(self) -> None:
         if self.every < 0:
@@ -140,7 +149,8 @@ class EvalConfig:
     splits: tuple[str, ...] = ("valid", "test_cold")
     """Splits to evaluate (``test_cold``: tasks never seen in training, the cold-start case)."""
     max_episodes: int = 0
-    """Evaluate at most this many episodes per split, in file order (0: all of them)."""
+    """Evaluate the first this many episodes of each split in file order (0: all of them): the
+    same episodes at every world size."""
     adapt_steps: int = 0
     """SGD steps on each support set before predicting the query set (0: ``meta.inner_steps``)."""
     adapt_lr: float = 0.0
@@ -178,6 +188,10 @@ class TrainerConfig:
     """MAML / FOMAML / plain and the inner loop (``trainer.meta.MetaConfig``)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Dense Adam and sparse row-wise Adagrad (``trainer.optim.OptimConfig``)."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Hybrid parallelism (``trainer.parallel.plan.ParallelConfig``): embedding sharding (row-wise
+    or table-wise), backend, collective timeout, dense all-reduce buckets, MixCache and DES. The
+    world size comes from the launcher (``torchrun --nproc_per_node``, ``metarec train --nproc``)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """The outer loop."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

@@ -1,25 +1,33 @@
-"""Evaluation: query-set AUC, logloss and GAUC without and after adapting on each support set.
+"""Evaluation: query-set AUC, logloss and GAUC without and after adapting on each support set, on
+one process or on every rank of a job (the lookups are collectives when the rows are sharded).
 
-    result = evaluate(model, cfg, manifest, "test_cold")
+    result = evaluate(model, cfg, manifest, "test_cold", env)
     result["before"]["auc"], result["after"]["auc"]       # shared parameters vs adapted per task
 
-For every episode of the split (file order, at most ``eval.max_episodes``): look its rows up once,
-predict the query set at the shared parameters (``meta.predict``), adapt on the support set
-(``meta.adapt``: ``eval.adapt_steps`` SGD steps of ``eval.adapt_lr`` on ``eval.adapt``, for all
-episodes of a batch at once under ``vmap``) and predict the query set again. A model trained with
-``meta.mode = "plain"`` evaluated this way is the "plain model + fine-tuning on the support set"
-baseline. Metrics (``trainer.metrics``) are computed on the real query samples with a known label;
-GAUC groups by ``task_id`` and weights each task's AUC by its query samples. ``episode_gauc``
-groups by episode instead: every episode is adapted on its own support set, so when a task has
-several episodes their adapted scores carry different offsets, which task-level GAUC counts as
-ranking errors; the episode-level figure isolates the ranking within what one adaptation scored.
+The evaluated episodes are the first ``eval.max_episodes`` of the split in file order (all when 0),
+whatever the world size. Each rank reads its row groups of the split (``EpisodeReader(rank=,
+world_size=, epochs=1, shuffle=False)``); those come in file order, so the rank's share of the
+evaluated episodes is a prefix of its stream, and every rank computes every rank's share from the
+row-group sizes alone. All ranks then run the same number of batches (the longest share; a rank
+whose share is done takes part with masked batches), so no rank waits in a collective that another
+never enters. Per batch: look the rows up once, predict the query set at the shared parameters
+(``meta.predict``), adapt on the support set (``meta.adapt``: ``eval.adapt_steps`` SGD steps of
+``eval.adapt_lr`` on ``eval.adapt``, all episodes of a batch at once under ``vmap``), predict again.
 
-Evaluation reads the whole split in this process (the distributed issue shards it and reduces).
+Metrics (``trainer.metrics``) are computed on the real query samples with a known label, gathered
+from every rank (``trainer.parallel.metrics_sync``: AUC is a rank statistic, so the samples travel,
+not partial sums), so they equal the single-process metrics. A model trained with ``meta.mode =
+"plain"`` evaluated this way is the "plain model + fine-tuning on the support set" baseline. GAUC
+groups by ``task_id`` and weights each task's AUC by its query samples. ``episode_gauc`` groups by
+episode (its position in the split) instead: every episode is adapted on its own support set, so
+when a task has several episodes their adapted scores carry different offsets, which task-level
+GAUC counts as ranking errors; the episode-level figure isolates the ranking within one adaptation.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -27,14 +35,24 @@ import numpy as np
 import torch
 
 from trainer.config import TrainerConfig
+from trainer.data import sharding
 from trainer.data.batch import EpisodeBatch
 from trainer.data.contract import Manifest
 from trainer.data.reader import EpisodeReader
+from trainer.embeddings import Rows
 from trainer.meta import adapt, predict
 from trainer.metrics import binary_metrics, grouped_auc
 from trainer.models import RecModel
+from trainer.parallel.env import ParallelEnv
+from trainer.parallel.metrics_sync import gather_arrays
 
 log = logging.getLogger(__name__)
+
+
+def lookup_rows(embeddings: Any, batch: EpisodeBatch, des: bool) -> Rows:
+    """``embeddings.lookup`` for ``batch``: DES lookups also take the samples' ``inverse`` (the
+    owners compute per-sample partial results)."""
+    return embeddings.lookup(batch.ids, batch.inverse) if des else embeddings.lookup(batch.ids)
 
 
 def _query_labels(model: RecModel, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,14 +75,52 @@ def _limit_episodes(batch: EpisodeBatch, remaining: int) -> EpisodeBatch:
     return batch
 
 
-def evaluate(model: RecModel, cfg: TrainerConfig, manifest: Manifest, split: str) -> dict[str, Any]:
+def evaluation_share(reader: EpisodeReader, limit: int) -> tuple[np.ndarray, int, int]:
+    """This rank's evaluated episodes and the batch count of every rank.
+
+    Returns ``(positions, steps, total)``: the split positions (file order) of this rank's
+    evaluated episodes, which are the first ``len(positions)`` episodes of its stream; the number
+    of batches every rank runs; and the evaluated episodes of all ranks.
+
+    Example: row groups of [5, 5, 3, 3] episodes, 2 ranks, batch 4, ``limit = 9``: rank 0 reads
+    groups 0 and 2 (positions 0-4, 10-12), rank 1 groups 1 and 3 (5-9, 13-15); below 9: rank 0
+    positions 0-4, rank 1 positions 5-8 -> ``steps = ceil(5 / 4) = 2`` batches on each rank (rank 1
+    takes part in its second one with every episode masked), 9 episodes in all.
+    """
+    # Row-group episode counts in file order: what the reader's sharding plan is built from (it
+    # has no public accessor for them).
+    sizes = list(reader._sizes)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    T = reader.batch_episodes
+    units = sharding.assign_units(sizes, reader.world_size, reader.seed, 0, shuffle=False)
+    steps, total, mine = 0, 0, np.zeros(0, np.int64)
+    for r, rank_units in enumerate(units):
+        # A rank reads its row groups in file order, so its positions increase: a prefix is < limit.
+        n = sum(int(np.clip(limit - starts[u], 0, sizes[u])) for u in rank_units)
+        steps, total = max(steps, math.ceil(n / T)), total + n
+        if r == reader.rank and n:
+            pos = np.concatenate([np.arange(starts[u], starts[u] + sizes[u]) for u in rank_units])
+            mine = pos[:n]
+    return mine, steps, total
+
+
+def evaluate(
+    model: RecModel,
+    cfg: TrainerConfig,
+    manifest: Manifest,
+    split: str,
+    env: ParallelEnv | None = None,
+) -> dict[str, Any]:
     """Query metrics of ``split`` before and after per-episode adaptation (module docstring).
 
     Args:
         model: the trained model (its embedding collection is read, never updated).
-        cfg: the run's config (``data.path``, ``data.batch_episodes``, ``eval.*``, ``meta.*``).
+        cfg: the run's config (``data.path``, ``data.batch_episodes``, ``eval.*``, ``meta.*``,
+            ``parallel.des``).
         manifest: the manifest of ``cfg.data.path``.
         split: the split to evaluate.
+        env: this process's place in the job (None: one process). With several ranks every rank
+            must call this, with the same arguments; every rank returns the same result.
 
     Returns:
         ``{"split", "episodes", "tasks", "query_samples", "adapt": {"adapt", "steps", "lr"},
@@ -72,56 +128,72 @@ def evaluate(model: RecModel, cfg: TrainerConfig, manifest: Manifest, split: str
         :class:`~trainer.metrics.BinaryMetrics` as dicts plus ``episode_gauc``;
         ``{"split", "episodes": 0, "skipped"}`` when the split has no episodes.
     """
+    env = env if env is not None else ParallelEnv.single_process(model.embeddings.device)
     meta_cfg = cfg.eval_meta()
     adapt_info = {"adapt": meta_cfg.adapt, "steps": meta_cfg.inner_steps, "lr": meta_cfg.inner_lr}
     if not manifest.splits.get(split, {}).get("episodes", 0):
         return {"split": split, "episodes": 0, "skipped": "the split has no episodes"}
     device = model.embeddings.device
+    des = cfg.parallel.des != "off"
     limit = cfg.eval.max_episodes or manifest.splits[split]["episodes"]
-    labels, before, after, groups, episode_ids = [], [], [], [], []
-    episodes, t0 = 0, time.perf_counter()
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("labels", "before", "after", "groups")}
+    parts["episodes"] = []
+    t0 = time.perf_counter()
     with EpisodeReader(
         cfg.data.path,
         split,
         cfg.data.batch_episodes,
+        rank=env.rank,
+        world_size=env.world_size,
         shuffle=False,
         epochs=1,
         prefetch=cfg.data.prefetch,
         pin_memory=device.type == "cuda",
         task_local_rows=meta_cfg.adapt == "dense+emb",
     ) as reader:
-        for batch in reader:
-            batch = _limit_episodes(batch, limit - episodes).to(device)
-            rows = model.embeddings.lookup(batch.ids)
+        positions, steps, total = evaluation_share(reader, limit)
+        done = 0
+        for i, batch in enumerate(reader):
+            if i == steps:  # the same batch count on every rank
+                break
+            batch = _limit_episodes(batch, len(positions) - done).to(device)
+            rows = lookup_rows(model.embeddings, batch, des)
             y, mask = _query_labels(model, batch)
             logits0 = predict(model, rows, batch)
             logits1 = predict(model, rows, batch, adapt(model, rows, batch, meta_cfg))
+            # kept episodes are the batch's first ones (padding fills the end of a batch)
+            kept = batch.num_real_episodes
+            ep = torch.full((mask.shape[0],), -1, dtype=torch.int64)
+            ep[:kept] = torch.from_numpy(positions[done : done + kept])
             task = batch.task_ids[:, None].expand_as(mask)
-            ep = episodes + torch.arange(mask.shape[0], device=device)[:, None].expand_as(mask)
-            for out, t in (
-                (labels, y), (before, logits0), (after, logits1), (groups, task), (episode_ids, ep)
+            ep = ep.to(device)[:, None].expand_as(mask)
+            for key, t in (
+                ("labels", y.float()), ("before", logits0.float()), ("after", logits1.float()),
+                ("groups", task.long()), ("episodes", ep),
             ):  # fmt: skip
-                out.append(t[mask].cpu().numpy())
-            episodes += batch.num_real_episodes
-            if episodes >= limit:
-                break
-    y_all, g_all, e_all = (np.concatenate(x) for x in (labels, groups, episode_ids))
+                parts[key].append(t[mask].cpu())
+            done += kept
+    local = {
+        k: _cat(v, torch.int64 if k in ("groups", "episodes") else torch.float32)
+        for k, v in parts.items()
+    }
+    g = gather_arrays(env, local)
     metrics = {}
-    for when, scores in (("before", np.concatenate(before)), ("after", np.concatenate(after))):
-        metrics[when] = binary_metrics(y_all, scores, g_all).to_dict()
-        metrics[when]["episode_gauc"] = grouped_auc(y_all, scores, e_all)[0]
+    for when in ("before", "after"):
+        metrics[when] = binary_metrics(g["labels"], g[when], g["groups"]).to_dict()
+        metrics[when]["episode_gauc"] = grouped_auc(g["labels"], g[when], g["episodes"])[0]
     m0, m1 = metrics["before"], metrics["after"]
     log.info(
         "eval %s: %d episodes, %d query samples in %.1fs | AUC %.4f -> %.4f after adaptation | "
         "GAUC %.4f -> %.4f",
-        split, episodes, len(y_all), time.perf_counter() - t0, m0["auc"], m1["auc"], m0["gauc"],
+        split, total, len(g["labels"]), time.perf_counter() - t0, m0["auc"], m1["auc"], m0["gauc"],
         m1["gauc"],
     )  # fmt: skip
     return {
         "split": split,
-        "episodes": episodes,
-        "tasks": len(np.unique(g_all)),
-        "query_samples": len(y_all),
+        "episodes": total,
+        "tasks": len(np.unique(g["groups"])),
+        "query_samples": len(g["labels"]),
         "adapt": adapt_info,
         "before": m0,
         "after": m1,
@@ -130,8 +202,13 @@ def evaluate(model: RecModel, cfg: TrainerConfig, manifest: Manifest, split: str
     }
 
 
+def _cat(parts: list[torch.Tensor], dtype: torch.dtype) -> np.ndarray:
+    """One array from per-batch pieces (empty, with the dtype every rank uses, when none)."""
+    return (torch.cat(parts) if parts else torch.zeros(0, dtype=dtype)).to(dtype).numpy()
+
+
 def evaluate_splits(
-    model: RecModel, cfg: TrainerConfig, manifest: Manifest
+    model: RecModel, cfg: TrainerConfig, manifest: Manifest, env: ParallelEnv | None = None
 ) -> dict[str, dict[str, Any]]:
     """:func:`evaluate` for every split of ``cfg.eval.splits``, keyed by split."""
-    return {split: evaluate(model, cfg, manifest, split) for split in cfg.eval.splits}
+    return {split: evaluate(model, cfg, manifest, split, env) for split in cfg.eval.splits}

@@ -1,21 +1,30 @@
 """What a checkpoint holds, and how a run restores one: resume its own, or warm start from another's.
 
-State (per rank, loaded with ``weights_only=True``)::
+State (one shard per rank, loaded with ``weights_only=True``)::
 
-    {"model": dense parameters, "embeddings": rows + row-wise Adagrad sums + null mask,
+    {"model": dense parameters (replicated: equal on every rank),
+     "embeddings": this rank's rows + row-wise Adagrad sums + null mask (one process: the table),
      "optimizers": {"dense": Adam state}, "reader": {"epoch", "step_in_epoch", "seed", "world_size"},
      "step": int, "rng": {"torch": ByteTensor, "cuda": [ByteTensor, ...]}}
 
 Metadata (``meta.json``, readable without torch): the resolved config, the data it was trained on
-(manifest content hash, interval, time range, task key) and the feature spec (names, kinds,
-buckets, slots; dense feature names), so a mismatch is explained before any tensor is loaded.
+(manifest content hash, interval, time range, task key), the feature spec (names, kinds, buckets,
+slots; dense feature names) and the embedding placement (world size, sharding-plan fingerprint:
+None for a single table), so a mismatch is explained before any tensor is loaded.
 
 - **Resume** (``checkpoint.resume``, the run's own ``checkpoints/latest``): everything is restored
   and the reader continues the same sample stream, so an interrupted run ends exactly where an
-  uninterrupted one does. Refused when the data, the batching or the model shape changed.
+  uninterrupted one does. Refused when the data, the batching or the model shape changed, and when
+  the world size or the sharding plan changed, unless ``checkpoint.reshard`` (see below).
+- **Reshard** (resume with ``checkpoint.reshard = true``, and every warm start whose placement
+  differs): each rank reads every saved shard, merges the table (``trainer.parallel.reshard``) and
+  keeps its rows under this run's plan; dense layers, Adam state and RNG come from rank 0 (they are
+  replicated). A resumed reader keeps the fraction of the epoch done (the stream of the rest of
+  that epoch is this world size's).
 - **Warm start** (``checkpoint.warm_start``): model and embeddings (and, with
-  ``warm_start_optimizer``, Adam and Adagrad state) from another run; step 0 and a fresh reader on
-  this run's data (the next interval). Refused when the feature spec or the model shape differ.
+  ``warm_start_optimizer``, Adam and Adagrad state) from another run, at any world size; step 0 and
+  a fresh reader on this run's data (the next interval). Refused when the feature spec or the model
+  shape differ.
 """
 
 from __future__ import annotations
@@ -27,7 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from trainer.checkpoint import LATEST, META, CheckpointError, read_meta
+from trainer.checkpoint import LATEST, META, CheckpointError, load_shard, read_meta
+from trainer.parallel.reshard import merge_shards
+from trainer.parallel.sharded_embeddings import PLAN_KEY
 
 if TYPE_CHECKING:
     from trainer.trainer import Trainer
@@ -48,14 +59,14 @@ def state_dict(trainer: Trainer) -> dict[str, Any]:
         "model": trainer.model.state_dict(),
         "embeddings": trainer.model.embeddings.state_dict(),
         "optimizers": trainer.optimizers.state_dict(),
-        "reader": trainer.reader.state_dict(),
+        "reader": trainer.reader_state,
         "step": trainer.step,
         "rng": rng,
     }
 
 
 def checkpoint_meta(trainer: Trainer) -> dict[str, Any]:
-    """``meta.json`` content: config, data identity and feature spec."""
+    """``meta.json`` content: config, data identity, feature spec and embedding placement."""
     m = trainer.manifest
     return {
         "config": trainer.cfg.to_dict(),
@@ -69,7 +80,19 @@ def checkpoint_meta(trainer: Trainer) -> dict[str, Any]:
         },
         "features": [_feature_key(asdict(f)) for f in m.features],
         "dense_features": [d.name for d in sorted(m.dense_features, key=lambda d: d.index)],
+        "placement": {"world_size": trainer.env.world_size, "plan": _plan_fingerprint(trainer)},
     }
+
+
+def _plan_fingerprint(trainer: Trainer) -> str | None:
+    """The sharding plan the embedding state is saved under (None: one full table)."""
+    return trainer.plan.fingerprint if trainer.sharded else None
+
+
+def _saved_placement(info: dict[str, Any]) -> tuple[int, str | None]:
+    """World size and plan fingerprint of a checkpoint (older ones: a full table per rank)."""
+    placement = info.get("meta", {}).get("placement", {})
+    return int(info["world_size"]), placement.get("plan")
 
 
 def _feature_key(f: dict[str, Any]) -> dict[str, Any]:
@@ -134,8 +157,24 @@ def restore(trainer: Trainer) -> int:
     return 0
 
 
+def _placement_problem(trainer: Trainer, info: dict[str, Any]) -> str | None:
+    """Why this run's ranks cannot each load their own shard of ``info``'s checkpoint (or None)."""
+    world, plan = _saved_placement(info)
+    mine = trainer.env.world_size, _plan_fingerprint(trainer)
+    if (world, plan) == mine:
+        return None
+    if world != mine[0]:
+        return f"it was saved by {world} rank(s), this run has {mine[0]}"
+    return (
+        f"its embedding rows are placed by sharding plan {plan or '(one table)'}, this run's plan "
+        f"is {mine[1] or '(one table)'} (parallel.sharding, parallel.table_wise or parallel.des "
+        "changed)"
+    )
+
+
 def _resume(trainer: Trainer, ckpt: Path) -> int:
-    saved = _require(read_meta(ckpt), ckpt)
+    info = read_meta(ckpt)
+    saved = _require(info, ckpt)
     current = checkpoint_meta(trainer)
     problems = compatibility_problems(saved, current)
     if saved["data"]["content_hash"] != current["data"]["content_hash"]:
@@ -153,16 +192,52 @@ def _resume(trainer: Trainer, ckpt: Path) -> int:
             "sample stream with the same model: restore those settings, use "
             "checkpoint.warm_start for new data, or choose another train.output_dir"
         )
-    state, _ = trainer.checkpointer.load(ckpt)
+    moved = _placement_problem(trainer, info)
+    if moved and not trainer.cfg.checkpoint.reshard:
+        world = info["world_size"]
+        raise ValueError(
+            f"cannot resume {ckpt}: {moved}. Resume with the same world size and [parallel] "
+            f"settings (torchrun --nproc_per_node / metarec train --nproc {world} for one host), "
+            "or set checkpoint.reshard=true to re-place the saved embedding rows over this run's "
+            "ranks (the rest of the current epoch then follows this world size's sample stream)"
+        )
+    state = _load(trainer, ckpt, info, resharded=moved is not None)
     trainer.model.load_state_dict(state["model"])
     trainer.model.embeddings.load_state_dict(state["embeddings"])
     trainer.optimizers.load_state_dict(state["optimizers"])
-    trainer.reader.load_state_dict(state["reader"])
+    reader_state = state["reader"]
+    if moved:
+        reader_state = _rescaled_position(reader_state, trainer.reader)
+    trainer.reader.load_state_dict(reader_state)
     torch.set_rng_state(state["rng"]["torch"])
     if "cuda" in state["rng"] and trainer.device.type == "cuda":
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    log.info("resumed %s at step %d (reader at %s)", ckpt, state["step"], state["reader"])
+    log.info(
+        "resumed %s at step %d (reader at %s)%s",
+        ckpt, state["step"], reader_state, f", resharded: {moved}" if moved else "",
+    )  # fmt: skip
     return int(state["step"])
+
+
+def _load(trainer: Trainer, ckpt: Path, info: dict[str, Any], resharded: bool) -> dict[str, Any]:
+    """This rank's state of ``ckpt``: its own shard, or (``resharded``) rank 0's state with the
+    FULL embedding table merged from every shard, which either collection takes its rows from."""
+    if not resharded:
+        return trainer.checkpointer.load(ckpt)[0]
+    shards = [load_shard(ckpt, r, info) for r in range(int(info["world_size"]))]
+    state = shards[0]  # dense layers, Adam and RNG state are replicated: rank 0's
+    tables = [s["embeddings"] for s in shards]
+    if PLAN_KEY in tables[0]:
+        state["embeddings"] = merge_shards(tables)
+    return state
+
+
+def _rescaled_position(saved: dict[str, int], reader: Any) -> dict[str, int]:
+    """The reader position of another world size at the same fraction of the epoch (the
+    episodes behind us: ``step_in_epoch x batch x world size``)."""
+    done = int(saved["step_in_epoch"]) * int(saved["world_size"])
+    step = min(done // reader.world_size, max(reader.steps_per_epoch - 1, 0))
+    return {**saved, "step_in_epoch": step, "world_size": reader.world_size}
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -185,7 +260,8 @@ def find_checkpoint(path: str | Path) -> Path:
 
 
 def _warm_start(trainer: Trainer, ckpt: Path) -> None:
-    saved = _require(read_meta(ckpt), ckpt)
+    info = read_meta(ckpt)
+    saved = _require(info, ckpt)
     problems = compatibility_problems(saved, checkpoint_meta(trainer))
     if problems:
         raise ValueError(
@@ -193,19 +269,21 @@ def _warm_start(trainer: Trainer, ckpt: Path) -> None:
             "the embedding tables and dense layers, so the feature spec (names, buckets, slots) "
             "and the model shape must be the same; train from scratch instead"
         )
-    state, _ = trainer.checkpointer.load(ckpt)
+    moved = _placement_problem(trainer, info)
+    state = _load(trainer, ckpt, info, resharded=moved is not None)
     trainer.model.load_state_dict(state["model"])
     embeddings = state["embeddings"]
     if trainer.cfg.checkpoint.warm_start_optimizer:
         trainer.optimizers.load_state_dict(state["optimizers"])
-    else:  # keep this run's fresh (zero) Adagrad sums, take only the rows
-        fresh = trainer.model.embeddings.state_dict()
+    else:  # fresh (zero) Adagrad sums, only the rows
         embeddings = {
-            k: fresh[k] if k.endswith(".adagrad_sum") else v for k, v in embeddings.items()
+            k: torch.zeros_like(v) if k.endswith(".adagrad_sum") else v
+            for k, v in embeddings.items()
         }
     trainer.model.embeddings.load_state_dict(embeddings)
     log.info(
-        "warm start from %s (step %d, interval %s) onto interval %s%s",
+        "warm start from %s (step %d, interval %s) onto interval %s%s%s",
         ckpt, state["step"], saved["data"]["interval"], trainer.manifest.interval,
         "" if trainer.cfg.checkpoint.warm_start_optimizer else " (fresh optimizer state)",
+        f", resharded: {moved}" if moved else "",
     )  # fmt: skip

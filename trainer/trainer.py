@@ -1,46 +1,63 @@
-"""The trainer: wires the parts from the config and runs the outer loop.
+"""The trainer: wires the parts from the config and runs the outer loop, on one process or on every
+rank of a job (the same code; one process is the trivial job).
 
-    trainer = Trainer(cfg, ParallelContext()).build()   # model, optimizers, reader, checkpointer
+    env = context_from_env(cfg)                      # trainer/context.py: torchrun, PyTorchJob, none
+    trainer = Trainer(cfg, env).build()              # model, optimizers, reader, checkpointer
     try:
-        results = trainer.fit()                         # train, checkpoint, evaluate
+        results = trainer.fit()                      # train, checkpoint, evaluate (every rank)
     finally:
         trainer.close()
+        env.close()
 
 :meth:`Trainer.fit` is the whole loop on one screen: every cadence (log, eval, checkpoint) is an
-``if`` in it; there are no callbacks. :meth:`Trainer.train_step` is one meta step::
+``if`` in it; there are no callbacks. :meth:`Trainer.train_step` is one meta step on each rank::
 
-    rows = model.embeddings.lookup(batch.ids)            # one lookup, support + query (VSI)
-    loss, stats = outer_loss(model, rows, batch, meta, normalizer=ctx.normalizer(...))
-    loss.backward()
-    ctx.reduce_dense_grads(model.parameters())           # identity for one process
-    optimizers.step(batch.ids, rows)                     # Adam (dense) + row-wise Adagrad (rows)
+    rows = model.embeddings.lookup(batch.ids)        # one lookup, support + query (VSI); with W > 1
+                                                     # one AlltoAll of ids, one of rows
+    embeddings.prefetch(next_batch.ids)              # MixCache: stage the next step's misses
+    loss, stats = outer_loss(model, rows, batch, meta, normalizer=env.normalizer(valid))
+    loss.backward()                                  # inner loop had no communication
+    env.reduce_dense_grads(model.parameters())       # bucketed AllReduce (identity for one process)
+    optimizers.step(batch.ids, rows)                 # Adam; row grads AlltoAll to owners, Adagrad
 
-Outputs under ``train.output_dir``: ``config.json`` (the resolved config), ``metrics.jsonl`` (one
-record per log step and per evaluation), ``eval.json`` (final evaluation) and ``checkpoints/``
-(:mod:`trainer.run_state`: resume, warm start).
+Model placement (``trainer.parallel.apply``): with ``W > 1`` ranks (or DES) the embedding rows are
+sharded by the plan and the dense layers replicated; one process keeps the plain collection. Each
+rank reads its own row groups (equal steps on every rank), so a step of W ranks with T episodes
+each equals a single-process step over the union of their 2T episodes (same loss scaling).
+
+Outputs under ``train.output_dir`` (rank 0): ``config.json`` (the resolved config),
+``sharding_plan.json`` (where every table's rows live), ``metrics.jsonl`` (one record per log step
+with the communication per step, and per evaluation), ``eval.json`` (final evaluation) and
+``checkpoints/`` (one shard per rank; :mod:`trainer.run_state`: resume, reshard, warm start).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from trainer import run_state
+from trainer.cache import COUNTERS as CACHE_COUNTERS
 from trainer.checkpoint import Checkpointer
 from trainer.config import TrainerConfig
-from trainer.context import ParallelContext, resolve_device, set_determinism
+from trainer.context import set_determinism
 from trainer.data.batch import EpisodeBatch, FeatureLayout
 from trainer.data.contract import load_manifest
 from trainer.data.reader import EpisodeReader
-from trainer.evaluate import evaluate_splits
+from trainer.evaluate import evaluate_splits, lookup_rows
 from trainer.logging_utils import JsonlLog, Progress, write_json_atomic
 from trainer.meta import StepStats, outer_loss
-from trainer.models import build_model
+from trainer.models import RecModel, build_model
+from trainer.models.build import build_embeddings
 from trainer.optim import build_optimizers
+from trainer.parallel.apply import build_parallel_model
+from trainer.parallel.comm import CommMeter
+from trainer.parallel.env import ParallelEnv, init_parallel
+from trainer.parallel.plan import ShardingPlan, build_sharding_plan
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +67,12 @@ class Trainer:
 
     Args:
         cfg: the resolved config.
-        context: rank, world size and communication hooks (None: a single process).
+        env: this process's place in the job (None: a single process on ``train.device``).
     """
 
-    def __init__(self, cfg: TrainerConfig, context: ParallelContext | None = None) -> None:
+    def __init__(self, cfg: TrainerConfig, env: ParallelEnv | None = None) -> None:
         self.cfg = cfg
-        self.ctx = context or ParallelContext()
+        self.env = env if env is not None else init_parallel({}, device=cfg.train.device)
         self.out = Path(cfg.train.output_dir)
         self.step = 0
         self._saved_step = -1
@@ -64,21 +81,21 @@ class Trainer:
     def build(self) -> Trainer:
         """Read the manifest, build model, optimizers, reader and checkpointer, then restore
         (resume this run, or warm start from another) and open ``metrics.jsonl``."""
-        cfg, ctx = self.cfg, self.ctx
-        self.device = resolve_device(cfg.train.device, ctx.local_rank)
+        cfg, env = self.cfg, self.env
+        self.device = env.device
         set_determinism(cfg.train.deterministic, cfg.train.threads, self.device)
         self.manifest = load_manifest(cfg.data.path)
         self.layout = FeatureLayout.from_manifest(self.manifest)
-        seed = cfg.train.seed
-        embeddings = ctx.build_embeddings(cfg.model, self.layout, seed=seed + 1, device=self.device)
-        self.model = build_model(cfg.model, self.layout, embeddings, seed=seed, device=self.device)
+        self.des = cfg.parallel.des != "off"
+        self.sharded = env.world_size > 1 or self.des  # DES needs the owners' side even on one rank
+        self.model, self.plan = self._build_model()
         self.optimizers = build_optimizers(cfg.optim, self.model)
         self.reader = EpisodeReader(
             cfg.data.path,
             cfg.data.train_split,
             cfg.data.batch_episodes,
-            rank=ctx.rank,
-            world_size=ctx.world_size,
+            rank=env.rank,
+            world_size=env.world_size,
             seed=cfg.data.seed,
             shuffle=cfg.data.shuffle,
             prefetch=cfg.data.prefetch,
@@ -89,28 +106,48 @@ class Trainer:
         )
         self.checkpointer = Checkpointer(
             self.out / "checkpoints",
-            rank=ctx.rank,
-            world_size=ctx.world_size,
+            rank=env.rank,
+            world_size=env.world_size,
             keep=cfg.checkpoint.keep,
-            barrier=ctx.barrier_fn(),
+            barrier=env.barrier_fn(),
         )
         self.step = run_state.restore(self)
         self._saved_step = self.step if self.step > 0 else -1  # a resumed step is on disk already
+        self.reader_state = self.reader.state_dict()  # where the next step's batch comes from
         self.metrics = None
-        if ctx.is_main:
+        if env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.out / "config.json", cfg.to_dict())
+            plan = {"fingerprint": self.plan.fingerprint, **self.plan.to_dict()}
+            write_json_atomic(self.out / "sharding_plan.json", plan)
             self.metrics = JsonlLog(self.out / "metrics.jsonl", resume_step=self.step)
         n_dense = sum(p.numel() for p in self.model.parameters())
         log.info(
-            "%s, meta %s (adapt %s, %d inner step(s)), %d dense parameters, %d embedding rows x %d; "
-            "%s: %d train episodes, %d steps/epoch; device %s; starting at step %d of %d",
+            "%s, meta %s (adapt %s, %d inner step(s)), %d dense parameters, %d embedding rows x %d "
+            "(%s over %d rank(s)); %s: %d train episodes, %d steps/epoch of %d x %d episodes; "
+            "device %s, backend %s; starting at step %d of %d",
             cfg.model.arch, cfg.meta.mode, cfg.meta.adapt, cfg.meta.inner_steps, n_dense,
-            self.layout.total_rows, cfg.model.embedding_dim, cfg.data.path,
-            self.reader.num_episodes, self.reader.steps_per_epoch, self.device, self.step,
-            cfg.train.steps,
+            self.layout.total_rows, cfg.model.embedding_dim,
+            "sharded" if self.sharded else "one table", env.world_size, cfg.data.path,
+            self.reader.num_episodes, self.reader.steps_per_epoch, env.world_size,
+            cfg.data.batch_episodes, self.device, env.backend, self.step, cfg.train.steps,
         )  # fmt: skip
         return self
+
+    def _build_model(self) -> tuple[RecModel, ShardingPlan]:
+        """Sharded embeddings and replicated dense layers (``self.sharded``), else the plain
+        collection; the plan is logged either way (rank 0)."""
+        cfg, env, seed = self.cfg, self.env, self.cfg.train.seed
+        if self.sharded:
+            return build_parallel_model(
+                cfg.model, self.layout, env, cfg.parallel, seed=seed, meta=cfg.meta
+            )
+        plan = build_sharding_plan(self.layout, 1, cfg.model, cfg.parallel)
+        log.info("embedding placement:\n%s", plan)
+        embeddings = build_embeddings(
+            cfg.model, self.layout, seed=seed + 1, device=self.device, cache=plan.cache_spec(0)
+        )
+        return build_model(cfg.model, self.layout, embeddings, seed=seed, device=self.device), plan
 
     # ----------------------------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
@@ -120,48 +157,63 @@ class Trainer:
         every_ckpt = self.cfg.checkpoint.every
         progress = Progress(cfg.steps, self.step)
         sums: dict[str, Any] = {}
+        self.env.comm_stats(reset=True)  # start-up broadcasts are not step traffic
         batches = iter(self.reader)
+        batch = next(batches) if self.step < cfg.steps else None
         while self.step < cfg.steps:
-            batch = next(batches)
-            progress.add_samples(batch.num_samples)
-            stats = self.train_step(batch)
-            self.step += 1
-            _accumulate(sums, stats)
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            self.reader_state = self.reader.state_dict()  # a checkpoint of this step resumes here
+            step = self.step + 1
+            eval_now = bool(cfg.eval_every) and step % cfg.eval_every == 0 and step < cfg.steps
+            save_now = bool(every_ckpt) and step % every_ckpt == 0 and step < cfg.steps
+            upcoming = next(batches) if step < cfg.steps else None
+            # The cache prefetch of the next step runs during this one; an evaluation or a
+            # checkpoint in between needs the collection without a pending exchange.
+            stats = self.train_step(batch, None if eval_now or save_now else upcoming)
+            self.step = step
+            _accumulate(sums, stats, batch.num_samples)
+            if step % cfg.log_every == 0 or step == cfg.steps:
                 self._log_train(sums, progress)
                 sums = {}
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+            if eval_now:
                 self._log_eval(self.evaluate())
-            if every_ckpt and self.step % every_ckpt == 0 and self.step < cfg.steps:
+            if save_now:
                 self.save()
+            batch = upcoming
         if self._saved_step != self.step:
             self.save()
         results = self.evaluate()
         self._log_eval(results)
-        if self.ctx.is_main:
+        if self.env.is_main:
             write_json_atomic(self.out / "eval.json", {"step": self.step, "splits": results})
         return results
 
-    def train_step(self, batch: EpisodeBatch) -> StepStats:
-        """One outer step on ``batch`` (a CPU batch from the reader; moved to the device here)."""
+    def train_step(self, batch: EpisodeBatch, next_batch: EpisodeBatch | None = None) -> StepStats:
+        """One outer step on ``batch`` (a CPU batch from the reader; moved to the device here);
+        ``next_batch``: the next step's batch, whose rows the cache may stage meanwhile."""
+        env, embeddings = self.env, self.model.embeddings
         batch = batch.to(self.device)
-        rows = self.model.embeddings.lookup(batch.ids)
-        normalizer = self.ctx.normalizer(batch.episode_mask.sum())
+        rows = lookup_rows(embeddings, batch, self.des)
+        if next_batch is not None:  # a collective with a sharded cache: every rank, same place
+            embeddings.prefetch(next_batch.ids, next_batch.inverse)
+        normalizer = env.normalizer(batch.episode_mask.sum())
         loss, stats = outer_loss(self.model, rows, batch, self.cfg.meta, normalizer)
         loss.backward()
-        self.ctx.reduce_dense_grads(self.model.parameters())
+        if self.des:  # the substituted operators' gradients go back to the owners first
+            embeddings.backward(rows)
+        env.reduce_dense_grads(self.model.parameters())
         self.optimizers.step(batch.ids, rows)
         return stats
 
     def evaluate(self) -> dict[str, Any]:
-        """Evaluate ``eval.splits`` at the current parameters (rank 0; others return {})."""
-        if not self.ctx.is_main:
-            return {}
-        return evaluate_splits(self.model, self.cfg, self.manifest)
+        """Evaluate ``eval.splits`` at the current parameters on every rank (each scores its share,
+        the metrics are over all ranks' samples; every rank gets them). Its traffic is kept out
+        of the per-step communication counters."""
+        with _separate_meter(self.env):
+            return evaluate_splits(self.model, self.cfg, self.manifest, self.env)
 
     # ------------------------------------------------------------------------ state and files
     def save(self) -> Path:
-        """Checkpoint the current step (idempotent: re-saving a step replaces it)."""
+        """Checkpoint the current step, one shard per rank (idempotent: re-saving replaces it)."""
         t0 = time.perf_counter()
         path = self.checkpointer.save(
             self.step, run_state.state_dict(self), meta=run_state.checkpoint_meta(self)
@@ -171,11 +223,38 @@ class Trainer:
         return path
 
     def _log_train(self, sums: dict[str, Any], progress: Progress) -> None:
-        sums = self.ctx.reduce_sums({k: float(v) for k, v in sums.items()})
-        n = max(sums.pop("steps"), 1.0)
-        record = {k: v / n for k, v in sums.items()}
+        """One all-reduce of the counters of every rank, then the record (rank 0 writes it):
+        losses, throughput, per collective the calls per rank and the bytes of all ranks per step
+        (``comm.<name>.calls`` / ``.bytes``), ``comm.bytes_per_sample``, and with MixCache its
+        counters per step (``cache.hits``, ``cache.h2d_bytes``, ...) and ``cache.hit_rate``."""
+        env, steps = self.env, sums.pop("steps")
+        comm = env.comm_stats(reset=True)
+        cache = {}
+        if self.cfg.parallel.cache.enabled:  # every rank sends the same keys, rows or not
+            cache = {f"cache.{k}": 0.0 for k in CACHE_COUNTERS}
+            cache.update(self.model.embeddings.cache_stats(reset=True))
+            cache.pop("cache.hit_rate", None)  # a ratio: recomputed from the summed counters
+        total = env.reduce_sums({**{k: float(v) for k, v in sums.items()}, **comm, **cache})
+        episodes = max(total["episodes"], 1.0)
+        record: dict[str, float] = {
+            "loss": total["loss"] / steps,  # each rank's loss is its share of the global loss
+            "support_loss": total["support_loss"] / episodes,
+            "query_loss": total["query_loss"] / episodes,
+            "episodes_per_step": total["episodes"] / steps,
+        }
+        for key in comm:
+            per = steps * env.world_size if key.endswith(".calls") else steps
+            record[key] = total[key] / per
+        record["comm.bytes_per_sample"] = total["comm.bytes"] / max(total["samples"], 1.0)
+        if cache:  # MixCache counters of all ranks per step, and the hit rate
+            record.update({k: total[k] / steps for k in cache})
+            record["cache.hit_rate"] = total["cache.hits"] / max(total["cache.lookups"], 1.0)
+        progress.add_samples(int(total["samples"]))
         rates = progress.update(self.step)
-        log.info("%s | loss %.4f", progress.line(self.step, rates), record["loss"])
+        log.info(
+            "%s | loss %.4f | comm %.0f B/sample",
+            progress.line(self.step, rates), record["loss"], record["comm.bytes_per_sample"],
+        )  # fmt: skip
         if self.metrics is not None:
             self.metrics.write({"kind": "train", "step": self.step, **record, **rates})
 
@@ -184,15 +263,39 @@ class Trainer:
             self.metrics.write({"kind": "eval", "step": self.step, "splits": results})
 
     def close(self) -> None:
-        """Stop the reader's threads (idempotent)."""
+        """Stop the reader's and the cache's threads (idempotent). The env is closed by whoever
+        created it."""
         reader = getattr(self, "reader", None)
         if reader is not None:
             reader.close()
+        embeddings = getattr(getattr(self, "model", None), "embeddings", None)
+        coll = getattr(embeddings, "coll", embeddings)  # DES wraps the sharded collection
+        cache = getattr(coll, "cache", None)
+        if cache is not None:
+            cache.close()
 
 
-def _accumulate(sums: dict[str, torch.Tensor], stats: StepStats) -> None:
-    """Add one step's statistics to the running sums, as tensors: no device sync until a log step."""
-    for key in ("loss", "support_loss", "query_loss", "episodes"):
-        value = getattr(stats, key).detach().double()
+def _accumulate(sums: dict[str, Any], stats: StepStats, samples: int) -> None:
+    """Add one step's statistics to the running sums, as tensors (no device sync until a log
+    step); the per-episode means are weighted by episodes so that ranks combine exactly."""
+    episodes = stats.episodes.detach().double()
+    values = {
+        "loss": stats.loss.detach().double(),
+        "support_loss": stats.support_loss.detach().double() * episodes,
+        "query_loss": stats.query_loss.detach().double() * episodes,
+        "episodes": episodes,
+    }
+    for key, value in values.items():
         sums[key] = sums[key] + value if key in sums else value
+    sums["samples"] = sums.get("samples", 0) + samples
     sums["steps"] = sums.get("steps", 0) + 1
+
+
+@contextmanager
+def _separate_meter(env: ParallelEnv) -> Iterator[None]:
+    """Count the collectives of the block on a meter of their own (then dropped)."""
+    meter, env.comm.meter = env.comm.meter, CommMeter()
+    try:
+        yield
+    finally:
+        env.comm.meter = meter

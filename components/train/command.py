@@ -1,7 +1,15 @@
 """Train and evaluate a meta-learning CTR/CVR model on one interval of ETL episodes.
 
-Runs the trainer (``python -m trainer``) in this process: same config files, same overrides,
-same outputs and exit codes.
+Runs the trainer (``python -m trainer``) in this process, or with --nproc N (and --nnodes) as a
+torchrun job of N processes per host whose ranks shard the embedding rows and replicate the dense
+layers: same config files, same overrides, same outputs.
+
+Processes:
+  --nproc N              ranks on this host (1: in this process; N > 1: torchrun, one per rank)
+  --nnodes H             hosts; run the same command on each with --node-rank and the rendezvous
+  --node-rank R          --master-addr/--master-port of host 0 (inside a Kubeflow PyTorchJob the
+  --master-addr A        operator's PET_* variables supply all three; --standalone otherwise)
+  --master-port P
 
 A run is a config file plus overrides:
   --config FILE|NAME     a TOML file, or a packaged run: debug (CPU, seconds), default (issue-3
@@ -14,11 +22,16 @@ Sections (every field is documented in trainer/config.py; --print-config shows t
   model       arch (dlrm, deepfm, wide_deep, melu), embedding_dim, mlp, bottom_mlp, head_layers, label
   meta        mode (maml, fomaml, plain), inner_steps, inner_lr, adapt (head, dense, dense+emb)
   optim       dense Adam (dense_lr, betas, eps, weight_decay, grad_clip_norm), sparse_lr (Adagrad)
+  parallel    sharding (row_wise, table_wise), table_wise, backend, timeout_s, cache, des
   train       steps, log_every, eval_every, seed, deterministic, threads, device, output_dir
-  checkpoint  every, keep, resume, warm_start (another run's checkpoint), warm_start_optimizer
+  checkpoint  every, keep, resume, reshard, warm_start (another run), warm_start_optimizer
   eval        splits, max_episodes, adapt_steps, adapt_lr, adapt
 
-Outputs in train.output_dir: config.json, metrics.jsonl, eval.json, report.png, checkpoints/.
+Outputs in train.output_dir: config.json, sharding_plan.json, metrics.jsonl (with the bytes and
+calls of every collective per step), eval.json, report.png, checkpoints/ (one shard per rank).
+
+data.batch_episodes is per rank: a step of N ranks trains on N x batch_episodes episodes. A run
+resumes at the world size it was saved at (checkpoint.reshard=true re-places the rows otherwise).
 
 examples:
   metarec train --config debug data.path=out/episodes/dt=2026-11-01
@@ -26,22 +39,50 @@ examples:
       model.arch=deepfm train.output_dir=out/train/deepfm-fomaml
   metarec train --config default data.path=out/episodes/dt=2026-11-02 \\
       checkpoint.warm_start=out/train/deepfm-fomaml train.output_dir=out/train/day2
+  metarec train --nproc 2 --config debug data.path=out/episodes/dt=2026-11-01
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """``--config``, ``--print-config`` and the ``section.key=value`` overrides."""
+    """``--nproc`` and the rendezvous options, ``--config``, ``--print-config`` and the
+    ``section.key=value`` overrides."""
     from trainer.__main__ import add_arguments  # argparse only: keeps `--help` fast
 
     add_arguments(parser)
+    procs = parser.add_argument_group("processes")
+    procs.add_argument("--nproc", type=int, default=1, help="ranks on this host (default 1)")
+    procs.add_argument("--nnodes", type=int, default=None, help="hosts of the job")
+    procs.add_argument("--node-rank", type=int, default=None, help="this host's rank")
+    procs.add_argument("--master-addr", default=None, help="rendezvous host (host 0)")
+    procs.add_argument("--master-port", type=int, default=None, help="rendezvous port")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train, evaluate and write the report (exit code 2 with one line on a user error)."""
+    """Train, evaluate and write the report, in this process or as a torchrun job; a user error
+    is one line and exit code 2, a failed job one line naming torchrun's exit code."""
+    from components.train.launch import TorchrunOptions, run_torchrun, torchrun_command
     from trainer.__main__ import execute
 
-    return execute(args, prog="metarec train")
+    opts = TorchrunOptions(
+        args.nproc, args.nnodes, args.node_rank, args.master_addr, args.master_port
+    )
+    if args.print_config or not opts.multi_process():
+        return execute(args, prog="metarec train")
+
+    from trainer.config import load_trainer_config
+
+    load_trainer_config(args.config, list(args.overrides))  # refuse a bad config before launching
+    trainer_args = [*(["--config", args.config] if args.config else []), *args.overrides]
+    code = run_torchrun(torchrun_command(opts, [*trainer_args, *(["-v"] if args.verbose else [])]))
+    if code != 0:
+        sys.stderr.write(
+            f"metarec train: error: the torchrun job of {opts.nproc} process(es) per host failed "
+            f"(exit code {code}); the failing rank's error is above (torchrun's 'Root Cause' "
+            "section, or its one-line 'trainer: error:')\n"
+        )
+    return code

@@ -15,7 +15,7 @@ from tests.trainer.run_helpers import tiny_config, write_episodes
 from trainer.config import TrainerConfig
 from trainer.data.contract import load_manifest
 from trainer.data.reader import EpisodeReader
-from trainer.evaluate import evaluate
+from trainer.evaluate import evaluate, evaluation_share
 from trainer.metrics import binary_metrics, grouped_auc
 from trainer.trainer import Trainer
 
@@ -135,3 +135,33 @@ def test_a_split_without_episodes_is_skipped(tmp_path: Path) -> None:
         "skipped": "the split has no episodes",
     }
     assert results["valid"]["episodes"] > 0
+
+
+def _task_stream(reader: EpisodeReader) -> list[int]:
+    """Task ids of a reader's real episodes, in the order it yields them."""
+    return [t for b in reader for t in b.task_ids[b.episode_mask].tolist()]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_the_evaluated_episodes_are_the_first_in_file_order_at_any_world_size(
+    trained: Trainer, world_size: int
+) -> None:
+    """Each rank's share is a prefix of its own stream; together they are the first ``limit``
+    episodes of the split; every rank computes the same batch count and total."""
+    path = trained.cfg.data.path
+    in_file_order = _task_stream(EpisodeReader(path, "valid", 4, shuffle=False, epochs=1))
+    for limit in (1, 21, len(in_file_order) + 5):
+        readers = [
+            EpisodeReader(path, "valid", 4, rank=r, world_size=world_size, shuffle=False, epochs=1)
+            for r in range(world_size)
+        ]
+        shares = [evaluation_share(reader, limit) for reader in readers]
+        assert len({(steps, total) for _, steps, total in shares}) == 1
+        _, steps, total = shares[0]
+        assert total == min(limit, len(in_file_order))
+        assert steps == max(-(-len(p) // 4) for p, _, _ in shares) <= readers[0].steps_per_epoch
+        merged = np.sort(np.concatenate([p for p, _, _ in shares]))
+        assert merged.tolist() == list(range(total))
+        for reader, (positions, _, _) in zip(readers, shares, strict=True):
+            own = _task_stream(reader)[: len(positions)]
+            assert own == [in_file_order[p] for p in positions]

@@ -13,7 +13,7 @@ import pytest
 
 from tests.trainer.run_helpers import finite, read_jsonl, tiny_overrides, write_episodes
 from trainer.__main__ import main
-from trainer.config import SECTIONS, TrainerConfig
+from trainer.config import SECTIONS, TrainerConfig, load_trainer_config
 from trainer.context import context_from_env
 from trainer.data.contract import MANIFEST_NAME
 from trainer.meta import MODES
@@ -35,6 +35,8 @@ def _check_outputs(out: Path, steps: int) -> dict:
         for key in ("loss", "support_loss", "query_loss", "steps_per_s", "samples_per_s"):
             assert finite(r[key]), (key, r)
         assert r["loss"] > 0 and r["samples_per_s"] > 0
+        # one process: the step's collectives are identities, counted with zero bytes
+        assert r["comm.dense.calls"] == 1 and r["comm.bytes"] == 0 and r["episodes_per_step"] > 0
     assert [r["step"] for r in records if r["kind"] == "eval"] == [steps]
     ev = json.loads((out / "eval.json").read_text())
     assert ev["step"] == steps and set(ev["splits"]) == {"valid", "test_cold"}
@@ -47,7 +49,13 @@ def _check_outputs(out: Path, steps: int) -> dict:
     png = (out / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     saved = json.loads((out / "config.json").read_text())
-    assert saved["train"]["steps"] == steps
+    assert saved["train"]["steps"] == steps and saved["parallel"]["sharding"] == "row_wise"
+    plan = json.loads((out / "sharding_plan.json").read_text())
+    assert plan["world_size"] == 1 and [t["feature"] for t in plan["tables"]] == [
+        "user",
+        "ad",
+        "tags",
+    ]
     return ev
 
 
@@ -124,6 +132,8 @@ def test_unknown_config_key_and_bad_values(episodes: Path, tmp_path: Path, capsy
     _fails([*base, "model.dropout=0.1"], capsys, "unknown config key", "dropout", "[model]")
     _fails([*base, "meta.mode=reptile"], capsys, "meta.mode", "reptile")
     _fails([*base, "train.steps=many"], capsys, "train.steps")
+    _fails([*base, "parallel.backend=mpi"], capsys, "parallel.backend", "mpi")
+    _fails([*base, 'parallel.table_wise=["nope"]'], capsys, "parallel.table_wise", "nope")
     _fails(["--config", "debug"], capsys, "data.path is required")
     _fails(["--config", "nope.toml", f"data.path={episodes}"], capsys, "not found", "debug")
     assert not (tmp_path / "metrics.jsonl").exists()  # refused before any work
@@ -157,11 +167,13 @@ def test_truncated_checkpoint_is_refused_on_resume(episodes: Path, tmp_path: Pat
     _fails(tiny_overrides(episodes, out, **{"train.steps": 6}), capsys, "checksum", "truncated")
 
 
-def test_context_reads_the_launcher_variables() -> None:
-    ctx = context_from_env({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
-    assert (ctx.rank, ctx.world_size, ctx.is_main) == (0, 1, True)
-    assert context_from_env({}).world_size == 1
-    with pytest.raises(ValueError, match="nproc_per_node=1"):
-        context_from_env({"RANK": "1", "WORLD_SIZE": "2"})
+def test_context_reads_the_launcher_variables_and_the_parallel_section(episodes: Path) -> None:
+    cfg = load_trainer_config("debug", [f"data.path={episodes}", "parallel.dense_bucket_mb=0.5"])
+    env = context_from_env(cfg, {})
+    assert (env.rank, env.world_size, env.is_main, env.backend) == (0, 1, True, "none")
+    assert env.dense_bucket_bytes == 2**19 and env.device.type == "cpu"
+    env.close()
+    with pytest.raises(ValueError, match="MASTER_ADDR/MASTER_PORT are not set"):
+        context_from_env(cfg, {"RANK": "1", "WORLD_SIZE": "2"})
     with pytest.raises(ValueError, match="integers"):
-        context_from_env({"WORLD_SIZE": "two"})
+        context_from_env(cfg, {"WORLD_SIZE": "two"})

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.trainer.run_helpers import read_jsonl, tiny_config, write_episodes
-from trainer.config import TrainerConfig
+from tests.trainer.run_helpers import read_jsonl, tiny_config, tiny_overrides, write_episodes
+from trainer.config import TrainerConfig, load_trainer_config
 from trainer.data.batch import EpisodeBatch
 from trainer.meta import StepStats
 from trainer.trainer import Trainer
@@ -30,11 +30,11 @@ class RecordingTrainer(Trainer):
         super().__init__(cfg)
         self.crash_at, self.seen = crash_at, {}
 
-    def train_step(self, batch: EpisodeBatch) -> StepStats:
+    def train_step(self, batch: EpisodeBatch, next_batch: EpisodeBatch | None = None) -> StepStats:
         if self.crash_at is not None and self.step + 1 == self.crash_at:
             raise Crash(f"killed before step {self.crash_at}")
         self.seen[self.step + 1] = batch.task_ids.tolist()
-        return super().train_step(batch)
+        return super().train_step(batch, next_batch)
 
 
 def _run(cfg: TrainerConfig, crash_at: int | None = None) -> RecordingTrainer:
@@ -51,7 +51,10 @@ def _assert_same_state(a: Trainer, b: Trainer) -> None:
         a.model.state_dict().items(), b.model.state_dict().items(), strict=True
     ):
         assert torch.equal(x, y), name
-    ea, eb = a.model.embeddings.state_dict(), b.model.embeddings.state_dict()
+    ea, eb = (
+        {k: v for k, v in t.model.embeddings.state_dict().items() if not k.startswith("cache.")}
+        for t in (a, b)
+    )  # a cache's own state (slots, counters) is not the model's
     assert ea.keys() == eb.keys() and "emb.adagrad_sum" in ea
     for key in ea:
         assert torch.equal(ea[key], eb[key]), key
@@ -192,3 +195,46 @@ def test_meta_training_learns_the_per_task_signal(tmp_path: Path) -> None:
     assert valid["after"]["auc"] > 0.65, valid
     assert valid["after"]["auc"] > valid["before"]["auc"] + 0.1, valid
     assert valid["after"]["logloss"] < valid["before"]["logloss"] - 0.05, valid
+
+
+@pytest.mark.parametrize(
+    ("arch", "policy", "prefetch"), [("deepfm", "lru", True), ("melu", "lfu", False)]
+)
+def test_mixcache_in_the_loop_trains_exactly_like_no_cache(
+    episodes: Path, tmp_path: Path, arch: str, policy: str, prefetch: bool
+) -> None:
+    """A small device cache (about half of the user and ad tables: evictions and write-backs),
+    with the next step's misses prefetched by the loop except around the step-3 checkpoint and the
+    step-4 evaluation, ends bitwise where the uncached run does."""
+    parallel = [
+        "parallel.cache.enabled=true", "parallel.cache.capacity_fraction=0.5",
+        f"parallel.cache.policy={policy}", f"parallel.cache.prefetch={str(prefetch).lower()}",
+        'parallel.cache.tables=[{feature = "tags", enabled = false}]',  # small: kept whole
+    ]  # fmt: skip
+    extra = {
+        "model.arch": arch, "train.steps": 8, "checkpoint.every": 3, "train.eval_every": 4,
+        "data.batch_episodes": 2, "eval.max_episodes": 8,
+    }  # fmt: skip
+    plain = _run(tiny_config(episodes, tmp_path / "plain", **extra))
+    cached_cfg = load_trainer_config(
+        "debug", tiny_overrides(episodes, tmp_path / "c", **extra) + parallel
+    )
+    cached = _run(cached_cfg)
+    _assert_same_state(plain, cached)
+    train = [r for r in read_jsonl(tmp_path / "c" / "metrics.jsonl") if r["kind"] == "train"]
+    assert sum(r["cache.evictions"] for r in train) > 0  # the cache was too small to hold it all
+    assert all(0 < r["cache.hit_rate"] < 1 and r["cache.h2d_bytes"] > 0 for r in train), train
+
+
+def test_des_on_one_process_trains_like_the_row_exchange(episodes: Path, tmp_path: Path) -> None:
+    """DES needs the sharded collection even on one rank; the loop then sends the substituted
+    operators' gradients back (``embeddings.backward``) before the dense step."""
+    extra = {"model.arch": "deepfm", "meta.mode": "fomaml", "meta.adapt": "head"}
+    plain = _run(tiny_config(episodes, tmp_path / "plain", **extra))
+    des = _run(tiny_config(episodes, tmp_path / "des", **extra, **{"parallel.des": "on"}))
+    assert des.sharded and not plain.sharded
+    for key, value in plain.model.state_dict().items():
+        torch.testing.assert_close(des.model.state_dict()[key], value, rtol=1e-4, atol=1e-6)
+    table = des.model.embeddings.state_dict()
+    for key, value in plain.model.embeddings.state_dict().items():
+        torch.testing.assert_close(table[key], value, rtol=1e-4, atol=1e-7)

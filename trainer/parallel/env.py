@@ -1,28 +1,30 @@
 """The process's place in a job, and the ONE place that reads the launcher's variables and sets up the
-process group.
+process group. :class:`ParallelEnv` is the one context object the training loop uses; a single
+process is its trivial case (no process group, every collective the identity)::
 
-    env = init_parallel()                      # reads RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT
+    env = init_parallel(device="auto")         # reads RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT
     try:
         ...train: env.normalizer(...), env.reduce_dense_grads(...), env.barrier(), env.comm ...
     finally:
-        env.destroy()
+        env.close()                            # leaves the process group (idempotent)
 
-Launchers and the variables they set (read here only; ``trainer.context.context_from_env``, the
-single-process placeholder, is to delegate here once the loop is wired to this package):
+The trainer gets its env from ``trainer.context.context_from_env(cfg)``, which delegates here with
+the ``[parallel]`` settings. Launchers and the variables they set (read here only):
 
 - plain ``python -m trainer``: none of them -> one process, no process group;
 - ``torchrun --nproc_per_node=N``: per process ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
   ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT`` (and ``TORCHELASTIC_RUN_ID``);
-- a Kubeflow PyTorchJob whose container runs the trainer directly (one process per pod): the operator
-  sets ``MASTER_ADDR``/``MASTER_PORT`` (the master pod's service), ``WORLD_SIZE`` (pods), ``RANK``
-  (the POD rank: master 0, worker i -> i + 1) and ``PET_*`` defaults for torchrun. No ``LOCAL_RANK``:
-  it is 0. If ``PET_NPROC_PER_NODE`` asks for several processes per pod, the container command must
-  be ``torchrun`` (which turns the pod rank into process ranks); a direct launch is refused.
+- a Kubeflow PyTorchJob whose container runs ``torchrun -m trainer ...``: the operator sets
+  ``PET_NNODES``, ``PET_NODE_RANK``, ``PET_NPROC_PER_NODE``, ``PET_MASTER_ADDR``/``PORT``, which
+  torchrun takes as its defaults, then torchrun sets the per-process variables above;
+- a PyTorchJob whose container runs the trainer directly (one process per pod): the operator sets
+  ``MASTER_ADDR``/``MASTER_PORT`` (the master pod's service), ``WORLD_SIZE`` (pods), ``RANK`` (the
+  POD rank: master 0, worker i -> i + 1) and the ``PET_*`` defaults. No ``LOCAL_RANK``: it is 0. If
+  ``PET_NPROC_PER_NODE`` asks for several processes per pod, the container command must be
+  ``torchrun`` (which turns the pod rank into process ranks); a direct launch is refused.
 
-Backend: NCCL when the process runs on a GPU, gloo on CPU, chosen from the device. The
-:class:`ParallelEnv` is immutable; its methods are the hooks the training loop calls (the same names
-as :class:`trainer.context.ParallelContext`, the single-process context), and ``comm`` counts every
-byte sent (:mod:`trainer.parallel.comm`).
+Backend: NCCL when the process runs on a GPU, gloo on CPU, chosen from the device. ``comm`` counts
+every byte sent (:mod:`trainer.parallel.comm`).
 """
 
 from __future__ import annotations
@@ -102,7 +104,8 @@ class LaunchSpec:
 
 @dataclass(frozen=True)
 class ParallelEnv:
-    """Rank, world size, device and backend of this process, and the loop's communication hooks."""
+    """Rank, world size, device and backend of this process, and the loop's communication hooks
+    (every hook is the identity for one process, so the single-process run is the reference)."""
 
     rank: int
     world_size: int
@@ -112,6 +115,13 @@ class ParallelEnv:
     """``gloo``, ``nccl`` or ``none`` (one process, no process group)."""
     comm: Collectives = field(repr=False)
     dense_bucket_bytes: int = DEFAULT_BUCKET_BYTES
+
+    @classmethod
+    def single_process(
+        cls, device: torch.device, dense_bucket_bytes: int = DEFAULT_BUCKET_BYTES
+    ) -> ParallelEnv:
+        """The trivial job: one process on ``device``, no process group."""
+        return cls(0, 1, 0, device, "none", Collectives(0, 1, device=device), dense_bucket_bytes)
 
     @property
     def is_main(self) -> bool:
@@ -156,13 +166,10 @@ class ParallelEnv:
         """Calls and bytes of each collective since the last call (log them with the metrics)."""
         return self.comm.meter.snapshot(reset=reset)
 
-    def destroy(self) -> None:
-        """Tear down the process group (idempotent)."""
+    def close(self) -> None:
+        """Leave and tear down the process group (idempotent; nothing to do for one process)."""
         if self.backend != "none" and dist.is_initialized():
             dist.destroy_process_group()
-
-    close = destroy
-    """The name :class:`trainer.context.ParallelContext` uses."""
 
 
 def resolve_device(name: str, local_rank: int) -> torch.device:
@@ -216,7 +223,7 @@ def init_parallel(
         raise ValueError("the nccl backend needs a GPU; use backend auto or gloo on CPU")
     use_pg = spec.world_size > 1 or force_process_group or spec.launcher != "none"
     if not use_pg:
-        return ParallelEnv(0, 1, 0, dev, "none", Collectives(0, 1, device=dev), dense_bucket_bytes)
+        return ParallelEnv.single_process(dev, dense_bucket_bytes)
     addr = spec.master_addr or "127.0.0.1"
     host = f"[{addr}]" if ":" in addr else addr  # IPv6 literal
     port = spec.master_port or 29500

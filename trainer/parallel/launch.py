@@ -59,7 +59,7 @@ def _entry(
     try:
         fn(env, *args)
     finally:
-        env.destroy()
+        env.close()
 
 
 def spawn_local(

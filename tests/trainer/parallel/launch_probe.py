@@ -35,7 +35,7 @@ def main(out_dir: str) -> None:
                   "dense": model.state_dict(), "emb": model.embeddings.state_dict()}  # fmt: skip
         torch.save(result, Path(out_dir) / f"rank-{env.rank}.pt")
     finally:
-        env.destroy()
+        env.close()
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def test_plain_python_is_one_process_without_a_process_group() -> None:
     assert (env.rank, env.world_size, env.backend, env.is_main) == (0, 1, "none", True)
     assert env.barrier_fn() is None and env.normalizer(torch.tensor(5)) is None
     assert env.reduce_sums({"loss": 2.5, "n": 3}) == {"loss": 2.5, "n": 3.0}
-    env.destroy()  # nothing to tear down, and no error
+    env.close()  # nothing to tear down, and no error
 
 
 def test_torchrun_variables() -> None:

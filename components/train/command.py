@@ -60,11 +60,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     procs.add_argument("--node-rank", type=int, default=None, help="this host's rank")
     procs.add_argument("--master-addr", default=None, help="rendezvous host (host 0)")
     procs.add_argument("--master-port", type=int, default=None, help="rendezvous port")
+    from components.launchers.backend import add_backend_arguments
+
+    add_backend_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Train, evaluate and write the report, in this process or as a torchrun job; a user error
     is one line and exit code 2, a failed job one line naming torchrun's exit code."""
+    if args.backend == "kubernetes":
+        from components.launchers.backend import run_train_with_backend
+
+        return run_train_with_backend(args, args.config, list(args.overrides))
     from components.train.launch import TorchrunOptions, run_torchrun, torchrun_command
     from trainer.__main__ import execute
 

@@ -1,0 +1,101 @@
+"""The operators' admission rules that a CRD schema cannot express: each one refuses the mutated
+object it exists for, and accepts the rendered manifests (tests/manifests)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import pytest
+
+from components.launchers.checks import require_valid, webhook_errors
+from tests.components.launchers.fake_cluster import objects_for
+
+PYTORCHJOB = objects_for("PyTorchJob")
+TRAINJOB = objects_for("TrainJob")
+SPARK = objects_for("SparkApplication")
+
+
+def _master(job: dict) -> dict:
+    return job["spec"]["pytorchReplicaSpecs"]["Master"]
+
+
+def _containers(job: dict, rtype: str = "Master") -> list[dict]:
+    return job["spec"]["pytorchReplicaSpecs"][rtype]["template"]["spec"]["containers"]
+
+
+def _node_pod(runtime: dict) -> dict:
+    return runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]
+
+
+PYTORCHJOB_CASES: list[tuple[str, Callable[[dict], None]]] = [
+    ("DNS-1035", lambda j: j["metadata"].update(name="Metarec_Train")),
+    ("DNS-1035", lambda j: j["metadata"].update(name="1train")),
+    ("Master.replicas must be 1", lambda j: _master(j).update(replicas=2)),
+    ("Worker.replicas must be >= 1",
+     lambda j: j["spec"]["pytorchReplicaSpecs"]["Worker"].update(replicas=0)),
+    ("no container named 'pytorch'", lambda j: _containers(j)[0].update(name="trainer")),
+    ("needs an image", lambda j: _containers(j, "Worker")[0].pop("image")),
+    ("Master or Worker", lambda j: j["spec"]["pytorchReplicaSpecs"].update(
+        Chief=copy.deepcopy(_master(j)))),
+    ("restartPolicy", lambda j: _master(j).update(restartPolicy="Sometimes")),
+    ("nprocPerNode", lambda j: j["spec"].update(nprocPerNode="two")),
+    ("needs a Worker", lambda j: (j["spec"].update(elasticPolicy={"rdzvBackend": "c10d"}),
+                                  j["spec"]["pytorchReplicaSpecs"].pop("Worker"))),
+    ("exclusive", lambda j: j["spec"].update(elasticPolicy={"nProcPerNode": 2})),
+    ("rdzvBackend", lambda j: j["spec"].update(elasticPolicy={"rdzvBackend": "zookeeper"})),
+    ("minReplicas 4 > maxReplicas 2",
+     lambda j: j["spec"].update(elasticPolicy={"minReplicas": 4, "maxReplicas": 2})),
+    ("cleanPodPolicy", lambda j: j["spec"]["runPolicy"].update(cleanPodPolicy="Some")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("message", "mutate"), PYTORCHJOB_CASES)
+def test_pytorchjob_rules(message: str, mutate: Callable[[dict], None]):
+    job = copy.deepcopy(PYTORCHJOB[-1])
+    assert webhook_errors(job) == []
+    mutate(job)
+    assert any(message in e for e in webhook_errors(job)), webhook_errors(job)
+
+
+TRAINJOB_CASES: list[tuple[str, int, Callable[[dict], None]]] = [
+    ("DNS-1035", 2, lambda j: j["metadata"].update(name="x" * 64)),
+    ("runtimeRef.name is required", 2, lambda j: j["spec"]["runtimeRef"].pop("name")),
+    ("runtimeRef.kind", 2, lambda j: j["spec"]["runtimeRef"].update(kind="Runtime")),
+    ("numNodes must be >= 1", 2, lambda j: j["spec"]["trainer"].update(numNodes=0)),
+    ("reserves", 2, lambda j: j["spec"]["trainer"].update(env=[{"name": "PET_NNODES", "value": "3"}])),
+    ("must run torchrun", 2, lambda j: j["spec"]["trainer"].update(command=["python", "-m", "trainer"])),
+    ("no container named 'node'", 1, lambda r: _node_pod(r)["spec"]["containers"][0].update(name="pytorch")),
+    ("trainjob-ancestor-step", 1,
+     lambda r: r["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["metadata"].pop("labels")),
+    ("removed in Trainer v2.2", 1, lambda r: r["spec"]["mlPolicy"]["torch"].update(numProcPerNode=2)),
+    ("restartPolicy must be Never or OnFailure", 1, lambda r: _node_pod(r)["spec"].update(restartPolicy="Always")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("message", "index", "mutate"), TRAINJOB_CASES)
+def test_trainjob_and_runtime_rules(message: str, index: int, mutate: Callable[[dict], None]):
+    objs = copy.deepcopy(TRAINJOB)
+    require_valid(objs)
+    mutate(objs[index])
+    with pytest.raises(ValueError, match=message):
+        require_valid(objs)
+
+
+def test_cross_references_must_resolve():
+    objs = copy.deepcopy(TRAINJOB)
+    with pytest.raises(ValueError, match=r"runtime .* missing"):
+        require_valid([o for o in objs if o["kind"] != "TrainingRuntime"])
+    with pytest.raises(ValueError, match=r"ConfigMap .* missing"):
+        require_valid([o for o in copy.deepcopy(PYTORCHJOB) if o["kind"] != "ConfigMap"])
+
+
+@pytest.mark.parametrize("key", ["image", "mainApplicationFile", "sparkVersion"])
+def test_sparkapplication_rules(key: str):
+    app = copy.deepcopy(SPARK[0])
+    assert webhook_errors(app) == []
+    app["spec"].pop(key)
+    assert webhook_errors(app) == [f"spec.{key} is required"]
+    app = copy.deepcopy(SPARK[0])
+    app["spec"]["driver"].pop("serviceAccount")
+    assert "serviceAccount" in webhook_errors(app)[0]

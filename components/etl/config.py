@@ -1,0 +1,382 @@
+"""``EtlConfig``: every knob of the Meta-IO offline stage, validated on construction.
+
+Standard library only (plus the torch-free contract), so ``metarec etl --help`` stays instant and
+Airflow/KFP components can build a config without Spark installed.
+
+The feature spec says how raw columns become model inputs; it is written into the manifest, so
+the trainer and the serving side read the same thing. Default (slot order = this order)::
+
+    name             source          kind         buckets    slots
+    user_id          user_id         categorical  1_000_003  1
+    ad_id            ad_id           categorical    200_003  1
+    ...
+    hour_of_day      event_time      categorical         29  1     UTC hour as "0".."23"
+    user_interests   user_interests  multi           10_007  5     first 5 values, 0-padded
+    ad_tags          ad_tags         multi            5_003  3
+
+    dense: bid_price log1p, item_price log1p, user_hist_ctr identity
+
+Override it with a TOML or JSON file (``--features spec.toml``)::
+
+    [[features]]                       # repeated, in slot order
+    name = "user_id"                   # hashed as feature name + "\\x1f" + value
+    buckets = 1000003                  # table rows, row 0 = null/padding
+    # source = "user_id"  kind = "categorical"  slots = 1     (defaults)
+    [[dense]]
+    name = "bid_price"
+    transform = "log1p"                # or "identity"
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from components.raw_schema import FIELDS_BY_NAME, PARTITION_FORMATS, validate_task_key
+from trainer.data.contract import DenseSpec, FeatureSpec
+
+INPUT_FORMATS = ("auto", *PARTITION_FORMATS)
+DENSE_TRANSFORMS = ("identity", "log1p")
+DERIVED_SOURCES = {"event_time": "hour_of_day"}
+"""Raw columns that are not categorical but from which a categorical feature is derived."""
+MAX_BUCKETS = (1 << 31) - 1
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """One sparse feature of the spec (its slot offset follows from the order of the spec)."""
+
+    name: str
+    """Feature name: part of the hash input, so equal values of two features hash apart."""
+    buckets: int
+    """Rows of the feature's embedding table, row 0 (null/padding) included; ids are in [0, buckets)."""
+    source: str = ""
+    """Raw column it reads; defaults to ``name``. ``event_time`` derives the UTC hour "0".."23"."""
+    kind: str = "categorical"
+    """``categorical`` (one slot) or ``multi`` (a list column: its first ``slots`` values)."""
+    slots: int = 1
+    """Ids per sample: 1 for categorical; for multi, values beyond ``slots`` are dropped, missing
+    ones are 0."""
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            object.__setattr__(self, "source", self.name)
+        where = f"feature {self.name!r}"
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.name):
+            raise ValueError(f"{where}: the name must be an identifier (letters, digits, _)")
+        raw = FIELDS_BY_NAME.get(self.source)
+        if raw is None:
+            raise ValueError(
+                f"{where}: source {self.source!r} is not a raw column; choose one of "
+                f"{', '.join(FIELDS_BY_NAME)}"
+            )
+        if self.kind not in ("categorical", "multi"):
+            raise ValueError(f"{where}: kind must be 'categorical' or 'multi', got {self.kind!r}")
+        if self.source in DERIVED_SOURCES and self.name != DERIVED_SOURCES[self.source]:
+            raise ValueError(
+                f"{where}: source {self.source!r} only feeds the derived feature "
+                f"{DERIVED_SOURCES[self.source]!r}"
+            )
+        wanted = "multi" if raw.kind == "multi" else "categorical"
+        if raw.kind in ("dense", "label") or wanted != self.kind:
+            raise ValueError(
+                f"{where}: raw column {self.source!r} is {raw.kind}; a sparse feature over it must "
+                f"have kind {wanted!r}"
+                + (" (dense columns go in [[dense]])" if raw.kind == "dense" else "")
+            )
+        if not 2 <= self.buckets <= MAX_BUCKETS:
+            raise ValueError(f"{where}: buckets must be in [2, 2^31 - 1], got {self.buckets}")
+        if self.kind == "categorical" and self.slots != 1:
+            raise ValueError(f"{where}: a categorical feature has exactly 1 slot, got {self.slots}")
+        if not 1 <= self.slots <= 1024:
+            raise ValueError(f"{where}: slots must be in [1, 1024], got {self.slots}")
+
+
+@dataclass(frozen=True)
+class DenseConfig:
+    """One dense feature: a numeric raw column, transformed; null becomes 0.0; stored as float32."""
+
+    name: str
+    """Feature name in the manifest."""
+    transform: str = "identity"
+    """``identity`` or ``log1p`` (for heavy-tailed non-negative values such as prices)."""
+    source: str = ""
+    """Raw dense column; defaults to ``name``."""
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            object.__setattr__(self, "source", self.name)
+        raw = FIELDS_BY_NAME.get(self.source)
+        if raw is None or raw.kind != "dense":
+            dense = [f for f, r in FIELDS_BY_NAME.items() if r.kind == "dense"]
+            raise ValueError(
+                f"dense feature {self.name!r}: source {self.source!r} is not a dense raw column "
+                f"({', '.join(dense)})"
+            )
+        if self.transform not in DENSE_TRANSFORMS:
+            raise ValueError(
+                f"dense feature {self.name!r}: transform must be one of {DENSE_TRANSFORMS}, "
+                f"got {self.transform!r}"
+            )
+
+
+DEFAULT_FEATURES: tuple[FeatureConfig, ...] = (
+    FeatureConfig("user_id", 1_000_003),
+    FeatureConfig("ad_id", 200_003),
+    FeatureConfig("campaign_id", 50_021),
+    FeatureConfig("advertiser_id", 10_007),
+    FeatureConfig("scene_id", 101),
+    FeatureConfig("user_gender", 7),
+    FeatureConfig("user_age_bucket", 17),
+    FeatureConfig("user_segment", 1_009),
+    FeatureConfig("device_type", 31),
+    FeatureConfig("region", 1_009),
+    FeatureConfig("ad_category", 2_003),
+    FeatureConfig("ad_brand", 20_011),
+    FeatureConfig("creative_type", 17),
+    FeatureConfig("hour_of_day", 29, source="event_time"),
+    FeatureConfig("user_interests", 10_007, kind="multi", slots=5),
+    FeatureConfig("ad_tags", 5_003, kind="multi", slots=3),
+)
+DEFAULT_DENSE: tuple[DenseConfig, ...] = (
+    DenseConfig("bid_price", "log1p"),
+    DenseConfig("item_price", "log1p"),
+    DenseConfig("user_hist_ctr", "identity"),
+)
+
+
+def load_feature_spec(
+    path: str | Path,
+) -> tuple[tuple[FeatureConfig, ...], tuple[DenseConfig, ...]]:
+    """Read a feature spec from a ``.toml`` or ``.json`` file (layout in the module docstring).
+
+    Raises:
+        ValueError: unreadable file, unknown keys, or an invalid feature (the message names it).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ValueError(f"feature spec {path}: cannot read it ({e.strerror})") from None
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import tomllib
+
+            data = tomllib.loads(text)
+    except (ValueError, json.JSONDecodeError) as e:
+        raise ValueError(
+            f"feature spec {path}: not valid {path.suffix.lstrip('.') or 'TOML'}: {e}"
+        ) from None
+    unknown = set(data) - {"features", "dense"}
+    if unknown or "features" not in data:
+        raise ValueError(
+            f"feature spec {path}: expected a 'features' list (and optionally 'dense'), "
+            f"found keys {sorted(data)}"
+        )
+
+    def build(cls, items, what):
+        out = []
+        for i, item in enumerate(items):
+            try:
+                out.append(cls(**item))
+            except TypeError as e:
+                raise ValueError(f"feature spec {path}: {what} #{i + 1} {item!r}: {e}") from None
+        return tuple(out)
+
+    return build(FeatureConfig, data["features"], "feature"), build(
+        DenseConfig, data.get("dense", []), "dense feature"
+    )
+
+
+def parse_hour(text: str | datetime) -> datetime:
+    """Parse a UTC hour: ``2026-11-01T00``, ``2026-11-01T00:00``, ``...Z``/``+00:00``; naive = UTC."""
+    if isinstance(text, datetime):
+        value = text
+    else:
+        raw = str(text).strip()
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}", raw):
+            raw += ":00"
+        try:
+            value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(
+                f"{text!r} is not an ISO-8601 UTC hour: use e.g. 2026-11-01T00"
+            ) from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+_DURATION = re.compile(r"(\d+)\s*([smhd]?)")
+
+
+def parse_duration(text: str | int | float | timedelta) -> timedelta:
+    """``"90m"``, ``"2h"``, ``"1d"``, ``"3600s"`` or a number of seconds -> timedelta."""
+    if isinstance(text, timedelta):
+        return text
+    if isinstance(text, int | float):
+        return timedelta(seconds=text)
+    m = _DURATION.fullmatch(str(text).strip())
+    if not m:
+        raise ValueError(f"{text!r} is not a duration: use e.g. 3600, 3600s, 90m, 2h or 1d")
+    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    return timedelta(seconds=int(m.group(1)) * unit)
+
+
+@dataclass(frozen=True)
+class EtlConfig:
+    """What the ETL reads, how it cuts episodes and where it writes. Validated on construction."""
+
+    input: str
+    """Raw log root (local path or any pyarrow.fs/Hadoop URI) holding ``dt=YYYY-MM-DD/hr=HH/`` partitions."""
+    output: str
+    """Output root; this interval goes to ``<output>/interval=<start>-<end>/`` (others untouched)."""
+    start: datetime
+    """Interval start, UTC, hour-aligned, inclusive (``2026-11-01T00``)."""
+    end: datetime
+    """Interval end, UTC, hour-aligned, exclusive (``2026-11-02T00``)."""
+    input_format: str = "auto"
+    """``jsonl``, ``jsonl.gz``, ``parquet``, or ``auto`` (from the file names; mixing is an error)."""
+    task_key: str = "campaign_id"
+    """Raw id column that defines a task (campaign_id, advertiser_id, user_id, scene_id, ad_id)."""
+    k_support: int = 32
+    """K: support samples per episode (the older ones)."""
+    q_query: int = 32
+    """Q: query samples per episode (the newer ones)."""
+    min_support: int = 8
+    """An episode with fewer real support samples is not emitted (its rows are quarantined)."""
+    min_query: int = 8
+    """An episode with fewer real query samples is not emitted (its rows are quarantined)."""
+    num_buckets: int = 16
+    """Task buckets per split: each is one file, so ranks read disjoint files (>= ranks x 2 is good)."""
+    cold_fraction: float = 0.1
+    """Share of tasks (by a stable hash of the task key) held out whole as ``test_cold``."""
+    valid_fraction: float = 0.1
+    """Share of the interval (the latest part) whose episodes of warm tasks go to ``valid``."""
+    max_lateness: timedelta = timedelta(hours=1)
+    """How much older than its partition hour an event may be (late arrivals); older -> quarantined."""
+    features: tuple[FeatureConfig, ...] = DEFAULT_FEATURES
+    """Sparse features in slot order (see the module docstring)."""
+    dense_features: tuple[DenseConfig, ...] = DEFAULT_DENSE
+    """Dense features in order."""
+    row_group_bytes: int = 64 << 20
+    """Target Parquet row-group size (``parquet.block.size``); large groups read sequentially fast."""
+    shuffle_partitions: int = 32
+    """Partitions of the narrow de-duplication aggregate (``spark.sql.shuffle.partitions``; AQE coalesces)."""
+    allow_missing: bool = False
+    """Proceed when some hourly partitions are missing (they are listed in the manifest)."""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    """Free-form producer notes copied into the manifest (e.g. the DAG run id); never read."""
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "start", parse_hour(self.start))
+        set_(self, "end", parse_hour(self.end))
+        set_(self, "max_lateness", parse_duration(self.max_lateness))
+        set_(self, "features", tuple(self.features))
+        set_(self, "dense_features", tuple(self.dense_features))
+        if not self.input or not self.output:
+            raise ValueError(
+                "both an input root (--input) and an output root (--output) are needed"
+            )
+        for name, t in (("start", self.start), ("end", self.end)):
+            if (t.minute, t.second, t.microsecond) != (0, 0, 0):
+                raise ValueError(
+                    f"--{name} {t:%Y-%m-%dT%H:%M:%S} must be a whole UTC hour, e.g. 2026-11-01T05"
+                )
+        if self.end <= self.start:
+            raise ValueError(
+                f"--end ({self.end:%Y-%m-%dT%H}) must be after --start ({self.start:%Y-%m-%dT%H})"
+            )
+        if self.input_format not in INPUT_FORMATS:
+            raise ValueError(
+                f"--format must be one of {', '.join(INPUT_FORMATS)}, got {self.input_format!r}"
+            )
+        validate_task_key(self.task_key)
+        for name in ("k_support", "q_query", "min_support", "min_query", "num_buckets"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.min_support > self.k_support:
+            raise ValueError(
+                f"--min-support ({self.min_support}) cannot exceed K (--k {self.k_support})"
+            )
+        if self.min_query > self.q_query:
+            raise ValueError(f"--min-query ({self.min_query}) cannot exceed Q (--q {self.q_query})")
+        if self.num_buckets > 99_999:
+            raise ValueError(
+                f"--buckets must be at most 99999 (5-digit folder names), got {self.num_buckets}"
+            )
+        for name in ("cold_fraction", "valid_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.max_lateness < timedelta(0):
+            raise ValueError(f"--max-lateness must not be negative, got {self.max_lateness}")
+        if self.row_group_bytes < (1 << 20):
+            raise ValueError(
+                f"--row-group-bytes must be at least 1 MiB, got {self.row_group_bytes}"
+            )
+        if self.shuffle_partitions < 1:
+            raise ValueError(
+                f"--shuffle-partitions must be positive, got {self.shuffle_partitions}"
+            )
+        if not self.features:
+            raise ValueError("the feature spec has no sparse features")
+        names = [f.name for f in self.features] + [d.name for d in self.dense_features]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"feature spec: duplicate feature names {dupes}")
+
+    # Derived values -------------------------------------------------------------------------------
+
+    @property
+    def interval_id(self) -> str:
+        """Folder name of this interval's output, e.g. ``interval=20261101T00-20261102T00``."""
+        return f"interval={self.start:%Y%m%dT%H}-{self.end:%Y%m%dT%H}"
+
+    @property
+    def hours(self) -> list[datetime]:
+        """The hourly partitions of ``[start, end)``."""
+        n = int((self.end - self.start) / timedelta(hours=1))
+        return [self.start + timedelta(hours=i) for i in range(n)]
+
+    @property
+    def warm_cutoff(self) -> datetime:
+        """Episodes of warm tasks whose first query sample is at or after this time go to ``valid``."""
+        return self.start + (1.0 - self.valid_fraction) * (self.end - self.start)
+
+    @property
+    def sparse_width(self) -> int:
+        return sum(f.slots for f in self.features)
+
+    def feature_specs(self) -> list[FeatureSpec]:
+        """The sparse features as the manifest records them (with slot offsets)."""
+        out, offset = [], 0
+        for f in self.features:
+            out.append(FeatureSpec(f.name, f.source, f.kind, f.buckets, f.slots, offset))
+            offset += f.slots
+        return out
+
+    def dense_specs(self) -> list[DenseSpec]:
+        return [
+            DenseSpec(d.name, d.source, d.transform, i) for i, d in enumerate(self.dense_features)
+        ]
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready settings for the manifest (no wall-clock time, so reruns are byte-identical)."""
+        d = asdict(self)
+        d["start"], d["end"] = iso(self.start), iso(self.end)
+        d["max_lateness_s"] = int(d.pop("max_lateness").total_seconds())
+        return d
+
+
+def iso(t: datetime) -> str:
+    """``2026-11-01T00:00:00Z``."""
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def epoch_ms(t: datetime) -> int:
+    return int(t.timestamp() * 1000)

@@ -1,0 +1,258 @@
+"""Extract: find the interval's hourly partitions, check them, and read them as a DataFrame.
+
+No business logic lives here: it lists files through ``pyarrow.fs`` (so ``s3://``, ``gs://``,
+``hdfs://`` work like local paths), refuses what cannot be read with a clear message, and hands
+Spark an explicit file list. Parsing and validation are in :mod:`components.etl.rows`.
+
+What it checks, before Spark reads anything:
+
+- every hour of ``[start, end)`` has its ``dt=YYYY-MM-DD/hr=HH`` folder (else an error listing the
+  missing hours, unless ``allow_missing``: then they are recorded in the manifest);
+- file formats: ``auto`` takes the format from the names (``.jsonl``, ``.jsonl.gz``, ``.parquet``)
+  and refuses a mix; files whose names start with ``_`` or ``.`` (``_generation.json``, ``.crc``)
+  are skipped; other unknown names are listed in the manifest as ignored;
+- Parquet footers, with pyarrow: a corrupt or unreadable file (truncated, not Parquet, a column of
+  the wrong type) FAILS the run with an error naming every bad file. We fail rather than quarantine
+  the file because its rows cannot be counted: quarantining it would lose rows silently, while
+  failing lets the operator repair or remove the file and rerun the (idempotent) interval.
+- an interval with no rows at all (no data files, or only empty ones) is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from components.etl.config import EtlConfig
+from components.raw_schema import FIELDS_BY_NAME, RAW_FIELDS
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (("jsonl.gz", ".jsonl.gz"), ("jsonl", ".jsonl"), ("parquet", ".parquet"))
+
+
+@dataclass
+class InputListing:
+    """The data files of an interval, as found by :func:`list_input`."""
+
+    uri: str
+    """The input root as given."""
+    fmt: str
+    """``jsonl``, ``jsonl.gz`` or ``parquet``."""
+    files: list[str]
+    """Paths relative to the root (``dt=.../hr=.../part-00000.jsonl``), sorted."""
+    missing_hours: list[str] = field(default_factory=list)
+    ignored_files: list[str] = field(default_factory=list)
+    total_bytes: int = 0
+    parquet_rows: int | None = None
+    """Rows according to the Parquet footers (None for JSONL)."""
+
+    def spark_paths(self) -> list[str]:
+        """Full URIs Spark can read (local paths become ``file://`` so a cluster default FS is not used)."""
+        return [spark_uri(join(self.uri, f)) for f in self.files]
+
+
+def join(root: str, rel: str) -> str:
+    return root.rstrip("/") + "/" + rel
+
+
+def filesystem(uri: str):
+    """``(pyarrow FileSystem, path)`` for a local path or any URI pyarrow understands."""
+    import pyarrow.fs as pafs
+
+    if "://" in uri and not uri.startswith("file://"):
+        return pafs.FileSystem.from_uri(uri)
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
+    import os
+
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def spark_uri(uri: str) -> str:
+    """The URI Spark/Hadoop uses for ``uri``: absolute ``file://`` for local paths, ``s3a://`` for S3."""
+    import os
+
+    if uri.startswith("s3://"):
+        return "s3a://" + uri[len("s3://") :]
+    if "://" in uri:
+        return uri
+    return "file://" + os.path.abspath(uri)
+
+
+def format_of(name: str) -> str | None:
+    for fmt, suffix in SUFFIXES:
+        if name.endswith(suffix):
+            return fmt
+    return None
+
+
+def partition_dir(hour: datetime) -> str:
+    return f"dt={hour:%Y-%m-%d}/hr={hour:%H}"
+
+
+def list_input(config: EtlConfig) -> InputListing:
+    """List and check the data files of ``config``'s interval.
+
+    Raises:
+        FileNotFoundError: the input root does not exist.
+        ValueError: missing partitions (without ``allow_missing``), mixed or unknown formats,
+            no data at all, or corrupt Parquet files — each message says what to do.
+    """
+    import pyarrow.fs as pafs
+
+    fs, base = filesystem(config.input)
+    if fs.get_file_info(base).type != pafs.FileType.Directory:
+        raise FileNotFoundError(f"input root {config.input} does not exist or is not a directory")
+    files: dict[str, list[tuple[str, int]]] = {}
+    missing, ignored = [], []
+    for hour in config.hours:
+        rel = partition_dir(hour)
+        infos = fs.get_file_info(pafs.FileSelector(join(base, rel), allow_not_found=True))
+        if not infos and fs.get_file_info(join(base, rel)).type != pafs.FileType.Directory:
+            missing.append(rel)
+            continue
+        for info in infos:
+            name = info.base_name
+            if info.type != pafs.FileType.File or name.startswith(("_", ".")):
+                continue
+            fmt = format_of(name)
+            if fmt is None:
+                ignored.append(f"{rel}/{name}")
+            else:
+                files.setdefault(fmt, []).append((f"{rel}/{name}", info.size or 0))
+    if missing and not config.allow_missing:
+        raise ValueError(
+            f"{config.input}: {len(missing)} of {len(config.hours)} hourly partitions of "
+            f"[{config.start:%Y-%m-%dT%H}, {config.end:%Y-%m-%dT%H}) are missing: "
+            f"{_shorten(missing)}. Wait for them to land, or pass --allow-missing to process the "
+            "interval without them (they are recorded in the manifest)."
+        )
+    fmt = _choose_format(config, files)
+    if fmt is None:
+        raise ValueError(
+            f"{config.input}: the interval [{config.start:%Y-%m-%dT%H}, {config.end:%Y-%m-%dT%H}) "
+            "is empty: no data files (.jsonl, .jsonl.gz, .parquet) in its partitions"
+            + (f"; ignored: {_shorten(ignored)}" if ignored else "")
+        )
+    chosen = sorted(files[fmt])
+    listing = InputListing(
+        uri=config.input,
+        fmt=fmt,
+        files=[rel for rel, _ in chosen],
+        missing_hours=missing,
+        ignored_files=sorted(ignored),
+        total_bytes=sum(size for _, size in chosen),
+    )
+    if ignored:
+        log.warning("ignoring %d files with unknown names: %s", len(ignored), _shorten(ignored))
+    if fmt == "parquet":
+        listing.parquet_rows = check_parquet_files(fs, base, listing.files)
+        empty = listing.parquet_rows == 0
+    else:
+        empty = listing.total_bytes == 0
+    if empty:
+        raise ValueError(
+            f"{config.input}: the interval [{config.start:%Y-%m-%dT%H}, {config.end:%Y-%m-%dT%H}) "
+            f"is empty: its {len(listing.files)} {fmt} files hold no rows"
+        )
+    return listing
+
+
+def _choose_format(config: EtlConfig, files: dict[str, list]) -> str | None:
+    if config.input_format != "auto":
+        others = sorted(f for f in files if f != config.input_format)
+        if others:
+            raise ValueError(
+                f"{config.input}: --format {config.input_format} was asked for, but the interval also "
+                f"holds {', '.join(others)} files ({_shorten([r for o in others for r, _ in files[o]])}); "
+                "move them away or pick the right format"
+            )
+        return config.input_format if files.get(config.input_format) else None
+    if len(files) > 1:
+        raise ValueError(
+            f"{config.input}: the interval mixes raw formats {sorted(files)}; an interval must hold "
+            "one format (pass --format to pick one after moving the others away)"
+        )
+    return next(iter(files), None)
+
+
+def _expected_arrow_types():
+    import pyarrow as pa
+
+    from components.raw_schema import arrow_schema
+
+    return {f.name: f.type for f in arrow_schema()}, pa
+
+
+def check_parquet_files(fs, base: str, files: list[str]) -> int:
+    """Read every footer with pyarrow; return the total row count.
+
+    Raises:
+        ValueError: naming every file that is not readable Parquet or has a raw column of the
+            wrong type (extra columns are fine, missing ones read as null).
+    """
+    import pyarrow.parquet as pq
+
+    expected, pa = _expected_arrow_types()
+    problems, rows = [], 0
+    for rel in files:
+        try:
+            with fs.open_input_file(join(base, rel)) as f:
+                meta = pq.ParquetFile(f).metadata
+                schema = meta.schema.to_arrow_schema()
+        except Exception as e:  # pyarrow raises ArrowInvalid/OSError for corrupt files
+            problems.append(f"{rel}: not a readable Parquet file ({type(e).__name__}: {e})")
+            continue
+        rows += meta.num_rows
+        for name in schema.names:
+            if name not in FIELDS_BY_NAME:
+                continue
+            found, want = schema.field(name).type, expected[name]
+            ok = found == want
+            if pa.types.is_timestamp(want):  # any unit, but it must be a UTC instant
+                ok = pa.types.is_timestamp(found) and found.tz in ("UTC", "+00:00", "Z")
+            if not ok:
+                problems.append(f"{rel}: column {name!r} is {found}, the raw schema says {want}")
+    if problems:
+        raise ValueError(
+            f"{len(problems)} problem(s) in the raw Parquet files — repair or remove these files and "
+            "rerun the interval:\n  " + "\n  ".join(problems)
+        )
+    return rows
+
+
+def read_raw(spark, listing: InputListing):
+    """Read the listed files; one row per JSONL line or Parquet row.
+
+    Returns a DataFrame with, for JSONL, ``value`` (the line) and for Parquet the raw columns typed
+    by :func:`components.raw_schema.arrow_schema`; plus ``dt`` (date) and ``hr`` (int) from the
+    partition folder and ``_file`` (the file name). See :mod:`components.etl.rows` for parsing.
+    """
+    from pyspark.sql import functions as F
+
+    reader = spark.read.option("basePath", spark_uri(listing.uri))
+    if listing.fmt == "parquet":
+        df = reader.schema(spark_raw_schema()).parquet(*listing.spark_paths())
+    else:
+        df = reader.text(listing.spark_paths())
+    return df.withColumn("_file", F.col("_metadata.file_name"))
+
+
+def spark_raw_schema():
+    """The raw schema as Spark types (Parquet input)."""
+    from pyspark.sql import types as T
+
+    types = {
+        "id": T.StringType(),
+        "categorical": T.StringType(),
+        "time": T.TimestampType(),
+        "multi": T.ArrayType(T.StringType()),
+        "dense": T.DoubleType(),
+        "label": T.ByteType(),
+    }
+    return T.StructType([T.StructField(f.name, types[f.kind], True) for f in RAW_FIELDS])
+
+
+def _shorten(items: list[str], n: int = 8) -> str:
+    return ", ".join(items[:n]) + (f" ... ({len(items) - n} more)" if len(items) > n else "")

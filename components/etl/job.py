@@ -1,0 +1,371 @@
+"""The Meta-IO offline stage as one job: extract -> transform -> load.
+
+Run it any of these ways; the code path is the same:
+
+    metarec etl --input data/raw --output data/episodes --start 2026-11-01T00 --end 2026-11-02T00
+    spark-submit components/etl/job.py --input s3://logs/raw --output s3://ml/episodes ...
+    python -c "from components.etl import EtlConfig, run_etl; run_etl(EtlConfig(...))"
+
+Under ``spark-submit`` the master and resources come from spark-submit; otherwise the job starts
+Spark ``local[*]`` (``--master`` or ``$METAREC_SPARK_MASTER`` to change it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from pathlib import Path
+
+if __name__ == "__main__" and __package__ in (None, ""):
+    # Run as a file by spark-submit: make the repository's packages importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from dataclasses import dataclass, field
+from typing import Any
+
+from components.etl import extract, load
+from components.etl.config import EtlConfig, epoch_ms, iso
+from trainer.data.contract import (
+    QUARANTINE_DIR,
+    SCHEMA_VERSION,
+    SPLITS,
+    Manifest,
+)
+
+log = logging.getLogger("components.etl")
+
+JOB_CONF = {
+    # The chunk aggregate reads rows already sorted by chunk: aggregate them in that order.
+    "spark.sql.execution.replaceHashWithSortAgg": "true",
+    # The JVM does not JIT-compile methods over 8000 bytes of bytecode; Spark's default limit
+    # lets whole-stage codegen emit bigger ones for the wide parse/encode and episode-building
+    # projections, which then run interpreted (measured: 2-3x slower). At 8000, Spark splits them.
+    "spark.sql.codegen.hugeMethodLimit": "8000",
+}
+
+
+@dataclass
+class EtlResult:
+    """What a run wrote and what it cost (also in the manifest, except the timings)."""
+
+    output: str
+    """The interval's output folder (local path or URI)."""
+    manifest: Manifest
+    rows_read: int
+    rows_kept: int
+    rows_quarantined: int
+    reasons: dict[str, int]
+    """Quarantined rows per reason code."""
+    episodes: dict[str, int]
+    """Episodes per split."""
+    seconds: float
+    """Wall time from listing the input to the manifest in place."""
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_read / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> str:
+        splits = ", ".join(f"{s} {self.episodes.get(s, 0)}" for s in SPLITS)
+        reasons = ", ".join(f"{r} {n}" for r, n in sorted(self.reasons.items())) or "none"
+        return (
+            f"{self.output}: {self.rows_read} rows read -> {self.rows_kept} in episodes "
+            f"({splits}), {self.rows_quarantined} quarantined ({reasons}); "
+            f"{self.seconds:.1f} s, {self.rows_per_second:,.0f} rows/s"
+        )
+
+
+class _Stages:
+    """Wall time per stage, logged as it goes and named in the Spark UI."""
+
+    def __init__(self, spark) -> None:
+        self.spark, self.seconds, self._t = spark, {}, None
+        self._name: str | None = None
+
+    def start(self, name: str) -> None:
+        self.stop()
+        self._name, self._t = name, time.monotonic()
+        log.info("stage %s ...", name)
+        with contextlib.suppress(
+            Exception
+        ):  # Spark Connect has no SparkContext; the label is optional
+            self.spark.sparkContext.setJobDescription(f"metarec etl: {name}")
+
+    def stop(self) -> None:
+        if self._name is not None:
+            self.seconds[self._name] = round(time.monotonic() - self._t, 3)
+            log.info("stage %s done in %.1f s", self._name, self.seconds[self._name])
+            self._name = None
+
+
+def run_etl(config: EtlConfig, spark=None) -> EtlResult:
+    """Run the ETL for ``config``'s interval; see the package docstring for the layout.
+
+    Args:
+        config: what to read, how to cut episodes, where to write.
+        spark: a SparkSession; default :func:`components.etl.session.build_spark`.
+
+    Raises:
+        ValueError / FileNotFoundError: bad input (missing partitions, empty interval, corrupt
+            Parquet, no episode possible) — the message says what to do. The previous output of
+            the interval, if any, is left untouched.
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import Observation
+
+    from components.etl import transform as tr
+    from components.etl.session import build_spark
+
+    t0 = time.monotonic()
+    listing = extract.list_input(config)
+    log.info(
+        "interval %s: %d %s files (%.1f MB)%s", config.interval_id, len(listing.files), listing.fmt,
+        listing.total_bytes / 1e6,
+        f", {len(listing.missing_hours)} hours missing" if listing.missing_hours else "",
+    )  # fmt: skip
+    spark = spark or build_spark("metarec-etl")
+    stages = _Stages(spark)
+    stages.seconds["list"] = round(time.monotonic() - t0, 3)
+    overrides = {**JOB_CONF, "spark.sql.shuffle.partitions": str(config.shuffle_partitions)}
+    previous = {k: spark.conf.get(k, None) for k in overrides}
+    for k, v in overrides.items():
+        spark.conf.set(k, v)
+    observation = Observation("metarec_etl_rows")
+    raw = extract.read_raw(spark, listing)
+    frame = tr.transform(raw, listing.fmt, config, observation).persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
+    staging = load.open_staging(config.output, config.interval_id)
+    try:
+        stages.start("transform")  # computes the transform once, into the cache both writes read
+        chunks = frame.count()
+        log.info("transform done: %d chunk rows cached", chunks)
+        stages.start("write episodes")
+        load.write_parquet(
+            tr.episodes_of(frame).sortWithinPartitions("split", "bucket", "task_key", "episode"),
+            staging.uri,
+            config.row_group_bytes,
+            partition_by=("split", "bucket"),
+        )
+        stages.start("write quarantine")
+        load.write_parquet(
+            tr.quarantine_of(frame).sortWithinPartitions(
+                "reason", "source_file", "event_id", "raw"
+            ),
+            extract.join(staging.uri, QUARANTINE_DIR),
+            config.row_group_bytes,
+        )
+        stages.start("manifest")
+        manifest = _finish(spark, staging, config, listing, observation, frame)
+        stages.start("swap")
+        final = load.swap_into_place(staging)
+        stages.stop()
+    except BaseException:
+        stages.stop()
+        load.discard(staging)
+        raise
+    finally:
+        frame.unpersist()
+        for k, v in previous.items():
+            spark.conf.unset(k) if v is None else spark.conf.set(k, v)
+    acc = manifest.accounting
+    result = EtlResult(
+        output=final
+        if "://" not in config.output
+        else config.output.rstrip("/") + "/" + config.interval_id,
+        manifest=manifest,
+        rows_read=acc["rows_read"],
+        rows_kept=acc["rows_kept"],
+        rows_quarantined=acc["rows_quarantined"],
+        reasons=dict(acc["per_reason"]),
+        episodes={s: manifest.splits[s]["episodes"] for s in SPLITS},
+        seconds=round(time.monotonic() - t0, 3),
+        stage_seconds=stages.seconds,
+    )
+    log.info("%s", result.summary())
+    return result
+
+
+def _observed(observation, rows_written: int) -> dict[str, int]:
+    """Rows read and blank lines, as Spark observed them while reading.
+
+    When nothing at all reached the shuffle, Spark's adaptive execution drops the (empty) read
+    stage from the final plan and the observation with it; rows read is then 0 by definition.
+    """
+    try:
+        return {k: int(v) for k, v in observation.get.items()}
+    except Exception:
+        if rows_written:
+            raise
+        return {"rows_read": 0, "blank_lines": 0}
+
+
+def _check_not_empty(
+    config: EtlConfig, listing, frame, rows_read: int, episodes: int, reasons
+) -> None:
+    from pyspark.sql import functions as F
+
+    if rows_read == 0:
+        raise ValueError(
+            f"{config.input}: the interval [{config.start:%Y-%m-%dT%H}, {config.end:%Y-%m-%dT%H}) "
+            f"is empty: its {len(listing.files)} {listing.fmt} files hold no rows"
+        )
+    if episodes == 0:
+        largest = frame.agg(F.max(F.when(F.col("_ok"), F.col("_task_rows")))).collect()[0][0]
+        quarantined = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items()))
+        need = config.min_support + config.min_query
+        raise ValueError(
+            f"no episode could be formed from the {rows_read} rows of {config.interval_id} "
+            f"(quarantined: {quarantined}). The largest task ({config.task_key}) has "
+            f"{largest or 0} valid rows; an episode needs at least min_support + "
+            f"min_query = {need} (K={config.k_support}, Q={config.q_query}). Lower --k/--q and "
+            "--min-support/--min-query, pick another --task-key, or process a longer interval."
+        )
+
+
+def _finish(spark, staging, config: EtlConfig, listing, observation, frame) -> Manifest:
+    """Tidy the written files, count what they hold, check the accounting, write the manifest."""
+    import pyarrow as pa
+
+    from components.etl.encode import UNIT_BITS
+    from trainer.data.hashing import HASH_CONTRACT
+
+    episode_files = load.describe_files(staging, load.tidy(staging, "", one_per_folder=True))
+    quarantine_files = load.describe_files(
+        staging, load.tidy(staging, QUARANTINE_DIR, one_per_folder=False)
+    )
+    counted = load.episode_stats(staging, episode_files, config.k_support)
+    reasons = load.quarantine_reasons(staging, quarantine_files)
+    episodes = sum(s["episodes"] for s in counted["splits"].values())
+    kept = sum(s["samples"] for s in counted["splits"].values())
+    quarantined = sum(f.rows for f in quarantine_files)
+    metrics = _observed(observation, kept + quarantined)
+    rows_read, blank = metrics["rows_read"], metrics["blank_lines"]
+    _check_not_empty(config, listing, frame, rows_read, episodes, reasons)
+    # The accounting invariant, on what is on disk: every row read is in an episode file or in
+    # the quarantine files, exactly once.
+    problems = []
+    if rows_read != kept + quarantined:
+        problems.append(f"rows read {rows_read} != kept {kept} + quarantined {quarantined}")
+    if sum(reasons.values()) != quarantined:
+        problems.append("per-reason counts do not add up to the quarantined rows")
+    if sum(f.rows for f in episode_files) != episodes:
+        problems.append("episode file footers disagree with their rows")
+    if listing.parquet_rows is not None and listing.parquet_rows != rows_read:
+        problems.append(
+            f"Parquet footers count {listing.parquet_rows} rows, Spark read {rows_read}"
+        )
+    if problems:
+        raise AssertionError("ETL accounting failed (a bug, please report): " + "; ".join(problems))
+    stats = {"reasons": reasons, "splits": counted["splits"], "min_t": counted["min_t"],
+             "max_t": counted["max_t"]}  # fmt: skip
+
+    load.write_json(staging, f"{QUARANTINE_DIR}/{load.REASONS_NAME}", stats["reasons"])
+    hash_contract = {
+        **HASH_CONTRACT,
+        "task_id": "signed_hash('task', task_key)",
+        "split": f"test_cold if pmod(signed_hash('split', task_key), 2^{UNIT_BITS}) / 2^{UNIT_BITS} < cold_fraction",
+        "bucket": "pmod(murmur3_x86_32(utf8(task_key), seed=42), num_buckets): Spark's hash()",
+        "num_buckets": config.num_buckets,
+    }
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION,
+        interval={"id": config.interval_id, "start": iso(config.start), "end": iso(config.end)},
+        task_key=config.task_key,
+        k_support=config.k_support,
+        q_query=config.q_query,
+        min_support=config.min_support,
+        min_query=config.min_query,
+        hash=hash_contract,
+        features=config.feature_specs(),
+        dense_features=config.dense_specs(),
+        splits=stats["splits"],
+        files=[f.entry() for f in episode_files],
+        content_hash=load.content_hash(episode_files),
+        time_range=_time_range(stats),
+        accounting={
+            "rows_read": rows_read,
+            "rows_kept": kept,
+            "rows_quarantined": quarantined,
+            "per_reason": reasons,
+            "blank_lines_skipped": blank,
+            "input": {
+                "uri": listing.uri,
+                "format": listing.fmt,
+                "files": len(listing.files),
+                "bytes": listing.total_bytes,
+                "missing_hours": listing.missing_hours,
+                "ignored_files": listing.ignored_files,
+            },
+            "quarantine": {"dir": QUARANTINE_DIR, "files": [f.entry() for f in quarantine_files]},
+        },
+        split_rule={
+            "cold": "tasks with unit_interval('split', task_key) < cold_fraction -> test_cold",
+            "valid": "other tasks' episodes whose first query sample is at or after warm_cutoff",
+            "train": "the rest",
+            "cold_fraction": config.cold_fraction,
+            "valid_fraction": config.valid_fraction,
+            "warm_cutoff": iso(config.warm_cutoff),
+            "warm_cutoff_ms": epoch_ms(config.warm_cutoff),
+        },
+        producer={
+            "name": "components.etl",
+            "metarec": _version(),
+            "spark": spark.version,
+            "pyarrow": pa.__version__,
+            "config": config.describe(),
+        },
+    )
+    load.write_json(staging, "_manifest.json", manifest.to_json())
+    return manifest
+
+
+def _time_range(stats: dict[str, Any]) -> dict[str, str]:
+    from datetime import UTC, datetime
+
+    if stats["min_t"] is None:
+        return {}
+    lo, hi = int(stats["min_t"]), int(stats["max_t"])
+    return {
+        "min_event_time": iso(datetime.fromtimestamp(lo / 1000, UTC)),
+        "max_event_time": iso(datetime.fromtimestamp(hi / 1000, UTC)),
+        "min_event_time_ms": str(lo),
+        "max_event_time_ms": str(hi),
+    }
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("metarec")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``spark-submit components/etl/job.py ...`` (same options as ``metarec etl``)."""
+    import argparse
+
+    from components.etl import command
+
+    parser = argparse.ArgumentParser(prog="job.py", description=command.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    command.configure_parser(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    try:
+        return command.run(args)
+    except (ValueError, FileNotFoundError) as e:
+        if args.verbose:
+            raise
+        sys.stderr.write(f"metarec etl: error: {e}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

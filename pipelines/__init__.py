@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines (KFP v2) definitions of the metarec training flow."""

@@ -1,0 +1,39 @@
+"""The performance design holds: one full-row shuffle, read once (the dedup aggregates reuse it)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.components.etl import rawdata
+from tests.components.etl.test_job import make_config
+
+pytestmark = pytest.mark.spark
+
+
+def test_one_full_row_shuffle_and_no_python(spark, tmp_path):
+    from components.etl import extract
+    from components.etl import transform as tr
+
+    rawdata.corrupted_interval(tmp_path / "raw", "jsonl")  # has duplicates: the dedup branch runs
+    config = make_config(tmp_path / "raw", tmp_path / "out")
+    listing = extract.list_input(config)
+    frame = tr.transform(extract.read_raw(spark, listing), listing.fmt, config)
+    frame.collect()  # runs the Dataset's own query execution, so its plan below is the final one
+    text = frame._jdf.queryExecution().executedPlan().toString()
+    plan = text.split("== Initial Plan ==")[0]  # the adaptive plan as it ran
+    assert "== Final Plan ==" in plan
+    # (a ReusedExchange prints the exchange it reuses: count distinct exchanges by plan id)
+    full_row = set(
+        re.findall(
+            r"Exchange hashpartitioning\(_pk#\d+, 4\), REPARTITION_BY_NUM, \[plan_id=(\d+)\]", plan
+        )
+    )
+    assert len(full_row) == 1, plan
+    assert plan.count("ReusedExchange") == 2, plan  # both de-duplication aggregates reuse it
+    assert plan.count("FileScan text") == 1, plan  # the input is read (and parsed) once
+    assert (
+        "PythonUDF" not in plan and "BatchEvalPython" not in plan and "ArrowEvalPython" not in plan
+    )
+    assert "SortAggregate" in plan or "ObjectHashAggregate" in plan

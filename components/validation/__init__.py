@@ -1,0 +1,20 @@
+"""Data validation with great-expectations 1.x: the raw-log suite and the episode suite.
+
+    from components.validation import validate_episodes, validate_raw
+    report = validate_episodes("out/episodes/interval=20261101T00-20261102T00")
+    report.success, report.failed, report.to_text()
+
+Modules: ``sources`` (listing/reading raw partitions and episode files), ``profile`` (Spark-side
+derived columns: GX checks scalars, so list columns are profiled per episode first), ``suites``
+(the expectations, as code), ``runner`` (the GX wiring), ``report`` (text/JSON/Markdown),
+``record`` (the atomic manifest update), ``episodes`` and ``raw`` (the two entry points),
+``command`` (the CLI).
+Nothing here imports Spark or GX at module level.
+"""
+
+from .episodes import validate_episodes
+from .raw import validate_raw
+from .report import CheckResult, ValidationReport
+from .suites import Thresholds
+
+__all__ = ["CheckResult", "Thresholds", "ValidationReport", "validate_episodes", "validate_raw"]

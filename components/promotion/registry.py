@@ -1,0 +1,210 @@
+"""The serving pointer of a model: which version is champion, promotion, rollback and history.
+
+Standard library only. Per model, beside its versions (``trainer/serving/artifact.py``)::
+
+    <models root>/<name>/
+      v1/ v2/ v3/             immutable exports
+      CHAMPION                {"version": "v3", "stack": ["v1", "v3"], "seq": 4, "last": {...}}
+      HISTORY.jsonl           one record per promotion / rollback, append-only
+      .lock                   flock: one promotion or rollback at a time
+
+``CHAMPION`` is the source of truth and changes in ONE step: the new pointer is written to a
+temporary file, fsynced, and ``os.replace``-d over the old one, so a reader sees the old pointer
+or the new one, never a missing or partial file. It carries the *stack* of champions (a promotion
+pushes, a rollback pops back to the previous champion) and the sequence number and record of
+the last change. ``HISTORY.jsonl`` is appended after the swap; if a crash falls between the two,
+the next promotion or rollback (and every reader, :func:`read_history`) restores the missing
+record from the pointer, so the history always ends with the pointer's last change.
+
+Example: promote v1, promote v3, rollback -> champion v1 (stack [v1]); another rollback is refused
+(no previous champion).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from trainer.serving.artifact import CHECKSUMS_FILE, check_name, fsync_dir, locked
+
+CHAMPION = "CHAMPION"
+HISTORY = "HISTORY.jsonl"
+POINTER_FORMAT = "metarec.champion"
+Fault = Callable[[str], None]
+"""Called at named points of a change (tests inject crashes there): ``pointer_written``,
+``pointer_swapped``, ``history_appended``."""
+
+
+@dataclass
+class Pointer:
+    """The content of ``CHAMPION``."""
+
+    version: str
+    stack: list[str]
+    seq: int
+    last: dict[str, Any]
+    updated_at: str = ""
+    format: str = POINTER_FORMAT
+    previous: str | None = field(default=None)
+
+    def to_json(self) -> str:
+        d = {
+            k: getattr(self, k) for k in ("format", "version", "stack", "seq", "last", "updated_at")
+        }
+        return json.dumps(d, indent=2, sort_keys=True) + "\n"
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def model_dir(root: str | Path, name: str) -> Path:
+    return Path(root) / check_name(name)
+
+
+def read_champion(root: str | Path, name: str) -> Pointer | None:
+    """The current champion pointer, or None when no version was ever promoted.
+
+    Raises:
+        ValueError: the pointer file is unreadable (it is only ever replaced whole, so this means
+            it was edited by hand); the message says how to repair it.
+    """
+    path = model_dir(root, name) / CHAMPION
+    try:
+        d = json.loads(path.read_text())
+        if d.get("format") != POINTER_FORMAT:
+            raise ValueError(f"format {d.get('format')!r}")
+        p = Pointer(d["version"], list(d["stack"]), int(d["seq"]), dict(d["last"]), d["updated_at"])
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"{path} is not a valid champion pointer ({e}); restore it from {HISTORY} (its last "
+            "record names the champion) or promote a version again"
+        ) from None
+    p.previous = p.stack[-2] if len(p.stack) > 1 else None
+    return p
+
+
+def _history_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """Complete records of ``HISTORY.jsonl`` and the byte length they span (a line cut by a
+    crash at the end is not a record)."""
+    if not path.exists():
+        return [], 0
+    data = path.read_bytes()
+    records, end = [], 0
+    for line in data.split(b"\n")[:-1]:  # the last element is "" or an unterminated line
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+        end += len(line) + 1
+    return records, end
+
+
+def read_history(root: str | Path, name: str) -> list[dict[str, Any]]:
+    """Every promotion and rollback, oldest first (including a last change whose record a crash
+    kept out of the file: it is taken from the pointer)."""
+    mdir = model_dir(root, name)
+    records, _ = _history_lines(mdir / HISTORY)
+    pointer = read_champion(root, name)
+    if pointer is not None and (not records or records[-1]["seq"] < pointer.seq):
+        records.append(pointer.last)
+    return records
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    """Append one record, first cutting a partial last line left by a crash."""
+    _, end = _history_lines(path)
+    with open(path, "ab") as f:
+        f.truncate(end)
+        f.write((json.dumps(record, sort_keys=True) + "\n").encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _reconcile(mdir: Path, pointer: Pointer | None) -> None:
+    """Write the pointer's last record to the history if a crash kept it out; drop temp files."""
+    for tmp in mdir.glob(f"{CHAMPION}.tmp-*"):
+        tmp.unlink(missing_ok=True)
+    if pointer is None:
+        return
+    records, _ = _history_lines(mdir / HISTORY)
+    if not records or records[-1]["seq"] < pointer.seq:
+        _append(mdir / HISTORY, pointer.last)
+
+
+def _change(root: str | Path, name: str, action: str, choose: Callable[[Pointer | None], list[str]],
+            reason: str, details: dict[str, Any] | None, fault: Fault | None) -> Pointer:  # fmt: skip
+    mdir = model_dir(root, name)
+    fault = fault or (lambda stage: None)
+    with locked(mdir):
+        old = read_champion(root, name)
+        _reconcile(mdir, old)
+        stack = choose(old)
+        if old is not None and stack == old.stack:  # nothing to change (an idempotent rerun)
+            return old
+        seq = (old.seq if old else 0) + 1
+        record = {"seq": seq, "time": _now(), "action": action, "from": old.version if old else None,
+                  "to": stack[-1], "reason": reason, "details": details or {}}  # fmt: skip
+        new = Pointer(stack[-1], stack, seq, record, record["time"])
+        tmp = mdir / f"{CHAMPION}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(new.to_json().encode())
+            f.flush()
+            os.fsync(f.fileno())
+        fault("pointer_written")
+        os.replace(tmp, mdir / CHAMPION)  # the one step that changes the champion
+        fsync_dir(mdir)
+        fault("pointer_swapped")
+        _append(mdir / HISTORY, record)
+        fault("history_appended")
+    new.previous = stack[-2] if len(stack) > 1 else None
+    return new
+
+
+def promote(root: str | Path, name: str, version: str, *, reason: str = "",
+            details: dict[str, Any] | None = None, fault: Fault | None = None) -> Pointer:  # fmt: skip
+    """Make ``version`` the champion (pushing it on the stack). Promoting the current champion
+    again changes nothing and returns the pointer (idempotent reruns).
+
+    Raises:
+        FileNotFoundError: the version does not exist or is incomplete (no ``CHECKSUMS``).
+    """
+    mdir = model_dir(root, name)
+    if not (mdir / version / CHECKSUMS_FILE).is_file():
+        raise FileNotFoundError(
+            f"{mdir / version} is not a complete export (no {CHECKSUMS_FILE}); export it first"
+        )
+
+    def choose(old: Pointer | None) -> list[str]:
+        if old is not None and old.version == version:
+            return old.stack
+        return [*(old.stack if old else []), version]
+
+    return _change(root, name, "promote", choose, reason, details, fault)
+
+
+def rollback(
+    root: str | Path, name: str, *, reason: str = "", fault: Fault | None = None
+) -> Pointer:
+    """Make the previous champion the champion again (pop the stack).
+
+    Raises:
+        ValueError: nothing was promoted, or the champion has no predecessor.
+    """
+
+    def choose(old: Pointer | None) -> list[str]:
+        if old is None or len(old.stack) < 2:
+            raise ValueError(
+                f"model {name!r} has no previous champion to roll back to "
+                f"(champion: {old.version if old else 'none'}); promote another version instead"
+            )
+        return old.stack[:-1]
+
+    return _change(root, name, "rollback", choose, reason, None, fault)

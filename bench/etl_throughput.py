@@ -130,6 +130,7 @@ def stage_metrics(spark, since_stage: int) -> list[dict[str, Any]]:
             "stage": s["stageId"], "label": label.get(s["stageId"]), "tasks": s["numTasks"],
             "task_s": round(s.get("executorRunTime", 0) / 1e3, 3),
             "cpu_s": round(s.get("executorCpuTime", 0) / 1e9, 3),
+            "gc_s": round(s.get("jvmGcTime", 0) / 1e3, 3),
             "input_mb": round(s.get("inputBytes", 0) / 2**20, 1),
             "shuffle_write_mb": round(s.get("shuffleWriteBytes", 0) / 2**20, 1),
             "shuffle_read_mb": round(s.get("shuffleReadBytes", 0) / 2**20, 1),
@@ -142,7 +143,7 @@ def _by_label(stages: list[dict]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for s in stages:
         d = out.setdefault(
-            s["label"] or "?", {"task_s": 0.0, "cpu_s": 0.0, "shuffle_write_mb": 0.0}
+            s["label"] or "?", {"task_s": 0.0, "cpu_s": 0.0, "gc_s": 0.0, "shuffle_write_mb": 0.0}
         )
         for k in d:
             d[k] = round(d[k] + s[k], 3)

@@ -87,9 +87,7 @@ def evaluation_share(reader: EpisodeReader, limit: int) -> tuple[np.ndarray, int
     positions 0-4, rank 1 positions 5-8 -> ``steps = ceil(5 / 4) = 2`` batches on each rank (rank 1
     takes part in its second one with every episode masked), 9 episodes in all.
     """
-    # Row-group episode counts in file order: what the reader's sharding plan is built from (it
-    # has no public accessor for them).
-    sizes = list(reader._sizes)
+    sizes = reader.unit_sizes
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     T = reader.batch_episodes
     units = sharding.assign_units(sizes, reader.world_size, reader.seed, 0, shuffle=False)

@@ -135,6 +135,11 @@ class EpisodeReader:
 
     # --- properties --------------------------------------------------------------------------
     @property
+    def unit_sizes(self) -> list[int]:
+        """Episodes per sharding unit (row group), in file order: what the rank plan is built from."""
+        return list(self._sizes)
+
+    @property
     def num_episodes(self) -> int:
         """Episodes of the split (all ranks together)."""
         return sum(self._sizes)

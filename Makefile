@@ -11,7 +11,7 @@ OUT    ?= out
 .PHONY: help venv test lint format demo bench lock clean
 
 help:
-	@echo "make demo   generate ad logs, run the Spark ETL and validation, print a summary (outputs in $(OUT)/)"
+	@echo "make demo   the whole flow on 2 CPU ranks: generate, ETL, validate, meta + plain training, export, gate, score; summary + report.html in $(OUT)/demo"
 	@echo "make test   lint + the whole test suite (creates $(VENV) on first use)"
 	@echo "make bench  run the benchmarks in bench/ (JSON results in $(OUT)/bench/)"
 	@echo "make lint   ruff check + format check"

@@ -1,0 +1,121 @@
+"""Cold-start evaluation of the two exports: per-task AUC on ``test_cold``, before and after
+adapting to each episode's support set.
+
+The scores come from the exported models (:func:`trainer.serving.evaluation.score_episodes`, the
+trainer's evaluation loop on the export), so the aggregate AUCs here must equal the trainer's own
+``eval.json``; the demo records the difference as a parity check. Per task, the AUC is over all
+query samples of the task's episodes; tasks whose query samples hold one class only have no AUC
+and are counted apart.
+
+Written: ``<out>/evaluation/cold_start.json``::
+
+    {"split": "test_cold", "models": {"meta": {"version": "v2", "episodes": 120,
+      "query_samples": 3400, "before": {"auc": ...}, "after": {...}, "parity": {...}}, ...},
+     "per_task": {"task_id": [...], "samples": [...], "meta.before": [...], "meta.after": [...],
+                  "plain.before": [...], "plain.after": [...]},
+     "tasks": {"scored": 96, "with_auc": 80}}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SPLIT = "test_cold"
+
+
+def per_task_auc(labels: np.ndarray, logits: np.ndarray, tasks: np.ndarray) -> dict[int, float]:
+    """AUC of every task's samples (NaN for a task with one class only)."""
+    from trainer.metrics import auc
+
+    order = np.argsort(tasks, kind="stable")
+    t, y, s = tasks[order], labels[order], logits[order]
+    keys, starts = np.unique(t, return_index=True)
+    bounds = [*starts[1:], len(t)]
+    return {int(k): auc(y[a:b], s[a:b]) for k, a, b in zip(keys, starts, bounds, strict=True)}
+
+
+def evaluate_exports(
+    versions: dict[str, Path], episodes: Path, run_evals: dict[str, dict[str, Any]], out: Path
+) -> dict[str, Any]:
+    """Score ``test_cold`` with each export and write ``cold_start.json`` (module docstring).
+
+    Args:
+        versions: ``{"meta": <export dir>, "plain": <export dir>}``.
+        episodes: the ETL output directory (one interval).
+        run_evals: each run's ``eval.json`` ``splits`` (for the parity check).
+        out: the file to write.
+    """
+    from trainer.metrics import binary_metrics
+    from trainer.serving.evaluation import score_episodes
+    from trainer.serving.model import load_exported
+
+    models: dict[str, Any] = {}
+    columns: dict[str, dict[int, float]] = {}
+    sizes: dict[int, int] = {}
+    for mode, path in versions.items():
+        model = load_exported(path)
+        s = score_episodes(model, str(episodes), SPLIT, batch_episodes=64)
+        entry: dict[str, Any] = {"version": path.name, "episodes": s.num_episodes,
+                                 "query_samples": len(s.labels)}  # fmt: skip
+        for when, logits in (("before", s.before), ("after", s.after)):
+            entry[when] = binary_metrics(s.labels, logits, s.task_ids).to_dict()
+            columns[f"{mode}.{when}"] = per_task_auc(s.labels, logits, s.task_ids)
+        trained = run_evals.get(mode, {}).get(SPLIT, {})
+        entry["parity"] = {
+            when: _diff(entry[when]["auc"], trained.get(when, {}).get("auc"))
+            for when in ("before", "after")
+        }
+        models[mode] = entry
+        ids, counts = np.unique(s.task_ids, return_counts=True)
+        sizes.update({int(i): int(c) for i, c in zip(ids, counts, strict=True)})
+    tasks = sorted(sizes)
+    per_task: dict[str, list[Any]] = {"task_id": tasks, "samples": [sizes[t] for t in tasks]}
+    for key, values in columns.items():
+        per_task[key] = [_finite(values.get(t, math.nan)) for t in tasks]
+    with_auc = sum(all(per_task[k][i] is not None for k in columns) for i in range(len(tasks)))
+    result = {"split": SPLIT, "models": models, "per_task": per_task,
+              "tasks": {"scored": len(tasks), "with_auc": with_auc}}  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(_strict(result), indent=2, sort_keys=True) + "\n")
+    return result
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    """``|a - b|``, or None when either is missing."""
+    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
+        return None
+    return abs(a - b)
+
+
+def _strict(value: Any) -> Any:
+    """NaN/inf as None, recursively (strict JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strict(v) for v in value]
+    return value
+
+
+def summarise_per_task(per_task: dict[str, list[Any]]) -> dict[str, dict[str, float]]:
+    """Median and quartiles of each per-task AUC column, over tasks that have it."""
+    out = {}
+    for key, values in per_task.items():
+        if "." not in key:
+            continue
+        v = np.array([x for x in values if x is not None], dtype=np.float64)
+        if len(v):
+            q1, med, q3 = np.percentile(v, [25, 50, 75])
+            out[key] = {"tasks": len(v), "q1": float(q1), "median": float(med), "q3": float(q3),
+                        "mean": float(v.mean())}  # fmt: skip
+    return out

@@ -123,7 +123,9 @@ def build_params(
     )
 
 
-def _kubernetes_apis() -> tuple[Any, Any]:  # pragma: no cover - needs a cluster
+def kubernetes_apis() -> tuple[Any, Any]:  # pragma: no cover - needs a cluster
+    """The ``CustomObjectsApi`` and ``CoreV1Api`` of the cluster: in-cluster config inside a pod,
+    else ``~/.kube/config``."""
     from kubernetes import client, config
 
     try:
@@ -166,7 +168,7 @@ def run_train_with_backend(
         return 0
     from components.launchers.kubernetes import JobError, KubernetesLauncher
 
-    custom, core = _kubernetes_apis()
+    custom, core = kubernetes_apis()
     launcher = KubernetesLauncher(custom, core, cleanup=args.k8s_cleanup)
     try:
         outcome = launcher.run(objs, timeout_s=args.k8s_timeout)

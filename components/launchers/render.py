@@ -220,6 +220,8 @@ def _run_args(base: dict[str, Any], params: TrainRunParams, final_name: str) -> 
         overrides.insert(0, f"train.output_dir=/runs/{final_name}")
     args = merge_args(args, overrides)
     data = _arg_value(args, "data.path")
+    if data is not None:  # a TOML literal ("/abs") or a bare value (/abs), as the trainer accepts
+        data = data.strip().strip("'\"")
     if data is not None and not (data.startswith("/") or "://" in data):
         raise ValueError(
             f"data.path={data} is relative: in the pod it must be an absolute path on a mounted "

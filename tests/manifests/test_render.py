@@ -127,6 +127,13 @@ def test_config_file_data_path_is_kept_when_no_override():
     assert "data.path=s3://b/episodes/i1" in container["args"]
 
 
+def test_a_quoted_absolute_data_path_is_accepted():
+    """Overrides are TOML literals: ``data.path="/abs"`` is as absolute as ``data.path=/abs``."""
+    params = _params("pytorchjob-cpu", overrides=('data.path="/data/episodes/i1"',))
+    (_, _, container), *_ = trainer_containers(job_of(render_run(params, engine="python")))
+    assert 'data.path="/data/episodes/i1"' in container["args"]
+
+
 def test_without_gpus_the_limit_goes():
     job = job_of(render_run(_params("trainjob-gpu", gpus_per_node=0), engine="python"))
     assert "nvidia.com/gpu" not in job["spec"]["trainer"]["resourcesPerNode"]["limits"]
@@ -139,6 +146,7 @@ def test_without_gpus_the_limit_goes():
         ({"run_id": "R1"}, "lowercase"),
         ({"run_id": "a" * 40}, "at most 50"),
         ({"overrides": ("data.path=out/episodes",)}, "relative"),
+        ({"overrides": ('data.path="out/episodes"',)}, "relative"),
         ({"overrides": ("steps=3",)}, "section.key=value"),
         ({"nodes": 1}, "nodes must be >= 2"),
         ({"nodes": 0}, "nodes must be >= 1"),

@@ -55,7 +55,7 @@ def test_a_run_goes_through_the_launcher(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], outcome: str, code: int
 ):
     cluster = FakeCluster(script=SCRIPTS["TrainJob"][outcome])
-    monkeypatch.setattr(backend, "_kubernetes_apis", lambda: (cluster, cluster))
+    monkeypatch.setattr(backend, "kubernetes_apis", lambda: (cluster, cluster))
     monkeypatch.setattr("time.sleep", lambda s: None)
     args = _parse(ARGV)
     assert backend.run_train_with_backend(args, args.config, args.overrides) == code

@@ -1,0 +1,316 @@
+"""Delivery steps of an interval: export the trained run, evaluate challenger and champion on the
+SAME episodes, gate, promote atomically; plus rollback and the run report.
+
+    exp = export_step(cfg, interval, train)           # models/<name>/v<N> (immutable, not serving)
+    ev = evaluate_step(cfg, interval, exp, etl)       # both models on this interval's episodes
+    g = gate_step(cfg, interval, ev)                  # components.promotion.gate.decide
+    p = promote_step(cfg, interval, g)                # the CHAMPION pointer, one os.replace
+
+The challenger is exported before the gate so that both sides are scored by the same serving code
+(``trainer.serving.evaluate_exported``); an export is only a candidate until the pointer moves.
+Idempotence: export is keyed by the checkpoint's fingerprint (same checkpoint, same version);
+evaluation, gate and promotion are recorded per interval and challenger, so rerunning an old
+interval returns the decision made then and never moves the pointer again (``force`` re-decides
+against the current champion).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from components.steps.config import DeliveryConfig
+from components.steps.data import EtlStepResult
+from components.steps.layout import Interval, RunLayout, read_record, write_record
+from components.steps.training import TrainStepResult
+
+log = logging.getLogger(__name__)
+ROC_POINTS = 50
+
+
+@dataclass
+class ExportStepResult:
+    model_dir: str
+    name: str
+    version: str
+    created: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EvaluationResult:
+    data_hash: str
+    metric: str
+    challenger: str
+    challenger_value: float | None
+    champion: str | None
+    champion_value: float | None
+    files: dict[str, str]
+    """version -> the evaluation JSON (``eval.json`` shape) under ``intervals/<id>/evaluation/``."""
+    roc: dict[str, list[float]]
+    """The challenger's ROC curve after adaptation (fpr, tpr, thresholds), for KFP's UI."""
+    confusion: list[list[int]]
+    """The challenger's confusion matrix at p = 0.5 (rows: true 0/1, columns: predicted 0/1)."""
+    reused: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class GateResult:
+    verdict: str
+    promote: bool
+    reason: str
+    metric: str
+    challenger: str
+    champion: str | None
+    challenger_value: float | None = None
+    champion_value: float | None = None
+    delta: float | None = None
+    reused: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PromotionResult:
+    promoted: bool
+    champion: str | None
+    previous: str | None
+    reason: str
+    reused: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def export_step(
+    cfg: DeliveryConfig, interval: Interval, train: TrainStepResult, etl: EtlStepResult
+) -> ExportStepResult:
+    """Export the run's final checkpoint as ``models/<name>/v<N>`` (the same version again when
+    that checkpoint was exported before)."""
+    from trainer.serving.export import export_checkpoint
+
+    if not train.checkpoint:
+        raise ValueError(f"{interval.id}: the training step produced no checkpoint (a dry run?)")
+    models = RunLayout.of(cfg.run_root).models_root
+    r = export_checkpoint(train.checkpoint, models, name=cfg.model_name, manifest=etl.episodes_dir)
+    log.info(
+        "%s: %s %s/%s",
+        interval.id,
+        "exported" if r.created else "already exported as",
+        r.name,
+        r.version,
+    )
+    return ExportStepResult(str(r.path), r.name, r.version, r.created)
+
+
+def _roc(labels, logits) -> tuple[dict[str, list[float]], list[list[int]]]:
+    """A ROC curve of at most ROC_POINTS thresholds, and the confusion matrix at p = 0.5."""
+    import numpy as np
+
+    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    y = labels.astype(np.int64)
+    cuts = np.unique(np.quantile(probs, np.linspace(0, 1, ROC_POINTS))) if len(probs) else []
+    pos, neg = max(int(y.sum()), 1), max(int((1 - y).sum()), 1)
+    roc = {"fpr": [], "tpr": [], "thresholds": []}
+    for t in sorted(cuts, reverse=True):
+        pred = probs >= t
+        roc["tpr"].append(float((pred & (y == 1)).sum() / pos))
+        roc["fpr"].append(float((pred & (y == 0)).sum() / neg))
+        roc["thresholds"].append(float(t))
+    pred = probs >= 0.5
+    confusion = [[int(((y == t) & (pred == p)).sum()) for p in (0, 1)] for t in (0, 1)]
+    return roc, confusion
+
+
+def evaluate_step(
+    cfg: DeliveryConfig,
+    interval: Interval,
+    exported: ExportStepResult,
+    etl: EtlStepResult,
+    *,
+    force: bool = False,
+) -> EvaluationResult:
+    """Evaluate the challenger and the current champion on this interval's episodes (the gate
+    metric's split), with the same serving code and settings."""
+    import json
+
+    from components.promotion import registry
+    from components.promotion.gate import metric_value
+    from components.steps.layout import write_json_atomic
+    from trainer.serving import evaluate_exported, load_exported
+    from trainer.serving.evaluation import score_episodes
+
+    layout = RunLayout.of(cfg.run_root)
+    metric = cfg.gate_policy().metric
+    split = metric.split(".")[0]
+    batch, limit = int(cfg.gate.get("batch_episodes", 64)), int(cfg.gate.get("max_episodes", 0))
+    inputs = {
+        "challenger": exported.version,
+        "data": etl.content_hash,
+        "metric": metric,
+        "batch_episodes": batch,
+        "max_episodes": limit,
+    }
+    if not force and (done := read_record(layout, interval, "evaluate", inputs)):
+        return EvaluationResult(**{**done, "reused": True})
+    pointer = registry.read_champion(layout.models_root, cfg.model_name)
+    versions = [exported.version] + (
+        [pointer.version] if pointer and pointer.version != exported.version else []
+    )
+    files, values, models = {}, {}, {}
+    for version in versions:
+        try:
+            models[version] = load_exported(Path(exported.model_dir).parent / version)
+            evaluation = evaluate_exported(
+                models[version], etl.episodes_dir, (split,), batch, limit
+            )
+        except ValueError as e:  # ExportError, another feature spec: the gate refuses it
+            if version == exported.version:
+                raise
+            log.warning(
+                "%s: champion %s cannot be evaluated on this data: %s", interval.id, version, e
+            )
+            evaluation = {"data": {"content_hash": etl.content_hash}, "splits": {}, "error": str(e)}
+        path = layout.records(interval) / "evaluation" / f"{version}.json"
+        write_json_atomic(path, evaluation)
+        files[version], values[version] = str(path), metric_value(evaluation, metric)
+    scores = score_episodes(models[exported.version], etl.episodes_dir, split, batch, limit)
+    roc, confusion = _roc(scores.labels, scores.after)
+    champion = pointer.version if pointer else None
+    result = EvaluationResult(
+        etl.content_hash,
+        metric,
+        exported.version,
+        values[exported.version],
+        champion,
+        values.get(champion) if champion else None,
+        files,
+        roc,
+        confusion,
+    )
+    write_record(layout, interval, "evaluate", inputs, json.loads(json.dumps(result.to_dict())))
+    return result
+
+
+def gate_step(
+    cfg: DeliveryConfig, interval: Interval, evaluation: EvaluationResult, *, force: bool = False
+) -> GateResult:
+    """Decide: promote the challenger or keep the champion (``gate.decide``; checksums verified)."""
+    import json
+
+    from components.promotion.gate import decide, load_candidate
+
+    layout = RunLayout.of(cfg.run_root)
+    mdir = layout.models_root / cfg.model_name
+    policy = cfg.gate_policy()
+    inputs = {
+        "challenger": evaluation.challenger,
+        "data": evaluation.data_hash,
+        "policy": asdict(policy),
+    }
+    if not force and (done := read_record(layout, interval, "gate", inputs)):
+        return GateResult(**{**done, "reused": True})
+
+    def candidate(version: str):
+        return load_candidate(
+            mdir / version, json.loads(Path(evaluation.files[version]).read_text())
+        )
+
+    champion = candidate(evaluation.champion) if evaluation.champion else None
+    d = decide(candidate(evaluation.challenger), champion, policy)
+    result = GateResult(
+        str(d.verdict),
+        d.promote,
+        d.reason,
+        d.metric,
+        evaluation.challenger,
+        evaluation.champion,
+        d.challenger,
+        d.champion,
+        d.delta,
+    )
+    log.info("%s gate: %s", interval.id, d.reason)
+    write_record(layout, interval, "gate", inputs, result.to_dict())
+    return result
+
+
+def promote_step(cfg: DeliveryConfig, interval: Interval, gate: GateResult) -> PromotionResult:
+    """Move the CHAMPION pointer to the challenger when the gate said so (one ``os.replace``).
+
+    Done once per interval: a recorded promotion, or a history record of this interval and
+    version (a crash between the swap and the record), is returned without acting again.
+    """
+    from components.promotion import registry
+
+    layout = RunLayout.of(cfg.run_root)
+    models, name = layout.models_root, cfg.model_name
+    inputs = {"challenger": gate.challenger, "verdict": gate.verdict}
+    if done := read_record(layout, interval, "promote", inputs):
+        return PromotionResult(**{**done, "reused": True})
+    pointer = registry.read_champion(models, name)
+    current = pointer.version if pointer else None
+    already = any(
+        h.get("to") == gate.challenger and h.get("details", {}).get("interval") == interval.id
+        for h in registry.read_history(models, name)
+    )
+    if gate.promote and not already:
+        details = {"interval": interval.id, "gate": gate.to_dict()}
+        new = registry.promote(models, name, gate.challenger, reason=gate.reason, details=details)
+        result = PromotionResult(True, new.version, new.previous, gate.reason)
+    else:
+        why = "promoted already by an earlier attempt" if already else f"gate: {gate.reason}"
+        result = PromotionResult(False, current, pointer.previous if pointer else None, why)
+    write_record(layout, interval, "promote", inputs, result.to_dict())
+    return result
+
+
+def rollback_step(cfg: DeliveryConfig, reason: str) -> PromotionResult:
+    """Make the previous champion the champion again (``registry.rollback``)."""
+    from components.promotion import registry
+
+    models = RunLayout.of(cfg.run_root).models_root
+    old = registry.read_champion(models, cfg.model_name)
+    new = registry.rollback(models, cfg.model_name, reason=reason or "manual rollback")
+    return PromotionResult(True, new.version, old.version if old else None, reason)
+
+
+def champion_status(cfg: DeliveryConfig) -> dict[str, Any]:
+    """The champion, its stack and the promotion history of ``cfg.model_name``."""
+    from components.promotion import registry
+
+    models = RunLayout.of(cfg.run_root).models_root
+    p = registry.read_champion(models, cfg.model_name)
+    return {
+        "champion": p.version if p else None,
+        "stack": p.stack if p else [],
+        "history": registry.read_history(models, cfg.model_name),
+    }
+
+
+def export_recorded_run(cfg: DeliveryConfig, interval: Interval) -> ExportStepResult:
+    """Export the run that the flow trained for ``interval`` (from its step records).
+
+    Raises:
+        ValueError: the interval was never trained (no train or ETL record).
+    """
+    from components.steps.data import EtlStepResult
+    from components.steps.training import TrainStepResult
+
+    layout = RunLayout.of(cfg.run_root)
+    train, etl = read_record(layout, interval, "train"), read_record(layout, interval, "etl")
+    if not train or not etl:
+        raise ValueError(
+            f"{interval.id} has no finished training under {layout.root}: run continuous_delivery "
+            "for it first (or `python -m components.steps deliver --interval ...`)"
+        )
+    return export_step(
+        cfg, interval, TrainStepResult.from_dict(train), EtlStepResult.from_dict(etl)
+    )

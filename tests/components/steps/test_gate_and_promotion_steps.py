@@ -1,0 +1,131 @@
+"""The gate and promotion steps on real (small, hand-built) exports: the verdicts, and that a
+promotion happens once per interval whatever is rerun."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from components.promotion import registry
+from components.steps.config import DeliveryConfig
+from components.steps.delivery import EvaluationResult, GateResult, gate_step, promote_step
+from components.steps.layout import Interval, RunLayout
+from trainer.serving.artifact import write_checksums
+
+HASH = "c0ffee" * 10
+I1, I2 = Interval.parse("2026-11-01T00/1h"), Interval.parse("2026-11-01T01/1h")
+
+
+def _export(cfg: DeliveryConfig, version: str) -> Path:
+    """A complete export as far as the gate checks it: required files + CHECKSUMS."""
+    d = RunLayout.of(cfg.run_root).models_root / cfg.model_name / version
+    d.mkdir(parents=True)
+    for name in ("model.json", "feature_spec.json", "lineage.json"):
+        (d / name).write_text(json.dumps({"version": version}))
+    write_checksums(d)
+    return d
+
+
+def _evaluation(cfg, interval, values: dict[str, float | None], data_hash=HASH) -> EvaluationResult:
+    files = {}
+    for version, auc in values.items():
+        path = RunLayout.of(cfg.run_root).records(interval) / "evaluation" / f"{version}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        after = {} if auc is None else {"auc": auc}
+        path.write_text(
+            json.dumps(
+                {"data": {"content_hash": data_hash}, "splits": {"test_cold": {"after": after}}}
+            )
+        )
+        files[version] = str(path)
+    challenger, *champion = list(values)
+    return EvaluationResult(
+        data_hash,
+        "test_cold.after.auc",
+        challenger,
+        values[challenger],
+        champion[0] if champion else None,
+        None,
+        files,
+        {},
+        [],
+    )
+
+
+@pytest.fixture()
+def cfg(tmp_path) -> DeliveryConfig:
+    c = DeliveryConfig(run_root=str(tmp_path / "run"), gate={"tolerance": 0.01})
+    for v in ("v1", "v2"):
+        _export(c, v)
+    return c
+
+
+@pytest.mark.parametrize(
+    ("challenger", "champion", "verdict", "promote"),
+    [
+        (0.70, 0.60, "better", True),
+        (0.60, 0.70, "worse", False),
+        (0.705, 0.70, "equal", False),
+        (None, 0.70, "failed_validation", False),
+    ],
+)
+def test_gate_verdicts(cfg, challenger, champion, verdict, promote):
+    g = gate_step(cfg, I2, _evaluation(cfg, I2, {"v2": challenger, "v1": champion}))
+    assert (g.verdict, g.promote, g.challenger, g.champion) == (verdict, promote, "v2", "v1")
+
+
+def test_gate_without_champion_promotes_and_a_damaged_challenger_is_refused(cfg):
+    assert gate_step(cfg, I1, _evaluation(cfg, I1, {"v1": 0.6})).verdict == "no_champion"
+    (RunLayout.of(cfg.run_root).models_root / cfg.model_name / "v2" / "model.json").write_text("{}")
+    g = gate_step(cfg, I2, _evaluation(cfg, I2, {"v2": 0.9}))
+    assert (g.verdict, g.promote) == ("failed_validation", False)
+    assert "checksum" in g.reason
+
+
+def test_a_recorded_decision_is_reused_and_force_re_decides(cfg):
+    first = gate_step(cfg, I2, _evaluation(cfg, I2, {"v2": 0.70, "v1": 0.60}))
+    again = gate_step(cfg, I2, _evaluation(cfg, I2, {"v2": 0.50, "v1": 0.60}))
+    assert again.reused and again.verdict == first.verdict == "better"
+    forced = gate_step(cfg, I2, _evaluation(cfg, I2, {"v2": 0.50, "v1": 0.60}), force=True)
+    assert (forced.verdict, forced.reused) == ("worse", False)
+
+
+def _decision(version: str, promote: bool = True) -> GateResult:
+    return GateResult(
+        "better" if promote else "worse", promote, "test", "test_cold.after.auc", version, None
+    )
+
+
+def test_promotion_happens_once_per_interval(cfg):
+    models = RunLayout.of(cfg.run_root).models_root
+    p1 = promote_step(cfg, I1, _decision("v1"))
+    p2 = promote_step(cfg, I2, _decision("v2"))
+    assert (p1.champion, p2.champion, p2.previous) == ("v1", "v2", "v1")
+    history = registry.read_history(models, cfg.model_name)
+    # Rerunning the first interval must not bring v1 back, nor add history.
+    again = promote_step(cfg, I1, _decision("v1"))
+    assert again.reused and again.champion == "v1"  # what was decided then
+    assert registry.read_champion(models, cfg.model_name).version == "v2"
+    assert registry.read_history(models, cfg.model_name) == history
+
+
+def test_a_crash_after_the_swap_is_not_promoted_twice(cfg):
+    models = RunLayout.of(cfg.run_root).models_root
+    promote_step(cfg, I1, _decision("v1"))
+    promote_step(cfg, I2, _decision("v2"))
+    RunLayout.of(cfg.run_root).record_path(I1, "promote").unlink()  # as if the record was lost
+    history = registry.read_history(models, cfg.model_name)
+    p = promote_step(cfg, I1, _decision("v1"))
+    assert not p.promoted and "earlier attempt" in p.reason
+    assert registry.read_champion(models, cfg.model_name).version == "v2"
+    assert registry.read_history(models, cfg.model_name) == history
+
+
+def test_a_kept_champion_is_recorded_without_a_pointer_change(cfg):
+    models = RunLayout.of(cfg.run_root).models_root
+    promote_step(cfg, I1, _decision("v1"))
+    p = promote_step(cfg, I2, _decision("v2", promote=False))
+    assert (p.promoted, p.champion) == (False, "v1")
+    assert len(registry.read_history(models, cfg.model_name)) == 1

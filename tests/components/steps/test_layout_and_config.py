@@ -1,0 +1,115 @@
+"""Interval ids, step records (the idempotence mechanism) and the delivery config."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from components.steps.config import DeliveryConfig, load_delivery_config
+from components.steps.layout import Interval, RunLayout, read_record, write_record
+
+
+class _OddDatetime(datetime):
+    """A datetime subclass with its own arithmetic, like Airflow's pendulum DateTime."""
+
+    def __sub__(self, other):
+        raise AssertionError("subclass arithmetic must not leak into the steps")
+
+
+def test_interval_id_matches_the_etl_folder_and_normalises_times():
+    i = Interval("2026-11-01T00", "2026-11-01T06")
+    assert i.id == "interval=20261101T00-20261101T06"
+    assert i.slug == "20261101t00-20261101t06"
+    assert Interval.parse("2026-11-01T00/6h") == i == Interval.from_dict(i.to_dict())
+    plus2 = timezone(timedelta(hours=2))
+    odd = Interval(_OddDatetime(2026, 11, 1, 2, tzinfo=plus2), datetime(2026, 11, 1, 6, tzinfo=UTC))
+    assert type(odd.start) is datetime and odd.start == datetime(2026, 11, 1, 0, tzinfo=UTC)
+    assert odd.end - odd.start == timedelta(hours=6)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "message"),
+    [
+        ("2026-11-01T01", "2026-11-01T00", "after its start"),
+        ("2026-11-01T00:30", "2026-11-01T02", "whole UTC hour"),
+    ],
+)
+def test_bad_intervals_are_refused(start, end, message):
+    with pytest.raises(ValueError, match=message):
+        Interval(start, end)
+
+
+def test_a_record_is_returned_only_for_the_same_inputs(tmp_path):
+    layout, i = RunLayout.of(tmp_path), Interval.parse("2026-11-01T00/1h")
+    assert read_record(layout, i, "etl", {"a": 1}) is None
+    write_record(layout, i, "etl", {"a": 1, "files": ("x", "y")}, {"out": 3})
+    assert read_record(layout, i, "etl", {"files": ["x", "y"], "a": 1}) == {"out": 3}
+    assert read_record(layout, i, "etl", {"a": 2, "files": ["x", "y"]}) is None
+    assert read_record(layout, i, "etl") == {"out": 3}  # any inputs
+    assert read_record(layout, Interval.parse("2026-11-01T01/1h"), "etl") is None
+    assert not list(layout.records(i).glob(".*tmp*"))  # written through a temp file, renamed
+    layout.record_path(i, "etl").write_text("{ torn")
+    assert read_record(layout, i, "etl") is None  # unreadable = not done
+
+
+def test_run_root_must_be_a_local_or_mounted_path():
+    with pytest.raises(ValueError, match="local or mounted"):
+        RunLayout.of("s3://bucket/run")
+
+
+def test_config_from_the_environment_file(tmp_path, monkeypatch):
+    path = tmp_path / "delivery.toml"
+    path.write_text(
+        'run_root = "/data/run"\nschedule = "daily"\nbackend = "kubernetes"\n'
+        'trainer_overrides = ["train.steps=200"]\n[etl]\nk_support = 16\n'
+        '[gate]\nmetric = "valid.after.auc"\n[kubernetes]\nvariant = "trainjob-gpu"\n'
+    )
+    monkeypatch.setenv("METAREC_DELIVERY_CONFIG", str(path))
+    cfg = load_delivery_config()
+    assert (cfg.cron, cfg.backend, cfg.etl, cfg.trainer_overrides) == (
+        "0 0 * * *",
+        "kubernetes",
+        {"k_support": 16},
+        ("train.steps=200",),
+    )
+    assert cfg.gate_policy().metric == "valid.after.auc"
+    assert DeliveryConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    monkeypatch.delenv("METAREC_DELIVERY_CONFIG")
+    assert load_delivery_config() == DeliveryConfig()
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"schedule": "every hour"}, "5-field cron"),
+        ({"backend": "slurm"}, "backend"),
+        ({"etl": {"output": "/x"}}, "must not set"),
+        ({"gate": {"metric": "auc"}}, "metric"),
+        ({"gate": {"metrik": "valid.after.auc"}}, "unknown \\[gate\\]"),
+        ({"validation": {"ctr_min": 0.9, "ctr_max": 0.1}}, "ctr_min"),
+        ({"trainer_overrides": ["steps"]}, "section.key=value"),
+        ({"model_name": "bad name"}, "model_name"),
+    ],
+)
+def test_config_errors_name_the_field(fields, message):
+    with pytest.raises(ValueError, match=message):
+        DeliveryConfig(**fields)
+
+
+def test_unknown_config_keys_are_refused(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"run_rot": "/x"}))
+    with pytest.raises(ValueError, match="unknown keys \\['run_rot'\\]"):
+        load_delivery_config(path)
+
+
+def test_the_packaged_demo_config_loads():
+    from pathlib import Path
+
+    import components.steps
+
+    cfg = load_delivery_config(Path(components.steps.__file__).parent / "demo.toml")
+    assert (cfg.backend, cfg.cron, cfg.trainer_config) == ("local", "0 * * * *", "debug")
+    assert cfg.etl["k_support"] == 4

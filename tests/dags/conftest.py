@@ -1,0 +1,76 @@
+"""Airflow 3 test setup: a throwaway AIRFLOW_HOME (SQLite), ``dags/`` as the DAG folder, and a
+delivery config pointing at a temporary run root, all set BEFORE airflow is imported (Airflow
+reads its configuration once, at import). The metadata DB is created once per test session."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DAGS = REPO / "dags"
+WORK = Path(tempfile.mkdtemp(prefix="metarec-airflow-"))
+atexit.register(shutil.rmtree, WORK, True)  # also when no test here used it
+RAW, RUN = WORK / "raw", WORK / "run"
+START = "2026-11-01T00"
+ETL = {
+    "k_support": 4,
+    "q_query": 4,
+    "min_support": 2,
+    "min_query": 2,
+    "num_buckets": 2,
+    "shuffle_partitions": 4,
+    "cold_fraction": 0.3,
+}
+TRAINER = [
+    "train.steps=4",
+    "train.log_every=2",
+    "data.batch_episodes=16",
+    "model.embedding_dim=4",
+    "model.mlp=[16, 8]",
+    "model.bottom_mlp=[8]",
+    "eval.max_episodes=64",
+    "checkpoint.every=0",
+]
+DELIVERY = {
+    "run_root": str(RUN),
+    "raw_root": str(RAW),
+    "schedule": "hourly",
+    "start_date": START,
+    "etl": ETL,
+    "trainer_overrides": TRAINER,
+    "raw_poke_interval_s": 5,
+    "raw_wait_timeout_s": 60,
+}
+
+(WORK / "delivery.json").write_text(json.dumps(DELIVERY))
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(WORK / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
+        "METAREC_DELIVERY_CONFIG": str(WORK / "delivery.json"),
+    }
+)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """Create the SQLite metadata DB (once; ~6 s)."""
+    from airflow.utils.db import initdb
+
+    initdb()
+
+
+@pytest.fixture(scope="session")
+def dag_bag(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS))

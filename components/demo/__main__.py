@@ -14,6 +14,8 @@ What each stage writes (under --out):
   models/<name>/       v1 (plain), v2 (meta), CHAMPION pointer, HISTORY.jsonl
   evaluation/          cold_start.json: per-task AUC on test_cold before/after adaptation
   score/               support.jsonl, events.jsonl, predictions*.parquet (+ rejected, summary)
+  delivery/            the last hour again, through the continuous_delivery Airflow DAG
+                       (airflow dags test; its own AIRFLOW_HOME): step records, report.md, log
   summary.json, report.html
 
 Reruns: a stage whose inputs did not change since it last completed (same settings, same
@@ -44,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of data and training (default 0)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny data and model run (smoke test, ~1 min)")  # fmt: skip
+    parser.add_argument("--airflow", action=argparse.BooleanOptionalAction, default=None,
+                        help="finish with one hourly interval through the continuous_delivery "
+                             "Airflow DAG (default: on, off with --quick)")  # fmt: skip
     parser.add_argument("--fresh", action="store_true", help="redo every stage (ignore _stages/)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
     return parser
@@ -62,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = DemoConfig.preset(args.out, quick=args.quick, rows=args.rows, steps=args.steps,
-                                   seed=args.seed)  # fmt: skip
+                                   seed=args.seed, airflow=args.airflow)  # fmt: skip
         from components.demo.flow import run_demo
         from components.demo.summary import format_summary
 

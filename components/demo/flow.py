@@ -15,6 +15,7 @@ Stage by stage (outputs under ``--out``):
     evaluate   trainer.serving.evaluation.score_episodes  evaluation/cold_start.json
     gate       components.promotion gate + registry       models/<name>/CHAMPION, HISTORY.jsonl
     score      components.score.run.score_events          score/predictions*.parquet
+    delivery   airflow dags test continuous_delivery     delivery/ (one hourly interval; not --quick)
     report     components.report                          summary.json, report.html
 """
 
@@ -31,7 +32,7 @@ from components.demo.stages import DemoStopped, StageRunner
 
 log = logging.getLogger("metarec.demo")
 STAGES = ("generate", "etl", "validate", "train-meta", "train-plain", "export", "evaluate",
-          "gate", "score", "report")  # fmt: skip
+          "gate", "score", "delivery", "report")  # fmt: skip
 GATE_METRIC = "test_cold.after.auc"
 """The promotion gate's metric: cold-start AUC after adaptation, on the same episodes."""
 
@@ -201,7 +202,7 @@ def run_demo(config: DemoConfig, spark=None, fresh: bool = False) -> dict[str, A
     t0 = time.perf_counter()
     p = config.paths()
     p["root"].mkdir(parents=True, exist_ok=True)
-    runner = StageRunner(p["stages"], len(STAGES), fresh)
+    runner = StageRunner(p["stages"], len(STAGES) - (not config.airflow), fresh)
     sp = _Spark(spark)
     etl_cfg = etl_config(config)
     interval = p["episodes"] / etl_cfg.interval_id
@@ -255,6 +256,14 @@ def run_demo(config: DemoConfig, spark=None, fresh: bool = False) -> dict[str, A
                    lambda r: f"{r['adapted']['rows_scored']:,} events of {r['tasks']} cold "
                              f"campaigns scored by {r['version']} -> "
                              f"{r['adapted']['output']}")  # fmt: skip
+        if config.airflow:
+            from components.demo.delivery import delivery_config, run_delivery
+
+            fp["delivery"] = fingerprint(fp["generate"], _without(delivery_config(config),
+                                                                  "run_root", "raw_root"))  # fmt: skip
+            runner.run("delivery", fp["delivery"], [p["delivery"]], lambda: run_delivery(config),
+                       lambda r: f"{r['dag']} {r['interval']}: {r['verdict']}, champion "
+                                 f"{r['champion']} -> {r['records']}")  # fmt: skip
     finally:
         sp.stop()
     from components.demo.summary import build_summary

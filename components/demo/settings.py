@@ -54,6 +54,8 @@ class DemoConfig:
     """Training ranks (torchrun processes, gloo on CPU)."""
     batch_episodes: int = 32
     """Episodes per step and rank."""
+    airflow: bool = True
+    """Finish with one hourly interval through the ``continuous_delivery`` Airflow DAG."""
 
     def __post_init__(self) -> None:
         if not str(self.out).strip():
@@ -73,9 +75,10 @@ class DemoConfig:
     @classmethod
     def preset(
         cls, out: str, *, quick: bool, rows: int | None = None, steps: int | None = None,
-        seed: int = 0,
+        seed: int = 0, airflow: bool | None = None,
     ) -> DemoConfig:  # fmt: skip
-        """The ``full`` or ``quick`` preset, with ``rows`` / ``steps`` overriding it."""
+        """The ``full`` or ``quick`` preset, with ``rows`` / ``steps`` / ``airflow`` overriding it
+        (the quick preset leaves the Airflow stage out unless ``airflow=True``)."""
         if quick:
             base = {"rows": 12_000, "steps": 8, "hours": 12, "campaigns": 150, "users": 3_000,
                     "k": 8, "batch_episodes": 8}  # fmt: skip
@@ -85,6 +88,7 @@ class DemoConfig:
             base["rows"] = rows
         if steps is not None:
             base["steps"] = steps
+        base["airflow"] = (not quick) if airflow is None else airflow
         return cls(out=out, seed=seed, quick=quick, **base)
 
     # ------------------------------------------------------------------------------ derived
@@ -114,6 +118,7 @@ class DemoConfig:
             "models": root / "models",
             "evaluation": root / "evaluation",
             "score": root / "score",
+            "delivery": root / "delivery",
             "stages": root / "_stages",
             "summary": root / "summary.json",
             "report": root / "report.html",

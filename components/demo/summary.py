@@ -161,6 +161,7 @@ def build_summary(
             "summary": str(p["summary"]),
             "report": str(p["report"]),
         },
+        "delivery": results.get("delivery"),
         "seconds": seconds,
         "skipped": skipped,
     }
@@ -218,8 +219,16 @@ def format_summary(s: dict[str, Any]) -> str:
         f"of {sc['cold_tasks']} cold campaigns ({sc['rows_rejected']} rejected), "
         f"{sc['rows_adapted']:,} after adapting to {sc['tasks_adapted']} campaigns' support "
         f"events: AUC {_num(sc['auc_unadapted'])} unadapted -> {_num(sc['auc_adapted'])} adapted",
-        "", "outputs",
     ]  # fmt: skip
+    if s.get("delivery"):
+        dv = s["delivery"]
+        lines.append(
+            f"airflow    {dv['dag']} DAG, {dv['interval']}: {dv['rows_read']:,} rows, episodes "
+            + ", ".join(f"{k} {v}" for k, v in sorted(dv["episodes"].items()))
+            + f"; gate {dv['verdict']} ({dv['gate_metric']} {_num(dv['challenger_value'])}) -> "
+            f"champion {dv['champion']}; records {dv['records']}"
+        )
+    lines += ["", "outputs"]
     for key in ("raw", "episodes", "quarantine", "run_meta", "run_plain", "checkpoints", "models",
                 "champion", "predictions", "summary", "report"):  # fmt: skip
         lines.append(f"  {key:<12} {o[key]}")

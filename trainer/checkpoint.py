@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,8 @@ LATEST = "latest"
 META = "meta.json"
 FORMAT = "metarec.checkpoint"
 FORMAT_VERSION = 1
+STEP_NAME = re.compile(r"step-\d{8}")
+"""The name of a committed step directory (what ``latest`` may hold)."""
 
 
 class CheckpointError(RuntimeError):
@@ -148,7 +151,7 @@ class Checkpointer:
         pointer = self.root / LATEST
         if not pointer.exists():
             return None
-        path = self.root / pointer.read_text().strip()
+        path = read_latest(self.root)
         if not (path / META).exists():
             raise CheckpointError(
                 f"{pointer} names {path.name}, which is missing or incomplete; "
@@ -174,6 +177,23 @@ class Checkpointer:
                 "resume with the same world size (or reshard it explicitly)"
             )
         return load_shard(ckpt, self.rank, info), info
+
+
+def read_latest(root: str | os.PathLike[str]) -> Path:
+    """The step directory that ``<root>/latest`` names (it may be incomplete: check ``meta.json``).
+
+    Raises:
+        CheckpointError: the pointer is damaged, or names anything but a ``step-XXXXXXXX``
+            directory of ``root`` (e.g. ``../other-run/step-00000001``).
+    """
+    pointer = Path(root) / LATEST
+    name = pointer.read_bytes().decode("utf-8", errors="replace").strip()
+    if not STEP_NAME.fullmatch(name):  # garbage, or a path leading out of the root
+        raise CheckpointError(
+            f"{pointer} is damaged (it holds {name[:60]!r}, not a step-XXXXXXXX name); "
+            "write the newest complete step directory's name into it, or delete it"
+        )
+    return Path(root) / name
 
 
 def read_meta(ckpt: str | os.PathLike[str]) -> dict[str, Any]:

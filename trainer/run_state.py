@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from trainer.checkpoint import LATEST, META, CheckpointError, load_shard, read_meta
+from trainer.checkpoint import LATEST, META, CheckpointError, load_shard, read_latest, read_meta
 from trainer.parallel.reshard import merge_shards
 from trainer.parallel.sharded_embeddings import PLAN_KEY
 
@@ -252,7 +252,7 @@ def find_checkpoint(path: str | Path) -> Path:
         if (root / META).is_file():
             return root
         if (root / LATEST).is_file():
-            return root / (root / LATEST).read_text().strip()
+            return read_latest(root)
     raise FileNotFoundError(
         f"checkpoint.warm_start={str(path)!r}: no checkpoint there (expected a step-XXXXXXXX "
         "directory with meta.json, a checkpoints directory with 'latest', or a run's output_dir)"

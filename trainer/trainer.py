@@ -58,6 +58,7 @@ from trainer.parallel.apply import build_parallel_model
 from trainer.parallel.comm import CommMeter
 from trainer.parallel.env import ParallelEnv, init_parallel
 from trainer.parallel.plan import ShardingPlan, build_sharding_plan
+from trainer.paths import safe_join
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class Trainer:
             verify_checksums=cfg.data.verify_checksums,
         )
         self.checkpointer = Checkpointer(
-            self.out / "checkpoints",
+            safe_join(self.out, "checkpoints", "the run's checkpoints directory"),
             rank=env.rank,
             world_size=env.world_size,
             keep=cfg.checkpoint.keep,

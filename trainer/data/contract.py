@@ -30,8 +30,10 @@ Example (K=2, Q=1, two sparse slots): ``sparse = [5, 9,  7, 0,  3, 9]``, ``n_sup
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from trainer.paths import check_relative
 
 FORMAT = "metarec.episodes"
 SCHEMA_VERSION = 1
@@ -154,6 +156,10 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        if not isinstance(d, dict):
+            raise ContractError(
+                f"not an episode manifest: a JSON {type(d).__name__}, not an object"
+            )
         if d.get("format") != FORMAT:
             raise ContractError(
                 f"not an episode manifest: format is {d.get('format')!r}, expected {FORMAT!r}"
@@ -167,9 +173,45 @@ class Manifest:
             d = dict(d)
             d["features"] = [FeatureSpec(**f) for f in d["features"]]
             d["dense_features"] = [DenseSpec(**f) for f in d["dense_features"]]
-            return cls(**d)
+            manifest = cls(**d)
         except (KeyError, TypeError) as e:
             raise ContractError(f"malformed episode manifest: {e}") from e
+        _check_types(manifest)
+        return manifest
+
+
+_FILE_KEYS = {"path": str, "split": str, "rows": int, "row_groups": int, "sha256": str}
+_OPTIONAL_FILE_KEYS = {"bucket": (int, type(None)), "bytes": int}
+
+
+def _check_types(m: Manifest) -> None:
+    """Every field of the expected JSON type (a damaged or hand-edited manifest fails here, named,
+    instead of deep inside the reader)."""
+
+    def need(value: Any, tp: type | tuple[type, ...], where: str) -> None:
+        ok = isinstance(value, tp) and not isinstance(value, bool)  # no field is a boolean
+        if not ok or (isinstance(value, int) and value < 0):
+            raise ContractError(f"malformed episode manifest: {where} is {value!r}")
+
+    for obj, where in [(m, ""), *((f, f"features[{i}].") for i, f in enumerate(m.features)),
+                       *((f, f"dense_features[{i}].") for i, f in enumerate(m.dense_features))]:  # fmt: skip
+        for name, tp in _FIELD_TYPES[type(obj)].items():
+            need(getattr(obj, name), tp, where + name)
+    for split, counts in m.splits.items():
+        need(counts, dict, f"splits.{split}")
+        for key, value in counts.items():
+            need(value, int, f"splits.{split}.{key}")
+    for i, f in enumerate(m.files):
+        need(f, dict, f"files[{i}]")
+        for key, tp in _FILE_KEYS.items():
+            need(f.get(key), tp, f"files[{i}].{key}")
+        for key, tp in _OPTIONAL_FILE_KEYS.items():
+            if key in f:
+                need(f[key], tp, f"files[{i}].{key}")
+        try:  # the reader opens <root>/<path>: never a file outside the ETL output
+            check_relative(f["path"], f"files[{i}].path")
+        except ValueError as e:
+            raise ContractError(f"malformed episode manifest: {e}") from None
 
 
 def content_hash(files: list[dict[str, Any]]) -> str:
@@ -201,5 +243,20 @@ def load_manifest(root: str) -> Manifest:
         ) from None
     try:
         return Manifest.from_dict(json.loads(raw))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # damaged bytes: not even UTF-8
         raise ContractError(f"{root}/{MANIFEST_NAME} is not valid JSON: {e}") from e
+
+
+def _json_types(cls: type) -> dict[str, type | tuple[type, ...]]:
+    """The JSON type of each field of a manifest dataclass (``X | None`` fields allow None)."""
+    base = {"int": int, "str": str, "dict": dict, "list": list}
+    out: dict[str, type | tuple[type, ...]] = {}
+    for f in fields(cls):
+        text = str(f.type)
+        head = text.split("[")[0].split(" |")[0]
+        tp = base[head]
+        out[f.name] = (tp, type(None)) if text.endswith("| None") else tp
+    return out
+
+
+_FIELD_TYPES = {c: _json_types(c) for c in (Manifest, FeatureSpec, DenseSpec)}

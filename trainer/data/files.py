@@ -95,6 +95,10 @@ class EpisodeFiles:
         self.sizes: list[int] = []
         """Episodes of every unit."""
         self._open: tuple[int, pq.ParquetFile] | None = None
+        self._slot_buckets = np.repeat(
+            [f.buckets for f in manifest.features], [f.slots for f in manifest.features]
+        )
+        """(S,) rows of the table of each sparse slot: every local id is below it."""
         self._validate(verify_checksums)
 
     def uri(self, i: int) -> str:
@@ -175,15 +179,30 @@ class EpisodeFiles:
         i, g = self.units[unit]
         if self._open is None or self._open[0] != i:
             self._open = (i, self._parquet(i))
-        table = self._open[1].read_row_group(g, columns=list(READ_COLUMNS))
         where = f"{self.uri(i)} row group {g}"
+        try:
+            table = self._open[1].read_row_group(g, columns=list(READ_COLUMNS))
+        except (pa.ArrowException, OSError) as e:  # a damaged page: undecodable, bad compression
+            raise ContractError(
+                f"{where} cannot be decoded ({e}): the file is damaged; rerun `metarec etl` for "
+                "this interval (data.verify_checksums=true finds such files before training)"
+            ) from e
         m = self.manifest
         N, S, Dn, n = m.samples_per_episode, m.sparse_width, m.dense_width, table.num_rows
+        sparse = _list_values(table, COL_SPARSE, N * S, where).reshape(n, N, S)
+        # An id outside its feature's table would index past the stacked table (one vectorised
+        # comparison per value; a damaged page can decode to such ids without any other error).
+        if sparse.size and (sparse.min() < 0 or np.any(sparse >= self._slot_buckets)):
+            raise ContractError(
+                f"{where}: column {COL_SPARSE!r} holds ids outside their feature's buckets "
+                f"({[f.buckets for f in m.features]}): the file is damaged or was written for "
+                "another feature spec; rerun `metarec etl` for this interval"
+            )
         return Chunk(
             task_id=table.column(COL_TASK_ID).to_numpy().astype(np.int64, copy=False),
             n_support=table.column(COL_N_SUPPORT).to_numpy().astype(np.int64, copy=False),
             n_query=table.column(COL_N_QUERY).to_numpy().astype(np.int64, copy=False),
-            sparse=_list_values(table, COL_SPARSE, N * S, where).reshape(n, N, S),
+            sparse=sparse,
             dense=_list_values(table, COL_DENSE, N * Dn, where).reshape(n, N, Dn),
             click=_list_values(table, COL_CLICK, N, where).reshape(n, N),
             conversion=_list_values(table, COL_CONVERSION, N, where).reshape(n, N),

@@ -189,6 +189,26 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
     return torch.device("cuda", index)
 
 
+def _restart_scoped_store(
+    environ: Mapping[str, str] | None, addr: str, port: int, world_size: int, timeout: timedelta
+) -> dist.Store | None:
+    """Under torchrun (agent-hosted store), the store of this restart attempt, else None.
+
+    torchrun's agent keeps ONE rendezvous store for the whole job, across restarts, and the process
+    group writes its peers' addresses under fixed keys: after ``--max-restarts`` restarts the
+    workers, a worker can read the previous attempt's address of a dead peer and fail with
+    "connection refused" (pytorch/pytorch#135712). Prefixing the keys with the restart count
+    (the same on every worker, since torchrun restarts all of them together) keeps each attempt's
+    keys apart.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    client = dist.TCPStore(addr, port, world_size, is_master=False, timeout=timeout)
+    attempt = env.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"metarec/attempt-{attempt}", client)
+
+
 def init_parallel(
     environ: Mapping[str, str] | None = None,
     *,
@@ -228,12 +248,15 @@ def init_parallel(
     host = f"[{addr}]" if ":" in addr else addr  # IPv6 literal
     port = spec.master_port or 29500
     if not dist.is_initialized():
+        timeout = timedelta(seconds=timeout_s)
+        store = _restart_scoped_store(environ, addr, port, spec.world_size, timeout)
         dist.init_process_group(
             backend,
-            init_method=f"tcp://{host}:{port}",
+            init_method=None if store is not None else f"tcp://{host}:{port}",
+            store=store,
             rank=spec.rank,
             world_size=spec.world_size,
-            timeout=timedelta(seconds=timeout_s),
+            timeout=timeout,
             device_id=dev if dev.type == "cuda" else None,
         )
     log.info(

@@ -1,0 +1,58 @@
+"""Names read from configs and data files must not lead outside the root they are meant for.
+
+    safe_join("out/train/run", "checkpoints")        # -> out/train/run/checkpoints
+    safe_join("out/train/run", "../other")           # ValueError: leads outside
+    check_relative("split=train/bucket=00001/part-00000.parquet", "files[3].path")   # ok
+
+:func:`check_relative` is a pure text check (it also suits ``s3://`` roots): not absolute, no
+``..`` component, no backslash or NUL. :func:`safe_join` adds the file-system check for a local root:
+after resolving symlinks the path is still inside the resolved root, so a planted symlink cannot
+redirect writes elsewhere. Used where the trainer names an output or opens a path that came from a
+config or a data file: the run's ``checkpoints`` directory, the checkpoint ``latest`` pointer, the
+episode manifest's file paths.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+
+def check_relative(name: str, what: str) -> str:
+    """Return ``name`` if it is a plain relative path below its root (text check only).
+
+    Raises:
+        ValueError: ``name`` is empty, absolute, has a ``..`` component, a backslash or a NUL.
+    """
+    if not isinstance(name, str) or not name or "\x00" in name or "\\" in name:
+        raise ValueError(f"{what} must be a relative path, got {name!r}")
+    parts = PurePosixPath(name).parts
+    if name.startswith("/") or ".." in parts or (parts and ":" in parts[0]):
+        raise ValueError(
+            f"{what} = {name!r} leads outside its root (absolute, '..' or a scheme); "
+            "only paths below the root are allowed"
+        )
+    return name
+
+
+def safe_join(root: str | os.PathLike[str], relative: str, what: str = "path") -> Path:
+    """``root / relative``, refused when it leads outside ``root`` (also through symlinks).
+
+    Args:
+        root: a local directory (it need not exist yet).
+        relative: a relative path from a config or a data file.
+        what: how to name ``relative`` in the error (e.g. ``"checkpoints directory"``).
+
+    Raises:
+        ValueError: see :func:`check_relative`; or the joined path resolves outside ``root``.
+    """
+    check_relative(relative, what)
+    base = Path(root)
+    path = base / relative
+    real_base, real = base.resolve(), path.resolve()
+    if real != real_base and real_base not in real.parents:
+        raise ValueError(
+            f"{what} {path} resolves to {real}, outside {real_base} (a symlink leads out); "
+            "remove the link or choose another output directory"
+        )
+    return path

@@ -34,6 +34,9 @@ SCHEMA_VERSION = 1
 TASK_KEYS = ("campaign_id", "advertiser_id", "user_id", "scene_id", "ad_id")
 DEFAULT_TASK_KEY = "campaign_id"
 PARTITION_FORMATS = ("jsonl", "jsonl.gz", "parquet")
+JSON_WHITESPACE = " \t\r\n"
+"""A JSONL line made only of these (JSON's whitespace) is blank: not a row, in the ETL and in the
+scorer alike. Any other content, other Unicode spaces included, is a row (malformed if not JSON)."""
 
 
 @dataclass(frozen=True, slots=True)

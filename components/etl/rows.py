@@ -160,11 +160,16 @@ def parse_jsonl(df):
     )
 
 
-def drop_blank_lines(df):
-    """JSONL lines that are empty or only whitespace carry no record: they are not rows."""
+def is_blank_line():
+    """Column: the JSONL line is empty or only JSON whitespace (``raw_schema.JSON_WHITESPACE``)."""
     from pyspark.sql import functions as F
 
-    return df.where(F.length(F.trim("value")) > 0)
+    return F.col("value").rlike("^[ \\t\\r\\n]*$")
+
+
+def drop_blank_lines(df):
+    """Blank JSONL lines (:func:`is_blank_line`) carry no record: they are not rows."""
+    return df.where(~is_blank_line())
 
 
 def parse_parquet(df):

@@ -54,7 +54,7 @@ def parse(raw, fmt: str, config: EtlConfig, observation=None):
     if fmt == "parquet":
         metrics = [F.count(F.lit(1)).alias("rows_read"), F.lit(0).cast("long").alias("blank_lines")]
     else:
-        blank = F.length(F.trim("value")) == 0
+        blank = rows.is_blank_line()
         metrics = [
             F.count(F.when(~blank, 1)).alias("rows_read"),
             F.count(F.when(blank, 1)).alias("blank_lines"),

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from components.etl.extract import filesystem, format_of
 from components.etl.rows import ISO_8601
-from components.raw_schema import FIELDS_BY_NAME, RAW_FIELDS
+from components.raw_schema import FIELDS_BY_NAME, JSON_WHITESPACE, RAW_FIELDS
 
 log = logging.getLogger(__name__)
 _TYPES = {"id": pa.string(), "time": pa.string(), "categorical": pa.string(),
@@ -231,8 +231,8 @@ def _read_jsonl(fs: Any, f: EventFile, batch_rows: int) -> Iterator[RawBatch]:
         text = io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="\n")
         for n, line in enumerate(text, 1):
             line = line.rstrip("\r\n")
-            if not line.strip():
-                continue  # a blank line is not a row (as in the ETL)
+            if not line.strip(JSON_WHITESPACE):
+                continue  # a blank line is not a row (the ETL's definition)
             lines.append(line)
             numbers.append(n)
             if len(lines) == batch_rows:

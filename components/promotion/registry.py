@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from trainer.serving.artifact import CHECKSUMS_FILE, check_name, fsync_dir, locked
+from trainer.serving.artifact import CHECKSUMS_FILE, VERSION_RE, check_name, fsync_dir, locked
 
 CHAMPION = "CHAMPION"
 HISTORY = "HISTORY.jsonl"
@@ -80,6 +80,8 @@ def read_champion(root: str | Path, name: str) -> Pointer | None:
         if d.get("format") != POINTER_FORMAT:
             raise ValueError(f"format {d.get('format')!r}")
         p = Pointer(d["version"], list(d["stack"]), int(d["seq"]), dict(d["last"]), d["updated_at"])
+        if not all(isinstance(v, str) and VERSION_RE.match(v) for v in [p.version, *p.stack]):
+            raise ValueError(f"versions {[p.version, *p.stack]!r} are not all v<N> names")
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError) as e:

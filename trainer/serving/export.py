@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.checkpoint import LATEST, META, CheckpointError, load_shard, read_meta
+from trainer.checkpoint import LATEST, META, CheckpointError, load_shard, read_latest, read_meta
 from trainer.config import TrainerConfig
 from trainer.config_loader import build, to_dict
 from trainer.data.contract import ContractError, Manifest, load_manifest
@@ -87,7 +87,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if (root / META).is_file():
             return root
         if (root / LATEST).is_file():
-            return root / (root / LATEST).read_text().strip()
+            return read_latest(root)  # refuses a damaged pointer or one leading out of root
     raise FileNotFoundError(
         f"--checkpoint {str(path)!r}: no checkpoint there (expected a run's output_dir, its "
         "checkpoints directory, or a step-XXXXXXXX directory holding meta.json)"

@@ -154,3 +154,14 @@ def test_readers_never_see_a_missing_or_partial_pointer(tmp_path):
     assert registry.read_champion(tmp_path, NAME).seq == len(records)
     for a, b in itertools.pairwise(records):
         assert b["from"] == a["to"]
+
+
+def test_a_pointer_naming_a_path_instead_of_a_version_is_refused(tmp_path):
+    """A hand-edited CHAMPION that names ``../other/v1`` must not lead readers out of the model."""
+    make_versions(tmp_path, "v1")
+    registry.promote(tmp_path, NAME, "v1")
+    pointer = tmp_path / NAME / registry.CHAMPION
+    d = json.loads(pointer.read_text())
+    pointer.write_text(json.dumps({**d, "version": "../other/v1", "stack": ["../other/v1"]}))
+    with pytest.raises(ValueError, match="not a valid champion pointer.*v<N>"):
+        registry.read_champion(tmp_path, NAME)

@@ -134,9 +134,10 @@ def run_etl(config: EtlConfig, spark=None) -> EtlResult:
         spark.conf.set(k, v)
     observation = Observation("metarec_etl_rows")
     raw = extract.read_raw(spark, listing)
-    frame = tr.transform(raw, listing.fmt, config, observation).persist(
-        StorageLevel.MEMORY_AND_DISK
-    )
+    # DISK_ONLY: cached blocks in the heap took execution memory from the episode window, whose
+    # sorter then spilled in many small files and ran out of heap reading them back (10M rows,
+    # 1 GB heap); the cache is read twice, sequentially, so disk costs little.
+    frame = tr.transform(raw, listing.fmt, config, observation).persist(StorageLevel.DISK_ONLY)
     staging = load.open_staging(config.output, config.interval_id)
     try:
         stages.start("transform")  # computes the transform once, into the cache both writes read

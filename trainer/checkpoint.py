@@ -59,7 +59,8 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_write(path: Path, data: bytes) -> None:
+def fsync_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and flush it to disk."""
     with open(path, "wb") as f:
         f.write(data)
         f.flush()
@@ -110,7 +111,7 @@ class Checkpointer:
         torch.save(state, shard)
         with open(shard, "rb+") as f:
             os.fsync(f.fileno())
-        _fsync_write(shard.with_suffix(".sha256"), sha256_file(shard).encode())
+        fsync_write(shard.with_suffix(".sha256"), sha256_file(shard).encode())
         self.barrier()
         if self.rank == 0:
             shards = {}
@@ -127,12 +128,12 @@ class Checkpointer:
                 "shards": shards,
                 "meta": meta or {},
             }
-            _fsync_write(tmp / META, json.dumps(body, indent=2, sort_keys=True).encode())
+            fsync_write(tmp / META, json.dumps(body, indent=2, sort_keys=True).encode())
             if final.exists():  # re-saving the same step (e.g. after a resume): replace it
                 shutil.rmtree(final)
             os.replace(tmp, final)
             pointer = self.root / (LATEST + ".tmp")
-            _fsync_write(pointer, final.name.encode())
+            fsync_write(pointer, final.name.encode())
             os.replace(pointer, self.root / LATEST)
             self._prune()
         self.barrier()

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.serving.artifact import ExportError, fsync_write
+from trainer.checkpoint import fsync_write
+from trainer.serving.artifact import ExportError
 
 _SAFE_DTYPES = {"float32", "float64", "int64", "int32", "bool"}
 # Entries of a plain torch.export archive (after its top folder), and nothing else.

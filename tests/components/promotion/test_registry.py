@@ -163,5 +163,5 @@ def test_a_pointer_naming_a_path_instead_of_a_version_is_refused(tmp_path):
     pointer = tmp_path / NAME / registry.CHAMPION
     d = json.loads(pointer.read_text())
     pointer.write_text(json.dumps({**d, "version": "../other/v1", "stack": ["../other/v1"]}))
-    with pytest.raises(ValueError, match="not a valid champion pointer.*v<N>"):
+    with pytest.raises(ValueError, match=r"not a valid champion pointer.*v<N>"):
         registry.read_champion(tmp_path, NAME)

@@ -20,7 +20,6 @@ this module stays free of ``torch.distributed``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from trainer.durable import fsync_write, sha256_file
 
 LATEST = "latest"
 META = "meta.json"
@@ -49,22 +50,6 @@ def _shard_name(rank: int) -> str:
 
 def _step_name(step: int) -> str:
     return f"step-{step:08d}"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def fsync_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` and flush it to disk."""
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _noop() -> None:

@@ -41,7 +41,7 @@ def _half(path: Path, data: bytes) -> None:
 def main(root: str, point: str) -> None:
     saver = ck.Checkpointer(root)
     saver.save(1, state(1), meta={"note": "one"})
-    real_write, real_replace, real_save = ck._fsync_write, os.replace, torch.save
+    real_write, real_replace, real_save = ck.fsync_write, os.replace, torch.save
 
     if point == "shard":
 
@@ -57,7 +57,7 @@ def main(root: str, point: str) -> None:
         def cut_write(path: Path, data: bytes) -> None:
             (_half if path.name == name else real_write)(path, data)
 
-        ck._fsync_write = cut_write  # type: ignore[assignment]
+        ck.fsync_write = cut_write  # type: ignore[assignment]
     elif point == "commit":
 
         def replace_then_die(src: str, dst: str) -> None:

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from trainer.checkpoint import fsync_write, sha256_file
+from trainer.durable import fsync_write, sha256_file
 
 FORMAT = "metarec.model"
 FORMAT_VERSION = 1

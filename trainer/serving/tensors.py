@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.checkpoint import fsync_write
+from trainer.durable import fsync_write
 from trainer.serving.artifact import ExportError
 
 _SAFE_DTYPES = {"float32", "float64", "int64", "int32", "bool"}

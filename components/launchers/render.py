@@ -36,7 +36,7 @@ import yaml
 
 from components.launchers import kustomize
 from components.launchers.kustomize import load_yaml_documents
-from components.launchers.transformers import split_image
+from components.launchers.transformers import image_rule
 
 JOB_KINDS = ("PyTorchJob", "TrainJob")
 TRAINER_IMAGE = "metarec-trainer"
@@ -308,13 +308,7 @@ def run_kustomization(params: TrainRunParams, base_objs: Sequence[dict], overlay
         "labels": [{"pairs": {"metarec.io/run-id": params.run_id, **dict(params.labels)}}],
     }
     if params.image:
-        name, tag, digest = split_image(params.image)
-        rule: dict[str, Any] = {"name": TRAINER_IMAGE, "newName": name}
-        if digest:
-            rule["digest"] = digest[1:]
-        elif tag:
-            rule["newTag"] = tag[1:]
-        kust["images"] = [rule]
+        kust["images"] = [image_rule(TRAINER_IMAGE, params.image)]
     if params.config_toml is not None:
         kust["configMapGenerator"] = [
             {"name": CONFIG_MAP, "behavior": "replace", "files": [CONFIG_KEY]}

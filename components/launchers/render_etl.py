@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from components.launchers.render import RUN_ID_PATTERN, build_kustomization, manifests_dir
-from components.launchers.transformers import split_image
+from components.launchers.transformers import image_rule
 
 COMPONENTS_IMAGE = "metarec-components"
 VARIANT = "spark-etl"
@@ -93,13 +93,7 @@ def etl_kustomization(params: EtlRunParams, overlay_rel: str) -> dict[str, Any]:
         "patches": [{"target": {"kind": "SparkApplication"}, "patch": yaml.safe_dump(ops)}],
     }
     if params.image:
-        name, tag, digest = split_image(params.image)
-        rule: dict[str, Any] = {"name": COMPONENTS_IMAGE, "newName": name}
-        if digest:
-            rule["digest"] = digest[1:]
-        elif tag:
-            rule["newTag"] = tag[1:]
-        kust["images"] = [rule]
+        kust["images"] = [image_rule(COMPONENTS_IMAGE, params.image)]
     return kust
 
 

@@ -52,6 +52,18 @@ def split_image(image: str) -> tuple[str, str, str]:
     return name, tag, at + digest
 
 
+def image_rule(placeholder: str, image: str) -> dict[str, Any]:
+    """The kustomize ``images`` entry replacing ``placeholder`` with ``image``
+    (``name[:tag][@digest]``; a digest wins over a tag)."""
+    name, tag, digest = split_image(image)
+    rule: dict[str, Any] = {"name": placeholder, "newName": name}
+    if digest:
+        rule["digest"] = digest[1:]
+    elif tag:
+        rule["newTag"] = tag[1:]
+    return rule
+
+
 def _new_image(image: str, rule: dict[str, Any]) -> str:
     name, tag, digest = split_image(image)
     if name != rule["name"]:

@@ -8,11 +8,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= out
 
-.PHONY: help venv test lint format demo bench lock clean
+.PHONY: help venv test test-images lint format demo bench lock clean
 
 help:
 	@echo "make demo   the whole flow on 2 CPU ranks: generate, ETL, validate, meta + plain training, export, gate, score; summary + report.html in $(OUT)/demo"
 	@echo "make test   lint + the whole test suite (creates $(VENV) on first use)"
+	@echo "make test-images  the image-contract test: each image's environment runs its entry points"
 	@echo "make bench  run the benchmarks in bench/ (JSON results in $(OUT)/bench/)"
 	@echo "make lint   ruff check + format check"
 	@echo "make lock   re-resolve dependencies and rewrite constraints.txt"
@@ -36,7 +37,12 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not image_contract" --durations=15
+
+# Each image's Python environment, built as its Dockerfile builds it, runs every entry point of that
+# image (tests/images/). Slow (fresh virtualenvs); CI runs it after `make test`.
+test-images: $(STAMP)
+	$(BIN)/python -m pytest -m image_contract --durations=15
 
 demo: $(STAMP)
 	$(BIN)/python -m components.demo --out $(OUT)/demo

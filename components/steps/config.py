@@ -49,7 +49,6 @@ K8S_KEYS = (
     "gpus_per_node",
     "timeout_s",
     "cleanup",
-    "engine",
 )
 
 

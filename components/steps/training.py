@@ -231,7 +231,7 @@ def _train_on_kubernetes(
         gpus_per_node=k.get("gpus_per_node"),
         labels={"metarec.io/interval": interval.slug},
     )
-    objs = render_run(params, engine=k.get("engine", "python"))
+    objs = render_run(params)
     require_valid(objs)
     path = layout.record_path(interval, "train.k8s").with_suffix(".yaml")
     path.parent.mkdir(parents=True, exist_ok=True)

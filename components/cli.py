@@ -13,6 +13,7 @@ is instant and a Spark-free machine can still train.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import sys
@@ -50,8 +51,35 @@ def _top_level_help() -> str:
         "usage: metarec <command> [options]\n\n"
         "metarec: meta-learning CTR/CVR training pipeline for ad logs.\n\n"
         "commands:\n" + "\n".join(lines) + "\n\n"
-        "Run `metarec <command> --help` for the options of a command.\n"
+        "Run `metarec <command> --help` for the options of a command; `metarec --version`.\n"
     )
+
+
+def _version() -> str:
+    """The installed distribution's version (``importlib.metadata``: no package import)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("metarec")
+    except PackageNotFoundError:
+        return "unknown (not installed: run `pip install -e .`)"
+
+
+def _unknown_command(name: str) -> str:
+    """The error for a mistyped command, with the closest command names as suggestions."""
+    close = difflib.get_close_matches(name, COMMANDS, n=2, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+    return f"metarec: unknown command {name!r}{hint}\n\n{_top_level_help()}"
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Options may come before, between or after the positionals, as in
+    ``metarec train data.path=X --nproc 2 train.steps=5`` (intermixed parsing; plain
+    ``parse_args`` stops the overrides at the first option). argparse cannot intermix a command
+    that has sub-commands (``adapt``, ``validate``); those take no list of positionals."""
+    if parser._subparsers is not None:  # set by add_subparsers
+        return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,9 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         sys.stdout.write(_top_level_help())
         return 0
+    if argv[0] == "--version":
+        sys.stdout.write(f"metarec {_version()}\n")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        sys.stderr.write(f"metarec: unknown command {name!r}\n\n{_top_level_help()}")
+        sys.stderr.write(_unknown_command(name))
         return 2
     module_name, help_ = COMMANDS[name]
     module = importlib.import_module(module_name)
@@ -73,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     module.configure_parser(parser)
-    args = parser.parse_args(rest)
+    args = _parse(parser, rest)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -10,13 +10,16 @@ evaluation data (their data content hashes must match):
 
 Verdicts: better (promoted), worse, equal (promoted with --promote-on-equal), no_champion
 (promoted), already_champion, different_data, failed_validation (checksums, missing metric).
-The CHAMPION pointer is replaced in one step and the change appended to HISTORY.jsonl.
+The CHAMPION pointer is replaced in one step and the change appended to HISTORY.jsonl, only if
+the champion is still the one the gate compared against (or --expect's): a promotion that raced
+with another change is refused (exit 2) instead of overwriting it.
 Exit code: 0 promoted (or nothing to do), 1 the gate kept the champion, 2 an error.
 
 examples:
   metarec promote --models out/models --name click-dlrm                  # latest version
   metarec promote --models out/models --name click-dlrm --version v4 \\
       --evaluate-on out/episodes/interval=20261102T00-20261103T00 --metric test_cold.after.auc
+  metarec promote --models out/models --name click-dlrm --version v5 --expect v4  # guarded
   metarec promote --models out/models --name click-dlrm --status          # champion + history
 """
 
@@ -42,6 +45,44 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reason", default="", help="note kept in the history")
     parser.add_argument("--dry-run", action="store_true", help="decide, do not promote")
     parser.add_argument("--status", action="store_true", help="print champion and history only")
+    parser.add_argument(
+        "--expect",
+        type=parse_expect,
+        default=argparse.SUPPRESS,
+        metavar="VERSION|none",
+        help="refuse unless this is the champion (default: the champion when the command starts)",
+    )
+
+
+def parse_expect(text: str) -> str | None:
+    """``--expect``: a version name, or ``none`` for "nothing promoted yet"."""
+    from trainer.serving.artifact import VERSION_RE
+
+    if text.lower() == "none":
+        return None
+    if not VERSION_RE.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a version (v<N>) nor 'none'")
+    return text
+
+
+def existing_model(models: str, name: str) -> Path:
+    """The folder of model ``name`` under ``models``.
+
+    Raises:
+        FileNotFoundError: no such model (no exported version); names the models there.
+    """
+    from components.promotion import registry
+    from trainer.serving.artifact import list_versions
+
+    mdir = registry.model_dir(models, name)
+    if list_versions(mdir):
+        return mdir
+    root = Path(models)
+    there = sorted(p.name for p in root.iterdir() if list_versions(p)) if root.is_dir() else []
+    raise FileNotFoundError(
+        f"{mdir} holds no exported version; run `metarec export` first (models under {root}: "
+        f"{', '.join(there) or 'none'})"
+    )
 
 
 def _evaluate(version_dir: Path, args: argparse.Namespace, split: str) -> Any:
@@ -63,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from components.promotion.gate import GatePolicy, decide, load_candidate
     from trainer.serving.artifact import list_versions
 
-    mdir = registry.model_dir(args.models, args.name)
+    mdir = existing_model(args.models, args.name)
     pointer = registry.read_champion(args.models, args.name)
     if args.status:
         status = {"champion": pointer.version if pointer else None,
@@ -72,8 +113,10 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(status, indent=2) + "\n")
         return 0
     versions = list_versions(mdir)
-    if not versions:
-        raise FileNotFoundError(f"{mdir} holds no exported version; run `metarec export` first")
+    current = pointer.version if pointer else None
+    expect = getattr(args, "expect", current)
+    if expect != current:  # fail before evaluating; the swap checks again under the lock
+        raise registry.ChampionChanged(args.name, expect, current, "promotion")
     version = versions[-1] if args.version == "latest" else args.version
     if version not in versions:
         raise ValueError(
@@ -99,7 +142,9 @@ def run(args: argparse.Namespace) -> int:
         details = {"decision": decision.to_dict(), "data_hash": challenger.data_hash,
                    "evaluated_on": args.evaluate_on}  # fmt: skip
         reason = args.reason or decision.reason
-        new = registry.promote(args.models, args.name, version, reason=reason, details=details)
+        new = registry.promote(
+            args.models, args.name, version, expect=expect, reason=reason, details=details
+        )
         out.update(promoted=True, champion=new.version, previous=new.previous)
     else:
         out["champion"] = pointer.version if pointer else None

@@ -16,8 +16,16 @@ the last change. ``HISTORY.jsonl`` is appended after the swap; if a crash falls 
 the next promotion or rollback (and every reader, :func:`read_history`) restores the missing
 record from the pointer, so the history always ends with the pointer's last change.
 
+Every change can be guarded (compare-and-swap, under the lock): ``expect`` is the champion the
+caller decided against (a version, or None for "no champion yet"); when the champion is another
+one by then, the change is refused with :class:`ChampionChanged`. ``key`` names the change (an
+Airflow run id, an interval and challenger); it is kept in the history record, and a change whose
+key is recorded already is not made again: the call returns the pointer with ``replayed`` set to
+that record. So a retried task never promotes or rolls back twice, even after a crash between
+the swap and its reply.
+
 Example: promote v1, promote v3, rollback -> champion v1 (stack [v1]); another rollback is refused
-(no previous champion).
+(no previous champion); ``rollback(expect="v3")`` at that point is refused (the champion is v1).
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ from trainer.serving.artifact import CHECKSUMS_FILE, VERSION_RE, check_name, fsy
 CHAMPION = "CHAMPION"
 HISTORY = "HISTORY.jsonl"
 POINTER_FORMAT = "metarec.champion"
+ANY = "<any champion>"
+"""``expect`` default: no compare-and-swap (version names are ``v<N>``, so this never matches)."""
 Fault = Callable[[str], None]
 """Called at named points of a change (tests inject crashes there): ``pointer_written``,
 ``pointer_swapped``, ``history_appended``."""
@@ -51,12 +61,26 @@ class Pointer:
     updated_at: str = ""
     format: str = POINTER_FORMAT
     previous: str | None = field(default=None)
+    replayed: dict[str, Any] | None = field(default=None)
+    """Set when the call changed nothing because its ``key`` was applied before: that record."""
 
     def to_json(self) -> str:
         d = {
             k: getattr(self, k) for k in ("format", "version", "stack", "seq", "last", "updated_at")
         }
         return json.dumps(d, indent=2, sort_keys=True) + "\n"
+
+
+class ChampionChanged(ValueError):
+    """The champion is not the one the change expected (someone changed it in between)."""
+
+    def __init__(self, name: str, expected: str | None, actual: str | None, action: str):
+        self.expected, self.actual = expected, actual
+        super().__init__(
+            f"{action} of {name!r} refused: the champion is {actual or 'none'}, expected "
+            f"{expected or 'none'} (it changed since it was read); check `metarec promote "
+            f"--status` and retry with --expect {actual or 'none'} if the change still holds"
+        )
 
 
 def _now() -> str:
@@ -142,18 +166,31 @@ def _reconcile(mdir: Path, pointer: Pointer | None) -> None:
 
 
 def _change(root: str | Path, name: str, action: str, choose: Callable[[Pointer | None], list[str]],
-            reason: str, details: dict[str, Any] | None, fault: Fault | None) -> Pointer:  # fmt: skip
+            reason: str, details: dict[str, Any] | None, fault: Fault | None,
+            expect: str | None, key: str | None) -> Pointer:  # fmt: skip
     mdir = model_dir(root, name)
     fault = fault or (lambda stage: None)
     with locked(mdir):
         old = read_champion(root, name)
         _reconcile(mdir, old)
+        if key is not None:
+            records, _ = _history_lines(mdir / HISTORY)
+            done = [r for r in records if r.get("key") == key and r.get("action") == action]
+            if done:  # a retry of a change already made: never make it twice
+                assert old is not None, "a recorded change implies a pointer"
+                old.replayed = done[-1]
+                return old
+        current = old.version if old else None
+        if expect != ANY and current != expect:
+            raise ChampionChanged(name, expect, current, action)
         stack = choose(old)
         if old is not None and stack == old.stack:  # nothing to change (an idempotent rerun)
             return old
         seq = (old.seq if old else 0) + 1
-        record = {"seq": seq, "time": _now(), "action": action, "from": old.version if old else None,
-                  "to": stack[-1], "reason": reason, "details": details or {}}  # fmt: skip
+        record = {"seq": seq, "time": _now(), "action": action, "from": current, "to": stack[-1],
+                  "reason": reason, "details": details or {}}  # fmt: skip
+        if key is not None:
+            record["key"] = key
         new = Pointer(stack[-1], stack, seq, record, record["time"])
         tmp = mdir / f"{CHAMPION}.tmp-{os.getpid()}"
         with open(tmp, "wb") as f:
@@ -170,13 +207,16 @@ def _change(root: str | Path, name: str, action: str, choose: Callable[[Pointer 
     return new
 
 
-def promote(root: str | Path, name: str, version: str, *, reason: str = "",
-            details: dict[str, Any] | None = None, fault: Fault | None = None) -> Pointer:  # fmt: skip
+def promote(root: str | Path, name: str, version: str, *, expect: str | None = ANY,
+            key: str | None = None, reason: str = "", details: dict[str, Any] | None = None,
+            fault: Fault | None = None) -> Pointer:  # fmt: skip
     """Make ``version`` the champion (pushing it on the stack). Promoting the current champion
-    again changes nothing and returns the pointer (idempotent reruns).
+    again changes nothing and returns the pointer (idempotent reruns); so does a promotion whose
+    ``key`` is recorded already (``replayed`` set).
 
     Raises:
         FileNotFoundError: the version does not exist or is incomplete (no ``CHECKSUMS``).
+        ChampionChanged: the champion is not ``expect``.
     """
     mdir = model_dir(root, name)
     if not (mdir / version / CHECKSUMS_FILE).is_file():
@@ -189,15 +229,16 @@ def promote(root: str | Path, name: str, version: str, *, reason: str = "",
             return old.stack
         return [*(old.stack if old else []), version]
 
-    return _change(root, name, "promote", choose, reason, details, fault)
+    return _change(root, name, "promote", choose, reason, details, fault, expect, key)
 
 
-def rollback(
-    root: str | Path, name: str, *, reason: str = "", fault: Fault | None = None
-) -> Pointer:
-    """Make the previous champion the champion again (pop the stack).
+def rollback(root: str | Path, name: str, *, expect: str | None = ANY, key: str | None = None,
+             reason: str = "", fault: Fault | None = None) -> Pointer:  # fmt: skip
+    """Make the previous champion the champion again (pop the stack); a rollback whose ``key`` is
+    recorded already changes nothing (``replayed`` set).
 
     Raises:
+        ChampionChanged: the champion is not ``expect``.
         ValueError: nothing was promoted, or the champion has no predecessor.
     """
 
@@ -209,4 +250,4 @@ def rollback(
             )
         return old.stack[:-1]
 
-    return _change(root, name, "rollback", choose, reason, None, fault)
+    return _change(root, name, "rollback", choose, reason, None, fault, expect, key)

@@ -74,10 +74,14 @@ def test_gate_promotion_rollback_end_to_end(setup, capsys, tmp_path):
     code, out = _cli(capsys, *base, "--version", "v2")
     assert code == 0 and out["decision"]["verdict"] == "already_champion"
 
-    code, out = _cli(
-        capsys, "rollback", "--models", str(models), "--name", NAME, "--reason", "test"
-    )
+    rollback = ["rollback", "--models", str(models), "--name", NAME, "--reason", "test"]
+    assert main([*rollback, "--expect", "v1"]) == 2  # v2 serves: refused, nothing changes
+    assert "the champion is v2, expected v1" in capsys.readouterr().err
+    code, out = _cli(capsys, *rollback, "--expect", "v2")
     assert (code, out["champion"], out["rolled_back"]) == (0, "v1", "v2")
+    assert main([*rollback, "--expect", "v2"]) == 2  # a retry of that rollback: not a second one
+    assert "the champion is v1, expected v2" in capsys.readouterr().err
+    assert registry.read_champion(models, NAME).version == "v1"
     code, out = _cli(capsys, *base, "--status")
     assert out["champion"] == "v1" and out["versions"] == ["v1", "v2", "v3"]
     assert [r["action"] for r in out["history"]][-1] == "rollback"
@@ -112,10 +116,18 @@ def test_user_errors(setup, capsys, tmp_path):
             "no version 'v9'",
         ),
         (["promote", "--models", str(models), "--name", NAME, "--metric", "auc"], "--metric"),
-        (["rollback", "--models", str(tmp_path), "--name", NAME], "no previous champion"),
+        (["rollback", "--models", str(tmp_path), "--name", NAME], "holds no exported version"),
+        (
+            ["promote", "--models", str(models), "--name", "click-dlrn", "--status"],
+            f"(models under {models}: {NAME})",
+        ),
+        (["promote", "--models", str(models), "--name", NAME, "--expect", "v9"], "expected v9"),
         (["promote", "--models", str(models), "--name", "../x"], "model name"),
     ]
     for args, message in cases:
         assert main(args) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(SystemExit, match="2"):  # argparse: usage and the error
+        main(["rollback", "--models", str(models), "--name", NAME, "--expect", "latest"])
+    assert "'latest' is not a version (v<N>) nor 'none'" in capsys.readouterr().err

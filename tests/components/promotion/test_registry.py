@@ -165,3 +165,53 @@ def test_a_pointer_naming_a_path_instead_of_a_version_is_refused(tmp_path):
     pointer.write_text(json.dumps({**d, "version": "../other/v1", "stack": ["../other/v1"]}))
     with pytest.raises(ValueError, match=r"not a valid champion pointer.*v<N>"):
         registry.read_champion(tmp_path, NAME)
+
+
+def test_a_change_is_refused_when_the_champion_is_not_the_expected_one(tmp_path):
+    make_versions(tmp_path, "v1", "v2", "v3")
+    with pytest.raises(registry.ChampionChanged, match="champion is none, expected v1"):
+        registry.promote(tmp_path, NAME, "v2", expect="v1")
+    registry.promote(tmp_path, NAME, "v1", expect=None)
+    registry.promote(tmp_path, NAME, "v2", expect="v1")
+    # A promotion decided against v1 arrives after v2 took over: refused, v2 stays.
+    with pytest.raises(registry.ChampionChanged, match="champion is v2, expected v1"):
+        registry.promote(tmp_path, NAME, "v3", expect="v1")
+    with pytest.raises(registry.ChampionChanged, match="champion is v2, expected v3"):
+        registry.rollback(tmp_path, NAME, expect="v3")
+    assert registry.read_champion(tmp_path, NAME).stack == ["v1", "v2"]
+    assert [r["to"] for r in history_file(tmp_path)] == ["v1", "v2"]
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_at(stage: str):
+    def fault(at: str) -> None:
+        if at == stage:
+            raise _Crash(at)
+
+    return fault
+
+
+@pytest.mark.parametrize("stage", ["pointer_swapped", "history_appended"])
+def test_a_retried_rollback_after_its_swap_rolls_back_once(stage, tmp_path):
+    """The task's first try swaps the pointer and dies before it can reply; the retry (same key,
+    same expected champion) finds its change recorded and returns it."""
+    make_versions(tmp_path, "v1", "v2", "v3")
+    for v in ("v1", "v2", "v3"):
+        registry.promote(tmp_path, NAME, v)
+    with pytest.raises(_Crash):
+        registry.rollback(tmp_path, NAME, expect="v3", key="run-7", fault=_crash_at(stage))
+    retry = registry.rollback(tmp_path, NAME, expect="v3", key="run-7")
+    assert (retry.version, retry.stack) == ("v2", ["v1", "v2"])
+    assert retry.replayed is not None
+    assert (retry.replayed["from"], retry.replayed["to"], retry.replayed["key"]) == (
+        "v3",
+        "v2",
+        "run-7",
+    )
+    assert [r["action"] for r in history_file(tmp_path)] == ["promote"] * 3 + ["rollback"]
+    # Another run (another key) with an up-to-date expectation does roll back further.
+    assert registry.rollback(tmp_path, NAME, expect="v2", key="run-8").version == "v1"
+    assert registry.rollback(tmp_path, NAME, expect="v2", key="run-8").replayed["to"] == "v1"

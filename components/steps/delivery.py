@@ -11,7 +11,9 @@ The challenger is exported before the gate so that both sides are scored by the 
 Idempotence: export is keyed by the checkpoint's fingerprint (same checkpoint, same version);
 evaluation, gate and promotion are recorded per interval and challenger, so rerunning an old
 interval returns the decision made then and never moves the pointer again (``force`` re-decides
-against the current champion).
+against the current champion). Pointer changes are compare-and-swap (``registry``): a promotion
+happens only if the champion is still the one the challenger was evaluated against, and a
+retried promotion or rollback finds its own change (its key) in the history and returns it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from components.promotion.registry import ANY
 from components.steps.config import DeliveryConfig
 from components.steps.data import EtlStepResult
 from components.steps.layout import Interval, RunLayout, read_record, write_record
@@ -243,10 +246,16 @@ def gate_step(
 
 
 def promote_step(cfg: DeliveryConfig, interval: Interval, gate: GateResult) -> PromotionResult:
-    """Move the CHAMPION pointer to the challenger when the gate said so (one ``os.replace``).
+    """Move the CHAMPION pointer to the challenger when the gate said so (one ``os.replace``), if
+    the champion is still the one the gate compared it with (``gate.champion``).
 
-    Done once per interval: a recorded promotion, or a history record of this interval and
-    version (a crash between the swap and the record), is returned without acting again.
+    Done once per interval: a recorded promotion, or the registry's record of this change (key:
+    interval, challenger and expected champion; a crash fell between the swap and the step
+    record), is returned without acting again.
+
+    Raises:
+        registry.ChampionChanged: the champion changed since the evaluation (a rollback or another
+            promotion meanwhile); rerun the interval with ``force`` to evaluate against it.
     """
     from components.promotion import registry
 
@@ -255,31 +264,56 @@ def promote_step(cfg: DeliveryConfig, interval: Interval, gate: GateResult) -> P
     inputs = {"challenger": gate.challenger, "verdict": gate.verdict}
     if done := read_record(layout, interval, "promote", inputs):
         return PromotionResult(**{**done, "reused": True})
-    pointer = registry.read_champion(models, name)
-    current = pointer.version if pointer else None
-    already = any(
-        h.get("to") == gate.challenger and h.get("details", {}).get("interval") == interval.id
-        for h in registry.read_history(models, name)
-    )
-    if gate.promote and not already:
+    if gate.promote:
+        key = f"{interval.id} {gate.challenger} over {gate.champion or 'none'}"
         details = {"interval": interval.id, "gate": gate.to_dict()}
-        new = registry.promote(models, name, gate.challenger, reason=gate.reason, details=details)
-        result = PromotionResult(True, new.version, new.previous, gate.reason)
+        new = registry.promote(models, name, gate.challenger, expect=gate.champion, key=key,
+                               reason=gate.reason, details=details)  # fmt: skip
+        if new.replayed:
+            why = "promoted already by an earlier attempt"
+            result = PromotionResult(True, new.version, new.replayed["from"], why, reused=True)
+        else:
+            result = PromotionResult(True, new.version, new.previous, gate.reason)
     else:
-        why = "promoted already by an earlier attempt" if already else f"gate: {gate.reason}"
-        result = PromotionResult(False, current, pointer.previous if pointer else None, why)
+        pointer = registry.read_champion(models, name)
+        result = PromotionResult(
+            False,
+            pointer.version if pointer else None,
+            pointer.previous if pointer else None,
+            f"gate: {gate.reason}",
+        )
     write_record(layout, interval, "promote", inputs, result.to_dict())
     return result
 
 
-def rollback_step(cfg: DeliveryConfig, reason: str) -> PromotionResult:
-    """Make the previous champion the champion again (``registry.rollback``)."""
+def read_champion_version(cfg: DeliveryConfig) -> str | None:
+    """The champion of ``cfg.model_name`` now (None before the first promotion)."""
+    from components.promotion import registry
+
+    pointer = registry.read_champion(RunLayout.of(cfg.run_root).models_root, cfg.model_name)
+    return pointer.version if pointer else None
+
+
+def rollback_step(
+    cfg: DeliveryConfig, reason: str, *, expect: str | None = ANY, key: str | None = None
+) -> PromotionResult:
+    """Make the previous champion the champion again (``registry.rollback``), if ``expect`` is
+    still the champion; a rollback with a ``key`` already recorded (a retried Airflow task: the
+    run id) returns that record instead of rolling back again (``reused``).
+
+    Raises:
+        registry.ChampionChanged: the champion is not ``expect``.
+        ValueError: there is no previous champion.
+    """
     from components.promotion import registry
 
     models = RunLayout.of(cfg.run_root).models_root
-    old = registry.read_champion(models, cfg.model_name)
-    new = registry.rollback(models, cfg.model_name, reason=reason or "manual rollback")
-    return PromotionResult(True, new.version, old.version if old else None, reason)
+    reason = reason or "manual rollback"
+    new = registry.rollback(models, cfg.model_name, expect=expect, key=key, reason=reason)
+    if new.replayed:
+        done = new.replayed
+        return PromotionResult(True, done["to"], done["from"], done["reason"], reused=True)
+    return PromotionResult(True, new.version, new.last["from"], reason)
 
 
 def champion_status(cfg: DeliveryConfig) -> dict[str, Any]:

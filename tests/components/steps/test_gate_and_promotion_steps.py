@@ -10,7 +10,13 @@ import pytest
 
 from components.promotion import registry
 from components.steps.config import DeliveryConfig
-from components.steps.delivery import EvaluationResult, GateResult, gate_step, promote_step
+from components.steps.delivery import (
+    EvaluationResult,
+    GateResult,
+    gate_step,
+    promote_step,
+    rollback_step,
+)
 from components.steps.layout import Interval, RunLayout
 from trainer.serving.artifact import write_checksums
 
@@ -92,20 +98,19 @@ def test_a_recorded_decision_is_reused_and_force_re_decides(cfg):
     assert (forced.verdict, forced.reused) == ("worse", False)
 
 
-def _decision(version: str, promote: bool = True) -> GateResult:
-    return GateResult(
-        "better" if promote else "worse", promote, "test", "test_cold.after.auc", version, None
-    )
+def _decision(version: str, champion: str | None, promote: bool = True) -> GateResult:
+    verdict = "better" if promote else "worse"
+    return GateResult(verdict, promote, "test", "test_cold.after.auc", version, champion)
 
 
 def test_promotion_happens_once_per_interval(cfg):
     models = RunLayout.of(cfg.run_root).models_root
-    p1 = promote_step(cfg, I1, _decision("v1"))
-    p2 = promote_step(cfg, I2, _decision("v2"))
+    p1 = promote_step(cfg, I1, _decision("v1", None))
+    p2 = promote_step(cfg, I2, _decision("v2", "v1"))
     assert (p1.champion, p2.champion, p2.previous) == ("v1", "v2", "v1")
     history = registry.read_history(models, cfg.model_name)
     # Rerunning the first interval must not bring v1 back, nor add history.
-    again = promote_step(cfg, I1, _decision("v1"))
+    again = promote_step(cfg, I1, _decision("v1", None))
     assert again.reused and again.champion == "v1"  # what was decided then
     assert registry.read_champion(models, cfg.model_name).version == "v2"
     assert registry.read_history(models, cfg.model_name) == history
@@ -113,19 +118,48 @@ def test_promotion_happens_once_per_interval(cfg):
 
 def test_a_crash_after_the_swap_is_not_promoted_twice(cfg):
     models = RunLayout.of(cfg.run_root).models_root
-    promote_step(cfg, I1, _decision("v1"))
-    promote_step(cfg, I2, _decision("v2"))
+    promote_step(cfg, I1, _decision("v1", None))
+    promote_step(cfg, I2, _decision("v2", "v1"))
     RunLayout.of(cfg.run_root).record_path(I1, "promote").unlink()  # as if the record was lost
     history = registry.read_history(models, cfg.model_name)
-    p = promote_step(cfg, I1, _decision("v1"))
-    assert not p.promoted and "earlier attempt" in p.reason
+    p = promote_step(cfg, I1, _decision("v1", None))
+    assert p.reused and "earlier attempt" in p.reason
     assert registry.read_champion(models, cfg.model_name).version == "v2"
     assert registry.read_history(models, cfg.model_name) == history
 
 
 def test_a_kept_champion_is_recorded_without_a_pointer_change(cfg):
     models = RunLayout.of(cfg.run_root).models_root
-    promote_step(cfg, I1, _decision("v1"))
-    p = promote_step(cfg, I2, _decision("v2", promote=False))
+    promote_step(cfg, I1, _decision("v1", None))
+    p = promote_step(cfg, I2, _decision("v2", "v1", promote=False))
     assert (p.promoted, p.champion) == (False, "v1")
     assert len(registry.read_history(models, cfg.model_name)) == 1
+
+
+def test_a_promotion_whose_champion_moved_meanwhile_is_refused(cfg):
+    """I2's challenger was evaluated against v1; a manual promotion of v3 came in between."""
+    models = RunLayout.of(cfg.run_root).models_root
+    _export(cfg, "v3")
+    promote_step(cfg, I1, _decision("v1", None))
+    registry.promote(models, cfg.model_name, "v3", reason="manual")
+    with pytest.raises(registry.ChampionChanged, match="champion is v3, expected v1"):
+        promote_step(cfg, I2, _decision("v2", "v1"))
+    assert registry.read_champion(models, cfg.model_name).version == "v3"
+    assert not RunLayout.of(cfg.run_root).record_path(I2, "promote").exists()
+
+
+def test_a_rollback_step_run_twice_with_its_key_rolls_back_once(cfg):
+    """What a retried ``model_ops`` rollback task does: the same run id, the same expectation."""
+    models = RunLayout.of(cfg.run_root).models_root
+    promote_step(cfg, I1, _decision("v1", None))
+    promote_step(cfg, I2, _decision("v2", "v1"))
+    first = rollback_step(cfg, "bad CTR", expect="v2", key="model_ops manual__1")
+    retry = rollback_step(cfg, "bad CTR", expect="v2", key="model_ops manual__1")
+    assert (first.champion, first.previous, first.reused) == ("v1", "v2", False)
+    assert (retry.champion, retry.previous, retry.reused) == ("v1", "v2", True)
+    assert registry.read_champion(models, cfg.model_name).stack == ["v1"]
+    assert [r["action"] for r in registry.read_history(models, cfg.model_name)] == [
+        "promote",
+        "promote",
+        "rollback",
+    ]

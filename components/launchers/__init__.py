@@ -2,7 +2,9 @@
 
 - :mod:`.local` — child processes on this machine: ``torchrun -m trainer`` and Spark ``local[*]``.
 - :mod:`.render` / :mod:`.render_etl` — a run's Kubernetes objects from ``manifests/`` plus its
-  parameters (kustomize via ``kubectl`` or the built-in :mod:`.kustomize`).
+  parameters, rendered by kustomize itself (:mod:`.kustomize`: ``kubectl kustomize``).
+- :mod:`.local_spark` — a rendered SparkApplication as its driver's ``spark-submit`` on this
+  machine (the SparkApplication's contract test).
 - :mod:`.kubernetes` — create them with the Kubernetes API, follow the job, stream its logs,
   clean up; the API client is injected.
 - :mod:`.checks` — the operators' admission rules, checked before submitting.

@@ -79,12 +79,6 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
                      default="on-success",
                      help="delete the job when done: on-success (default; a failed job is kept "
                           "for inspection), always, never")  # fmt: skip
-    k8s.add_argument(
-        "--k8s-engine",
-        choices=("auto", "kubectl", "python"),
-        default="auto",
-        help="render with kubectl kustomize or the built-in renderer",
-    )
 
 
 def _config_text(config: str | None) -> str | None:
@@ -161,7 +155,7 @@ def run_train_with_backend(
     from components.launchers.checks import require_valid
     from components.launchers.render import render_run, to_yaml
 
-    objs = render_run(build_params(args, config_path, overrides), engine=args.k8s_engine)
+    objs = render_run(build_params(args, config_path, overrides))
     require_valid(objs)
     if args.dry_run:
         sys.stdout.write(to_yaml(objs))

@@ -12,8 +12,7 @@ How: the overlay is rendered once to read its job; then a per-run kustomization 
 nothing but itself — ``resources: [<overlay>]``, ``namespace``, ``nameSuffix: -<run_id>``, a
 ``metarec.io/run-id`` label, ``images``, a ``configMapGenerator`` that replaces the trainer config
 (when one is given) and JSON 6902 patches for the args, nodes, ranks and GPUs — and rendered with
-``kubectl kustomize`` (``engine="kubectl"``) or the pure-Python renderer (``engine="python"``);
-``auto`` uses kubectl when it is on PATH. Both give the same objects (tests/manifests).
+kustomize itself (``kubectl kustomize``, :mod:`components.launchers.kustomize`).
 
 Every per-run value is a field of :class:`TrainRunParams`; nothing is read from the environment of
 the machine that renders (the CLI reads the config file the user names and passes its text).
@@ -23,8 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 import tempfile
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -35,8 +32,7 @@ from typing import Any
 import yaml
 
 from components.launchers import kustomize
-from components.launchers.kustomize import load_yaml_documents
-from components.launchers.transformers import image_rule
+from components.launchers.kustomize import image_rule
 
 JOB_KINDS = ("PyTorchJob", "TrainJob")
 TRAINER_IMAGE = "metarec-trainer"
@@ -120,45 +116,13 @@ class TrainRunParams:
                 raise ValueError(f"override {item!r} is not of the form section.key=value")
 
 
-def kubectl_kustomize(path: Path) -> list[dict[str, Any]]:
-    """``kubectl kustomize <path>`` parsed into objects.
-
-    Raises:
-        ValueError: kubectl rejected the kustomization (its message is included).
-    """
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        raise FileNotFoundError("kubectl is not on PATH: use engine='python'")
-    proc = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise ValueError(f"kubectl kustomize {path} failed: {proc.stderr.strip()}")
-    return load_yaml_documents(proc.stdout, f"kubectl kustomize {path}")
-
-
-def render_overlay(name: str, engine: str = "auto", root: Path | None = None) -> list[dict]:
+def render_overlay(name: str, root: Path | None = None) -> list[dict[str, Any]]:
     """The objects of ``manifests/overlays/<name>``, as ``kubectl kustomize`` gives them."""
     path = (root or manifests_dir()) / "overlays" / name
     if not (path / "kustomization.yaml").is_file():
-        raise ValueError(f"no overlay {name!r}; the overlays are: {', '.join(_all(root))}")
-    return build_kustomization(path, None, engine)
-
-
-def _all(root: Path | None) -> list[str]:
-    return sorted(p.name for p in ((root or manifests_dir()) / "overlays").iterdir())
-
-
-def build_kustomization(
-    path: Path, kust: dict[str, Any] | None, engine: str
-) -> list[dict[str, Any]]:
-    """Render the kustomization in ``path`` (writing ``kust`` there first, if given) with kubectl
-    or the built-in renderer, per ``engine`` (auto: kubectl when on PATH)."""
-    if engine not in ("auto", "kubectl", "python"):
-        raise ValueError(f"engine must be auto, kubectl or python, got {engine!r}")
-    if engine == "kubectl" or (engine == "auto" and shutil.which("kubectl")):
-        if kust is not None:
-            (path / "kustomization.yaml").write_text(yaml.safe_dump(kust, sort_keys=False))
-        return kubectl_kustomize(path)
-    return kustomize.build(path, kust)
+        overlays = sorted(p.name for p in path.parent.iterdir())
+        raise ValueError(f"no overlay {name!r}; the overlays are: {', '.join(overlays)}")
+    return kustomize.build(path)
 
 
 def job_of(objs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -322,16 +286,14 @@ def run_kustomization(params: TrainRunParams, base_objs: Sequence[dict], overlay
     return kust
 
 
-def render_run(
-    params: TrainRunParams, engine: str = "auto", root: Path | None = None
-) -> list[dict[str, Any]]:
+def render_run(params: TrainRunParams, root: Path | None = None) -> list[dict[str, Any]]:
     """The objects of one run, in creation order (ConfigMap, TrainingRuntime, job).
 
     Raises:
         ValueError: an unknown variant, a bad parameter, a job name that is too long.
     """
     root = root or manifests_dir()
-    base_objs = render_overlay(params.variant, engine, root)
+    base_objs = render_overlay(params.variant, root)
     overlay = (root / "overlays" / params.variant).resolve()
     with tempfile.TemporaryDirectory(prefix="metarec-run-") as tmp:
         kust = run_kustomization(params, base_objs, os.path.relpath(overlay, tmp))
@@ -340,13 +302,13 @@ def render_run(
             kust["sortOptions"] = sort
         if params.config_toml is not None:
             Path(tmp, CONFIG_KEY).write_text(params.config_toml)
-        return build_kustomization(Path(tmp), kust, engine)
+        return kustomize.build(Path(tmp), kust)
 
 
-def render_train_job(params: TrainRunParams, engine: str = "auto") -> dict[str, Any]:
+def render_train_job(params: TrainRunParams) -> dict[str, Any]:
     """The PyTorchJob or TrainJob of the run (what ``metarec train --backend kubernetes`` creates
     last, after its ConfigMap and runtime)."""
-    return job_of(render_run(params, engine))
+    return job_of(render_run(params))
 
 
 class _Dumper(yaml.SafeDumper):

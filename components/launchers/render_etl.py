@@ -1,30 +1,50 @@
 """Render the ETL of one data interval as a SparkApplication from ``manifests/overlays/spark-etl``.
 
-    objs = render_etl_run(EtlRunParams(run_id="2026110100", input="/data/raw",
-                                       output="/data/episodes", start="2026-11-01T00",
-                                       end="2026-11-02T00", executors=4))
-    # [SparkApplication metarec-etl-2026110100] with --input ... --end ... as its arguments
+    params = EtlRunParams.for_interval(input="/data/raw", output="/data/episodes",
+                                       start="2026-11-01T00", end="2026-11-02T00", executors=4)
+    objs = render_etl_run(params)
+    # [SparkApplication metarec-etl-i2026110100-2026110200] with --input ... --end ... as its
+    # arguments: one name per interval, so a retried task re-attaches to the running application
 
 Same mechanism as :mod:`components.launchers.render`: a per-run kustomization over the overlay
-(namespace, ``-<run_id>`` suffix, run label, image, JSON 6902 patches), rendered by kubectl or by
-the built-in renderer; every per-run value is a field of :class:`EtlRunParams`.
+(namespace, ``-<run_id>`` suffix, run labels, image, JSON 6902 patches), rendered by kustomize
+(``kubectl kustomize``); every per-run value is a field of :class:`EtlRunParams`.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from components.launchers.render import RUN_ID_PATTERN, build_kustomization, manifests_dir
-from components.launchers.transformers import image_rule
+from components.launchers import kustomize
+from components.launchers.render import RUN_ID_PATTERN, manifests_dir
 
 COMPONENTS_IMAGE = "metarec-components"
 VARIANT = "spark-etl"
+APP_NAME = "metarec-etl"
+MAX_APP_NAME = 63  # a label value: spark-operator labels every pod with the application's name
+_HOUR = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2})")
+
+
+def interval_run_id(start: str, end: str) -> str:
+    """The run id of an interval, the same on every try: ``i<start>-<end>`` in UTC hours.
+
+    >>> interval_run_id("2026-11-01T00", "2026-11-02T00")
+    'i2026110100-2026110200'
+    """
+    hours = [_HOUR.match(value) for value in (start, end)]
+    if not all(hours):
+        raise ValueError(
+            f"interval [{start}, {end}) must be two UTC hours YYYY-MM-DDTHH (2026-11-01T00)"
+        )
+    return "i" + "-".join("".join(m.groups()) for m in hours if m)
 
 
 @dataclass(frozen=True)
@@ -47,10 +67,30 @@ class EtlRunParams:
     executor_memory: str | None = None
     """Spark's notation, e.g. ``8g``."""
     driver_memory: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """Extra labels on the application (e.g. the Airflow DAG run or KFP run that launched it)."""
+
+    @classmethod
+    def for_interval(
+        cls, *, input: str, output: str, start: str, end: str, **kw: Any
+    ) -> EtlRunParams:
+        """The run of one interval, named by it (:func:`interval_run_id`): a retried task renders
+        the same name and re-attaches to the application it submitted before."""
+        return cls(interval_run_id(start, end), input, output, start, end, **kw)
+
+    @property
+    def name(self) -> str:
+        """The SparkApplication's name (its driver pod is ``<name>-driver``)."""
+        return f"{APP_NAME}-{self.run_id}"
 
     def __post_init__(self) -> None:
         if not RUN_ID_PATTERN.fullmatch(self.run_id or ""):
             raise ValueError(f"run id {self.run_id!r} must be lowercase letters, digits and '-'")
+        if len(self.name) > MAX_APP_NAME:
+            raise ValueError(
+                f"application name {self.name!r} is longer than {MAX_APP_NAME} characters (it "
+                "becomes a label value of every Spark pod): shorten the run id"
+            )
         for name in ("input", "output", "start", "end"):
             if not getattr(self, name):
                 raise ValueError(f"{name} is required")
@@ -89,19 +129,17 @@ def etl_kustomization(params: EtlRunParams, overlay_rel: str) -> dict[str, Any]:
         "resources": [overlay_rel],
         "namespace": params.namespace,
         "nameSuffix": f"-{params.run_id}",
-        "labels": [{"pairs": {"metarec.io/run-id": params.run_id}}],
+        "labels": [{"pairs": {"metarec.io/run-id": params.run_id, **dict(params.labels)}}],
         "patches": [{"target": {"kind": "SparkApplication"}, "patch": yaml.safe_dump(ops)}],
     }
     if params.image:
-        kust["images"] = [image_rule(COMPONENTS_IMAGE, params.image)]
+        kust["images"] = [kustomize.image_rule(COMPONENTS_IMAGE, params.image)]
     return kust
 
 
-def render_etl_run(
-    params: EtlRunParams, engine: str = "auto", root: Path | None = None
-) -> list[dict[str, Any]]:
+def render_etl_run(params: EtlRunParams, root: Path | None = None) -> list[dict[str, Any]]:
     """The SparkApplication of one ETL run (a one-element list, for the launcher)."""
     overlay = ((root or manifests_dir()) / "overlays" / VARIANT).resolve()
     with tempfile.TemporaryDirectory(prefix="metarec-etl-") as tmp:
         kust = etl_kustomization(params, os.path.relpath(overlay, tmp))
-        return build_kustomization(Path(tmp), kust, engine)
+        return kustomize.build(Path(tmp), kust)

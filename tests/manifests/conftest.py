@@ -1,8 +1,7 @@
-"""Fixtures of the manifest tests: overlay renders (cached), the CRD schemas, kubectl."""
+"""Fixtures of the manifest tests: overlay renders by kustomize (cached), the CRD schemas."""
 
 from __future__ import annotations
 
-import shutil
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,7 @@ SCHEMAS = MANIFESTS.parent.parent / "shared" / "k8s-schemas"
 
 @cache
 def _render(overlay: str) -> tuple[dict[str, Any], ...]:
-    # the built-in renderer: test_render.py proves it equals kubectl's output
-    return tuple(render_overlay(overlay, engine="python"))
+    return tuple(render_overlay(overlay))
 
 
 def rendered(overlay: str) -> list[dict[str, Any]]:
@@ -33,14 +31,6 @@ def rendered(overlay: str) -> list[dict[str, Any]]:
 def all_objects() -> list[tuple[str, dict[str, Any]]]:
     """(overlay, object) for every object of every overlay."""
     return [(o, obj) for o in OVERLAYS for obj in rendered(o)]
-
-
-@pytest.fixture(scope="session")
-def kubectl() -> str:
-    path = shutil.which("kubectl")
-    if path is None:
-        pytest.skip("kubectl is not installed: the kubectl-vs-built-in golden test needs it")
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,10 @@
-"""Every overlay renders with kubectl, and the built-in renderer gives exactly the same objects, for
-the overlays as they are and for per-run renders with every parameter set."""
+"""Every overlay renders with kustomize (``kubectl kustomize``, always installed: the ``test`` extra
+brings it), and per-run renders put every parameter where the operators read it."""
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 
 import pytest
@@ -12,14 +13,13 @@ from components.launchers.checks import config_maps_referenced
 from components.launchers.render import (
     TrainRunParams,
     job_of,
-    kubectl_kustomize,
-    render_overlay,
     render_run,
     trainer_containers,
 )
 from components.launchers.render_etl import EtlRunParams, render_etl_run
-from tests.manifests.conftest import MANIFESTS, OVERLAYS, TRAIN_OVERLAYS
+from tests.manifests.conftest import MANIFESTS, OVERLAYS, TRAIN_OVERLAYS, rendered
 
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume"}
 CONFIG = (
     '[data]\nbatch_episodes = 4\n\n[train]\nsteps = 3  # "quotes" & <html> chars hash as Go does\n'
 )
@@ -42,32 +42,64 @@ def _params(variant: str = "pytorchjob-gpu", **kw) -> TrainRunParams:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_overlay_renders_with_kubectl_and_builtin_renderer_agrees(kubectl: str, overlay: str):
-    path = MANIFESTS / "overlays" / overlay
-    by_kubectl = kubectl_kustomize(path)
-    assert by_kubectl, f"{overlay} renders nothing"
-    assert render_overlay(overlay, engine="python") == by_kubectl  # same objects, same order
+def test_every_overlay_renders_with_kustomize(overlay: str):
+    objs = rendered(overlay)
+    assert objs, f"{overlay} renders nothing"
+    for obj in objs:
+        assert obj["apiVersion"] and obj["kind"] and obj["metadata"]["name"]
+        if obj["kind"] not in CLUSTER_SCOPED:
+            assert obj["metadata"]["namespace"] == "metarec", (overlay, obj["metadata"]["name"])
+    job_kinds = [o["kind"] for o in objs if o["kind"] in ("TrainingRuntime", "TrainJob")]
+    assert job_kinds in ([], ["TrainingRuntime", "TrainJob"])  # the runtime is applied first
 
 
 @pytest.mark.parametrize("variant", TRAIN_OVERLAYS)
-def test_run_render_engines_agree(kubectl: str, variant: str):
-    params = _params(variant, nodes=4 if "elastic" not in variant else 3)
-    assert render_run(params, engine="python") == render_run(params, engine="kubectl")
+def test_run_render_keeps_the_overlays_order(variant: str):
+    kinds = [o["kind"] for o in render_run(_params(variant, nodes=4))]
+    expected = ["ConfigMap", "TrainingRuntime", "TrainJob"] if "trainjob" in variant else None
+    assert kinds == (expected or ["ConfigMap", "PyTorchJob"])
 
 
-def test_run_render_with_digest_and_defaults_agree(kubectl: str):
-    params = TrainRunParams(
-        run_id="x1", variant="trainjob-gpu", image="reg.io/metarec-trainer@sha256:" + "a" * 64
-    )
-    objs = render_run(params, engine="python")
-    assert objs == render_run(params, engine="kubectl")
-    assert job_of(objs)["spec"]["trainer"]["image"] == "reg.io/metarec-trainer@sha256:" + "a" * 64
+def test_the_trainer_config_name_follows_its_content():
+    """kustomize names the run's ConfigMap by a hash of its data: a retried run (same config)
+    re-renders the same name, another config gets another one."""
+
+    def config_map_name(config: str) -> str:
+        objs = render_run(_params("pytorchjob-cpu", config_toml=config))
+        (config_map,) = [o for o in objs if o["kind"] == "ConfigMap"]
+        assert config_maps_referenced(job_of(objs)) == {config_map["metadata"]["name"]}
+        return config_map["metadata"]["name"]
+
+    first = config_map_name(CONFIG)
+    assert re.fullmatch(r"metarec-trainer-config-[-a-z]*r20261101-[a-z0-9]{10}", first)
+    assert config_map_name(CONFIG) == first
+    assert config_map_name(CONFIG.replace("steps = 3", "steps = 4")) != first
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        ("reg.io/metarec-trainer:1.2.3", "reg.io/metarec-trainer:1.2.3"),
+        ("reg.io:5000/ml/metarec-trainer", "reg.io:5000/ml/metarec-trainer:<overlay's tag>"),
+        (
+            "reg.io:5000/ml/trainer:2@sha256:" + "a" * 64,
+            "reg.io:5000/ml/trainer@sha256:" + "a" * 64,
+        ),
+    ],
+)
+def test_the_image_parameter_reaches_every_trainer_container(image: str, expected: str):
+    """A tag replaces the overlay's; no tag keeps it; a digest wins over a tag."""
+    (_, _, overlay_container), *_ = trainer_containers(job_of(rendered("trainjob-gpu")))
+    tag = overlay_container["image"].rpartition(":")[2]
+    job = job_of(render_run(TrainRunParams(run_id="x1", variant="trainjob-gpu", image=image)))
+    expected = expected.replace("<overlay's tag>", tag)
+    assert [c["image"] for _, _, c in trainer_containers(job)] == [expected]
 
 
 @pytest.mark.parametrize("variant", TRAIN_OVERLAYS)
 def test_run_parameters_land_where_the_operator_reads_them(variant: str):
     params = _params(variant, nodes=4)
-    objs = render_run(params, engine="python")
+    objs = render_run(params)
     job = job_of(objs)
     name = job["metadata"]["name"]
     assert name.endswith("-r20261101")
@@ -109,33 +141,37 @@ def test_run_parameters_land_where_the_operator_reads_them(variant: str):
 
 def test_run_render_reads_nothing_from_the_rendering_machine(monkeypatch: pytest.MonkeyPatch):
     params = _params("pytorchjob-gpu")
-    before = render_run(params, engine="python")
+    before = render_run(params)
     for key in list(os.environ):
         if key != "PATH":
             monkeypatch.delenv(key)
     monkeypatch.setenv("KUBECONFIG", "/nonexistent")
     monkeypatch.setenv("USER", "someone-else")
     monkeypatch.chdir(MANIFESTS.parent.parent)
-    assert render_run(params, engine="python") == before
+    assert render_run(params) == before
 
 
 def test_config_file_data_path_is_kept_when_no_override():
     params = TrainRunParams(
         run_id="a", variant="pytorchjob-cpu", config_toml='[data]\npath = "s3://b/episodes/i1"\n'
     )
-    (_, _, container), *_ = trainer_containers(job_of(render_run(params, engine="python")))
+    (_, _, container), *_ = trainer_containers(job_of(render_run(params)))
     assert "data.path=s3://b/episodes/i1" in container["args"]
 
 
 def test_a_quoted_absolute_data_path_is_accepted():
     """Overrides are TOML literals: ``data.path="/abs"`` is as absolute as ``data.path=/abs``."""
     params = _params("pytorchjob-cpu", overrides=('data.path="/data/episodes/i1"',))
-    (_, _, container), *_ = trainer_containers(job_of(render_run(params, engine="python")))
+    (_, _, container), *_ = trainer_containers(job_of(render_run(params)))
     assert 'data.path="/data/episodes/i1"' in container["args"]
 
 
 def test_without_gpus_the_limit_goes():
-    job = job_of(render_run(_params("trainjob-gpu", gpus_per_node=0), engine="python"))
+    job = job_of(
+        render_run(
+            _params("trainjob-gpu", gpus_per_node=0),
+        )
+    )
     assert "nvidia.com/gpu" not in job["spec"]["trainer"]["resourcesPerNode"]["limits"]
 
 
@@ -155,30 +191,71 @@ def test_without_gpus_the_limit_goes():
 )
 def test_bad_parameters_are_refused_with_the_reason(kw: dict, message: str):
     with pytest.raises(ValueError, match=message):
-        render_run(_params(**{"variant": "pytorchjob-gpu", **kw}), engine="python")
+        render_run(_params(**{"variant": "pytorchjob-gpu", **kw}))
 
 
-def test_etl_run_render(kubectl: str):
-    params = EtlRunParams(
-        run_id="i2026110100",
+def test_etl_run_carries_what_the_dispatch_needs():
+    params = EtlRunParams.for_interval(
         input="/data/raw",
         output="/data/episodes",
         start="2026-11-01T00",
         end="2026-11-02T00",
         extra_args=("--task-key", "advertiser_id"),
-        image="reg.io/metarec-components:1.2.3",
+        namespace="ml-team",
+        image="reg.io/metarec-components@sha256:" + "b" * 64,
         executors=6,
         executor_memory="8g",
+        labels={"metarec.io/dag-run": "scheduled-2026-11-02"},
     )
-    objs = render_etl_run(params, engine="python")
-    assert objs == render_etl_run(params, engine="kubectl")
-    (app,) = objs
-    assert app["metadata"]["name"] == "metarec-etl-i2026110100"
-    assert app["spec"]["image"] == "reg.io/metarec-components:1.2.3"
-    assert app["spec"]["arguments"][-2:] == ["--task-key", "advertiser_id"]
-    assert (app["spec"]["executor"]["instances"], app["spec"]["executor"]["memory"]) == (6, "8g")
-    with pytest.raises(ValueError, match="absolute path"):
-        EtlRunParams(run_id="a", input="raw", output="/o", start="s", end="e")
+    (app,) = render_etl_run(params)
+    assert render_etl_run(params) == [app]  # a retried task renders the same application
+    meta, spec = app["metadata"], app["spec"]
+    assert meta["name"] == params.name == "metarec-etl-i2026110100-2026110200"
+    assert meta["namespace"] == "ml-team"
+    assert meta["labels"]["metarec.io/run-id"] == "i2026110100-2026110200"
+    assert meta["labels"]["metarec.io/dag-run"] == "scheduled-2026-11-02"
+    assert spec["image"] == "reg.io/metarec-components@sha256:" + "b" * 64
+    assert spec["arguments"] == ["--input", "/data/raw", "--output", "/data/episodes",
+                                 "--start", "2026-11-01T00", "--end", "2026-11-02T00",
+                                 "--task-key", "advertiser_id"]  # fmt: skip
+    assert (spec["executor"]["instances"], spec["executor"]["memory"]) == (6, "8g")
+    assert spec["driver"]["memory"] == "2g"  # the overlay's, not set by this run
+
+
+def test_spark_pods_run_as_the_shared_user_with_a_read_only_root():
+    """Both images run as 10001:10001 and write the same run folders: the pods say so, and the
+    volumes are group-owned by 10001 (fsGroup); Spark writes only to its emptyDirs."""
+    (app,) = rendered("spark-etl")
+    spec = app["spec"]
+    for role in ("driver", "executor"):
+        pod = spec[role]
+        security = pod["securityContext"]
+        assert (security["runAsUser"], security["runAsGroup"]) == (10001, 10001), role
+        assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"], role
+        assert pod["podSecurityContext"]["fsGroup"] == 10001, role
+        mounts = {m["mountPath"]: m["name"] for m in pod["volumeMounts"]}
+        assert {"/data", "/tmp", "/opt/metarec/work"} <= set(mounts), role
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert all("emptyDir" in volumes[n] for n in ("spark-local-dir-1", "tmp", "work"))
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"input": "raw"}, "absolute path"),
+        ({"start": "2026-11-01"}, "YYYY-MM-DDTHH"),
+        ({"executors": 0}, "executors must be >= 1"),
+    ],
+)
+def test_bad_etl_parameters_are_refused_with_the_reason(kw: dict, message: str):
+    base = {"input": "/data/raw", "output": "/o", "start": "2026-11-01T00", "end": "2026-11-01T01"}
+    with pytest.raises(ValueError, match=message):
+        EtlRunParams.for_interval(**{**base, **kw})
+
+
+def test_an_etl_run_id_too_long_for_a_label_is_refused():
+    with pytest.raises(ValueError, match="longer than 63"):
+        EtlRunParams("r" * 60, "/i", "/o", "2026-11-01T00", "2026-11-01T01")
 
 
 def test_overlay_configs_are_valid_trainer_configs():

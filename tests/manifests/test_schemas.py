@@ -67,7 +67,7 @@ def _run_renders() -> dict[str, list[dict[str, Any]]]:
             overrides=("data.path=s3://bucket/episodes/interval=2026110100-2026110200",),
             image="reg.io/metarec-trainer:1.0",
         )  # fmt: skip
-        out[variant] = render_run(params, engine="python")
+        out[variant] = render_run(params)
     return out
 
 

@@ -162,14 +162,12 @@ class FakeCluster:
 def objects_for(kind: str, run_id: str = "r1") -> list[dict[str, Any]]:
     """A real render of a run of ``kind`` (the objects the launcher would get)."""
     if kind == "SparkApplication":
-        return render_etl_run(
-            EtlRunParams(run_id=run_id, input="/data/raw", output="/data/episodes",
-                         start="2026-11-01T00", end="2026-11-02T00"),
-            engine="python",
-        )  # fmt: skip
+        params = EtlRunParams(run_id=run_id, input="/data/raw", output="/data/episodes",
+                              start="2026-11-01T00", end="2026-11-02T00")  # fmt: skip
+        return render_etl_run(params)
     variant = "pytorchjob-cpu" if kind == "PyTorchJob" else "trainjob-cpu"
     params = TrainRunParams(run_id=run_id, variant=variant, overrides=("data.path=/data/e",))
-    return render_run(params, engine="python")
+    return render_run(params)
 
 
 def run_scenario(

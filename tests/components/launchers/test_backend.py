@@ -26,7 +26,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 ARGV = ["--backend", "kubernetes", "--k8s-run-id", "day1", "--k8s-variant", "trainjob-gpu",
-        "--k8s-nodes", "4", "--k8s-image", "reg.io/metarec-trainer:1.0", "--k8s-engine", "python",
+        "--k8s-nodes", "4", "--k8s-image", "reg.io/metarec-trainer:1.0",
         "--config", "debug", "data.path=/data/episodes/interval=2026110100-2026110200",
         "train.steps=50"]  # fmt: skip
 
@@ -35,7 +35,7 @@ def test_dry_run_prints_the_exact_objects(capsys: pytest.CaptureFixture[str]):
     args = _parse([*ARGV, "--dry-run"])
     assert backend.run_train_with_backend(args, args.config, args.overrides) == 0
     printed = list(yaml.safe_load_all(capsys.readouterr().out))
-    expected = render_run(backend.build_params(args, args.config, args.overrides), engine="python")
+    expected = render_run(backend.build_params(args, args.config, args.overrides))
     assert printed == expected
     config_map, _runtime, job = printed
     assert config_map["data"]["trainer.toml"] == resolve_config_path("debug").read_text()
@@ -60,7 +60,7 @@ def test_a_run_goes_through_the_launcher(
     args = _parse(ARGV)
     assert backend.run_train_with_backend(args, args.config, args.overrides) == code
     created = [c[1][-1] for c in cluster.calls if c[0].startswith("create_")]
-    objs = render_run(backend.build_params(args, args.config, args.overrides), engine="python")
+    objs = render_run(backend.build_params(args, args.config, args.overrides))
     assert created == [o["metadata"]["name"] for o in objs]
     assert job_of(objs)["metadata"]["name"] == "metarec-train-day1"
     if code:

@@ -9,7 +9,7 @@ JSON), else the defaults below (a laptop run under ``out/delivery``)::
     raw_root = "s3://ads/raw"             # dt=YYYY-MM-DD/hr=HH/ partitions
     schedule = "hourly"                   # hourly | daily | a 5-field cron
     start_date = "2026-11-01T00"
-    backend = "kubernetes"                # local | kubernetes (training)
+    backend = "kubernetes"                # local | kubernetes (the ETL and training)
     trainer_config = "default"            # a packaged run or a TOML path
     trainer_overrides = ["train.steps=200", "meta.mode=\\"fomaml\\""]
     model_name = "ctr-dlrm"
@@ -20,9 +20,20 @@ JSON), else the defaults below (a laptop run under ``out/delivery``)::
     [gate]
     metric = "test_cold.after.auc"
     tolerance = 0.001
-    [kubernetes]                          # TrainRunParams fields (the launcher)
+    [kubernetes]                          # backend = "kubernetes": the jobs (see below)
     variant = "pytorchjob-gpu"
     image = "registry.example.com/metarec-trainer:0.1.0"
+    etl_image = "registry.example.com/metarec-components:0.1.0"
+    etl_executors = 8
+
+``[kubernetes]`` keys (:data:`K8S_KEYS`), read only with ``backend = "kubernetes"``: ``namespace``
+(default ``metarec``), ``timeout_s`` (per job, default 1 day) and ``cleanup`` (``on-success``:
+a failed job is kept for ``kubectl describe``; ``always``; ``never``) apply to both jobs;
+``variant``, ``image``, ``nodes``, ``nproc_per_node``, ``gpus_per_node`` to the training job
+(``TrainRunParams``); ``etl_image``, ``etl_executors``, ``etl_executor_cores``,
+``etl_executor_memory`` (``8g``) and ``etl_driver_memory`` to the ETL's SparkApplication
+(``EtlRunParams``). Unset keys keep the overlay's values. The jobs read and write ``raw_root`` and
+``run_root`` at the paths the worker sees: mount them at the same absolute paths in the pods.
 """
 
 from __future__ import annotations
@@ -49,7 +60,13 @@ K8S_KEYS = (
     "gpus_per_node",
     "timeout_s",
     "cleanup",
+    "etl_image",
+    "etl_executors",
+    "etl_executor_cores",
+    "etl_executor_memory",
+    "etl_driver_memory",
 )
+"""``[kubernetes]`` keys: training job, ETL job (``etl_*``) and both (see the module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -65,9 +82,10 @@ class DeliveryConfig:
     start_date: str = "2026-11-01T00"
     """First interval start of the schedule (UTC)."""
     backend: str = "local"
-    """Where training runs: ``local`` (this machine) or ``kubernetes`` (PyTorchJob/TrainJob)."""
+    """Where the ETL and training run: ``local`` (in this process: Spark ``spark_master``, torchrun)
+    or ``kubernetes`` (a SparkApplication and a PyTorchJob/TrainJob, watched from here)."""
     spark_master: str = "local[2]"
-    """Spark master of the in-process ETL and validation steps."""
+    """Spark master of the in-process Spark steps (the validations; the ETL on ``local``)."""
     raw_wait_timeout_s: int = 6 * 3600
     """How long the DAG waits for an interval's raw partitions before failing."""
     raw_poke_interval_s: int = 300
@@ -90,7 +108,7 @@ class DeliveryConfig:
     gate: dict[str, Any] = field(default_factory=dict)
     """metric, tolerance, promote_on_equal; batch_episodes/max_episodes of the gate's evaluation."""
     kubernetes: dict[str, Any] = field(default_factory=dict)
-    """Kubernetes launcher settings (variant, namespace, image, nodes, ...)."""
+    """``backend = "kubernetes"``: the jobs' settings (:data:`K8S_KEYS`, module docstring)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "trainer_overrides", tuple(self.trainer_overrides))

@@ -7,8 +7,14 @@ unchanged inputs returns the record instead of recomputing.
     etl_step(cfg, interval)                  -> EtlStepResult
     validate_episodes_step(cfg, interval)    -> ValidationResult (raises ValidationFailed)
 
-Spark runs in this process: one session per process (:func:`shared_spark`), so an Airflow
-worker, ``dag.test()`` or a KFP component starts the JVM once for all its steps.
+Where the work runs (``cfg.backend``): with ``local``, Spark runs in this process, one session per
+process (:func:`shared_spark`), so an Airflow worker, ``dag.test()`` or a KFP component starts the
+JVM once for all its steps. With ``kubernetes``, the ETL is a SparkApplication (the interval's
+render of ``manifests/overlays/spark-etl``) submitted and watched by :mod:`.dispatch`; this process
+only lists the input, waits, and reads the result from the output's ``_manifest.json`` (so the
+record is the same on both backends). The two validations stay in this process on both backends
+(Spark ``spark_master``, great-expectations): they read the interval once to compute a few
+aggregates, far lighter than the ETL, and have no job entry point of their own yet.
 """
 
 from __future__ import annotations
@@ -169,12 +175,16 @@ def validate_raw_step(
 def etl_step(
     cfg: DeliveryConfig, interval: Interval, spark=None, *, force: bool = False
 ) -> EtlStepResult:
-    """Run the Meta-IO ETL for the interval into ``<run_root>/episodes/<interval id>/``.
+    """Run the Meta-IO ETL for the interval into ``<run_root>/episodes/<interval id>/``, in this
+    process (``local``) or as a SparkApplication (``kubernetes``; see the module docstring).
 
     Skipped (``reused``) when that output's manifest was produced with the same settings from the
     same input files: the ETL is deterministic, so it would write the same episodes.
+
+    Raises:
+        ValueError / FileNotFoundError: bad input or settings (local: also what the ETL refuses).
+        RuntimeError: the Kubernetes job failed (its message and last log lines).
     """
-    from components.etl import run_etl
     from components.etl.extract import list_input
 
     layout = RunLayout.of(cfg.run_root)
@@ -185,18 +195,120 @@ def etl_step(
     if not force and done and _manifest_hash(done["episodes_dir"]) == done["content_hash"]:
         log.info("ETL of %s already done (%s): reusing it", interval.id, done["episodes_dir"])
         return EtlStepResult(**{**done, "reused": True})
-    r = run_etl(config, spark or shared_spark(cfg.spark_master))
-    result = EtlStepResult(
-        str(layout.episodes(interval)),
-        r.manifest.content_hash,
-        r.rows_read,
-        r.rows_kept,
-        r.rows_quarantined,
-        dict(r.episodes),
-        dict(r.reasons),
-    )
+    if cfg.backend == "kubernetes":
+        _etl_on_kubernetes(cfg, interval, config, inputs)
+    else:
+        from components.etl import run_etl
+
+        run_etl(config, spark or shared_spark(cfg.spark_master))
+    result = _etl_result(str(layout.episodes(interval)), config)
     write_record(layout, interval, "etl", inputs, result.to_dict())
     return result
+
+
+def _etl_result(root: str, config) -> EtlStepResult:
+    """The step's result from the ETL output's manifest (whichever backend wrote it)."""
+    from trainer.data.contract import SPLITS, load_manifest
+
+    manifest = load_manifest(root)
+    produced = manifest.producer.get("config")
+    if produced != _plain(config.describe()):
+        raise RuntimeError(
+            f"{root}/_manifest.json was written by an ETL run with other settings or input "
+            f"({produced}), not by this one: the job wrote elsewhere. Check that raw_root and "
+            "run_root are mounted at the same paths in the Spark pods as here"
+        )
+    acc = manifest.accounting
+    return EtlStepResult(
+        root,
+        manifest.content_hash,
+        acc["rows_read"],
+        acc["rows_kept"],
+        acc["rows_quarantined"],
+        {s: manifest.splits[s]["episodes"] for s in SPLITS},
+        dict(acc["per_reason"]),
+    )
+
+
+def etl_arguments(cfg: DeliveryConfig, config) -> list[str]:
+    """The ``metarec etl`` options that set ``cfg``'s ``[etl]`` section, checked by parsing them
+    back with the job's own parser: the job computes exactly ``config``.
+
+    >>> from components.steps.layout import Interval
+    >>> etl = {"q_query": 40, "allow_missing": True, "max_lateness": "2h"}
+    >>> cfg = DeliveryConfig(run_root="/d", raw_root="/r", etl=etl)
+    >>> etl_arguments(cfg, etl_config(cfg, Interval.parse("2026-11-01T00/1h")))
+    ['--q', '40', '--allow-missing', '--max-lateness', '7200s']
+
+    Raises:
+        ValueError: a setting the command line cannot carry (e.g. an inline feature spec).
+    """
+    import argparse
+
+    from components.etl import command
+
+    parser = argparse.ArgumentParser()
+    command.configure_parser(parser)
+    options = {a.dest: a for a in parser._actions if a.option_strings}
+    args: list[str] = []
+    for key in cfg.etl:
+        action = options.get(key)
+        if action is None or key == "features":  # --features takes a file, not the spec
+            raise ValueError(
+                f"delivery config: [etl] {key} has no `metarec etl` option, so a SparkApplication "
+                f"cannot be given it (backend = kubernetes); the options: {sorted(options)}"
+            )
+        value = getattr(config, key)
+        flag = action.option_strings[-1]
+        if isinstance(action, argparse._StoreTrueAction):
+            args += [flag] if value else []
+        elif key == "max_lateness":
+            args += [flag, f"{int(value.total_seconds())}s"]
+        else:
+            args += [flag, str(value)]
+    base = ["--input", config.input, "--output", config.output,
+            "--start", f"{config.start:%Y-%m-%dT%H}", "--end", f"{config.end:%Y-%m-%dT%H}"]  # fmt: skip
+    parsed = _plain(command.config_from_args(parser.parse_args([*base, *args])).describe())
+    wanted = _plain(config.describe())
+    differ = sorted(k for k in wanted if parsed.get(k) != wanted[k])
+    if differ:
+        raise ValueError(f"delivery config: [etl] {differ} cannot be passed to the ETL job")
+    return args
+
+
+def _plain(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` as they read back from JSON (tuples as lists, times as strings)."""
+    import json
+
+    return json.loads(json.dumps(settings, default=str))
+
+
+def _etl_on_kubernetes(cfg: DeliveryConfig, interval: Interval, config, inputs: dict) -> None:
+    """Submit the interval's SparkApplication and wait for it (:func:`.dispatch.run_job`), named
+    after the interval and its inputs: a retry re-attaches, new input files get a new job."""
+    import json
+
+    from components.launchers.render_etl import EtlRunParams, render_etl_run
+    from components.steps.dispatch import job_run_id, run_job
+
+    k = cfg.kubernetes
+    params = EtlRunParams(
+        run_id=job_run_id(interval, json.dumps(inputs, sort_keys=True, default=str)),
+        input=config.input,
+        output=config.output,
+        start=f"{config.start:%Y-%m-%dT%H}",
+        end=f"{config.end:%Y-%m-%dT%H}",
+        extra_args=tuple(etl_arguments(cfg, config)),
+        namespace=k.get("namespace", "metarec"),
+        image=k.get("etl_image"),
+        executors=k.get("etl_executors"),
+        executor_cores=k.get("etl_executor_cores"),
+        executor_memory=k.get("etl_executor_memory"),
+        driver_memory=k.get("etl_driver_memory"),
+        labels={"metarec.io/interval": interval.slug},
+    )
+    record = RunLayout.of(cfg.run_root).record_path(interval, "etl.k8s").with_suffix(".yaml")
+    run_job(cfg, render_etl_run(params), record, f"ETL of {interval.id}")
 
 
 def _manifest_hash(root: str) -> str | None:

@@ -14,7 +14,6 @@ other inputs (new data, another config) starts over in a clean directory.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -206,21 +205,22 @@ def _finished(run_dir: Path, ws: WarmStart, backend: str) -> TrainStepResult:
 
 
 def _train_on_kubernetes(
-    cfg: DeliveryConfig, interval: Interval, overrides: list[str], dry_run: bool, layout: RunLayout
+    cfg: DeliveryConfig,
+    interval: Interval,
+    overrides: list[str],
+    dry_run: bool,
+    layout: RunLayout,
 ) -> str:
-    """Submit the run as a PyTorchJob/TrainJob (named after the model and the interval, so a retry
-    re-attaches), wait for it; the run root must be mounted at the same path in the pods."""
-    from components.launchers.checks import require_valid
-    from components.launchers.render import TrainRunParams, render_run, to_yaml
+    """Submit the run as a PyTorchJob/TrainJob and wait for it (:func:`.dispatch.run_job`; named
+    after the interval and the model, so a retry re-attaches); the run root must be mounted at the
+    same path in the pods."""
+    from components.launchers.render import TrainRunParams, render_run
+    from components.steps.dispatch import job_run_id, keep, run_job
     from trainer.config import resolve_config_path
 
     k = cfg.kubernetes
-    # Deterministic, so a retried task re-attaches to its job; short, since job names are DNS
-    # labels of at most 50 characters: the interval plus a tag of the model name.
-    tag = hashlib.sha1(cfg.model_name.encode()).hexdigest()[:4]
-    run_id = f"{interval.slug}-{tag}"
     params = TrainRunParams(
-        run_id=run_id,
+        run_id=job_run_id(interval, cfg.model_name),
         variant=k.get("variant", "pytorchjob-gpu"),
         namespace=k.get("namespace", "metarec"),
         image=k.get("image"),
@@ -232,19 +232,7 @@ def _train_on_kubernetes(
         labels={"metarec.io/interval": interval.slug},
     )
     objs = render_run(params)
-    require_valid(objs)
-    path = layout.record_path(interval, "train.k8s").with_suffix(".yaml")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_yaml(objs))
+    record = layout.record_path(interval, "train.k8s").with_suffix(".yaml")
     if dry_run:
-        return str(path)
-    from components.launchers.backend import kubernetes_apis
-    from components.launchers.kubernetes import JobError, KubernetesLauncher
-
-    custom, core = kubernetes_apis()
-    launcher = KubernetesLauncher(custom, core, cleanup=k.get("cleanup", "on-success"))
-    try:
-        launcher.run(objs, timeout_s=float(k.get("timeout_s", 24 * 3600)))
-    except JobError as e:
-        raise RuntimeError(f"training {interval.id} on Kubernetes failed: {e}") from e
-    return str(path)
+        return str(keep(objs, record))
+    return str(run_job(cfg, objs, record, f"training {interval.id}"))

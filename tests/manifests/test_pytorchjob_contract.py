@@ -30,10 +30,7 @@ def _run(
     variant: str, claims: dict[str, str], tmp_path: Path, *extra: str, **params
 ) -> tuple[dict, Path]:
     overrides = (f"data.path={DATA}", *extra)
-    objs = render_run(
-        TrainRunParams(run_id="ci", variant=variant, overrides=overrides, **params),
-        engine="python",
-    )
+    objs = render_run(TrainRunParams(run_id="ci", variant=variant, overrides=overrides, **params))
     codes = run_job_locally(objs, claims, timeout_s=420, log_dir=tmp_path)
     logs = {p.name: p.read_text()[-3000:] for p in tmp_path.glob("*.log")}
     assert codes == [0] * len(codes), logs
@@ -77,7 +74,7 @@ def test_elastic_pytorchjob_rendezvous_over_c10d(claims: dict[str, str], tmp_pat
 
 def test_injected_environment_follows_the_operator(tmp_path: Path):
     objs = render_run(TrainRunParams(run_id="e", variant="pytorchjob-gpu", nodes=3,
-                                     overrides=(f"data.path={DATA}",)), engine="python")  # fmt: skip
+                                     overrides=(f"data.path={DATA}",)))  # fmt: skip
     pods = pod_commands(objs, {"metarec-data": "/d", "metarec-runs": "/r"}, tmp_path, 40000)
     assert [p[0] for p in pods] == [f"metarec-train-e-{r}" for r in
                                     ("master-0", "worker-0", "worker-1")]  # fmt: skip

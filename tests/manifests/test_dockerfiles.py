@@ -1,6 +1,8 @@
 """The two Dockerfiles, without building them (no Docker daemon here): hadolint-clean, base images
-pinned and consistent with constraints.txt, install steps that match pyproject.toml, a non-root
-user, entry points that exist, and a .dockerignore that keeps the context small but complete."""
+pinned and consistent with constraints.txt, install steps that match pyproject.toml and the compiled
+pipeline, one non-root user shared with the manifests, entry points that the manifests use, and a
+.dockerignore that keeps the context small but complete. What each image can run is proven by the
+image-contract test (tests/images, ``make test-images``)."""
 
 from __future__ import annotations
 
@@ -12,32 +14,22 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.manifests.conftest import MANIFESTS, rendered
+from tests.images.dockerfile import DOCKERFILES, exec_form, instructions, pip_install, stages
+from tests.manifests.conftest import MANIFESTS, TRAIN_OVERLAYS, rendered
 
 REPO = MANIFESTS.parent
-DOCKERFILES = {"trainer": REPO / "trainer" / "Dockerfile",
-               "components": REPO / "components" / "Dockerfile"}  # fmt: skip
-EXTRAS = {"trainer": {"trainer"}, "components": {"spark", "dq", "kfp"}}
 PINS = dict(
     line.split("==", 1) for line in (REPO / "constraints.txt").read_text().splitlines()
     if "==" in line and not line.startswith("#")
 )  # fmt: skip
+USER = "10001:10001"
+"""Both images' user: they write the same run folders (the manifests' runAsUser/fsGroup)."""
 
 
-def instructions(path: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    out, buffer = [], ""
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        buffer += line[:-1] + " " if line.endswith("\\") else line
-        if not line.endswith("\\"):
-            word, _, rest = buffer.partition(" ")
-            out.append((word.upper(), rest.strip()))
-            buffer = ""
-    return out
+def _final(name: str) -> list[tuple[str, str]]:
+    return stages(instructions(DOCKERFILES[name]))["final"]
 
 
 def _args(steps: list[tuple[str, str]]) -> dict[str, str]:
@@ -95,13 +87,11 @@ def test_base_images_agree_with_the_pinned_versions():
 def test_install_steps_match_pyproject(name: str):
     steps = instructions(DOCKERFILES[name])
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    installs = [rest for word, rest in steps if word == "RUN" and "pip install" in rest]
-    assert len(installs) == 1
-    (install,) = installs
-    extras = set(re.search(r"metarec-\*\.whl'\)\[([\w,]+)\]", install).group(1).split(","))
-    assert extras == EXTRAS[name]
-    assert extras <= set(project["optional-dependencies"])
-    assert "-c /tmp/build/constraints.txt" in install and "--no-cache-dir" in install
+    install = pip_install(stages(steps)["final"])
+    assert set(install.extras) <= set(project["optional-dependencies"]), install.extras
+    assert install.constraints == "/tmp/build/constraints.txt"
+    (line,) = [rest for word, rest in steps if word == "RUN" and "pip install" in rest]
+    assert "--no-cache-dir" in line
     copies = [rest.split() for word, rest in steps if word == "COPY" and "--from" not in rest]
     sources = {src for words in copies for src in words[:-1]}
     assert "constraints.txt" in sources
@@ -113,6 +103,28 @@ def test_install_steps_match_pyproject(name: str):
     assert project["readme"] in sources  # the wheel build reads it (pyproject `readme`)
 
 
+def _pipeline_images() -> set[str]:
+    spec = next(yaml.safe_load_all((REPO / "pipelines/compiled/training_pipeline.yaml").open()))
+    return {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+
+
+def test_every_image_a_kfp_task_runs_on_has_kfp_and_the_manifests():
+    # Each KFP task starts with `python3 -m kfp.dsl.executor_main`, and the launcher steps render
+    # manifests/ with kubectl: the image needs the kfp extra and manifests/ at METAREC_MANIFESTS.
+    from pipelines.ops import COMPONENTS_IMAGE, TRAINER_IMAGE
+
+    names = {TRAINER_IMAGE: "trainer", COMPONENTS_IMAGE: "components"}
+    used = _pipeline_images()
+    assert used and used <= set(names), f"the pipeline runs on images without a Dockerfile: {used}"
+    for image in used:
+        final = _final(names[image])
+        assert "kfp" in pip_install(final).extras, f"{image}: metarec[kfp] is not installed"
+        env = dict(item.split("=", 1) for w, r in final if w == "ENV" for item in r.split())
+        target = env.get("METAREC_MANIFESTS")
+        assert target, f"{image}: no ENV METAREC_MANIFESTS (components/launchers/render.py)"
+        assert ("COPY", f"manifests {target}") in final, f"{image}: manifests/ not at {target}"
+
+
 def test_the_readme_the_wheel_build_needs_exists():
     readme = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["readme"]
     if not (REPO / readme).exists():
@@ -120,43 +132,72 @@ def test_the_readme_the_wheel_build_needs_exists():
     assert (REPO / readme).read_text().strip()
 
 
-def test_trainer_image_runs_torchrun_on_the_trainer_module():
-    steps = dict(instructions(DOCKERFILES["trainer"]))
-    assert steps["ENTRYPOINT"] == '["torchrun"]'
-    cmd = steps["CMD"]
-    assert '"-m", "trainer"' in cmd and (REPO / "trainer" / "__main__.py").is_file()
-    assert 'test "${torch_before}" = "${torch_after}"' in steps["RUN"]  # torch not replaced
+def test_trainer_image_runs_the_supervised_torchrun_on_the_trainer_module():
+    final = _final("trainer")
+    assert exec_form(final, "ENTRYPOINT") == ["python", "-m", "trainer.supervise"]
+    assert (REPO / "trainer" / "supervise.py").is_file()
+    cmd = exec_form(final, "CMD")  # torchrun's arguments
+    assert cmd[cmd.index("-m") + 1] == "trainer" and (REPO / "trainer" / "__main__.py").is_file()
+    assert 'test "${torch_before}" = "${torch_after}"' in dict(final)["RUN"]  # torch not replaced
+
+
+@pytest.mark.parametrize("overlay", TRAIN_OVERLAYS)
+def test_training_pods_run_the_trainer_image_entry_point(overlay: str):
+    # The operators' pods set `command`; it must be the image's, so that `docker run` and a
+    # PyTorchJob/TrainJob run the same wrapper (restartable exit codes, trainer/supervise.py).
+    entrypoint = exec_form(_final("trainer"), "ENTRYPOINT")
+    commands = [c.get("command") for c in _containers(rendered(overlay))]
+    assert commands and all(c == entrypoint for c in commands), commands
+
+
+def _containers(objs: list[dict]) -> list[dict]:
+    from components.launchers.checks import pod_specs
+
+    out = []
+    for obj in objs:
+        if obj["kind"] == "TrainJob" and "command" in obj["spec"].get("trainer", {}):
+            out.append(obj["spec"]["trainer"])
+        for spec in pod_specs(obj):
+            out += [c for c in spec["containers"] if c["name"] in ("pytorch", "node")]
+    if any(o["kind"] == "TrainJob" and "command" in o["spec"].get("trainer", {}) for o in objs):
+        out = [c for c in out if "command" in c]  # the TrainJob's command overrides the runtime's
+    return out
 
 
 def test_components_image_is_what_spark_operator_expects():
-    steps = instructions(DOCKERFILES["components"])
-    as_dict = dict(steps)
-    assert as_dict["ENTRYPOINT"] == '["/opt/entrypoint.sh"]'
-    assert any(w == "COPY" and "--from=spark /opt/entrypoint.sh" in r for w, r in steps)
+    final = _final("components")
+    assert exec_form(final, "ENTRYPOINT") == ["/opt/entrypoint.sh"]
+    assert any(w == "COPY" and "--from=spark /opt/entrypoint.sh" in r for w, r in final)
     (app,) = rendered("spark-etl")
     main = app["spec"]["mainApplicationFile"].removeprefix("local://")
-    assert any(w == "RUN" and "ln -s " in r and main in r for w, r in steps)
-    assert "SPARK_HOME=/opt/spark" in as_dict["ENV"]
-    assert "METAREC_MANIFESTS=/opt/metarec/manifests" in as_dict["ENV"]
+    assert any(w == "RUN" and "ln -s " in r and main in r for w, r in final)
+    assert "SPARK_HOME=/opt/spark" in dict(final)["ENV"]
+    assert any(w == "RUN" and "libnss-wrapper" in r for w, r in final)  # a passwd entry for 10001
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)
-def test_runs_as_a_non_root_user(name: str):
-    users = [rest for word, rest in instructions(DOCKERFILES[name]) if word == "USER"]
+def test_both_images_run_as_the_same_non_root_user(name: str):
+    final = _final(name)
+    users = [rest for word, rest in final if word == "USER"]
     assert users, "no USER: the image would run as root"
-    uid = users[-1].split(":")[0]
-    assert uid.isdigit() and int(uid) > 0  # numeric, so runAsNonRoot can verify it
-    job_uids = {"trainer": 10001, "components": 185}
-    assert int(uid) == job_uids[name]
+    assert users[-1] == USER  # numeric uid:gid, so runAsNonRoot can verify it
+    run = " ".join(r for w, r in final if w == "RUN")
+    uid, gid = USER.split(":")
+    assert f"groupadd --gid {gid} " in run and f"useradd --uid {uid} --gid {gid} " in run
 
 
-def test_manifests_run_the_images_as_their_users():
-    for overlay in ("pytorchjob-gpu", "trainjob-gpu"):
+def test_every_pod_runs_as_the_images_user_with_its_group_owning_the_volumes():
+    uid, gid = (int(x) for x in USER.split(":"))
+    for overlay in TRAIN_OVERLAYS:
         for obj in rendered(overlay):
             for spec in _pod_specs(obj):
-                assert spec["securityContext"]["runAsUser"] == 10001
+                context = spec["securityContext"]
+                assert (context["runAsUser"], context.get("fsGroup")) == (uid, gid), overlay
     (app,) = rendered("spark-etl")
-    assert app["spec"]["driver"]["securityContext"]["runAsUser"] == 185
+    for role in ("driver", "executor"):  # spark-operator: podSecurityContext is the pod's
+        context = app["spec"][role]["podSecurityContext"]
+        assert (context["runAsUser"], context.get("fsGroup")) == (uid, gid), role
+        assert app["spec"][role]["securityContext"]["runAsUser"] == uid, role
 
 
 def _pod_specs(obj: dict) -> list[dict]:

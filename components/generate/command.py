@@ -26,6 +26,12 @@ from components.raw_schema import PARTITION_FORMATS
 
 _D = GeneratorConfig.__dataclass_fields__
 
+CLI_ROWS = (1_000, 100_000_000)
+"""The ``--rows`` range of ``metarec generate``: with fewer rows most campaigns of the default
+population get no episode at all (the ETL needs 16 samples of one task by default); more takes
+one process over an hour (~2e5 rows/s): split the range over runs with different --start.
+:class:`GeneratorConfig` itself accepts 1 ... 1e9 rows, for tests and small fixtures."""
+
 
 def _default(name: str):
     return _D[name].default
@@ -38,7 +44,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--rows",
         type=int,
         default=_default("rows"),
-        help="rows to write in total, corrupted ones included (1e3 ... 1e8; default %(default)s)",
+        help="rows to write in total, corrupted ones included "
+        f"({CLI_ROWS[0]:,} ... {CLI_ROWS[1]:,}; default %(default)s)",
     )
     add(
         "--out",
@@ -164,6 +171,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def build_config(args: argparse.Namespace) -> GeneratorConfig:
     """A validated :class:`GeneratorConfig` from parsed options (``ValueError`` if invalid)."""
+    low, high = CLI_ROWS
+    if not low <= args.rows <= high:
+        raise ValueError(
+            f"--rows {args.rows}: metarec generate writes {low:,} ... {high:,} rows "
+            "(smaller samples: components.generate.GeneratorConfig, as the tests do)"
+        )
     kinds = tuple(k.strip() for k in args.corrupt_kinds.split(",") if k.strip())
     return GeneratorConfig(
         out=args.out,

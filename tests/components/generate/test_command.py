@@ -82,6 +82,9 @@ def test_cli_run_prints_a_summary(tmp_path, capsys):
     ("args", "message"),
     [
         (["--rows", "0"], "--rows 0"),
+        (["--rows", "10"], "--rows 10: metarec generate writes 1,000 ... 100,000,000 rows"),
+        (["--rows", "999"], "--rows 999"),
+        (["--rows", "100000001"], "--rows 100000001"),
         (["--rows", "2000000000"], "--rows 2000000000"),
         (["--hours", "0"], "--hours 0"),
         (["--corrupt", "0.9"], "--corrupt 0.9"),
@@ -110,6 +113,12 @@ def test_bad_options_get_one_clear_line(tmp_path, capsys, args, message):
     assert not (tmp_path / "raw").exists()  # validated before anything is written
 
 
+def test_the_documented_row_range_is_inclusive(tmp_path, capsys):
+    small = ["--hours", "1", "--num-users", "100", "--num-campaigns", "10"]
+    assert main(["generate", "--out", str(tmp_path / "raw"), "--rows", "1000", *small]) == 0
+    assert json.loads(capsys.readouterr().out)["rows_written"] == 1000
+
+
 def test_unknown_format_is_rejected_by_argparse(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["generate", "--format", "csv"])
@@ -119,7 +128,7 @@ def test_unknown_format_is_rejected_by_argparse(capsys):
 
 def test_non_empty_output_needs_overwrite(tmp_path, capsys):
     _, root = make(tmp_path / "raw", files_per_hour=3)
-    assert main(["generate", "--out", str(root), "--rows", "100"]) == 2
+    assert main(["generate", "--out", str(root), "--rows", "1000"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     # With --overwrite the previous output is replaced, not merged into.
     make(tmp_path / "raw", files_per_hour=1, overwrite=True)
@@ -128,7 +137,7 @@ def test_non_empty_output_needs_overwrite(tmp_path, capsys):
 
 def test_overwrite_never_clears_a_foreign_directory(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("precious")
-    code = main(["generate", "--out", str(tmp_path), "--rows", "100", "--overwrite"])
+    code = main(["generate", "--out", str(tmp_path), "--rows", "1000", "--overwrite"])
     assert code == 2
     assert "does not write" in capsys.readouterr().err
     assert (tmp_path / "notes.txt").read_text() == "precious"

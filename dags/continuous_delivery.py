@@ -18,9 +18,17 @@ would give Airflow 3 runs with no data interval):
 
 The tasks only call `components.steps`; every step is idempotent per interval, so clearing a run,
 a retry or a backfill (`airflow backfill create --dag-id continuous_delivery --from-date ...
---to-date ... --max-active-runs 1`, oldest first) never duplicates outputs or promotions.
+--to-date ... --max-active-runs 1`, oldest first) never duplicates outputs or promotions; the
+promotion is also compare-and-swap against the champion that **evaluate** scored, so a retried
+**promote** never moves the pointer twice and never over a champion changed meanwhile.
 Trigger with `{"force": true}` to recompute an interval instead of reusing its records.
-Config: the file in `$METAREC_DELIVERY_CONFIG` (see `components/steps/config.py`).
+
+Production settings (`[airflow]` of the config, `components/steps/dag_policy.py`): Spark tasks
+in pool `metarec_spark`, training in `metarec_training` (create them: `airflow pools set`), an
+`execution_timeout` on every task, a `dagrun_timeout`, and a failure callback that logs one JSON
+line and writes `<run_root>/intervals/<interval id>/failures/<dag>.<task>.try<N>.json`.
+Config: the file in `$METAREC_DELIVERY_CONFIG` (required; absolute `run_root` and `raw_root`;
+see `components/steps/config.py`).
 """
 
 from __future__ import annotations
@@ -30,10 +38,11 @@ from typing import Any
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
 
-from components.steps.config import load_delivery_config
+from components.steps import dag_policy as policy
+from components.steps.config import load_dag_config
 from components.steps.layout import RunLayout, parse_utc
 
-CFG = load_delivery_config()
+CFG = load_dag_config()  # no config file, or a relative root: an import error naming the variable
 LAYOUT = RunLayout.of(CFG.run_root)
 EPISODES = Asset(name="metarec_episodes", uri=f"file://{LAYOUT.episodes_root}")
 MODEL = Asset(
@@ -45,11 +54,12 @@ def _run() -> tuple[Any, Any, bool]:
     """The config, the run's data interval and the ``force`` param, from the task context."""
     from airflow.sdk import get_current_context
 
-    from components.steps import Interval, load_delivery_config
+    from components.steps import Interval
+    from components.steps.config import load_dag_config
 
     context = get_current_context()
     interval = Interval(context["data_interval_start"], context["data_interval_end"])
-    return load_delivery_config(), interval, bool(context["params"].get("force", False))
+    return load_dag_config(), interval, bool(context["params"].get("force", False))
 
 
 @dag(
@@ -58,7 +68,8 @@ def _run() -> tuple[Any, Any, bool]:
     start_date=parse_utc(CFG.start_date),
     catchup=False,
     max_active_runs=1,  # interval N warm-starts from the champion that interval N-1 promoted
-    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(minutes=5)},
+    dagrun_timeout=policy.dagrun_timeout(CFG),
+    default_args=policy.task_defaults(CFG, retry_delay=timedelta(minutes=5)),
     tags=["metarec", "training", "continuous-delivery"],
     params={"force": Param(False, type="boolean", description="recompute, do not reuse records")},
     doc_md=__doc__,
@@ -76,21 +87,21 @@ def continuous_delivery() -> None:
         status = check_raw(cfg, interval)
         return PokeReturnValue(is_done=status.ready, xcom_value=status.__dict__)
 
-    @task
+    @task(**policy.spark_task(CFG))
     def validate_raw(raw: dict[str, Any]) -> dict[str, Any]:
         from components.steps.data import validate_raw_step
 
         cfg, interval, force = _run()
         return validate_raw_step(cfg, interval, force=force).to_dict()
 
-    @task
+    @task(**policy.spark_task(CFG))
     def run_etl(raw_validation: dict[str, Any]) -> dict[str, Any]:
         from components.steps.data import etl_step
 
         cfg, interval, force = _run()
         return etl_step(cfg, interval, force=force).to_dict()
 
-    @task(outlets=[EPISODES])
+    @task(outlets=[EPISODES], **policy.spark_task(CFG))
     def validate_episodes(etl: dict[str, Any], *, outlet_events=None) -> dict[str, Any]:
         from components.steps.data import validate_episodes_step
 
@@ -103,7 +114,7 @@ def continuous_delivery() -> None:
         }
         return result
 
-    @task
+    @task(**policy.training_task(CFG))
     def train(etl: dict[str, Any], validation: dict[str, Any]) -> dict[str, Any]:
         from components.steps.data import EtlStepResult
         from components.steps.training import train_step

@@ -11,8 +11,10 @@ Once a day (a `CronDataIntervalTimetable` over the previous UTC day):
 3. **audit_episodes**: every ETL output of the day under `<run_root>/episodes/` that has no
    validation record in its manifest is validated now; the task fails if any of them fails.
 
-It shares the config (`$METAREC_DELIVERY_CONFIG`) and the step functions with
-`continuous_delivery`, and reruns are idempotent (a passed check is recorded and reused).
+It shares the config (`$METAREC_DELIVERY_CONFIG`, required), the step functions and the
+production settings (`components/steps/dag_policy.py`: the Spark tasks in pool `metarec_spark`,
+timeouts, the failure callback) with `continuous_delivery`, and reruns are idempotent (a passed
+check is recorded and reused), so retries are safe.
 """
 
 from __future__ import annotations
@@ -22,21 +24,21 @@ from typing import Any
 
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
-from components.steps.config import load_delivery_config
+from components.steps import dag_policy as policy
+from components.steps.config import load_dag_config
 from components.steps.layout import parse_utc
 
-CFG = load_delivery_config()
+CFG = load_dag_config()
 
 
 def _day() -> tuple[Any, Any]:
     from airflow.sdk import get_current_context
 
-    from components.steps import Interval, load_delivery_config
+    from components.steps import Interval
+    from components.steps.config import load_dag_config
 
     context = get_current_context()
-    return load_delivery_config(), Interval(
-        context["data_interval_start"], context["data_interval_end"]
-    )
+    return load_dag_config(), Interval(context["data_interval_start"], context["data_interval_end"])
 
 
 @dag(
@@ -45,7 +47,8 @@ def _day() -> tuple[Any, Any]:
     start_date=parse_utc(CFG.start_date),
     catchup=False,
     max_active_runs=1,
-    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(minutes=10)},
+    dagrun_timeout=policy.dagrun_timeout(CFG),
+    default_args=policy.task_defaults(CFG, retry_delay=timedelta(minutes=10)),
     tags=["metarec", "data-quality"],
     doc_md=__doc__,
 )
@@ -62,14 +65,14 @@ def data_quality() -> None:
         status = check_raw(cfg, day)
         return PokeReturnValue(is_done=status.ready, xcom_value=status.__dict__)
 
-    @task
+    @task(**policy.spark_task(CFG))
     def validate_raw_day(raw: dict[str, Any]) -> dict[str, Any]:
         from components.steps.data import validate_raw_step
 
         cfg, day = _day()
         return validate_raw_step(cfg, day).to_dict()
 
-    @task
+    @task(**policy.spark_task(CFG))
     def audit_episodes(raw_validation: dict[str, Any]) -> dict[str, Any]:
         from components.steps.quality import audit_episodes as audit
 

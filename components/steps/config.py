@@ -3,7 +3,8 @@
 Standard library only: the Airflow DAG files read it at parse time (the schedule), so it must be
 cheap. Airflow and KFP pass the same config; the backend (local or kubernetes) is a field, not a
 different DAG or pipeline. Load order: the file named by ``$METAREC_DELIVERY_CONFIG`` (TOML or
-JSON), else the defaults below (a laptop run under ``out/delivery``)::
+JSON), else the defaults below (a laptop run under ``out/delivery``). The Airflow DAGs take no
+defaults: :func:`load_dag_config` requires the file and absolute roots. Example::
 
     run_root = "/data/metarec/delivery"   # episodes/, train/, models/, intervals/ (a PVC in k8s)
     raw_root = "s3://ads/raw"             # dt=YYYY-MM-DD/hr=HH/ partitions
@@ -25,6 +26,9 @@ JSON), else the defaults below (a laptop run under ``out/delivery``)::
     image = "registry.example.com/metarec-trainer:0.1.0"
     etl_image = "registry.example.com/metarec-components:0.1.0"
     etl_executors = 8
+    [airflow]                             # the DAGs' pools and timeouts (dag_policy.py)
+    spark_pool = "metarec_spark"
+    training_timeout_s = 43200
 
 ``[kubernetes]`` keys (:data:`K8S_KEYS`), read only with ``backend = "kubernetes"``: ``namespace``
 (default ``metarec``), ``timeout_s`` (per job, default 1 day) and ``cleanup`` (``on-success``:
@@ -109,6 +113,8 @@ class DeliveryConfig:
     """metric, tolerance, promote_on_equal; batch_episodes/max_episodes of the gate's evaluation."""
     kubernetes: dict[str, Any] = field(default_factory=dict)
     """``backend = "kubernetes"``: the jobs' settings (:data:`K8S_KEYS`, module docstring)."""
+    airflow: dict[str, Any] = field(default_factory=dict)
+    """The DAGs' pools and timeouts (``components.steps.dag_policy.AirflowSettings`` fields)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "trainer_overrides", tuple(self.trainer_overrides))
@@ -149,6 +155,11 @@ class DeliveryConfig:
                 )
         self.gate_policy()  # validates metric and tolerance
         self.thresholds()
+        if self.airflow_settings().dagrun_timeout_s <= self.raw_wait_timeout_s:
+            raise ValueError(
+                f"delivery config: [airflow] dagrun_timeout_s must exceed raw_wait_timeout_s "
+                f"({self.raw_wait_timeout_s}): a run would time out while it waits for its data"
+            )
 
     # Derived settings -----------------------------------------------------------------------------
 
@@ -169,6 +180,14 @@ class DeliveryConfig:
             return Thresholds(**self.validation)
         except TypeError as e:
             raise ValueError(f"delivery config: [validation]: {e}") from None
+
+    def airflow_settings(self):  # -> components.steps.dag_policy.AirflowSettings
+        from components.steps.dag_policy import AirflowSettings
+
+        try:
+            return AirflowSettings(**self.airflow)
+        except TypeError as e:
+            raise ValueError(f"delivery config: [airflow]: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -226,3 +245,39 @@ def load_delivery_config(path: str | os.PathLike[str] | None = None) -> Delivery
             f"delivery config {p}: not valid {p.suffix.lstrip('.') or 'TOML'}: {e}"
         ) from None
     return DeliveryConfig.from_dict(data)
+
+
+def load_dag_config() -> DeliveryConfig:
+    """The config the Airflow DAGs run on: the file ``$METAREC_DELIVERY_CONFIG`` names, never the
+    built-in defaults, with absolute local roots.
+
+    Airflow parses and runs the DAG files in several processes (dag-processor, workers, triggerer)
+    whose working directories differ, so a relative path would name another folder in each (and
+    the Asset URIs would change with it): relative ``run_root`` or local ``raw_root`` are refused,
+    not resolved.
+
+    Raises:
+        ValueError: the variable is unset or relative, the file is invalid, or a root is relative.
+    """
+    path = os.environ.get(CONFIG_ENV, "")
+    if not path:
+        raise ValueError(
+            f"${CONFIG_ENV} is not set: the metarec DAGs run only on an explicit delivery config. "
+            f"Set {CONFIG_ENV}=/absolute/path/to/delivery.toml in the environment of the "
+            "dag-processor, scheduler, workers and triggerer (dags/README.md)"
+        )
+    if not Path(path).is_absolute():
+        raise ValueError(f"${CONFIG_ENV}={path!r} must be an absolute path")
+    cfg = load_delivery_config(path)
+    relative = [
+        f"{name} = {value!r}"
+        for name, value in (("run_root", cfg.run_root), ("raw_root", cfg.raw_root))
+        if "://" not in value and not Path(value).is_absolute()
+    ]
+    if relative:
+        raise ValueError(
+            f"delivery config {path} (${CONFIG_ENV}): {', '.join(relative)} must be absolute for "
+            "the DAGs (each Airflow process has its own working directory): use the path mounted "
+            'everywhere, e.g. run_root = "/data/metarec/delivery"'
+        )
+    return cfg

@@ -91,6 +91,10 @@ def test_config_from_the_environment_file(tmp_path, monkeypatch):
         ({"validation": {"ctr_min": 0.9, "ctr_max": 0.1}}, "ctr_min"),
         ({"trainer_overrides": ["steps"]}, "section.key=value"),
         ({"model_name": "bad name"}, "model_name"),
+        ({"airflow": {"spark_pool": "a pool"}}, "spark_pool 'a pool' is no pool name"),
+        ({"airflow": {"task_timeout_s": 0}}, "task_timeout_s must be a whole number"),
+        ({"airflow": {"pool": "x"}}, "\\[airflow\\].*pool"),
+        ({"airflow": {"dagrun_timeout_s": 3600}}, "must exceed raw_wait_timeout_s"),
     ],
 )
 def test_config_errors_name_the_field(fields, message):

@@ -4,7 +4,8 @@ A CRD's OpenAPI schema cannot say "Master has exactly one replica" or "one conta
 pytorch" (``pytorchReplicaSpecs`` is an open map), so a manifest that passes schema validation can
 still be rejected by the cluster, or worse, accepted and hang. These rules restate the webhooks of
 the Training Operator v1 (``pytorchjob_webhook.go``, release-1.9) and Trainer v2 (TrainJob), plus
-the contract of the metarec trainer image::
+the contract of the metarec trainer image (``python -m trainer.supervise``: torchrun, whose exit 1
+on every failure the ExitCode restart policy would never restart)::
 
     problems = webhook_errors(obj)        # [] when the operator would accept it
     require_valid(objs)                   # ValueError listing every problem of a run's objects
@@ -25,6 +26,12 @@ NPROC_WORDS = ("auto", "cpu", "gpu")
 V2_RESERVED_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR",
                    "PET_MASTER_PORT")  # fmt: skip
 TORCHRUN = ("torchrun", "torch.distributed.run")
+SUPERVISE = "trainer.supervise"  # torchrun with its exit code mapped (trainer/supervise.py)
+POD_FAILURE_ACTIONS = ("FailJob", "FailIndex", "Ignore", "Count")
+JOBSET_ACTIONS = ("FailJobSet", "RestartJobSet", "RestartJobSetAndIgnoreMaxRestarts")
+JOB_FAILURE_REASONS = ("BackoffLimitExceeded", "DeadlineExceeded", "FailedIndexes",
+                       "MaxFailedIndexesExceeded", "PodFailurePolicy")  # fmt: skip
+JOBSET_RULE_NAME = re.compile(r"[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?")
 _SECRET_NAME = re.compile(r"(SECRET|PASSWORD|TOKEN|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL)", re.I)
 
 
@@ -37,6 +44,11 @@ def _name_errors(obj: dict[str, Any]) -> list[str]:
 
 def _nproc_ok(value: Any) -> bool:
     return value in NPROC_WORDS or (str(value).isdigit() and int(value) >= 1)
+
+
+def _plain_torchrun(command: list[str]) -> bool:
+    text = " ".join(command)
+    return any(t in text for t in TORCHRUN) and SUPERVISE not in text
 
 
 def pytorchjob_errors(job: dict[str, Any]) -> list[str]:
@@ -57,8 +69,15 @@ def pytorchjob_errors(job: dict[str, Any]) -> list[str]:
             errors.append(f"{where}: every container needs an image")
         if not any(c.get("name") == "pytorch" for c in containers):
             errors.append(f"{where}: no container named 'pytorch' (the operator requires one)")
-        if rspec.get("restartPolicy", "OnFailure") not in RESTART_POLICIES:
+        policy = rspec.get("restartPolicy", "OnFailure")
+        if policy not in RESTART_POLICIES:
             errors.append(f"{where}.restartPolicy must be one of {RESTART_POLICIES}")
+        trainer = [c for c in containers if c.get("name") == "pytorch"]
+        if policy == "ExitCode" and trainer and _plain_torchrun(trainer[0].get("command") or []):
+            errors.append(
+                f"{where}: restartPolicy ExitCode restarts only exit codes 128-255 and torchrun "
+                f"exits 1 on every failure: run [python, -m, {SUPERVISE}] with torchrun's args"
+            )
     if "Master" in replicas and replicas["Master"].get("replicas", 1) != 1:
         errors.append("pytorchReplicaSpecs.Master.replicas must be 1")
     if "Worker" in replicas and replicas["Worker"].get("replicas", 1) < 1:
@@ -103,8 +122,10 @@ def trainjob_errors(job: dict[str, Any]) -> list[str]:
     if reserved:
         errors.append(f"spec.trainer.env sets {reserved}, which the Trainer reserves")
     command = trainer.get("command") or []
-    if command and not any(t in " ".join(command) for t in TORCHRUN):
-        errors.append("spec.trainer.command must run torchrun: Trainer v2 injects no RANK")
+    if command and not any(t in " ".join(command) for t in (*TORCHRUN, SUPERVISE)):
+        errors.append(
+            f"spec.trainer.command must run torchrun (or {SUPERVISE}): Trainer v2 injects no RANK"
+        )
     return errors
 
 
@@ -133,6 +154,63 @@ def runtime_errors(runtime: dict[str, Any]) -> list[str]:
         errors.append("replicatedJob node has no container named 'node'")
     if pod.get("restartPolicy") not in ("Never", "OnFailure"):
         errors.append("the node pod's restartPolicy must be Never or OnFailure (a Job's rule)")
+    containers = [c.get("name") for c in pod.get("containers", [])]
+    errors += pod_failure_policy_errors(node[0]["template"].get("spec", {}), containers)
+    errors += jobset_failure_policy_errors(spec.get("template", {}).get("spec", {}))
+    return errors
+
+
+def pod_failure_policy_errors(job: dict[str, Any], containers: Sequence[str]) -> list[str]:
+    """Kubernetes' validation of a Job's ``podFailurePolicy`` (batch/v1, GA in 1.31)."""
+    rules = job.get("podFailurePolicy", {}).get("rules")
+    if rules is None:
+        return []
+    errors = []
+    if job.get("template", {}).get("spec", {}).get("restartPolicy") != "Never":
+        errors.append("podFailurePolicy needs the pod's restartPolicy Never")
+    for i, rule in enumerate(rules):
+        where = f"podFailurePolicy.rules[{i}]"
+        if rule.get("action") not in POD_FAILURE_ACTIONS:
+            errors.append(f"{where}.action must be one of {POD_FAILURE_ACTIONS}")
+        on = rule.get("onExitCodes")
+        if (on is None) == (rule.get("onPodConditions") is None):
+            errors.append(f"{where}: exactly one of onExitCodes and onPodConditions")
+        if on is None:
+            continue
+        if on.get("operator") not in ("In", "NotIn"):
+            errors.append(f"{where}.onExitCodes.operator must be In or NotIn")
+        if not on.get("values") or (on.get("operator") == "In" and 0 in on["values"]):
+            errors.append(f"{where}.onExitCodes.values must be non-empty, without 0 for In")
+        if "containerName" in on and on["containerName"] not in containers:
+            errors.append(
+                f"{where}.onExitCodes.containerName {on['containerName']} is no container"
+            )
+    return errors
+
+
+def jobset_failure_policy_errors(jobset: dict[str, Any]) -> list[str]:
+    """The JobSet webhook's rules for ``failurePolicy`` (JobSet >= 0.6, under every Trainer v2)."""
+    policy = jobset.get("failurePolicy")
+    if policy is None:
+        return []
+    errors = []
+    if policy.get("maxRestarts", 0) < 0:
+        errors.append("failurePolicy.maxRestarts must be >= 0")
+    names = [j.get("name") for j in jobset.get("replicatedJobs", [])]
+    for i, rule in enumerate(policy.get("rules", [])):
+        where = f"failurePolicy.rules[{i}]"
+        if not JOBSET_RULE_NAME.fullmatch(rule.get("name", "")):
+            errors.append(f"{where}.name must match {JOBSET_RULE_NAME.pattern}")
+        if rule.get("action") not in JOBSET_ACTIONS:
+            errors.append(f"{where}.action must be one of {JOBSET_ACTIONS}")
+        unknown = set(rule.get("onJobFailureReasons", [])) - set(JOB_FAILURE_REASONS)
+        if unknown:
+            errors.append(
+                f"{where}.onJobFailureReasons {sorted(unknown)}: not a Job failure reason"
+            )
+        missing = set(rule.get("targetReplicatedJobs", [])) - set(names)
+        if missing:
+            errors.append(f"{where}.targetReplicatedJobs {sorted(missing)} are not replicatedJobs")
     return errors
 
 

@@ -9,8 +9,9 @@ container's command and args as rendered and the environment the operator would 
 What a cluster would do and this does instead: volumes become local directories (a ConfigMap's
 keys written as files, a PVC -> the directory given for its claim, an emptyDir -> a fresh temp
 dir) and mount paths in args and env are rewritten to them, as if mounted; kubelet's ``$(VAR)``
-expansion is applied; ``torchrun`` is this interpreter's ``python -m torch.distributed.run``;
-the operator's Service DNS name for the master becomes 127.0.0.1. Env per
+expansion is applied; the image's ``python`` (the command is ``python -m trainer.supervise``) is
+the interpreter given, this one by default; the operator's Service DNS name for the master becomes
+127.0.0.1. Env per
 :func:`pytorchjob_env` / :func:`trainjob_env` (anchors: training-operator release-1.9 envvar.go,
 Trainer v2 torch plugin). It is the contract test of the manifests and a way to smoke-test a
 manifest without a cluster; GPUs, images and the API server are what it cannot show.
@@ -171,9 +172,14 @@ def _free_port() -> int:
 
 
 def pod_commands(
-    objs: Sequence[dict[str, Any]], claims: Mapping[str, str], scratch: Path, master_port: int
+    objs: Sequence[dict[str, Any]],
+    claims: Mapping[str, str],
+    scratch: Path,
+    master_port: int,
+    python: str = sys.executable,
 ) -> list[tuple[str, list[str], dict[str, str]]]:
-    """(pod name, command, environment) of every pod of the job, ready to run here."""
+    """(pod name, command, environment) of every pod of the job, ready to run here with the
+    interpreter ``python``."""
     job = job_of(objs)
     name = job["metadata"]["name"]
     out = []
@@ -197,8 +203,8 @@ def pod_commands(
             env["TMPDIR"] = mounts["/tmp"]
         words = [*container.get("command", []), *container.get("args", [])]
         words = [_map_paths(expand_vars(w, env), mounts) for w in words]
-        if words and words[0] == "torchrun":  # PATH lookup in the image -> this interpreter
-            words = [sys.executable, "-m", "torch.distributed.run", *words[1:]]
+        if words and words[0] in ("python", "python3"):  # a PATH lookup in the image
+            words = [python, *words[1:]]
         out.append((pod_name, words, env))
     return out
 
@@ -210,6 +216,7 @@ def run_job_locally(
     timeout_s: float = 600.0,
     log_dir: str | Path | None = None,
     extra_env: Mapping[str, str] | None = None,
+    python: str = sys.executable,
 ) -> list[int]:
     """Start every pod of the rendered job as a local process and wait for all of them.
 
@@ -220,16 +227,19 @@ def run_job_locally(
         log_dir: where each pod's output goes (``<pod>.log``); a temp dir by default.
         extra_env: added to every pod (e.g. ``PATH``); the pods otherwise inherit nothing from
             this process, as in a container.
+        python: the interpreter that runs the image's ``python`` (e.g. a virtualenv built as the
+            image's Dockerfile builds its environment).
 
     Returns:
-        The exit code of every pod, in order (Master first).
+        The exit code of every pod, in order (Master first), as ``trainer.supervise`` maps it: 0,
+        2 for a user error, 128-255 for a retryable failure.
     """
     log_root = Path(log_dir or tempfile.mkdtemp(prefix="metarec-pods-"))
     log_root.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="metarec-volumes-"))
     base_env = {"PATH": os.environ.get("PATH", ""), **(extra_env or {})}
     procs = []
-    for pod_name, cmd, env in pod_commands(objs, claims, scratch, _free_port()):
+    for pod_name, cmd, env in pod_commands(objs, claims, scratch, _free_port(), python):
         out = (log_root / f"{pod_name}.log").open("w")
         procs.append(subprocess.Popen(cmd, env={**base_env, **env}, stdout=out, stderr=out))
     deadline = time.monotonic() + timeout_s

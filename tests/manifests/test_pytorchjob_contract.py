@@ -1,7 +1,9 @@
 """The job contract: the CPU variants' pods, started here as one local process each with the
 environment the operator would inject and the container's command and args exactly as rendered
-(config from the rendered ConfigMap, PVCs -> local directories holding synthetic episodes), train
-to the end and exit 0, as a single job of the expected world size."""
+(``python -m trainer.supervise`` + torchrun's arguments; config from the rendered ConfigMap, PVCs ->
+local directories holding synthetic episodes), train to the end and exit 0, as a single job of the
+expected world size; a bad run (missing episodes) exits 2 in every pod, the code both operators
+fail the job on at once."""
 
 from __future__ import annotations
 
@@ -72,10 +74,22 @@ def test_elastic_pytorchjob_rendezvous_over_c10d(claims: dict[str, str], tmp_pat
     _assert_trained(run_dir, world_size=2, steps=4)
 
 
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("variant", ["pytorchjob-cpu", "trainjob-cpu"])
+def test_a_user_error_exits_2_in_every_pod(variant: str, claims: dict[str, str], tmp_path: Path):
+    missing = "data.path=/data/episodes/interval=1999010100-1999010200"
+    objs = render_run(TrainRunParams(run_id="bad", variant=variant, overrides=(missing,)))
+    codes = run_job_locally(objs, claims, timeout_s=240, log_dir=tmp_path)
+    logs = {p.name: p.read_text()[-2000:] for p in tmp_path.glob("*.log")}
+    assert codes == [2, 2], logs  # fail at once: ExitCode (v1) and podFailurePolicy (v2)
+    assert all("trainer.supervise: rank" in text and "exit 2" in text for text in logs.values())
+
+
 def test_injected_environment_follows_the_operator(tmp_path: Path):
     objs = render_run(TrainRunParams(run_id="e", variant="pytorchjob-gpu", nodes=3,
                                      overrides=(f"data.path={DATA}",)))  # fmt: skip
-    pods = pod_commands(objs, {"metarec-data": "/d", "metarec-runs": "/r"}, tmp_path, 40000)
+    pods = pod_commands(objs, {"metarec-data": "/d", "metarec-runs": "/r"}, tmp_path, 40000,
+                        python="/venv/bin/python")  # fmt: skip
     assert [p[0] for p in pods] == [f"metarec-train-e-{r}" for r in
                                     ("master-0", "worker-0", "worker-1")]  # fmt: skip
     for rank, (_, cmd, env) in enumerate(pods):
@@ -85,7 +99,7 @@ def test_injected_environment_follows_the_operator(tmp_path: Path):
         assert env["MASTER_ADDR"] == env["PET_MASTER_ADDR"] == "127.0.0.1"
         assert env["MASTER_PORT"] == env["PET_MASTER_PORT"] == "40000"
         assert env["NCCL_DEBUG"] == "WARN"
-        assert cmd[1:5] == ["-m", "torch.distributed.run", "-m", "trainer"]
+        assert cmd[:5] == ["/venv/bin/python", "-m", "trainer.supervise", "-m", "trainer"]
         assert f"data.path=/d/{DATA.removeprefix('/data/')}" in cmd
         config = Path(cmd[cmd.index("--config") + 1])
         assert (

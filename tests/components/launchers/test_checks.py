@@ -24,8 +24,20 @@ def _containers(job: dict, rtype: str = "Master") -> list[dict]:
     return job["spec"]["pytorchReplicaSpecs"][rtype]["template"]["spec"]["containers"]
 
 
+def _node_job(runtime: dict) -> dict:
+    return runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]
+
+
 def _node_pod(runtime: dict) -> dict:
-    return runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]
+    return _node_job(runtime)["template"]
+
+
+def _exit_codes(runtime: dict) -> dict:
+    return _node_job(runtime)["podFailurePolicy"]["rules"][0]["onExitCodes"]
+
+
+def _jobset_rule(runtime: dict) -> dict:
+    return runtime["spec"]["template"]["spec"]["failurePolicy"]["rules"][0]
 
 
 PYTORCHJOB_CASES: list[tuple[str, Callable[[dict], None]]] = [
@@ -39,6 +51,7 @@ PYTORCHJOB_CASES: list[tuple[str, Callable[[dict], None]]] = [
     ("Master or Worker", lambda j: j["spec"]["pytorchReplicaSpecs"].update(
         Chief=copy.deepcopy(_master(j)))),
     ("restartPolicy", lambda j: _master(j).update(restartPolicy="Sometimes")),
+    ("torchrun exits 1 on every failure", lambda j: _containers(j)[0].update(command=["torchrun"])),
     ("nprocPerNode", lambda j: j["spec"].update(nprocPerNode="two")),
     ("needs a Worker", lambda j: (j["spec"].update(elasticPolicy={"rdzvBackend": "c10d"}),
                                   j["spec"]["pytorchReplicaSpecs"].pop("Worker"))),
@@ -70,6 +83,17 @@ TRAINJOB_CASES: list[tuple[str, int, Callable[[dict], None]]] = [
      lambda r: r["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["metadata"].pop("labels")),
     ("removed in Trainer v2.2", 1, lambda r: r["spec"]["mlPolicy"]["torch"].update(numProcPerNode=2)),
     ("restartPolicy must be Never or OnFailure", 1, lambda r: _node_pod(r)["spec"].update(restartPolicy="Always")),
+    ("podFailurePolicy needs the pod's restartPolicy Never", 1,
+     lambda r: _node_pod(r)["spec"].update(restartPolicy="OnFailure")),
+    ("operator must be In or NotIn", 1, lambda r: _exit_codes(r).update(operator="Equals")),
+    ("without 0 for In", 1, lambda r: _exit_codes(r).update(values=[0, 2])),
+    ("containerName pytorch is no container", 1, lambda r: _exit_codes(r).update(containerName="pytorch")),
+    ("exactly one of onExitCodes and onPodConditions", 1,
+     lambda r: _node_job(r)["podFailurePolicy"]["rules"][0].pop("onExitCodes")),
+    ("action must be one of", 1, lambda r: _jobset_rule(r).update(action="Retry")),
+    ("not a Job failure reason", 1, lambda r: _jobset_rule(r).update(onJobFailureReasons=["Evicted"])),
+    (r"name must match", 1, lambda r: _jobset_rule(r).update(name="fail-on-user-error")),
+    ("are not replicatedJobs", 1, lambda r: _jobset_rule(r).update(targetReplicatedJobs=["worker"])),
 ]  # fmt: skip
 
 
@@ -80,6 +104,13 @@ def test_trainjob_and_runtime_rules(message: str, index: int, mutate: Callable[[
     mutate(objs[index])
     with pytest.raises(ValueError, match=message):
         require_valid(objs)
+
+
+def test_plain_torchrun_is_still_a_valid_trainjob_command():
+    objs = copy.deepcopy(TRAINJOB)
+    assert objs[2]["kind"] == "TrainJob"
+    objs[2]["spec"]["trainer"]["command"] = ["torchrun"]
+    require_valid(objs)  # Trainer v2 restarts it (exit 1), it just cannot fail fast on exit 2
 
 
 def test_cross_references_must_resolve():

@@ -1,6 +1,8 @@
-"""What every manifest promises beyond schemas: the trainer contract (torchrun -m trainer with the
-mounted config), /dev/shm, GPUs = ranks, security context, no secrets, references that resolve to
-the setup overlay, scenario headers that say how to apply/inspect/delete, the ETL's arguments."""
+"""What every manifest promises beyond schemas: the trainer contract (``python -m trainer.supervise``,
+i.e. torchrun with its exit code mapped, ``-m trainer`` with the mounted config), /dev/shm, GPUs =
+ranks, security context and one uid/gid/fsGroup (10001) in every pod, no secrets, references that
+resolve to the setup overlay, scenario headers that say how to apply/inspect/delete, the ETL's
+arguments."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from components.launchers.render import job_of, trainer_containers
 from tests.manifests.conftest import MANIFESTS, OVERLAYS, TRAIN_OVERLAYS, all_objects, rendered
 
 CONFIG_PATH = "/etc/metarec/trainer.toml"
+SUPERVISED_TORCHRUN = ["python", "-m", "trainer.supervise"]
+UID = 10001  # the user and group of both images (trainer/Dockerfile, components/Dockerfile)
 
 
 def _containers(obj: dict) -> list[dict]:
@@ -26,7 +30,7 @@ def test_trainer_contract(overlay: str):
     job = job_of(objs)
     config_maps = {o["metadata"]["name"]: o for o in objs if o["kind"] == "ConfigMap"}
     for _, _, container in trainer_containers(job):
-        assert container["command"] == ["torchrun"]
+        assert container["command"] == SUPERVISED_TORCHRUN  # restartable exit codes
         args = container["args"]
         assert args[:4] == ["-m", "trainer", "--config", CONFIG_PATH]
         assert any(a.startswith("data.path=/data/") for a in args)
@@ -35,6 +39,7 @@ def test_trainer_contract(overlay: str):
         for spec in pod_specs(obj):
             volumes = {v["name"]: v for v in spec["volumes"]}
             (trainer,) = [c for c in spec["containers"] if c["name"] in ("pytorch", "node")]
+            assert trainer["command"] == SUPERVISED_TORCHRUN
             mounts = {m["mountPath"]: volumes[m["name"]] for m in trainer["volumeMounts"]}
             assert mounts["/dev/shm"]["emptyDir"]["medium"] == "Memory"
             assert "emptyDir" in mounts["/tmp"]  # the root filesystem is read-only
@@ -79,16 +84,51 @@ def test_pods_run_locked_down(overlay: str):
 
 
 def test_failure_policies():
+    """Which exit code restarts what is tested by killing real ranks in
+    tests/reliability/test_restart_policy.py; here: the fields it relies on, in every variant."""
     for overlay in TRAIN_OVERLAYS:
-        job = job_of(rendered(overlay))
-        if job["kind"] == "PyTorchJob":
-            run = job["spec"]["runPolicy"]
-            assert run["backoffLimit"] >= 1 and run["cleanPodPolicy"] in ("Running", "All")
-            assert run["ttlSecondsAfterFinished"] > 0
-            for spec in job["spec"]["pytorchReplicaSpecs"].values():
-                assert spec["restartPolicy"] == "ExitCode"  # exit 2 (user error) is not retried
-    runtime = next(o for o in rendered("trainjob-gpu") if o["kind"] == "TrainingRuntime")
-    assert runtime["spec"]["template"]["spec"]["failurePolicy"]["maxRestarts"] >= 1
+        for obj in rendered(overlay):
+            if obj["kind"] == "PyTorchJob":
+                run = obj["spec"]["runPolicy"]
+                assert run["backoffLimit"] >= 1 and run["cleanPodPolicy"] in ("Running", "All")
+                assert run["ttlSecondsAfterFinished"] > 0
+                for spec in obj["spec"]["pytorchReplicaSpecs"].values():
+                    assert spec["restartPolicy"] == "ExitCode"  # 128-255 restart, 2 fails
+            if obj["kind"] == "TrainingRuntime":
+                jobset = obj["spec"]["template"]["spec"]
+                assert jobset["failurePolicy"]["maxRestarts"] >= 1
+                (rule,) = jobset["failurePolicy"]["rules"]
+                assert (rule["action"], rule["onJobFailureReasons"]) == (
+                    "FailJobSet", ["PodFailurePolicy"])  # fmt: skip
+                (node,) = jobset["replicatedJobs"]
+                (fail_fast,) = node["template"]["spec"]["podFailurePolicy"]["rules"]
+                assert fail_fast["action"] == "FailJob"
+                assert fail_fast["onExitCodes"] == {
+                    "containerName": "node", "operator": "In", "values": [2]}  # fmt: skip
+
+
+def _pod_security(obj: dict) -> list[tuple[dict, list[dict]]]:
+    """(pod securityContext, container securityContexts) of every pod template of ``obj``."""
+    if obj["kind"] == "SparkApplication":
+        roles = [obj["spec"][role] for role in ("driver", "executor")]
+        return [(r["podSecurityContext"], [r.get("securityContext", {})]) for r in roles]
+    return [(s["securityContext"], [c.get("securityContext", {}) for c in s["containers"]])
+            for s in pod_specs(obj)]  # fmt: skip
+
+
+def test_every_pod_runs_as_10001_with_fs_group_10001():
+    """Both images run as 10001:10001 and write the same run folders; fsGroup makes the PVCs
+    group-writable to that group in every pod (PyTorchJob, TrainingRuntime, Spark driver and
+    executors)."""
+    kinds = set()
+    for overlay, obj in all_objects():
+        for pod, containers in _pod_security(obj):
+            kinds.add(obj["kind"])
+            where = (overlay, obj["kind"], obj["metadata"]["name"])
+            assert (pod["runAsUser"], pod["runAsGroup"], pod["fsGroup"]) == (UID, UID, UID), where
+            for sc in containers:
+                assert sc.get("runAsUser", UID) == sc.get("runAsGroup", UID) == UID, where
+    assert kinds == {"PyTorchJob", "TrainingRuntime", "SparkApplication"}
 
 
 def test_scheduling_variants():

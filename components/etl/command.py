@@ -243,15 +243,18 @@ def config_from_args(args: argparse.Namespace) -> EtlConfig:
 def run(args: argparse.Namespace) -> int:
     """``metarec etl``: returns the exit code (errors in the input raise ValueError)."""
     config = config_from_args(args)
-    from components.etl.job import run_etl
-    from components.etl.session import build_spark
-
     conf = {}
     for item in args.conf:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--conf {item!r}: expected KEY=VALUE, e.g. spark.driver.memory=2g")
         conf[key] = value
+    from components.etl.extract import check_input
+
+    check_input(config)  # a wrong --input fails in a second, not after the JVM's start
+    from components.etl.job import run_etl
+    from components.etl.session import build_spark
+
     spark = build_spark("metarec-etl", master=args.master, conf=conf)
     result = run_etl(config, spark)
     if args.json:

@@ -23,9 +23,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from components.etl.config import EtlConfig
 from components.raw_schema import FIELDS_BY_NAME, RAW_FIELDS
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +95,42 @@ def partition_dir(hour: datetime) -> str:
     return f"dt={hour:%Y-%m-%d}/hr={hour:%H}"
 
 
+def check_input(config: EtlConfig) -> tuple[pafs.FileSystem, str, list[str]]:
+    """The cheap checks, run before Spark starts (``metarec etl`` calls it before the JVM):
+    the input root is a listable directory and every hourly partition folder exists.
+
+    Returns:
+        ``(filesystem, root path, missing partition folders)``; missing ones only with
+        ``allow_missing``.
+
+    Raises:
+        FileNotFoundError: the input root does not exist or is not a directory.
+        ValueError: partitions are missing (without ``allow_missing``), or the URI names a
+            filesystem pyarrow cannot open.
+    """
+    import pyarrow.fs as pafs
+
+    fs, base = filesystem(config.input)
+    if fs.get_file_info(base).type != pafs.FileType.Directory:
+        raise FileNotFoundError(
+            f"input root {config.input} does not exist or is not a directory: give (--input) the "
+            "raw log root that holds the dt=YYYY-MM-DD/hr=HH/ partitions"
+        )
+    rels = [partition_dir(hour) for hour in config.hours]
+    infos = fs.get_file_info([join(base, rel) for rel in rels])
+    missing = [rel for rel, i in zip(rels, infos, strict=True) if i.type != pafs.FileType.Directory]
+    if missing and not config.allow_missing:
+        raise ValueError(
+            f"{config.input}: {len(missing)} of {len(config.hours)} hourly partitions of "
+            f"[{config.start:%Y-%m-%dT%H}, {config.end:%Y-%m-%dT%H}) are missing: "
+            f"{_shorten(missing)}. Wait for them to land, or pass --allow-missing to process the "
+            "interval without them (they are recorded in the manifest)."
+        )
+    return fs, base, missing
+
+
 def list_input(config: EtlConfig) -> InputListing:
-    """List and check the data files of ``config``'s interval.
+    """List and check the data files of ``config``'s interval (:func:`check_input` first).
 
     Raises:
         FileNotFoundError: the input root does not exist.
@@ -101,18 +139,11 @@ def list_input(config: EtlConfig) -> InputListing:
     """
     import pyarrow.fs as pafs
 
-    fs, base = filesystem(config.input)
-    if fs.get_file_info(base).type != pafs.FileType.Directory:
-        raise FileNotFoundError(f"input root {config.input} does not exist or is not a directory")
+    fs, base, missing = check_input(config)
     files: dict[str, list[tuple[str, int]]] = {}
-    missing, ignored = [], []
-    for hour in config.hours:
-        rel = partition_dir(hour)
-        infos = fs.get_file_info(pafs.FileSelector(join(base, rel), allow_not_found=True))
-        if not infos and fs.get_file_info(join(base, rel)).type != pafs.FileType.Directory:
-            missing.append(rel)
-            continue
-        for info in infos:
+    ignored = []
+    for rel in sorted(set(map(partition_dir, config.hours)) - set(missing)):
+        for info in fs.get_file_info(pafs.FileSelector(join(base, rel))):
             name = info.base_name
             if info.type != pafs.FileType.File or name.startswith(("_", ".")):
                 continue
@@ -121,13 +152,6 @@ def list_input(config: EtlConfig) -> InputListing:
                 ignored.append(f"{rel}/{name}")
             else:
                 files.setdefault(fmt, []).append((f"{rel}/{name}", info.size or 0))
-    if missing and not config.allow_missing:
-        raise ValueError(
-            f"{config.input}: {len(missing)} of {len(config.hours)} hourly partitions of "
-            f"[{config.start:%Y-%m-%dT%H}, {config.end:%Y-%m-%dT%H}) are missing: "
-            f"{_shorten(missing)}. Wait for them to land, or pass --allow-missing to process the "
-            "interval without them (they are recorded in the manifest)."
-        )
     fmt = _choose_format(config, files)
     if fmt is None:
         raise ValueError(

@@ -10,6 +10,8 @@ interval id that the ETL already uses (``interval=<start>-<end>``, UTC hours)::
       intervals/interval=20261101T00-20261101T01/  what each step decided for the interval:
         raw_validation.json  etl.json  train.json  evaluate.json  gate.json  promote.json
         raw_validation/report.{json,md}  evaluation/<version>.json  report.md
+        failures/<dag>.<task>.try<N>.json          a task that failed for good (dag_policy.py)
+      failures/<run id>/                          the same, for runs without an interval
 
 A step record holds the step's *inputs key* (what it depends on) and its JSON result. A rerun with
 the same inputs returns the recorded result instead of acting again, which is what makes a retried

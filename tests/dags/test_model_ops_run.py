@@ -5,7 +5,7 @@ no longer serves is refused, and the failure callback records why."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -84,3 +84,24 @@ def test_a_rollback_expecting_another_champion_is_refused_and_recorded(run_root,
         run.run_id,
     )
     assert "ChampionChanged" in record["error"] and "champion is v3, expected v2" in record["error"]
+
+
+def test_a_failed_interval_task_leaves_a_failure_record_under_the_interval(run_root, airflow_db):
+    """``continuous_delivery`` with the data tasks marked successful (no data, no Spark): the
+    training task finds no ETL result, fails, and its callback records it under the interval."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(DAGS / "continuous_delivery.py")).dags["continuous_delivery"]
+    for t in dag.tasks:
+        t.retries = 0
+    run = dag.test(
+        logical_date=datetime(2026, 11, 1, 1, tzinfo=UTC),
+        mark_success_pattern="wait_for_raw_partitions|validate_raw|run_etl|validate_episodes",
+    )
+    assert run.state == "failed"
+    assert _tries(run)["train"][0] == "failed"
+    folder = run_root / "intervals" / "interval=20261101T00-20261101T01" / "failures"
+    assert [p.name for p in folder.iterdir()] == ["continuous_delivery.train.try1.json"]
+    record = json.loads((folder / "continuous_delivery.train.try1.json").read_text())
+    assert record["interval"] == "interval=20261101T00-20261101T01"
+    assert record["format"] == "metarec.failure" and record["error"]

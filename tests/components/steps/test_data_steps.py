@@ -42,3 +42,25 @@ def test_a_failed_raw_validation_stops_the_flow_and_records_nothing(raw, tmp_pat
     layout = RunLayout.of(cfg.run_root)
     assert not layout.record_path(interval, "raw_validation").exists()
     assert (layout.records(interval) / "raw_validation" / "report.md").is_file()
+
+
+def test_the_etl_settings_reach_the_kubernetes_job_as_its_own_options():
+    import argparse
+
+    from components.etl import command
+    from components.steps.data import etl_arguments, etl_config
+
+    settings = {"k_support": 4, "min_support": 2, "task_key": "advertiser_id",
+                "max_lateness": "90m", "allow_missing": True, "row_group_bytes": 2 << 20}  # fmt: skip
+    cfg = DeliveryConfig(run_root="/d", raw_root="/r", backend="kubernetes", etl=settings)
+    config = etl_config(cfg, Interval.parse("2026-11-01T00/2h"))
+    args = etl_arguments(cfg, config)
+    assert args[:2] == ["--k", "4"] and "--allow-missing" in args
+    parser = argparse.ArgumentParser()
+    command.configure_parser(parser)
+    base = ["--input", "/r", "--output", "/d/episodes", "--start", "2026-11-01T00",
+            "--end", "2026-11-01T02"]  # fmt: skip
+    assert command.config_from_args(parser.parse_args([*base, *args])) == config
+    notes = DeliveryConfig(run_root="/d", raw_root="/r", etl={"extra": {"dag_run": "x"}})
+    with pytest.raises(ValueError, match=r"\[etl\] extra has no `metarec etl` option"):
+        etl_arguments(notes, etl_config(notes, Interval.parse("2026-11-01T00/2h")))

@@ -1,6 +1,7 @@
 """Rendered objects against what a cluster would check: the CRD schemas (PyTorchJob v1 from
-training-operator 1.9.0, TrainJob v2), the operators' webhook rules, and Kubernetes' own schemas
-for the core kinds and for every pod template embedded in a job (kubernetes-validate, strict)."""
+training-operator 1.9.0, TrainJob v2, the TrainingRuntime's podGroupPolicy in every Trainer
+release an overlay claims), the operators' webhook rules, and Kubernetes' own schemas for the core
+kinds and for every pod template embedded in a job (kubernetes-validate, strict)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,14 @@ import yaml
 
 from components.launchers.checks import pod_specs, require_valid, webhook_errors
 from components.launchers.render import TrainRunParams, render_run
-from tests.manifests.conftest import OVERLAYS, SCHEMAS, TRAIN_OVERLAYS, all_objects, rendered
+from tests.manifests.conftest import (
+    MANIFESTS,
+    OVERLAYS,
+    SCHEMAS,
+    TRAIN_OVERLAYS,
+    all_objects,
+    rendered,
+)
 
 K8S_VERSION = "1.32.0"  # the kubectl client here; Trainer v2 needs Kubernetes >= 1.31
 CORE_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "PersistentVolumeClaim"}
@@ -133,6 +141,50 @@ def test_core_validation_can_fail():
                                                    "image": "x", "volumeMount": []}]}}},
             K8S_VERSION, strict=True,
         )  # fmt: skip
+
+
+# Trainer v2 releases, oldest first; an overlay works from its NEEDS entry on (v2.0 by default).
+TRAINER_RELEASES = ("v2.0", "v2.1", "v2.2", "v2.3")
+NEEDS = {"trainjob-volcano": "v2.1"}
+PODGROUP_SCHEMAS = Path(__file__).with_name("trainer_podgrouppolicy.yaml")
+
+
+@cache
+def podgroup_validator(release: str) -> jsonschema.Draft4Validator:
+    schema = yaml.safe_load(PODGROUP_SCHEMAS.read_text())[release]
+    return jsonschema.Draft4Validator(strict(schema))
+
+
+def podgroup_errors(runtime: dict[str, Any], release: str) -> list[str]:
+    """Errors of the runtime's ``spec.podGroupPolicy`` against the CRD of ``release``."""
+    policy = runtime["spec"].get("podGroupPolicy", {})
+    errors = podgroup_validator(release).iter_errors(policy)
+    return ["/".join(["podGroupPolicy", *map(str, e.absolute_path)]) + f": {e.message}"
+            for e in errors]  # fmt: skip
+
+
+def _runtime(overlay: str) -> dict[str, Any]:
+    (runtime,) = [o for o in rendered(overlay) if o["kind"] == "TrainingRuntime"]
+    return runtime
+
+
+@pytest.mark.parametrize("overlay", [o for o in TRAIN_OVERLAYS if o.startswith("trainjob")])
+def test_runtimes_fit_every_trainer_release_their_overlay_claims(overlay: str):
+    first = NEEDS.get(overlay, TRAINER_RELEASES[0])
+    for release in TRAINER_RELEASES[TRAINER_RELEASES.index(first) :]:
+        assert podgroup_errors(_runtime(overlay), release) == [], release
+    if overlay in NEEDS:  # and the overlay says so where a user reads it
+        header = (MANIFESTS / "overlays" / overlay / "kustomization.yaml").read_text()
+        assert f"Needs Kubeflow Trainer >= {first}" in header
+
+
+def test_the_volcano_overlay_needs_trainer_2_1():
+    """D9: spec.podGroupPolicy.volcano is not in the v2.0 CRD; the API server refuses it there."""
+    runtime = _runtime("trainjob-volcano")
+    assert podgroup_errors(runtime, "v2.0") == [
+        "podGroupPolicy: Additional properties are not allowed ('volcano' was unexpected)"
+    ]
+    assert [podgroup_errors(runtime, r) for r in ("v2.1", "v2.2", "v2.3")] == [[], [], []]
 
 
 def test_webhook_rules_hold_for_every_job_object():

@@ -133,6 +133,22 @@ def test_embedded_pod_templates_validate_as_core_pod_templates(overlay: str):
         kubernetes_validate.validate(template, K8S_VERSION, strict=True)
 
 
+def test_spark_pods_validate_as_core_pod_templates():
+    """spark-operator builds the driver and executor pods from these fields (podSecurityContext,
+    securityContext, env, mounts, volumes): Kubernetes' own schemas, strict, catch a typo there."""
+    (app,) = rendered("spark-etl")
+    spec = app["spec"]
+    for role in ("driver", "executor"):
+        pod = spec[role]
+        container = {"name": f"spark-{role}", "image": spec["image"]}
+        container.update({k: pod[k] for k in ("securityContext", "envFrom", "volumeMounts")})
+        template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": role},
+                    "template": {"spec": {"securityContext": pod["podSecurityContext"],
+                                          "containers": [container],
+                                          "volumes": spec["volumes"]}}}  # fmt: skip
+        kubernetes_validate.validate(template, K8S_VERSION, strict=True)
+
+
 def test_core_validation_can_fail():
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(

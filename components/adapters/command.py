@@ -2,7 +2,7 @@
 
 Reads the dataset's original files as published, streams them, and writes
 <out>/dt=YYYY-MM-DD/hr=HH/part-NNNNN.<parquet|jsonl> (plus _adapter.json, written last, with the
-row accounting, the mapping and the ETL command to run next; and _rejected.jsonl with every
+row accounting, the mapping and the commands to run next; and _rejected.jsonl with every
 rejected row and its reason). Every input row is accounted for:
 rows in = rows written + rows rejected.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -92,6 +93,10 @@ class Source:
     """The mapping, label rules and event-time origin, for ``_adapter.json``."""
     derived_time: bool = False
     """True when the source has no timestamps and event_time comes from row order."""
+    click_rate: tuple[float, float] | None = None
+    """The band of click rates this source's label rule gives over an interval, passed to
+    ``metarec validate`` (--ctr-min/--ctr-max) by the next steps; None for real ad logs, whose
+    rate the validator's default band (``Thresholds``) is made for."""
 
 
 @dataclass
@@ -104,7 +109,7 @@ class AdapterSummary:
     seconds: float = 0.0
 
     def render(self) -> str:
-        """A few human lines: accounting, output, and the ETL command to run next."""
+        """A few human lines: accounting, output, and the commands to run next."""
         r, acc, o = self.report, self.report["accounting"], self.report["output"]
         reasons = ", ".join(f"{k}={v}" for k, v in acc["rejected_by_reason"].items()) or "none"
         lines = [
@@ -127,7 +132,9 @@ class AdapterSummary:
             lines.append(f"  rejected rows with their reason: {self.out}/{REJECTED_JSONL}")
         if r["event_time"].get("derived"):
             lines.append(f"  event_time derived from row order: {r['event_time']['rule']}")
-        lines.append(f"  next: {r['next_step'].replace(OUT_PLACEHOLDER, self.out)}")
+        out = shlex.quote(self.out.rstrip("/"))
+        lines.append("  next, in order:")
+        lines += [f"    {step.replace(OUT_PLACEHOLDER, out)}" for step in r["next_steps"]]
         return "\n".join(lines)
 
 
@@ -208,6 +215,7 @@ def adapt(source: Source, config: AdapterConfig) -> AdapterSummary:
         },
         "accounting": acct.as_dict(),
         "labels": {
+            "expected_click_rate": source.click_rate,
             "clicks": clicks,
             "conversions": conversions if conversions_known else None,
             "rows_with_conversion_label": conversions_known,
@@ -229,13 +237,34 @@ def adapt(source: Source, config: AdapterConfig) -> AdapterSummary:
         "task_key": source.task_key,
         **source.describe(config),
     }
-    report["next_step"] = (  # no output path: the directory stays relocatable, reruns identical
-        f"metarec etl --input {OUT_PLACEHOLDER} --start {hour_label(stats.first_hour)} "
-        f"--end {hour_label(stats.last_hour + 1)} --task-key {source.task_key}"
-        + ("" if config.fill_empty_hours else " --allow-missing")
+    report["next_steps"] = next_steps(
+        source, config, hour_label(stats.first_hour), hour_label(stats.last_hour + 1)
     )
     with out_fs.open_output_stream(f"{out_root}/{ADAPTER_JSON}") as f:
         f.write((json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode())
     return AdapterSummary(
         source.name, config.out, config.format, report, time.perf_counter() - started
     )
+
+
+def next_steps(source: Source, config: AdapterConfig, start: str, end: str) -> list[str]:
+    """The commands that take the output to validated episodes, runnable as printed once
+    ``OUT_PLACEHOLDER`` is replaced by the output path (``_adapter.json`` keeps the placeholder:
+    the directory stays relocatable and reruns identical). The episodes go next to the output,
+    in ``<out>-episodes``; the source's click-rate band goes to both validations."""
+    from components.etl.config import EtlConfig
+
+    raw, episodes = OUT_PLACEHOLDER, f"{OUT_PLACEHOLDER}-episodes"
+    interval = EtlConfig(input=raw, output=episodes, start=start, end=end).interval_id
+    band = ""
+    if source.click_rate:
+        band = f" --ctr-min {source.click_rate[0]:g} --ctr-max {source.click_rate[1]:g}"
+    etl = (
+        f"metarec etl --input {raw} --output {episodes} --start {start} --end {end} "
+        f"--task-key {source.task_key}"
+    )
+    validate_episodes = f"metarec validate episodes {episodes}/{interval}{band}"
+    if not config.fill_empty_hours:  # hours without events are missing: raw validation fails them
+        return [f"{etl} --allow-missing", validate_episodes]
+    validate_raw = f"metarec validate raw --input {raw} --start {start} --end {end}{band}"
+    return [validate_raw, etl, validate_episodes]

@@ -42,7 +42,8 @@ def _add_common(p: argparse.ArgumentParser, previous_help: str) -> None:
         "--ctr-max",
         type=float,
         default=d.ctr_max,
-        help=f"highest plausible click rate (default {d.ctr_max}; MovieLens-style labels need ~0.7)",
+        help=f"highest plausible click rate (default {d.ctr_max}, for ad logs; `metarec adapt` "
+        "prints the band of its source, e.g. MovieLens' rating-derived clicks, in its next steps)",
     )
     p.add_argument(
         "--row-count-ratio",

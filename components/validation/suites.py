@@ -36,8 +36,9 @@ class Thresholds:
     ctr_min: float = 0.001
     """Lowest plausible click rate (valid click labels, whole interval)."""
     ctr_max: float = 0.5
-    """Highest plausible click rate. Ad logs sit at 0.5-10 %; a source with another label
-    definition (MovieLens: rating >= 4 is ~55 %) needs a wider band."""
+    """Highest plausible click rate. Ad logs sit at 0.5-10 %. A dataset whose label rule is not an
+    ad click (MovieLens: rating >= 4, 55 % of the ratings) brings its own band: the adapter's
+    printed next steps pass it as --ctr-min/--ctr-max (``components.adapters.run.Source``)."""
     row_count_ratio: float = 3.0
     """Rows (raw) or episodes must lie within [previous / ratio, previous * ratio] of the previous
     interval's; the check is skipped, and the report says so, when there is no previous interval."""

@@ -60,7 +60,13 @@ def test_cli_run_and_errors(shared_data, tmp_path, capsys):
     assert main(["adapt", "aliccp", "--src", str(src), "--out", str(out), "--format", "jsonl"]) == 0
     text = capsys.readouterr().out
     assert "200 rows in = 200 written + 0 rejected" in text
-    assert f"metarec etl --input {out} --start 2018-01-01T00 --end 2018-01-01T01" in text
+    steps = text.split("next, in order:\n")[1].splitlines()
+    assert [s.strip() for s in steps] == [  # an ad log: the validator's default click-rate band
+        f"metarec validate raw --input {out} --start 2018-01-01T00 --end 2018-01-01T01",
+        f"metarec etl --input {out} --output {out}-episodes --start 2018-01-01T00 "
+        "--end 2018-01-01T01 --task-key campaign_id",
+        f"metarec validate episodes {out}-episodes/interval=20180101T00-20180101T01",
+    ]
     assert (out / "_adapter.json").is_file()
     assert main(["adapt", "aliccp", "--src", str(src), "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err

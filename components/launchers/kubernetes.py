@@ -10,8 +10,9 @@ What it does, in order:
 
 1. checks the objects against the operators' admission rules (:mod:`.checks`), then creates them
    in order (ConfigMap, TrainingRuntime, job). A job that already exists with the same
-   ``metarec.io/run-id`` is re-attached to (a retried KFP/Airflow task must not submit twice);
-   one with another run id is an error;
+   ``metarec.io/run-id`` is re-attached to (a retried KFP/Airflow task must not submit twice),
+   unless it has failed: a retry then means "try again", so it is deleted and submitted anew
+   (its logs went to the try that saw it fail); one with another run id is an error;
 2. polls the job: ``status.conditions`` of a PyTorchJob (Created, Running, Restarting, Succeeded,
    Failed) or TrainJob (Complete, Failed), ``status.applicationState`` of a SparkApplication;
    while polling, appends the new log lines of the job's pods (selected by the operator's label,
@@ -252,9 +253,35 @@ class KubernetesLauncher:
                 f"not {ours!r}: pick another run id or delete it (kubectl -n {meta['namespace']} "
                 f"delete {kind.lower()} {meta['name']})"
             )
+        state, detail = job_state(existing)
+        if state == "failed":
+            log.info("%s %s/%s of this run failed before (%s): submitting it again", kind,
+                     meta["namespace"], meta["name"], detail)  # fmt: skip
+            self._delete(obj)
+            self._wait_deleted(obj)
+            self._create(obj)
+            return
         log.info(
             "%s %s/%s exists for this run: re-attaching", kind, meta["namespace"], meta["name"]
         )
+
+    def _wait_deleted(self, obj: dict[str, Any], timeout_s: float = 600.0) -> None:
+        """Wait until a deleted job is gone (its finalizers and pods take a while)."""
+        start = self.clock()
+        while True:
+            try:
+                self._get(obj)
+            except Exception as e:
+                if _status(e) == 404:
+                    return
+                raise
+            if self.clock() - start >= timeout_s:
+                meta = obj["metadata"]
+                raise JobError(
+                    f"{obj['kind']} {meta['namespace']}/{meta['name']} is still being deleted "
+                    f"after {timeout_s:.0f} s; retry when it is gone"
+                )
+            self.sleep(self.poll_s)
 
     def _get(self, obj: dict[str, Any]) -> dict[str, Any]:
         k, meta = KINDS[obj["kind"]], obj["metadata"]
@@ -343,17 +370,19 @@ class KubernetesLauncher:
         for obj in reversed(created):  # the job first: its pods go with it
             ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
             try:
-                if obj["kind"] == "ConfigMap":
-                    self.core.delete_namespaced_config_map(name, ns)
-                else:
-                    k = KINDS[obj["kind"]]
-                    self.custom.delete_namespaced_custom_object(
-                        k.group, k.version, ns, k.plural, name
-                    )
-                log.info("deleted %s %s/%s", obj["kind"], ns, name)
+                self._delete(obj)
             except Exception as e:
                 if _status(e) != 404:
                     log.warning("could not delete %s %s/%s: %s", obj["kind"], ns, name, e)
+
+    def _delete(self, obj: dict[str, Any]) -> None:
+        ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        if obj["kind"] == "ConfigMap":
+            self.core.delete_namespaced_config_map(name, ns)
+        else:
+            k = KINDS[obj["kind"]]
+            self.custom.delete_namespaced_custom_object(k.group, k.version, ns, k.plural, name)
+        log.info("deleted %s %s/%s", obj["kind"], ns, name)
 
 
 def _the_job(objs: Sequence[dict[str, Any]]) -> dict[str, Any]:

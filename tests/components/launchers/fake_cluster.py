@@ -178,15 +178,16 @@ def run_scenario(
     cleanup: str = "on-success",
     timeout_s: float = 3600.0,
     objs: list[dict[str, Any]] | None = None,
+    script: list[Any] | None = None,
 ) -> tuple[Any, list[str]]:
-    """Run a launcher against ``cluster`` playing ``SCRIPTS[kind][outcome]``.
+    """Run a launcher against ``cluster`` playing ``script`` (default ``SCRIPTS[kind][outcome]``).
 
     Returns:
         (the JobOutcome, or the exception raised, and the log lines the launcher showed)
     """
     from components.launchers.kubernetes import KubernetesLauncher
 
-    cluster.script = SCRIPTS[kind][outcome]
+    cluster.script = SCRIPTS[kind][outcome] if script is None else script
     clock, shown = FakeClock(), []
     launcher = KubernetesLauncher(cluster, cluster, poll_s=30.0, cleanup=cleanup,
                                   sink=shown.append, clock=clock, sleep=clock.sleep)  # fmt: skip

@@ -14,7 +14,12 @@ from components.launchers.kubernetes import (
     KubernetesLauncher,
     job_state,
 )
-from tests.components.launchers.fake_cluster import FakeCluster, objects_for, run_scenario
+from tests.components.launchers.fake_cluster import (
+    SCRIPTS,
+    FakeCluster,
+    objects_for,
+    run_scenario,
+)
 
 KINDS = ("PyTorchJob", "TrainJob", "SparkApplication")
 
@@ -113,6 +118,26 @@ def test_retry_reattaches_to_its_own_job():
     assert isinstance(again, JobOutcome)
     creates = [c for c in cluster.methods() if c.startswith("create_")]
     assert len(creates) == 4  # two attempts (409 the second time), no third object
+    assert cluster.objects == {}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_retry_after_a_failure_submits_the_job_again(kind: str):
+    cluster = FakeCluster()
+    objs = objects_for(kind)
+    first, _ = run_scenario(cluster, kind, "failed", objs=objs)
+    assert isinstance(first, JobFailed)  # kept for inspection (cleanup on-success)
+    job = objs[-1]["metadata"]["name"]
+    cluster.reads = 0
+    failed_status = SCRIPTS[kind]["failed"][-1]  # what the retry finds first
+    again, _ = run_scenario(cluster, kind, "", objs=objs,
+                            script=[failed_status, *SCRIPTS[kind]["succeeded"]])  # fmt: skip
+    assert isinstance(again, JobOutcome)
+    calls = [(c[0], c[1][-1]) for c in cluster.calls]
+    job_calls = [m for m, name in calls if name == job and not m.startswith("get_")]
+    assert job_calls == ["create_namespaced_custom_object", "create_namespaced_custom_object",
+                         "delete_namespaced_custom_object", "create_namespaced_custom_object",
+                         "delete_namespaced_custom_object"]  # fmt: skip
     assert cluster.objects == {}
 
 

@@ -4,7 +4,8 @@
                                        start="2026-11-01T00", end="2026-11-02T00", executors=4)
     objs = render_etl_run(params)
     # [SparkApplication metarec-etl-i2026110100-2026110200] with --input ... --end ... as its
-    # arguments: one name per interval, so a retried task re-attaches to the running application
+    # arguments: one name per interval, so a retried task finds its application again (the
+    # launcher re-attaches to it, or submits it anew if it failed)
 
 Same mechanism as :mod:`components.launchers.render`: a per-run kustomization over the overlay
 (namespace, ``-<run_id>`` suffix, run labels, image, JSON 6902 patches), rendered by kustomize
@@ -39,7 +40,7 @@ def interval_run_id(start: str, end: str) -> str:
     >>> interval_run_id("2026-11-01T00", "2026-11-02T00")
     'i2026110100-2026110200'
     """
-    hours = [_HOUR.match(value) for value in (start, end)]
+    hours = [_HOUR.fullmatch(value) for value in (start, end)]
     if not all(hours):
         raise ValueError(
             f"interval [{start}, {end}) must be two UTC hours YYYY-MM-DDTHH (2026-11-01T00)"
@@ -75,7 +76,7 @@ class EtlRunParams:
         cls, *, input: str, output: str, start: str, end: str, **kw: Any
     ) -> EtlRunParams:
         """The run of one interval, named by it (:func:`interval_run_id`): a retried task renders
-        the same name and re-attaches to the application it submitted before."""
+        the same name, so the launcher finds the application it submitted before."""
         return cls(interval_run_id(start, end), input, output, start, end, **kw)
 
     @property

@@ -13,6 +13,9 @@ Airflow and KFP runs of the same interval share it and reruns stay idempotent.
 """
 
 COMPONENTS_IMAGE = "metarec-components:0.1.0"
-"""Spark 4, Java 17, metarec[spark,dq,kfp] (``components/Dockerfile``): the data steps."""
+"""Spark 4, Java 17, metarec[spark,dq,kfp] (``components/Dockerfile``): the Spark and
+great-expectations steps, and the light ones that need neither torch nor Spark (resolve_run,
+gate, promote, report: a smaller image than the trainer's, already on the CPU nodes)."""
 TRAINER_IMAGE = "metarec-trainer:0.1.0"
-"""torch + metarec[trainer] (``trainer/Dockerfile``): training, export, evaluation, promotion."""
+"""torch + metarec[trainer,kfp] and ``manifests/`` (``trainer/Dockerfile``): the steps that need
+torch (train, export_model, evaluate) and the Kubernetes launcher of the training job."""

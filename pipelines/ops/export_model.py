@@ -7,10 +7,10 @@ from pipelines.ops import TRAINER_IMAGE
 
 
 @dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
-def export_model(
-    run_spec: str, episodes: Input[Dataset], checkpoint: Input[Model], model: Output[Model]
-):
-    """``model`` names ``<run_root>/models/<name>/v<N>`` (the same version on a rerun)."""
+def export_model(run_spec: str, episodes: Input[Dataset], trained: str, model: Output[Model]):
+    """``trained`` is the train task's result (JSON: a parameter, so that the pipeline can pick
+    it from either training branch with ``dsl.OneOf``, which kfp.local supports for parameters
+    only); ``model`` names ``<run_root>/models/<name>/v<N>`` (the same version on a rerun)."""
     import json
 
     from components.steps import spec
@@ -21,9 +21,7 @@ def export_model(
     cfg, interval = spec.decode(run_spec)
     with open(episodes.path) as f:
         etl = EtlStepResult.from_dict(json.load(f))
-    with open(checkpoint.path) as f:
-        trained = TrainStepResult.from_dict(json.load(f))
-    r = export_step(cfg, interval, trained, etl)
+    r = export_step(cfg, interval, TrainStepResult.from_dict(json.loads(trained)), etl)
     with open(model.path, "w") as f:
         json.dump(r.to_dict(), f)
     model.metadata.update({"path": r.model_dir, "name": r.name, "version": r.version})

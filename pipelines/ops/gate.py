@@ -4,10 +4,10 @@ from typing import NamedTuple
 
 from kfp import dsl
 
-from pipelines.ops import TRAINER_IMAGE
+from pipelines.ops import COMPONENTS_IMAGE
 
 
-@dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
 def gate(run_spec: str, evaluation: str) -> NamedTuple(
     "GateOutputs", promote=bool, verdict=str, decision=str
 ):

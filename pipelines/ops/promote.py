@@ -3,10 +3,10 @@
 from kfp import dsl
 from kfp.dsl import Input, Model
 
-from pipelines.ops import TRAINER_IMAGE
+from pipelines.ops import COMPONENTS_IMAGE
 
 
-@dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
 def promote(run_spec: str, decision: str, model: Input[Model]) -> str:
     """Returns the promotion result (JSON); a rerun of the interval changes nothing."""
     import json

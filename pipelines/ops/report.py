@@ -3,10 +3,10 @@
 from kfp import dsl
 from kfp.dsl import Markdown, Output
 
-from pipelines.ops import TRAINER_IMAGE
+from pipelines.ops import COMPONENTS_IMAGE
 
 
-@dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
 def report(run_spec: str, report: Output[Markdown]):
     """Also written to ``<run_root>/intervals/<interval id>/report.md``."""
     import shutil

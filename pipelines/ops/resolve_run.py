@@ -1,31 +1,53 @@
 """Resolve the pipeline parameters into the run spec that every later component reads."""
 
+# ruff: noqa: UP045 (kfp 2.17 reads `Optional[X]` parameters and fails on `X | None`)
+from typing import Optional
+
 from kfp import dsl
 
-from pipelines.ops import TRAINER_IMAGE
+from pipelines.ops import COMPONENTS_IMAGE
 
 
-@dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
 def resolve_run(
-    interval_start: str,
-    interval_end: str,
+    schedule_time: str,
+    interval_hours: int,
     raw_root: str,
     run_root: str,
-    base_config: str,
-    model_arch: str,
-    embedding_dim: int,
-    meta_mode: str,
-    inner_steps: int,
-    inner_lr: float,
-    train_steps: int,
+    backend: str,
+    nproc: int,
+    trainer_config: str,
+    model_name: str,
+    spark_master: str,
+    gate_metric: str,
+    gate_tolerance: float,
+    interval_start: Optional[str] = None,
+    interval_end: Optional[str] = None,
+    model_arch: Optional[str] = None,
+    embedding_dim: Optional[int] = None,
+    meta_mode: Optional[str] = None,
+    inner_steps: Optional[int] = None,
+    inner_lr: Optional[float] = None,
+    train_steps: Optional[int] = None,
+    delivery_config: Optional[str] = None,
 ) -> str:
-    """Validate the parameters (a bad one fails here, before any work) and return the run spec:
-    ``base_config`` (DeliveryConfig fields as JSON) with the data roots (when given) plus the model/meta-learning parameters as
-    trainer overrides, and the interval."""
-    import json
+    """Validate the parameters (a bad one fails here, before any work) and return the run spec
+    (``components.steps.spec``: the interval, the parameters and the ``delivery_config`` file's
+    other settings). ``schedule_time`` is KFP's scheduled time placeholder."""
+    from components.steps.spec import from_pipeline_parameters, pipeline_interval
 
-    from components.steps.spec import from_pipeline_parameters
-
+    interval = pipeline_interval(interval_start, interval_end, schedule_time, interval_hours)
+    params = {
+        "raw_root": raw_root,
+        "run_root": run_root,
+        "backend": backend,
+        "nproc": nproc,
+        "trainer_config": trainer_config,
+        "model_name": model_name,
+        "spark_master": spark_master,
+        "gate_metric": gate_metric,
+        "gate_tolerance": gate_tolerance,
+    }
     model = {
         "model_arch": model_arch,
         "embedding_dim": embedding_dim,
@@ -34,7 +56,4 @@ def resolve_run(
         "inner_lr": inner_lr,
         "train_steps": train_steps,
     }
-    roots = {"raw_root": raw_root, "run_root": run_root}
-    return from_pipeline_parameters(
-        json.loads(base_config), model, interval_start, interval_end, roots
-    )
+    return from_pipeline_parameters(params, model, interval, delivery_config)

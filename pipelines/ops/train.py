@@ -9,9 +9,11 @@ from pipelines.ops import TRAINER_IMAGE
 @dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
 def train(
     run_spec: str, episodes: Input[Dataset], checkpoint: Output[Model], metrics: Output[Metrics]
-):
-    """``checkpoint`` names the run's final checkpoint and its warm start; ``metrics`` holds the
-    run's own evaluation (AUC before/after adaptation per split)."""
+) -> str:
+    """Returns the training result (JSON) for the export; ``checkpoint`` names the run's final
+    checkpoint and its warm start; ``metrics`` holds the run's own evaluation (AUC before/after
+    adaptation per split). With ``backend = "kubernetes"`` this submits the PyTorchJob/TrainJob
+    and waits for it (``components.steps.training``)."""
     import json
 
     from components.steps import spec
@@ -37,3 +39,4 @@ def train(
             value = m.get(when, {}).get("auc") if isinstance(m, dict) else None
             if isinstance(value, float) and value == value:  # finite, not NaN
                 metrics.log_metric(f"{split}_{when}_auc", value)
+    return json.dumps(r.to_dict())

@@ -1,5 +1,7 @@
 """The training pipeline runs end to end with ``kfp.local`` (SubprocessRunner in this virtualenv)
-on one hourly interval of generated ad logs, and produces its artifacts."""
+on one hourly interval of generated ad logs, and produces its artifacts. One run (they are slow)
+that also checks that every kind of parameter reaches its step: the typed ones, the model ones
+(trainer overrides) and the ``delivery_config`` file's settings."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import pytest
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 INTERVAL = "interval=20261101T00-20261101T01"
 TRAINER = [
-    "train.steps=4",
     "train.log_every=2",
     "data.batch_episodes=16",
     "model.mlp=[16, 8]",
@@ -34,6 +35,7 @@ def test_pipeline_runs_locally_and_promotes_the_first_model(tmp_path):
     from kfp import local
 
     from components.generate import GeneratorConfig, generate
+    from pipelines.local import scheduled_at
     from pipelines.training_pipeline import training_pipeline
 
     generate(
@@ -41,24 +43,32 @@ def test_pipeline_runs_locally_and_promotes_the_first_model(tmp_path):
             out=str(tmp_path / "raw"), rows=8000, hours=1, num_users=600, num_campaigns=60, seed=4
         )
     )
-    base = {
-        "run_root": "/unused/the/parameter/wins",
-        "etl": ETL,
-        "trainer_config": "debug",
-        "trainer_overrides": TRAINER,
-        "spark_master": "local[2]",
-    }
+    delivery_config = tmp_path / "delivery.json"
+    delivery_config.write_text(
+        json.dumps({"etl": ETL, "trainer_overrides": TRAINER, "gate": {"max_episodes": 64}})
+    )
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
 
-    training_pipeline(
-        interval_start="2026-11-01T00",
-        interval_end="2026-11-01T01",
-        raw_root=str(tmp_path / "raw"),
-        run_root=str(tmp_path / "run"),
-        base_config=json.dumps(base),
-        embedding_dim=4,
-        meta_mode="fomaml",
-    )
+    # kfp.local cannot leave an Optional parameter unset: every one is given here. The explicit
+    # interval (a backfill) wins over the scheduled time, which is weeks later.
+    with scheduled_at("2026-12-24T10:00:00Z"):
+        training_pipeline(
+            interval_start="2026-11-01T00",
+            interval_end="2026-11-01T01",
+            raw_root=str(tmp_path / "raw"),
+            run_root=str(tmp_path / "run"),
+            trainer_config="debug",
+            model_name="ctr-local",
+            spark_master="local[2]",
+            gate_metric="test_cold.after.logloss",
+            model_arch="dlrm",
+            embedding_dim=4,
+            meta_mode="fomaml",
+            inner_steps=2,
+            inner_lr=0.05,
+            train_steps=4,
+            delivery_config=str(delivery_config),
+        )
 
     run = tmp_path / "run"
     found = {
@@ -67,9 +77,17 @@ def test_pipeline_runs_locally_and_promotes_the_first_model(tmp_path):
     records = {k: r["result"] for k, r in found.items() if r.get("format") == "metarec.step"}
     assert records["gate"]["verdict"] == "no_champion"
     assert records["promote"]["champion"] == "v1"
-    # The pipeline parameters reached the trainer.
+    # The parameters reached the steps: model ones and the file's overrides the trainer, the
+    # gate metric the evaluation, the model name the registry, the file's [etl] the ETL.
     config = json.loads((run / "train" / INTERVAL / "config.json").read_text())
     assert config["meta"]["mode"] == "fomaml" and config["model"]["embedding_dim"] == 4
+    assert (config["meta"]["inner_steps"], config["meta"]["inner_lr"]) == (2, 0.05)
+    assert config["train"]["steps"] == records["train"]["steps"] == 4
+    assert config["model"]["mlp"] == [16, 8]
+    assert records["evaluate"]["metric"] == "test_cold.after.logloss"
+    assert (run / "models" / "ctr-local" / "v1").is_dir()
+    manifest = json.loads((run / "episodes" / INTERVAL / "_manifest.json").read_text())
+    assert (manifest["k_support"], manifest["q_query"]) == (ETL["k_support"], ETL["q_query"])
     # Typed artifacts: the data ones are files naming the data; metrics live in the metadata.
     outputs = {
         p.parent.name: json.loads(p.read_text()).get("artifacts", {})
@@ -88,7 +106,7 @@ def test_pipeline_runs_locally_and_promotes_the_first_model(tmp_path):
     assert meta("run-etl", "episodes")["content_hash"] == records["etl"]["content_hash"]
     assert meta("train", "checkpoint")["checkpoint"] == records["train"]["checkpoint"]
     assert meta("export-model", "model")["version"] == "v1"
-    gate_metric = meta("evaluate", "metrics")["challenger_test_cold.after.auc"]
+    gate_metric = meta("evaluate", "metrics")["challenger_test_cold.after.logloss"]
     assert gate_metric == records["evaluate"]["challenger_value"]
     roc = meta("evaluate", "roc")
     assert roc["confidenceMetrics"] and len(roc["confusionMatrix"]["rows"]) == 2

@@ -120,7 +120,7 @@ def training_pipeline(
     # Retried: every step below is idempotent per interval by its records (a rerun with the same
     # inputs returns the recorded result; training resumes its own checkpoints, and a Kubernetes
     # job is named after the interval, so a retried launcher re-attaches to it). A retry also
-    # gives late raw partitions time to arrive. Promotion is the exception (below).
+    # gives late raw partitions time to arrive.
     raw_ok = _task(validate_raw(run_spec=run_spec), "spark", retry=True)
     etl = _task(run_etl(run_spec=run_spec).after(raw_ok), "spark", retry=True)
     episodes = etl.outputs["episodes"]
@@ -141,12 +141,13 @@ def training_pipeline(
         gate(run_spec=run_spec, evaluation=scored.outputs["Output"]), "light", retry=True
     )
     with dsl.If(decision.outputs["promote"] == True, name="gate-promotes"):  # noqa: E712
-        # Not retried: it changes what serves. Its records make a rerun of the interval safe,
-        # but a failed pointer swap on the shared volume is for a person to look at.
+        # Retried too: the swap is compare-and-swap against the champion the gate compared with,
+        # keyed by interval, challenger and that champion, so a retry after a swap that went
+        # through replays its record instead of promoting twice (components.steps.delivery).
         promoted = _task(
             promote(run_spec=run_spec, decision=decision.outputs["decision"], model=model),
             "light",
-            retry=False,
+            retry=True,
         )
         _task(report(run_spec=run_spec).after(promoted), "light", retry=True)
     with dsl.Else(name="gate-keeps-champion"):

@@ -157,11 +157,11 @@ def test_every_task_has_resources_a_deadline_the_images_user_and_the_data_volume
         assert k8s[name]["pvcMount"][0]["constant"] == "metarec-data", name
 
 
-def test_retries_on_every_task_but_parameter_resolution_and_promotion():
+def test_retries_on_every_task_but_parameter_resolution():
     spec, _ = _compiled()
     tasks = _tasks(spec)
     not_retried = {name for name in _executors(spec) if "retryPolicy" not in tasks[name]}
-    assert not_retried == {"resolve-run", "promote"}
+    assert not_retried == {"resolve-run"}
 
 
 def test_each_component_runs_on_the_image_that_holds_what_it_imports():

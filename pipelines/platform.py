@@ -21,6 +21,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kfp.dsl import PipelineTask
+    from kfp.dsl.pipeline_channel import PipelineChannel
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +97,19 @@ def _kubernetes():
     return kubernetes
 
 
-def apply(task, kind: str, *, retry: bool, gpus=None, settings: ClusterSettings = DEFAULT_SETTINGS):
+def apply(
+    task: PipelineTask,
+    kind: str,
+    *,
+    retry: bool,
+    gpus: PipelineChannel | None = None,
+    settings: ClusterSettings = DEFAULT_SETTINGS,
+) -> PipelineTask:
     """Size, retry, mount, place and identify ``task`` as a task of ``kind`` (``KINDS``).
 
     Args:
         retry: retry a failed attempt (only for tasks whose rerun changes nothing).
-        gpus: the GPU count of a ``gpu`` task (an int or a pipeline parameter).
+        gpus: the GPU count of a ``gpu`` task: a pipeline parameter.
     """
     k = settings.kinds[kind]
     task.set_cpu_request(k.cpu).set_cpu_limit(k.cpu_limit)

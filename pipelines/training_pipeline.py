@@ -22,6 +22,7 @@ Compile: ``python -m pipelines.compile`` (writes ``pipelines/compiled/training_p
 from typing import Optional
 
 from kfp import dsl
+from kfp.dsl.pipeline_channel import PipelineChannel
 
 from pipelines import platform
 from pipelines.ops.evaluate import evaluate
@@ -36,7 +37,10 @@ from pipelines.ops.validate_episodes import validate_episodes
 from pipelines.ops.validate_raw import validate_raw
 
 
-def _task(task, kind: str, *, retry: bool, gpus=None):
+def _task(
+    task: dsl.PipelineTask, kind: str, *, retry: bool, gpus: PipelineChannel | None = None
+) -> dsl.PipelineTask:
+    """No cache (module docstring); the task's kind and retries (``platform.apply``)."""
     task.set_caching_options(False)
     return platform.apply(task, kind, retry=retry, gpus=gpus)
 

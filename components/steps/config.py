@@ -32,7 +32,8 @@ defaults: :func:`load_dag_config` requires the file and absolute roots. Example:
 
 ``[kubernetes]`` keys (:data:`K8S_KEYS`), read only with ``backend = "kubernetes"``: ``namespace``
 (default ``metarec``), ``timeout_s`` (per job, default 1 day) and ``cleanup`` (``on-success``:
-a failed job is kept for ``kubectl describe``; ``always``; ``never``) apply to both jobs;
+a failed job is kept for ``kubectl describe`` until a retry runs it again; ``always``; ``never``:
+a retry re-attaches even to a failed job) apply to both jobs;
 ``variant``, ``image``, ``nodes``, ``nproc_per_node``, ``gpus_per_node`` to the training job
 (``TrainRunParams``); ``etl_image``, ``etl_executors``, ``etl_executor_cores``,
 ``etl_executor_memory`` (``8g``) and ``etl_driver_memory`` to the ETL's SparkApplication

@@ -1,8 +1,8 @@
 """``backend = "kubernetes"`` at the step level: the ETL and training are submitted as the rendered
 SparkApplication and PyTorchJob to a cluster double that really runs them (tests/cluster_double.py:
 spark-submit of the rendered driver command, one process per rendered pod), and nothing heavy runs
-in this process. The ETL's output equals the local backend's; a retry re-attaches; a failed job
-fails the step with the job's message."""
+in this process. The ETL's output equals the local backend's; a retry re-attaches to a job that
+succeeded and runs a failed one again; a failed job fails the step with the job's message."""
 
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def test_a_retried_etl_task_re_attaches_to_its_application(k8s_etl, cluster, cap
     assert "exists for this run: re-attaching" in caplog.text
 
 
-def test_a_failed_job_fails_the_step_with_its_message(
+def test_a_failed_job_fails_the_step_with_its_message_and_a_retry_runs_it_again(
     volume, raw, cluster, tmp_path, worker_only_orchestrates
 ):
     # The raw logs under /tmp: this process sees them, the pods do not (their /tmp is an emptyDir),
@@ -157,6 +157,13 @@ def test_a_failed_job_fails_the_step_with_its_message(
     assert "kubectl -n metarec describe sparkapplication" in message
     assert "does not exist or is not a directory" in message  # the driver's error, from its log
     assert not RunLayout.of(cfg.run_root).record_path(INTERVAL, "etl").exists()
+    # A retry deletes the failed application kept for inspection and runs it again (rather than
+    # re-attaching to the failure).
+    ran = len(cluster.ran)
+    with pytest.raises(RuntimeError, match="driver container failed"):
+        etl_step(cfg, INTERVAL)
+    assert len(cluster.ran) == ran + 1 and cluster.ran[-1] == cluster.ran[-2]
+    assert "delete_namespaced_custom_object" in cluster.methods()
 
 
 @pytest.mark.multiprocess

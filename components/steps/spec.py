@@ -133,8 +133,8 @@ def from_pipeline_parameters(
 
     Args:
         params: the ``PIPELINE_FIELDS`` and ``PIPELINE_GATE`` parameters, all of them.
-        model: the ``PIPELINE_OVERRIDES`` parameters; None keeps the trainer config's value.
-            They are applied after the file's ``trainer_overrides``.
+        model: the ``PIPELINE_OVERRIDES`` parameters, applied after the file's
+            ``trainer_overrides``; None (or a blank string) keeps the trainer config's value.
         interval: the data interval (``pipeline_interval``).
         delivery_config: a DeliveryConfig file (TOML/JSON) with the other settings, or None.
 
@@ -164,7 +164,7 @@ def from_pipeline_parameters(
     overrides = [
         f"{PIPELINE_OVERRIDES[k]}={json.dumps(v)}"
         for k, v in sorted(model.items())
-        if v is not None
+        if v not in (None, "")  # "": a blank UI field, unset like None (never a valid value)
     ]
     data = {
         **file,

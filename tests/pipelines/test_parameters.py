@@ -116,6 +116,9 @@ def test_unset_model_parameters_keep_the_users_architecture_and_mode(tmp_path):
 
     t = trainer(resolve(delivery_config=path)[0])
     assert (t.model.arch, t.meta.mode) == ("deepfm", "fomaml")
+    # A KFP UI field left blank arrives as "": unset too.
+    t = trainer(resolve(delivery_config=path, model_arch="", meta_mode="")[0])
+    assert (t.model.arch, t.meta.mode) == ("deepfm", "fomaml")
     # A model parameter that is set comes after the file's overrides: the run's choice wins.
     t = trainer(resolve(delivery_config=path, meta_mode="maml", embedding_dim=8)[0])
     assert (t.model.arch, t.meta.mode, t.model.embedding_dim) == ("deepfm", "maml", 8)

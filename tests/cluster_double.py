@@ -26,6 +26,8 @@ outside ``/tmp`` (see :func:`shared_dir`).
 
 from __future__ import annotations
 
+import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -48,11 +50,13 @@ def _timestamped(text: str) -> list[str]:
 class RunningCluster(FakeCluster):
     """CustomObjectsApi and CoreV1Api in one object (pass it as both); see the module docstring."""
 
-    def __init__(self, volumes: dict[str, str], timeout_s: float = 600.0) -> None:
+    def __init__(
+        self, volumes: dict[str, str], timeout_s: float = 600.0, journal: Path | None = None
+    ) -> None:
         super().__init__(script=[])  # no script: a job's status is what its run produced
-        self.volumes, self.timeout_s = volumes, timeout_s
+        self.volumes, self.timeout_s, self.journal = volumes, timeout_s, journal
         self.ran: list[dict[str, Any]] = []
-        """Every job this double ran, as submitted."""
+        """Every job this double ran, as submitted (also appended to ``journal``, JSON lines)."""
 
     def create_namespaced_custom_object(self, group, version, namespace, plural, body):
         stored = super().create_namespaced_custom_object(group, version, namespace, plural, body)
@@ -65,6 +69,9 @@ class RunningCluster(FakeCluster):
             return stored
         self.ran.append(body)
         self.objects[(plural, namespace, name)]["status"] = status
+        if self.journal is not None:
+            with self.journal.open("a") as f:
+                f.write(json.dumps({"job": body, "status": status}) + "\n")
         return stored
 
     def _run_spark(self, app: dict[str, Any]) -> dict[str, Any]:
@@ -101,3 +108,32 @@ class RunningCluster(FakeCluster):
         pod, code = failed[0]
         return _cond("Created", "Running", "Failed", reason=f"{job['kind']}Failed",
                      message=f"pod {pod} exited with code {code}")  # fmt: skip
+
+
+JOURNAL_ENV = "METAREC_TEST_CLUSTER"
+"""Set to a journal file: :func:`install_from_env` makes this process use the double."""
+
+
+def install_from_env() -> None:
+    """In a process the test starts (a ``kfp.local`` component, through a ``sitecustomize`` on
+    ``PYTHONPATH``): when ``$METAREC_TEST_CLUSTER`` names a journal, the cluster API is a double
+    (volumes beside the journal) that appends every job it ran to it, and the local backend's
+    entry points (the in-process ETL, local training) raise."""
+    journal = os.environ.get(JOURNAL_ENV)
+    if not journal:
+        return
+    import components.etl
+    import components.launchers.local
+    from components.launchers import backend
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("heavy work ran in the orchestrating process")
+
+    root = Path(journal).parent
+    volumes = {name: str(root / name) for name in ("metarec-data", "metarec-runs")}
+    for path in volumes.values():
+        Path(path).mkdir(exist_ok=True)
+    double = RunningCluster(volumes, journal=Path(journal))
+    backend.kubernetes_apis = lambda: (double, double)
+    components.etl.run_etl = refuse
+    components.launchers.local.train_locally = refuse

@@ -81,7 +81,7 @@ def training_pipeline(
         interval_hours: Hours of a scheduled run's interval, which ends at its scheduled time.
         raw_root: Raw ad-log root (dt=/hr= partitions): a path on the shared volume or a URI.
         run_root: Run root on the shared volume: episodes, training runs, models, records.
-        backend: Where ETL and training run: local (this pipeline's pods) or kubernetes (cluster jobs).
+        backend: Where the ETL and training run: local (in the tasks' pods) or kubernetes (jobs).
         nproc: Training ranks of the local backend, one GPU each.
         trainer_config: Trainer run config: a packaged name (debug, default) or a TOML path.
         model_name: Registry name of the model (models/<name>/v<N>).

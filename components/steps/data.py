@@ -208,15 +208,19 @@ def etl_step(
 
 def _etl_result(root: str, config) -> EtlStepResult:
     """The step's result from the ETL output's manifest (whichever backend wrote it)."""
-    from trainer.data.contract import SPLITS, load_manifest
+    from trainer.data.contract import SPLITS, ContractError, load_manifest
 
-    manifest = load_manifest(root)
-    produced = manifest.producer.get("config")
-    if produced != _plain(config.describe()):
+    mounts = "check that raw_root and run_root are mounted at the same paths in the Spark pods"
+    try:
+        manifest = load_manifest(root)
+    except ContractError as e:
+        raise RuntimeError(f"the ETL finished but wrote no output here ({e}); {mounts}") from e
+    produced, wanted = manifest.producer.get("config") or {}, _plain(config.describe())
+    differ = sorted(k for k in wanted if produced.get(k) != wanted[k])
+    if differ:
         raise RuntimeError(
-            f"{root}/_manifest.json was written by an ETL run with other settings or input "
-            f"({produced}), not by this one: the job wrote elsewhere. Check that raw_root and "
-            "run_root are mounted at the same paths in the Spark pods as here"
+            f"{root}/_manifest.json is not this run's: it was written with other {differ}; "
+            f"the ETL wrote elsewhere: {mounts}"
         )
     acc = manifest.accounting
     return EtlStepResult(
@@ -260,7 +264,7 @@ def etl_arguments(cfg: DeliveryConfig, config) -> list[str]:
             )
         value = getattr(config, key)
         flag = action.option_strings[-1]
-        if isinstance(action, argparse._StoreTrueAction):
+        if action.nargs == 0:  # a switch (--allow-missing)
             args += [flag] if value else []
         elif key == "max_lateness":
             args += [flag, f"{int(value.total_seconds())}s"]

@@ -19,8 +19,8 @@ The pods' output is served by ``read_namespaced_pod_log`` (driver pod ``<app>-dr
 pods ``<job>-<replica>-<i>``), one timestamped line per output line. Status reads return the real
 outcome at once (the job has already finished): what it cannot show is a job observed while
 running. Paths: mount paths of the pods map to ``volumes`` (and emptyDirs, ``/tmp`` included, to
-scratch directories) as on a cluster; any other absolute path is this machine's, which stands for
-a volume mounted at the same path in the worker and in the pods. So keep the run root of a test
+scratch directories) as on a cluster. The tests mount the data volume in the pods where the worker
+sees it (``[kubernetes] data_mount``, as a deployment must), so that volume maps to itself; keep it
 outside ``/tmp`` (see :func:`shared_dir`).
 """
 
@@ -129,10 +129,9 @@ def install_from_env() -> None:
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("heavy work ran in the orchestrating process")
 
-    root = Path(journal).parent
-    volumes = {name: str(root / name) for name in ("metarec-data", "metarec-runs")}
-    for path in volumes.values():
-        Path(path).mkdir(exist_ok=True)
+    root = Path(journal).parent  # the data volume, mounted where the process sees it
+    volumes = {"metarec-data": str(root), "metarec-runs": str(root / "metarec-runs")}
+    Path(volumes["metarec-runs"]).mkdir(exist_ok=True)
     double = RunningCluster(volumes, journal=Path(journal))
     backend.kubernetes_apis = lambda: (double, double)
     components.etl.run_etl = refuse

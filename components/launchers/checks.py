@@ -261,8 +261,62 @@ def require_valid(objs: Sequence[dict[str, Any]]) -> None:
         for cm in config_maps_referenced(o):
             if ("ConfigMap", cm) not in names:
                 problems.append(f"{o.get('kind')} {o['metadata']['name']}: ConfigMap {cm} missing")
+    problems += [f"{k} {n}: {e}" for k, n, e in volume_errors(objs)]
     if problems:
         raise ValueError("the cluster would refuse this run:\n  " + "\n  ".join(problems))
+
+
+def volume_errors(objs: Sequence[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(kind, name, problem) where a job would read its input from a path that no volume of its
+    pod mounts, or write its output where no writable volume is mounted (the root filesystem is
+    read-only: the run would fail in the pod, after scheduling and the image pull). The trainer's
+    ``data.path`` / ``train.output_dir``, the ETL's ``--input`` / ``--output``; object-store URIs
+    are not checked. A TrainJob's mounts are those of its TrainingRuntime."""
+    runtimes = {o["metadata"]["name"]: o for o in objs if o.get("kind") == "TrainingRuntime"}
+    out = []
+    for job in objs:
+        kind, spec = job.get("kind"), job.get("spec", {})
+        if kind == "PyTorchJob":
+            pods, container = pod_specs(job), "pytorch"
+            found = [c for p in pods for c in p["containers"] if c.get("name") == container]
+            args = found[0].get("args", []) if found else []
+            paths = [("data.path", _arg(args, "data.path="), False),
+                     ("train.output_dir", _arg(args, "train.output_dir="), True)]  # fmt: skip
+        elif kind == "TrainJob":
+            runtime = runtimes.get(spec.get("runtimeRef", {}).get("name"))
+            pods = pod_specs(runtime) if runtime else []
+            found = [c for p in pods for c in p["containers"] if c.get("name") == "node"]
+            args = spec.get("trainer", {}).get("args", [])
+            paths = [("data.path", _arg(args, "data.path="), False),
+                     ("train.output_dir", _arg(args, "train.output_dir="), True)]  # fmt: skip
+        elif kind == "SparkApplication":
+            found = [spec.get("driver", {})]
+            flags = list(spec.get("arguments", []))
+            options = dict(zip(flags, [*flags[1:], ""], strict=True))
+            paths = [("--input", options.get("--input", ""), False),
+                     ("--output", options.get("--output", ""), True)]  # fmt: skip
+        else:
+            continue
+        if not found:
+            continue
+        mounts = [(m["mountPath"].rstrip("/") + "/", not m.get("readOnly", False))
+                  for m in found[0].get("volumeMounts", [])]  # fmt: skip
+        for key, path, need_write in paths:
+            if not path.startswith("/"):  # unset, or an object-store URI
+                continue
+            under = [(len(m), w) for m, w in mounts if (path.rstrip("/") + "/").startswith(m)]
+            if not under or (need_write and not max(under)[1]):  # the deepest mount decides
+                what = "a writable volume" if need_write else "a volume"
+                seen = ", ".join(f"{m}{'' if w else ' (read-only)'}" for m, w in mounts)
+                out.append((kind, job["metadata"]["name"],
+                            f"{key} {path} is not on {what} of the pod (mounts: {seen})"))  # fmt: skip
+    return out
+
+
+def _arg(args: Sequence[Any], prefix: str) -> str:
+    """The last ``prefix<value>`` argument's value, unquoted (the trainer accepts "/x" and /x)."""
+    values = [a[len(prefix) :] for a in args if isinstance(a, str) and a.startswith(prefix)]
+    return values[-1].strip().strip("'\"") if values else ""
 
 
 def config_maps_referenced(obj: dict[str, Any]) -> set[str]:

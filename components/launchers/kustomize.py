@@ -75,3 +75,34 @@ def image_rule(placeholder: str, image: str) -> dict[str, Any]:
     elif tag:
         rule["newTag"] = tag
     return rule
+
+
+def mount_ops(obj: dict[str, Any], volume: str, mount_path: str) -> list[dict[str, Any]]:
+    """JSON 6902 ops moving every mount of ``volume`` in ``obj`` (any kind: the pods of a
+    PyTorchJob, a TrainingRuntime's JobSet, a SparkApplication's driver and executor) to
+    ``mount_path``.
+
+    >>> pod = {"spec": {"containers": [{"volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
+    ...                                                  {"name": "data", "mountPath": "/data"}]}]}}
+    >>> mount_ops(pod, "data", "/mnt/ads")
+    [{'op': 'replace', 'path': '/spec/containers/0/volumeMounts/1/mountPath', 'value': '/mnt/ads'}]
+    """
+    ops: list[dict[str, Any]] = []
+
+    def walk(node: Any, pointer: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "volumeMounts" and isinstance(value, list):
+                    ops.extend(
+                        {"op": "replace", "path": f"{pointer}/{key}/{i}/mountPath",
+                         "value": mount_path}
+                        for i, m in enumerate(value) if m.get("name") == volume
+                    )  # fmt: skip
+                else:
+                    walk(value, f"{pointer}/{key}")
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(item, f"{pointer}/{i}")
+
+    walk(obj, "")
+    return ops

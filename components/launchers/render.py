@@ -35,6 +35,9 @@ from components.launchers import kustomize
 from components.launchers.kustomize import image_rule
 
 JOB_KINDS = ("PyTorchJob", "TrainJob")
+DATA_VOLUME = "data"
+"""The pods' volume of the ``metarec-data`` claim (raw logs, episodes, the delivery run root)."""
+RESERVED_MOUNTS = ("", "/tmp", "/dev/shm", "/etc/metarec", "/runs")
 TRAINER_IMAGE = "metarec-trainer"
 CONFIG_MAP = "metarec-trainer-config"
 CONFIG_KEY = "trainer.toml"
@@ -94,6 +97,10 @@ class TrainRunParams:
     """nvidia.com/gpu limit per pod (0 removes it)."""
     labels: Mapping[str, str] = field(default_factory=dict)
     """Extra labels on every object (e.g. the Airflow DAG run or KFP run that launched it)."""
+    data_mount: str | None = None
+    """Where the pods mount the ``metarec-data`` volume; None keeps the overlay's ``/data``. The
+    delivery flow passes the path at which its own worker sees that volume, so that a path in its
+    records names the same file in the worker and in the pods."""
 
     def __post_init__(self) -> None:
         if not RUN_ID_PATTERN.fullmatch(self.run_id or ""):
@@ -101,6 +108,7 @@ class TrainRunParams:
                 f"run id {self.run_id!r} must be lowercase letters, digits and '-' (a DNS label "
                 "part), e.g. r20261101-0600"
             )
+        check_mount(self.data_mount)
         for name, value in (("nodes", self.nodes), ("nproc_per_node", self.nproc_per_node)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -283,7 +291,22 @@ def run_kustomization(params: TrainRunParams, base_objs: Sequence[dict], overlay
             "patch": yaml.safe_dump(_patches(base, params, final_name)),
         }
     ]
+    if params.data_mount:
+        for obj in base_objs:
+            ops = kustomize.mount_ops(obj, DATA_VOLUME, params.data_mount)
+            if ops:
+                kust["patches"].append(
+                    {"target": {"kind": obj["kind"]}, "patch": yaml.safe_dump(ops)}
+                )
     return kust
+
+
+def check_mount(path: str | None) -> None:
+    """A data volume mount path must be absolute and not one the image needs."""
+    if path is not None and (not path.startswith("/") or path.rstrip("/") in RESERVED_MOUNTS):
+        raise ValueError(
+            f"data_mount {path!r} must be an absolute path other than {', '.join(RESERVED_MOUNTS)}"
+        )
 
 
 def render_run(params: TrainRunParams, root: Path | None = None) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from components.launchers import kustomize
-from components.launchers.render import RUN_ID_PATTERN, manifests_dir
+from components.launchers.render import DATA_VOLUME, RUN_ID_PATTERN, check_mount, manifests_dir
 
 COMPONENTS_IMAGE = "metarec-components"
 VARIANT = "spark-etl"
@@ -70,6 +70,9 @@ class EtlRunParams:
     driver_memory: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     """Extra labels on the application (e.g. the Airflow DAG run or KFP run that launched it)."""
+    data_mount: str | None = None
+    """Where the driver and executors mount the ``metarec-data`` volume; None keeps ``/data``
+    (see :class:`~components.launchers.render.TrainRunParams`)."""
 
     @classmethod
     def for_interval(
@@ -102,6 +105,7 @@ class EtlRunParams:
                     f"{name} {value!r} must be an absolute path on a mounted volume or a URI "
                     "(s3a://, gs://, hdfs://): it is read inside the Spark pods"
                 )
+        check_mount(self.data_mount)
         if self.executors is not None and self.executors < 1:
             raise ValueError(f"executors must be >= 1, got {self.executors}")
 
@@ -111,11 +115,18 @@ class EtlRunParams:
                 "--end", self.end, *self.extra_args]  # fmt: skip
 
 
-def etl_kustomization(params: EtlRunParams, overlay_rel: str) -> dict[str, Any]:
-    """The per-run kustomization of the ETL (see the module docstring)."""
+def etl_kustomization(
+    params: EtlRunParams, overlay_rel: str, base: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The per-run kustomization of the ETL (see the module docstring); ``base`` is the overlay's
+    SparkApplication (needed to move the data volume's mounts, ``params.data_mount``)."""
     ops: list[dict[str, Any]] = [
         {"op": "replace", "path": "/spec/arguments", "value": params.arguments()}
     ]
+    if params.data_mount:
+        if base is None:
+            raise ValueError("data_mount needs the overlay's SparkApplication (base)")
+        ops += kustomize.mount_ops(base, DATA_VOLUME, params.data_mount)
     for path, value in (
         ("/spec/executor/instances", params.executors),
         ("/spec/executor/cores", params.executor_cores),
@@ -141,6 +152,7 @@ def etl_kustomization(params: EtlRunParams, overlay_rel: str) -> dict[str, Any]:
 def render_etl_run(params: EtlRunParams, root: Path | None = None) -> list[dict[str, Any]]:
     """The SparkApplication of one ETL run (a one-element list, for the launcher)."""
     overlay = ((root or manifests_dir()) / "overlays" / VARIANT).resolve()
+    base = kustomize.build(overlay)[0] if params.data_mount else None
     with tempfile.TemporaryDirectory(prefix="metarec-etl-") as tmp:
-        kust = etl_kustomization(params, os.path.relpath(overlay, tmp))
+        kust = etl_kustomization(params, os.path.relpath(overlay, tmp), base)
         return kustomize.build(Path(tmp), kust)

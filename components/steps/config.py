@@ -32,13 +32,15 @@ defaults: :func:`load_dag_config` requires the file and absolute roots. Example:
 
 ``[kubernetes]`` keys (:data:`K8S_KEYS`), read only with ``backend = "kubernetes"``: ``namespace``
 (default ``metarec``), ``timeout_s`` (per job, default 1 day) and ``cleanup`` (``on-success``:
-a failed job is kept for ``kubectl describe`` until a retry runs it again; ``always``; ``never``:
-a retry re-attaches even to a failed job) apply to both jobs;
+a failed job is kept for ``kubectl describe`` until a retry runs it again; ``always``; ``never``)
+apply to both jobs;
 ``variant``, ``image``, ``nodes``, ``nproc_per_node``, ``gpus_per_node`` to the training job
 (``TrainRunParams``); ``etl_image``, ``etl_executors``, ``etl_executor_cores``,
 ``etl_executor_memory`` (``8g``) and ``etl_driver_memory`` to the ETL's SparkApplication
-(``EtlRunParams``). Unset keys keep the overlay's values. The jobs read and write ``raw_root`` and
-``run_root`` at the paths the worker sees: mount them at the same absolute paths in the pods.
+(``EtlRunParams``); ``data_mount`` to both: where the pods mount the ``metarec-data`` volume (default
+``/data``, the KFP tasks' mount), which must be where this worker sees it, so that ``run_root`` and
+``raw_root`` name the same files in the worker and in the pods (the launcher refuses a job whose
+paths lie on no volume of its pods). Unset keys keep the overlay's values.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ K8S_KEYS = (
     "etl_executor_cores",
     "etl_executor_memory",
     "etl_driver_memory",
+    "data_mount",
 )
 """``[kubernetes]`` keys: training job, ETL job (``etl_*``) and both (see the module docstring)."""
 

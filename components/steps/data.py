@@ -309,6 +309,7 @@ def _etl_on_kubernetes(cfg: DeliveryConfig, interval: Interval, config, inputs: 
         executor_cores=k.get("etl_executor_cores"),
         executor_memory=k.get("etl_executor_memory"),
         driver_memory=k.get("etl_driver_memory"),
+        data_mount=k.get("data_mount"),
         labels={"metarec.io/interval": interval.slug},
     )
     record = RunLayout.of(cfg.run_root).record_path(interval, "etl.k8s").with_suffix(".yaml")

@@ -10,7 +10,7 @@ check the objects against the operators' admission rules, keep them beside the i
 process's log (the Airflow task's or the KFP pod's) and wait. The job is named after the interval
 and a key (:func:`job_run_id`; the ETL's inputs, the model's name), so a retried task renders the
 same name and re-attaches to its job instead of submitting a second one; a job of that name that
-failed in an earlier try is deleted and submitted again (unless ``cleanup = "never"``).
+failed in an earlier try is deleted and submitted again (the launcher's rule).
 
 The cluster API comes from :func:`components.launchers.backend.kubernetes_apis` (in-cluster
 config in a pod, else ``~/.kube/config``); tests replace that one function with a double.
@@ -21,7 +21,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -78,14 +77,12 @@ def run_job(cfg: DeliveryConfig, objs: list[dict[str, Any]], record: Path, what:
             launcher's (the operator's reason, how to inspect the job) and the job's last lines.
     """
     from components.launchers.backend import kubernetes_apis
-    from components.launchers.kubernetes import JOB_KINDS, JobError, KubernetesLauncher
+    from components.launchers.kubernetes import JobError, KubernetesLauncher
 
     keep(objs, record)
     k = cfg.kubernetes
     custom, core = kubernetes_apis()
     cleanup = k.get("cleanup", "on-success")
-    if cleanup != "never":
-        _clear_failed(custom, next(o for o in objs if o["kind"] in JOB_KINDS))
     last: collections.deque[str] = collections.deque(maxlen=LAST_LINES)
 
     def sink(line: str) -> None:
@@ -103,42 +100,3 @@ def run_job(cfg: DeliveryConfig, objs: list[dict[str, Any]], record: Path, what:
     log.info("%s: %s %s/%s succeeded in %.0f s", what, outcome.kind, outcome.namespace,
              outcome.name, outcome.seconds)  # fmt: skip
     return record
-
-
-def _clear_failed(custom: Any, job: dict[str, Any], wait_s: float = 60.0) -> None:
-    """Delete ``job``'s namesake if it failed in an earlier try, so that this try runs it again.
-
-    ``cleanup = "on-success"`` keeps a failed job for ``kubectl describe``; without this a retried
-    task would re-attach to it and fail at once, and its retries would never run the job again.
-    A running or finished job is left alone: the launcher re-attaches to it.
-    """
-    from components.launchers.kubernetes import KINDS, job_state
-
-    k, meta = KINDS[job["kind"]], job["metadata"]
-    where = (k.group, k.version, meta["namespace"], k.plural, meta["name"])
-    try:
-        current = custom.get_namespaced_custom_object(*where)
-    except Exception as e:
-        if getattr(e, "status", None) == 404:  # kubernetes.client.exceptions.ApiException
-            return
-        raise
-    state, detail = job_state(current)
-    if state != "failed":
-        return
-    log.warning("%s %s/%s failed in an earlier try (%s): deleting it to run it again",
-                job["kind"], meta["namespace"], meta["name"], detail)  # fmt: skip
-    custom.delete_namespaced_custom_object(*where)
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:  # an operator's finalizer may hold it for a moment
-        try:
-            custom.get_namespaced_custom_object(*where)
-        except Exception as e:
-            if getattr(e, "status", None) == 404:
-                return
-            raise
-        time.sleep(1.0)
-    raise RuntimeError(
-        f"{job['kind']} {meta['namespace']}/{meta['name']} of an earlier, failed try is still "
-        f"being deleted after {wait_s:.0f} s: check its finalizers (kubectl -n "
-        f"{meta['namespace']} get {job['kind'].lower()} {meta['name']} -o yaml)"
-    )

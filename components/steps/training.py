@@ -229,6 +229,7 @@ def _train_on_kubernetes(
         nodes=k.get("nodes"),
         nproc_per_node=k.get("nproc_per_node"),
         gpus_per_node=k.get("gpus_per_node"),
+        data_mount=k.get("data_mount"),
         labels={"metarec.io/interval": interval.slug},
     )
     objs = render_run(params)

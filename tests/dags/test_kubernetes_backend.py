@@ -40,7 +40,7 @@ def kubernetes_config(volume, monkeypatch):
         "run_root": str(volume / "run"),
         "raw_root": str(raw),
         "backend": "kubernetes",
-        "kubernetes": {"variant": "pytorchjob-cpu", "etl_executors": 1},
+        "kubernetes": {"variant": "pytorchjob-cpu", "etl_executors": 1, "data_mount": str(volume)},
     }
     path = volume / "delivery.json"
     path.write_text(json.dumps(config))
@@ -52,9 +52,9 @@ def kubernetes_config(volume, monkeypatch):
 def cluster(volume, monkeypatch):
     from components.launchers import backend
 
-    pvcs = {name: volume / name for name in ("metarec-data", "metarec-runs")}
-    for path in pvcs.values():
-        path.mkdir()
+    # The data volume is mounted where the worker sees it (data_mount): the same paths in both.
+    pvcs = {"metarec-data": volume, "metarec-runs": volume / "metarec-runs"}
+    pvcs["metarec-runs"].mkdir()
     double = RunningCluster({name: str(path) for name, path in pvcs.items()})
     monkeypatch.setattr(backend, "kubernetes_apis", lambda: (double, double))
     return double

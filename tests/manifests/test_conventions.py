@@ -45,7 +45,8 @@ def test_trainer_contract(overlay: str):
             assert "emptyDir" in mounts["/tmp"]  # the root filesystem is read-only
             config = config_maps[mounts["/etc/metarec"]["configMap"]["name"]]
             assert "trainer.toml" in config["data"]
-            assert mounts["/data"]["persistentVolumeClaim"]["readOnly"] is True
+            # writable: the delivery flow's run root lives there (its runs write <run_root>/train)
+            assert not mounts["/data"]["persistentVolumeClaim"].get("readOnly", False)
             assert any(e["name"] == "NCCL_DEBUG" for e in trainer["env"])
 
 

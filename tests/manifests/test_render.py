@@ -3,13 +3,14 @@ brings it), and per-run renders put every parameter where the operators read it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tomllib
 
 import pytest
 
-from components.launchers.checks import config_maps_referenced
+from components.launchers.checks import config_maps_referenced, require_valid
 from components.launchers.render import (
     TrainRunParams,
     job_of,
@@ -264,3 +265,47 @@ def test_overlay_configs_are_valid_trainer_configs():
     for toml_file in MANIFESTS.rglob("*.toml"):
         tomllib.loads(toml_file.read_text())
         load_trainer_config(toml_file, ["data.path=/data/episodes"])  # unknown keys raise
+
+
+@pytest.mark.parametrize("variant", ["pytorchjob-gpu", "trainjob-gpu", "spark-etl"])
+def test_data_mount_moves_every_mount_of_the_data_volume_and_nothing_else(variant: str):
+    """The delivery flow mounts the data volume where its worker sees it (``data_mount``)."""
+    if variant == "spark-etl":
+        kw = dict(input="/mnt/ads/raw", output="/mnt/ads/episodes", start="2026-11-01T00",
+                  end="2026-11-01T01")  # fmt: skip
+        before = render_etl_run(EtlRunParams("r1", **kw))
+        after = render_etl_run(EtlRunParams("r1", **kw, data_mount="/mnt/ads"))
+    else:
+        params = TrainRunParams("r1", variant, overrides=("data.path=/mnt/ads/e",))
+        before = render_run(params)
+        after = render_run(dataclasses.replace(params, data_mount="/mnt/ads"))
+
+    def mounts(objs):
+        found = []
+
+        def walk(node):
+            if isinstance(node, dict):
+                found.extend(node.get("volumeMounts", []))
+                for value in node.values():
+                    walk(value)
+            elif isinstance(node, list):
+                for item in node:
+                    walk(item)
+
+        walk(objs)
+        return found
+
+    moved = [m for m in mounts(after) if m["name"] == "data"]
+    assert moved and all(m["mountPath"] == "/mnt/ads" for m in moved)
+    assert [m for m in mounts(after) if m["name"] != "data"] == [
+        m for m in mounts(before) if m["name"] != "data"
+    ]
+    with pytest.raises(ValueError, match="is not on a volume"):
+        require_valid(before)  # /mnt/ads is no mount of the overlay's pods
+    require_valid(after)
+
+
+@pytest.mark.parametrize("mount", ["data", "/tmp", "/etc/metarec/"])
+def test_a_data_mount_that_would_hide_the_images_paths_is_refused(mount: str):
+    with pytest.raises(ValueError, match="data_mount"):
+        TrainRunParams("r1", "pytorchjob-gpu", data_mount=mount)

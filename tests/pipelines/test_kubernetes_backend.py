@@ -37,15 +37,15 @@ def test_the_etl_and_train_components_submit_their_jobs(volume, tmp_path, monkey
     generate(GeneratorConfig(out=str(raw), rows=3000, hours=1, num_users=300, num_campaigns=30))
     cfg = DeliveryConfig(run_root=str(volume / "run"), raw_root=str(raw), backend="kubernetes",
                          etl=ETL, trainer_overrides=tuple(TRAINER),
-                         kubernetes={"variant": "pytorchjob-cpu", "etl_executors": 1})  # fmt: skip
+                         kubernetes={"variant": "pytorchjob-cpu", "etl_executors": 1,
+                                     "data_mount": str(volume)})  # fmt: skip
     run_spec = spec.encode(cfg, Interval.parse("2026-11-01T00/1h"))
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(
         "from tests.cluster_double import install_from_env\n\ninstall_from_env()\n"
     )
-    journal = volume / "cluster" / "journal.jsonl"
-    journal.parent.mkdir()
+    journal = volume / "journal.jsonl"  # the double's data volume is the journal's folder
     monkeypatch.setenv("PYTHONPATH", f"{hook}:{REPO}")
     monkeypatch.setenv(JOURNAL_ENV, str(journal))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))

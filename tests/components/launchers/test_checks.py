@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from components.launchers.checks import require_valid, webhook_errors
+from components.launchers.checks import pod_specs, require_valid, webhook_errors
 from tests.components.launchers.fake_cluster import objects_for
 
 PYTORCHJOB = objects_for("PyTorchJob")
@@ -130,3 +130,28 @@ def test_sparkapplication_rules(key: str):
     app = copy.deepcopy(SPARK[0])
     app["spec"]["driver"].pop("serviceAccount")
     assert "serviceAccount" in webhook_errors(app)[0]
+
+
+@pytest.mark.parametrize("kind", ["PyTorchJob", "TrainJob"])
+def test_the_run_must_read_and_write_on_mounted_volumes(kind: str):
+    """The delivery flow writes ``<run_root>/train`` under /data: a read-only /data (as the
+    manifests had it) would fail every delivery run in the pod; a path on no volume likewise."""
+    from components.launchers.render import TrainRunParams, render_run
+
+    variant = "pytorchjob-cpu" if kind == "PyTorchJob" else "trainjob-cpu"
+    out = "train.output_dir=/data/delivery/train/interval=1"
+    objs = render_run(TrainRunParams("r1", variant, overrides=("data.path=/data/e", out)))
+    require_valid(objs)
+    for obj in objs:  # make the data volume read-only again
+        for spec in pod_specs(obj):
+            for c in spec["containers"]:
+                for m in c["volumeMounts"]:
+                    if m["mountPath"] == "/data":
+                        m["readOnly"] = True
+    with pytest.raises(ValueError, match=r"train.output_dir /data/delivery.* writable volume"):
+        require_valid(objs)
+    objs = render_run(TrainRunParams("r1", variant, overrides=("data.path=/elsewhere/e", out)))
+    with pytest.raises(ValueError, match=r"data.path /elsewhere/e is not on a volume"):
+        require_valid(objs)
+    s3 = render_run(TrainRunParams("r1", variant, overrides=("data.path=s3://b/e", out)))
+    require_valid(s3)  # object stores are not volumes

@@ -44,9 +44,9 @@ def cluster(volume):
     """The double, standing in for the cluster for every test of this module."""
     from components.launchers import backend
 
-    pvcs = {"metarec-data": volume / "pvc-data", "metarec-runs": volume / "pvc-runs"}
-    for path in pvcs.values():
-        path.mkdir()
+    # The data volume is mounted where this process sees it (data_mount): the same paths in both.
+    pvcs = {"metarec-data": volume, "metarec-runs": volume / "pvc-runs"}
+    pvcs["metarec-runs"].mkdir()
     double = RunningCluster({name: str(path) for name, path in pvcs.items()})
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(backend, "kubernetes_apis", lambda: (double, double))
@@ -92,7 +92,12 @@ def _k8s(volume, raw, **kubernetes) -> DeliveryConfig:
         backend="kubernetes",
         etl=ETL,
         trainer_overrides=TRAINER,
-        kubernetes={"etl_image": "reg/metarec-components:1", "etl_executors": 1, **kubernetes},
+        kubernetes={
+            "etl_image": "reg/metarec-components:1",
+            "etl_executors": 1,
+            "data_mount": str(volume),
+            **kubernetes,
+        },
     )
 
 

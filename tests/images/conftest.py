@@ -1,21 +1,30 @@
-"""One environment per image, built once per test session in a fresh temp directory (nothing is
-cached across runs): see :mod:`tests.images.image_env`."""
+"""One environment per image, built once per test session in a fresh temp directory and removed
+after the session (nothing is cached across runs): see :mod:`tests.images.image_env`."""
 
 from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
 
 import pytest
 
 from tests.images.image_env import ImageEnv, build
 
 
-@pytest.fixture(scope="session")
-def trainer_image(tmp_path_factory: pytest.TempPathFactory) -> ImageEnv:
-    return build("trainer", tmp_path_factory.mktemp("image-trainer"))
+def _image(name: str, factory: pytest.TempPathFactory) -> Iterator[ImageEnv]:
+    work = factory.mktemp(f"image-{name}")
+    yield build(name, work)
+    shutil.rmtree(work, ignore_errors=True)  # over 1 GB each (torch, pyspark)
 
 
 @pytest.fixture(scope="session")
-def components_image(tmp_path_factory: pytest.TempPathFactory) -> ImageEnv:
-    return build("components", tmp_path_factory.mktemp("image-components"))
+def trainer_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageEnv]:
+    yield from _image("trainer", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def components_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageEnv]:
+    yield from _image("components", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

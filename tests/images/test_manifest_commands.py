@@ -1,4 +1,5 @@
-"""The commands the rendered manifests run, in the environment of the image they name.
+"""The commands the rendered manifests run, in the environment of the image they name, and the
+launcher's render of them in the images whose KFP tasks submit runs (``backend = "kubernetes"``).
 
 PyTorchJob (trainer image): the rendered pods of a tiny ``pytorchjob-cpu`` run, started as local
 processes by :mod:`components.launchers.local_cluster` (operator env, volumes -> directories,
@@ -23,6 +24,30 @@ from tests.images.image_env import ImageEnv
 pytestmark = pytest.mark.image_contract
 DATA = "/data/episodes/interval=2026110100-2026110200"
 ONE_STEP = ("train.steps=1", "train.log_every=1", "eval.max_episodes=8", "checkpoint.every=0")
+
+
+RENDER = """
+import json
+from components.launchers.render import TrainRunParams, job_of, manifests_dir, render_run
+from components.launchers.render_etl import EtlRunParams, render_etl_run
+
+job = job_of(render_run(TrainRunParams(run_id="image", variant="pytorchjob-gpu")))
+(app,) = render_etl_run(EtlRunParams.for_interval(input="/data/raw", output="/data/episodes",
+                                                  start="2026-11-01T00", end="2026-11-01T01"))
+print(json.dumps({"manifests": str(manifests_dir()), "kinds": [job["kind"], app["kind"]]}))
+"""
+
+
+@pytest.mark.parametrize("name", ["trainer", "components"])
+def test_launcher_renders_the_runs_in_the_image(name: str, request: pytest.FixtureRequest):
+    # With backend = "kubernetes" the KFP launcher tasks (train on the trainer image, the ETL on
+    # the components image) render manifests/ with kubectl kustomize before they submit.
+    image: ImageEnv = request.getfixturevalue(f"{name}_image")
+    proc = image.run(["python", "-c", RENDER], timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    rendered = json.loads(proc.stdout.splitlines()[-1])
+    assert rendered["manifests"] == image.env["METAREC_MANIFESTS"]  # the image's copy
+    assert rendered["kinds"] == ["PyTorchJob", "SparkApplication"]
 
 
 def _tiny_run() -> list[dict]:

@@ -50,7 +50,7 @@ class ImageEnv:
 
     def path(self, image_path: str) -> Path:
         """Where an absolute path of the image is here."""
-        return Path(STAND_IN.sub(lambda m: f"{self.root}{m.group(1)}", image_path))
+        return Path(_map(self.root, image_path))
 
     def process_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         return {**self.env, **(extra or {})}
@@ -147,8 +147,9 @@ def build(name: str, work: Path) -> ImageEnv:
     )
     image.workdir.mkdir(parents=True, exist_ok=True)
     for source, target in dockerfile.links(final):  # the RUN line's ln -s, in the image's env
-        proc = image.run(["bash", "-c", f'printf %s "{source}"'])
+        proc = image.run(["bash", "-ec", f'source="{source}"; printf %s "$source"'])
         _check(proc, f"{name}: the Dockerfile's ln -s {source} {target}")
+        assert Path(proc.stdout).exists(), f"{name}: ln -s {source}: {proc.stdout!r} is no file"
         image.path(target).parent.mkdir(parents=True, exist_ok=True)
         image.path(target).symlink_to(proc.stdout)
     where = image.run(["python", "-c", "import components, trainer; print(components.__file__)"])

@@ -7,8 +7,8 @@ command (``sh -ec ... python3 -m kfp.dsl.executor_main ...``, ``{{$}}`` replaced
 input) runs in the environment of the image the YAML names for it, ``python3`` found on that
 environment's PATH, instead of kfp.local's ``python3`` -> this interpreter. An executor that the
 small run does not reach (the other branch of a ``dsl.If``) is covered when a reached executor
-runs the same program in the same image; otherwise its program is loaded in its image and every
-module its function imports is imported there.
+runs the same program in the same image (today: the cluster-launcher branch of ``train`` and the
+no-promotion ``report``); the test fails naming any other.
 """
 
 from __future__ import annotations
@@ -129,22 +129,6 @@ def _missing_outputs(command: list[str]) -> list[str]:
     return missing
 
 
-IMPORTS = """
-import ast, importlib, sys
-source = open(sys.argv[1]).read()
-exec(compile(source, "ephemeral_component.py", "exec"), {})
-for node in ast.walk(ast.parse(source)):
-    if isinstance(node, ast.Import):
-        for alias in node.names:
-            importlib.import_module(alias.name)
-    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-        module = importlib.import_module(node.module)
-        for alias in node.names:
-            if alias.name != "*" and not hasattr(module, alias.name):
-                importlib.import_module(f"{node.module}.{alias.name}")
-"""
-
-
 def test_every_executor_runs_in_its_image(
     images: dict[str, ImageEnv], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
@@ -174,10 +158,7 @@ def test_every_executor_runs_in_its_image(
                for p in (run / "intervals" / INTERVAL).glob("*.json")}  # fmt: skip
     assert records["promote"]["result"]["champion"] == "v1", records.keys()
 
-    for name, program in executors.items():
-        if program in ran:
-            continue
-        code = tmp_path / f"{name}.py"
-        code.write_text(program.code)
-        proc = images[program.image].run(["python3", "-c", IMPORTS, str(code)], timeout=300)
-        assert proc.returncode == 0, f"{name} in {program.image}:\n{proc.stdout[-4000:]}"
+    # An executor the run did not reach (the other branch of a dsl.If) runs the same program in
+    # the same image as one it reached.
+    unreached = sorted(name for name, program in executors.items() if program not in ran)
+    assert not unreached, f"{unreached} ran nowhere: give the small run a second pass reaching them"

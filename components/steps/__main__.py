@@ -21,6 +21,9 @@ from datetime import timedelta
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from components.promotion.promote_command import parse_expect
+    from components.promotion.registry import ANY
+
     parser = argparse.ArgumentParser(
         prog="python -m components.steps",
         description=__doc__,
@@ -44,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status")
     rb = sub.add_parser("rollback")
     rb.add_argument("--reason", default="manual rollback")
+    rb.add_argument(
+        "--expect",
+        type=parse_expect,
+        default=ANY,
+        metavar="VERSION",
+        help="roll back only if VERSION is still the champion (compare-and-swap)",
+    )
     return parser
 
 
@@ -84,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(delivery.champion_status(cfg), indent=2))
             return 0
         if args.command == "rollback":
-            print(json.dumps(delivery.rollback_step(cfg, args.reason).to_dict(), indent=2))
+            result = delivery.rollback_step(cfg, args.reason, expect=args.expect)
+            print(json.dumps(result.to_dict(), indent=2))
             return 0
         for interval in _intervals(args.interval, args.each):  # in order: each warm-starts the next
             out = flow.deliver_interval(cfg, interval, force=args.force)

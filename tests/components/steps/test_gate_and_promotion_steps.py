@@ -163,3 +163,16 @@ def test_a_rollback_step_run_twice_with_its_key_rolls_back_once(cfg):
         "promote",
         "rollback",
     ]
+
+
+def test_the_steps_cli_rolls_back_only_over_the_expected_champion(cfg, tmp_path, capsys):
+    from components.steps.__main__ import main
+
+    promote_step(cfg, I1, _decision("v1", None))
+    promote_step(cfg, I2, _decision("v2", "v1"))
+    path = tmp_path / "delivery.json"
+    path.write_text(cfg.to_json())
+    assert main(["--config", str(path), "rollback", "--expect", "v1"]) == 2  # v2 serves
+    assert "champion is v2, expected v1" in capsys.readouterr().err
+    assert main(["--config", str(path), "rollback", "--expect", "v2"]) == 0
+    assert json.loads(capsys.readouterr().out)["champion"] == "v1"

@@ -1,7 +1,7 @@
 """Run a rendered SparkApplication's driver on this machine: ``spark-submit`` of its application
 file with its arguments and the settings that apply locally, on a ``local[N]`` master.
 
-    (app,) = render_etl_run(EtlRunParams.for_interval(input="/data/raw", output="/data/episodes",
+    (app,) = render_etl_run(EtlRunParams(run_id="r1", input="/data/raw", output="/data/episodes",
                                                       start="2026-11-01T00", end="2026-11-01T03"))
     code = run_driver_locally(app, volumes={"metarec-data": "out/volume"}, log_path=Path("d.log"))
     # 0: out/volume/episodes/interval=2026110100-2026110103/ written, as the cluster would

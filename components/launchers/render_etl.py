@@ -1,11 +1,13 @@
 """Render the ETL of one data interval as a SparkApplication from ``manifests/overlays/spark-etl``.
 
-    params = EtlRunParams.for_interval(input="/data/raw", output="/data/episodes",
-                                       start="2026-11-01T00", end="2026-11-02T00", executors=4)
+    params = EtlRunParams(run_id="20261101t00-20261102t00-5e1c", input="/data/raw",
+                          output="/data/episodes", start="2026-11-01T00", end="2026-11-02T00",
+                          executors=4)
     objs = render_etl_run(params)
-    # [SparkApplication metarec-etl-i2026110100-2026110200] with --input ... --end ... as its
-    # arguments: one name per interval, so a retried task finds its application again (the
-    # launcher re-attaches to it, or submits it anew if it failed)
+    # [SparkApplication metarec-etl-20261101t00-20261102t00-5e1c] with --input ... --end ... as
+    # its arguments. The delivery flow names a run after its interval and inputs
+    # (components/steps/dispatch.py job_run_id), so a retried task renders the same name and the
+    # launcher re-attaches to its application (or submits it anew if it failed)
 
 Same mechanism as :mod:`components.launchers.render`: a per-run kustomization over the overlay
 (namespace, ``-<run_id>`` suffix, run labels, image, JSON 6902 patches), rendered by kustomize
@@ -34,20 +36,6 @@ MAX_APP_NAME = 63  # a label value: spark-operator labels every pod with the app
 _HOUR = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2})")
 
 
-def interval_run_id(start: str, end: str) -> str:
-    """The run id of an interval, the same on every try: ``i<start>-<end>`` in UTC hours.
-
-    >>> interval_run_id("2026-11-01T00", "2026-11-02T00")
-    'i2026110100-2026110200'
-    """
-    hours = [_HOUR.fullmatch(value) for value in (start, end)]
-    if not all(hours):
-        raise ValueError(
-            f"interval [{start}, {end}) must be two UTC hours YYYY-MM-DDTHH (2026-11-01T00)"
-        )
-    return "i" + "-".join("".join(m.groups()) for m in hours if m)
-
-
 @dataclass(frozen=True)
 class EtlRunParams:
     """One ETL run: the interval, where it reads and writes, and how big the Spark job is."""
@@ -74,14 +62,6 @@ class EtlRunParams:
     """Where the driver and executors mount the ``metarec-data`` volume; None keeps ``/data``
     (see :class:`~components.launchers.render.TrainRunParams`)."""
 
-    @classmethod
-    def for_interval(
-        cls, *, input: str, output: str, start: str, end: str, **kw: Any
-    ) -> EtlRunParams:
-        """The run of one interval, named by it (:func:`interval_run_id`): a retried task renders
-        the same name, so the launcher finds the application it submitted before."""
-        return cls(interval_run_id(start, end), input, output, start, end, **kw)
-
     @property
     def name(self) -> str:
         """The SparkApplication's name (its driver pod is ``<name>-driver``)."""
@@ -98,6 +78,11 @@ class EtlRunParams:
         for name in ("input", "output", "start", "end"):
             if not getattr(self, name):
                 raise ValueError(f"{name} is required")
+        for name in ("start", "end"):
+            if not _HOUR.fullmatch(getattr(self, name)):
+                raise ValueError(
+                    f"{name} {getattr(self, name)!r} must be a UTC hour YYYY-MM-DDTHH (2026-11-01T00)"
+                )
         for name in ("input", "output"):
             value = getattr(self, name)
             if not (value.startswith("/") or "://" in value):

@@ -32,7 +32,7 @@ from components.launchers.render import TrainRunParams, job_of, manifests_dir, r
 from components.launchers.render_etl import EtlRunParams, render_etl_run
 
 job = job_of(render_run(TrainRunParams(run_id="image", variant="pytorchjob-gpu")))
-(app,) = render_etl_run(EtlRunParams.for_interval(input="/data/raw", output="/data/episodes",
+(app,) = render_etl_run(EtlRunParams(run_id="r1", input="/data/raw", output="/data/episodes",
                                                   start="2026-11-01T00", end="2026-11-01T01"))
 print(json.dumps({"manifests": str(manifests_dir()), "kinds": [job["kind"], app["kind"]]}))
 """
@@ -100,7 +100,7 @@ def test_rendered_pytorchjob_trains_one_step_in_the_trainer_image(
 def _etl_app(raw: Path, out: Path) -> dict:
     from components.launchers.render_etl import EtlRunParams, render_etl_run
 
-    params = EtlRunParams.for_interval(input=str(raw), output=str(out), start="2026-11-01T00",
+    params = EtlRunParams(run_id="r1", input=str(raw), output=str(out), start="2026-11-01T00",
                                        end="2026-11-01T01")  # fmt: skip
     (app,) = render_etl_run(params)
     return app

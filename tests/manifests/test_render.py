@@ -196,7 +196,8 @@ def test_bad_parameters_are_refused_with_the_reason(kw: dict, message: str):
 
 
 def test_etl_run_carries_what_the_dispatch_needs():
-    params = EtlRunParams.for_interval(
+    params = EtlRunParams(
+        run_id="20261101t00-20261102t00-5e1c",
         input="/data/raw",
         output="/data/episodes",
         start="2026-11-01T00",
@@ -211,9 +212,9 @@ def test_etl_run_carries_what_the_dispatch_needs():
     (app,) = render_etl_run(params)
     assert render_etl_run(params) == [app]  # a retried task renders the same application
     meta, spec = app["metadata"], app["spec"]
-    assert meta["name"] == params.name == "metarec-etl-i2026110100-2026110200"
+    assert meta["name"] == params.name == "metarec-etl-20261101t00-20261102t00-5e1c"
     assert meta["namespace"] == "ml-team"
-    assert meta["labels"]["metarec.io/run-id"] == "i2026110100-2026110200"
+    assert meta["labels"]["metarec.io/run-id"] == "20261101t00-20261102t00-5e1c"
     assert meta["labels"]["metarec.io/dag-run"] == "scheduled-2026-11-02"
     assert spec["image"] == "reg.io/metarec-components@sha256:" + "b" * 64
     assert spec["arguments"] == ["--input", "/data/raw", "--output", "/data/episodes",
@@ -251,7 +252,7 @@ def test_spark_pods_run_as_the_shared_user_with_a_read_only_root():
 def test_bad_etl_parameters_are_refused_with_the_reason(kw: dict, message: str):
     base = {"input": "/data/raw", "output": "/o", "start": "2026-11-01T00", "end": "2026-11-01T01"}
     with pytest.raises(ValueError, match=message):
-        EtlRunParams.for_interval(**{**base, **kw})
+        EtlRunParams(run_id="r1", **{**base, **kw})
 
 
 def test_an_etl_run_id_too_long_for_a_label_is_refused():

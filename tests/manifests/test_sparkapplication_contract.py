@@ -33,7 +33,7 @@ OPTIONS = {"k": rawdata.ETL_K, "q": rawdata.ETL_Q, "min-support": 2, "min-query"
 
 def _app() -> dict:
     extra = tuple(w for key, value in OPTIONS.items() for w in (f"--{key}", str(value)))
-    params = EtlRunParams.for_interval(input="/data/raw", output="/data/episodes", start=START,
+    params = EtlRunParams(run_id="r1", input="/data/raw", output="/data/episodes", start=START,
                                        end=END, extra_args=extra)  # fmt: skip
     (app,) = render_etl_run(params)
     return app

@@ -69,6 +69,19 @@ def airflow_db() -> None:
     initdb()
 
 
+@pytest.fixture
+def fresh_assets(airflow_db) -> None:
+    """Forget the assets earlier tests activated. An Asset's name is unique among active assets, and
+    the DAGs' Asset URIs follow the delivery config's run root, which differs from test to test: as
+    when a deployment changes its run root, the scheduler would orphan the old ones; ``dag.test``
+    does not, so without this a second run root's Asset stays inactive and its task fails."""
+    from airflow.models.asset import AssetActive
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        session.query(AssetActive).delete()
+
+
 @pytest.fixture(scope="session")
 def dag_bag(airflow_db):
     from airflow.dag_processing.dagbag import DagBag

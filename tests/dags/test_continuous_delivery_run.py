@@ -61,7 +61,9 @@ def raw_logs() -> Path:
     return RAW
 
 
-def test_two_intervals_warm_start_gate_promote_and_an_idempotent_rerun(own_bag, spark, raw_logs):
+def test_two_intervals_warm_start_gate_promote_and_an_idempotent_rerun(
+    own_bag, fresh_assets, spark, raw_logs
+):
     from components.promotion import registry
 
     dag = own_bag.dags["continuous_delivery"]

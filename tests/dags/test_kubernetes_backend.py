@@ -61,7 +61,7 @@ def cluster(volume, monkeypatch):
 
 
 def test_the_worker_submits_and_watches_the_etl_and_training(
-    airflow_db, kubernetes_config, cluster, spark, monkeypatch
+    fresh_assets, kubernetes_config, cluster, spark, monkeypatch
 ):
     from airflow.dag_processing.dagbag import DagBag
 

@@ -208,7 +208,7 @@ def test_spark_pods_run_as_non_root_without_privileges() -> None:
     SparkApplication's driver and executors."""
     for role, pod in _spark_pods():
         sc = pod["securityContext"]
-        assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 185, role
+        assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 10001, role
         assert sc["allowPrivilegeEscalation"] is False, role
         assert sc["capabilities"]["drop"] == ["ALL"] and "privileged" not in sc, role
         assert sc["seccompProfile"]["type"] == "RuntimeDefault", role

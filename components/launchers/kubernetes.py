@@ -180,8 +180,8 @@ class KubernetesLauncher:
         cleanup: str = "on-success",
         stream_logs: bool = True,
         sink: Callable[[str], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         if cleanup not in CLEANUP_POLICIES:
             raise ValueError(
@@ -190,7 +190,8 @@ class KubernetesLauncher:
         self.custom, self.core = custom, core
         self.poll_s, self.cleanup, self.stream_logs = poll_s, cleanup, stream_logs
         self.sink = sink or (lambda line: sys.stdout.write(line + "\n"))
-        self.clock, self.sleep = clock, sleep
+        # looked up now, not when this module was imported (a test may have replaced time.sleep)
+        self.clock, self.sleep = clock or time.monotonic, sleep or time.sleep
         self._seen: dict[str, tuple[str, str]] = {}  # pod -> timestamp of its last line shown
 
     # -- one run ------------------------------------------------------------------------------

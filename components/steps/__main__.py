@@ -22,7 +22,6 @@ from datetime import timedelta
 
 def build_parser() -> argparse.ArgumentParser:
     from components.promotion.promote_command import parse_expect
-    from components.promotion.registry import ANY
 
     parser = argparse.ArgumentParser(
         prog="python -m components.steps",
@@ -50,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument(
         "--expect",
         type=parse_expect,
-        default=ANY,
+        default=argparse.SUPPRESS,  # unset: any champion (argparse would parse a string default)
         metavar="VERSION",
         help="roll back only if VERSION is still the champion (compare-and-swap)",
     )
@@ -94,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(delivery.champion_status(cfg), indent=2))
             return 0
         if args.command == "rollback":
-            result = delivery.rollback_step(cfg, args.reason, expect=args.expect)
+            from components.promotion.registry import ANY
+
+            expect = getattr(args, "expect", ANY)
+            result = delivery.rollback_step(cfg, args.reason, expect=expect)
             print(json.dumps(result.to_dict(), indent=2))
             return 0
         for interval in _intervals(args.interval, args.each):  # in order: each warm-starts the next

@@ -56,6 +56,11 @@ os.environ.update(
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
+        # Tests parse the DAGs with several delivery configs (other run roots, other Asset URIs)
+        # seconds apart. A DAG version without runs is rewritten in place, and the execution API's
+        # cache re-checks a version only after this interval (30 s by default): a run could get
+        # the DAG of the previous config, with its Assets.
+        "AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL": "0",
         "METAREC_DELIVERY_CONFIG": str(WORK / "delivery.json"),
     }
 )

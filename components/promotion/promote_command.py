@@ -45,12 +45,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reason", default="", help="note kept in the history")
     parser.add_argument("--dry-run", action="store_true", help="decide, do not promote")
     parser.add_argument("--status", action="store_true", help="print champion and history only")
+    add_expect_argument(parser, "the champion when the command starts")
+
+
+def add_expect_argument(parser: argparse.ArgumentParser, unset: str) -> None:
+    """``--expect VERSION|none``: the compare-and-swap guard of a pointer change; ``unset`` says
+    what is expected without it (``args.expect`` is then absent: argparse would run a string
+    default through :func:`parse_expect`)."""
     parser.add_argument(
         "--expect",
         type=parse_expect,
         default=argparse.SUPPRESS,
         metavar="VERSION|none",
-        help="refuse unless this is the champion (default: the champion when the command starts)",
+        help=f"refuse unless this is the champion, 'none' for no champion (default: {unset})",
     )
 
 

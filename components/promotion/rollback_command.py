@@ -18,18 +18,12 @@ import sys
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    from components.promotion.promote_command import parse_expect
+    from components.promotion.promote_command import add_expect_argument
 
     parser.add_argument("--models", required=True, help="models root (holds <name>/v<N>)")
     parser.add_argument("--name", required=True, help="model name")
     parser.add_argument("--reason", default="", help="note kept in the history")
-    parser.add_argument(
-        "--expect",
-        type=parse_expect,
-        default=argparse.SUPPRESS,
-        metavar="VERSION",
-        help="refuse unless this version is the champion (default: whichever is)",
-    )
+    add_expect_argument(parser, "whichever is")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from datetime import timedelta
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from components.promotion.promote_command import parse_expect
+    from components.promotion.promote_command import add_expect_argument
 
     parser = argparse.ArgumentParser(
         prog="python -m components.steps",
@@ -46,13 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status")
     rb = sub.add_parser("rollback")
     rb.add_argument("--reason", default="manual rollback")
-    rb.add_argument(
-        "--expect",
-        type=parse_expect,
-        default=argparse.SUPPRESS,  # unset: any champion (argparse would parse a string default)
-        metavar="VERSION",
-        help="roll back only if VERSION is still the champion (compare-and-swap)",
-    )
+    add_expect_argument(rb, "whichever is")
     return parser
 
 

@@ -5,7 +5,8 @@
     torchrun --nproc_per_node=2 -m trainer --config default data.path=...   # 2 ranks, sharded rows
     metarec train --nproc 2 --config debug data.path=...                    # the same, via the CLI
 
-On a cluster the container command is ``torchrun -m trainer --config ...``: torchrun takes the
+On a cluster the container command is ``python -m trainer.supervise -m trainer --config ...``
+(torchrun's launch with restartable exit codes, ``trainer/supervise.py``): torchrun takes the
 Kubeflow training operator's ``PET_NNODES``, ``PET_NODE_RANK``, ``PET_NPROC_PER_NODE`` and
 ``PET_MASTER_ADDR``/``PORT`` as its defaults. With ``data.batch_episodes = T`` each of the W ranks
 trains on T episodes per step; the embedding rows are sharded over the ranks.

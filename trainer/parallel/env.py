@@ -14,7 +14,8 @@ the ``[parallel]`` settings. Launchers and the variables they set (read here onl
 - plain ``python -m trainer``: none of them -> one process, no process group;
 - ``torchrun --nproc_per_node=N``: per process ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
   ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT`` (and ``TORCHELASTIC_RUN_ID``);
-- a Kubeflow PyTorchJob whose container runs ``torchrun -m trainer ...``: the operator sets
+- a Kubeflow PyTorchJob whose container runs ``python -m trainer.supervise -m trainer ...``
+  (torchrun's launch, ``trainer/supervise.py``): the operator sets
   ``PET_NNODES``, ``PET_NODE_RANK``, ``PET_NPROC_PER_NODE``, ``PET_MASTER_ADDR``/``PORT``, which
   torchrun takes as its defaults, then torchrun sets the per-process variables above;
 - a PyTorchJob whose container runs the trainer directly (one process per pod): the operator sets

@@ -193,6 +193,15 @@ class DeliveryConfig:
         except TypeError as e:
             raise ValueError(f"delivery config: [airflow]: {e}") from None
 
+    def relative_roots(self) -> list[str]:
+        """``name = 'value'`` of each root that is a relative local path: the orchestrators refuse
+        them (each process, pod and image has its own working directory)."""
+        return [
+            f"{name} = {value!r}"
+            for name, value in (("run_root", self.run_root), ("raw_root", self.raw_root))
+            if "://" not in value and not Path(value).is_absolute()
+        ]
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["trainer_overrides"] = list(self.trainer_overrides)
@@ -273,11 +282,7 @@ def load_dag_config() -> DeliveryConfig:
     if not Path(path).is_absolute():
         raise ValueError(f"${CONFIG_ENV}={path!r} must be an absolute path")
     cfg = load_delivery_config(path)
-    relative = [
-        f"{name} = {value!r}"
-        for name, value in (("run_root", cfg.run_root), ("raw_root", cfg.raw_root))
-        if "://" not in value and not Path(value).is_absolute()
-    ]
+    relative = cfg.relative_roots()
     if relative:
         raise ValueError(
             f"delivery config {path} (${CONFIG_ENV}): {', '.join(relative)} must be absolute for "

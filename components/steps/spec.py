@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 from dataclasses import MISSING, fields
 from datetime import timedelta
-from pathlib import PurePosixPath
 from typing import Any
 
 from components.steps.config import DeliveryConfig, load_delivery_config
@@ -148,16 +147,6 @@ def from_pipeline_parameters(
             f"pipeline parameters: expected {sorted(expected)} and model parameters among "
             f"{sorted(PIPELINE_OVERRIDES)}; got {sorted(params)} and {sorted(model)}"
         )
-    relative = [
-        f"{k}={params[k]!r}"
-        for k in ("raw_root", "run_root")
-        if "://" not in params[k] and not PurePosixPath(params[k]).is_absolute()
-    ]
-    if relative:
-        raise ValueError(
-            f"{', '.join(relative)}: give absolute paths (every task's pod mounts the shared "
-            "volume at the same place; a relative path depends on the image's working directory)"
-        )
     file = _file_settings(delivery_config) if delivery_config else {}
     if delivery_config:
         _refuse_conflicts(delivery_config, file, params)
@@ -172,4 +161,10 @@ def from_pipeline_parameters(
         "gate": {**file.get("gate", {}), **{key: params[p] for p, key in PIPELINE_GATE.items()}},
         "trainer_overrides": [*file.get("trainer_overrides", []), *overrides],
     }
-    return encode(DeliveryConfig.from_dict(data), interval)
+    cfg = DeliveryConfig.from_dict(data)
+    if relative := cfg.relative_roots():
+        raise ValueError(
+            f"{', '.join(relative)}: give absolute paths (every task's pod mounts the shared "
+            "volume at the same place; a relative path depends on the image's working directory)"
+        )
+    return encode(cfg, interval)

@@ -65,7 +65,7 @@ def test_an_explicit_interval_wins_over_the_scheduled_time():
         ({"interval_hours": 0}, "interval_hours must be >= 1"),
         ({"backend": "k8s"}, "backend must be one of"),
         ({"nproc": 0}, "nproc"),
-        ({"run_root": "out/delivery"}, "run_root='out/delivery': give absolute paths"),
+        ({"run_root": "out/delivery"}, "run_root = 'out/delivery': give absolute paths"),
         ({"gate_metric": "auc"}, "<split>.<before|after>.<metric>"),
     ],
 )

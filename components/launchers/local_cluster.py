@@ -101,7 +101,8 @@ def expand_vars(text: str, env: Mapping[str, str]) -> str:
     return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)", one, text)
 
 
-def _map_paths(text: str, mounts: Mapping[str, str]) -> str:
+def map_paths(text: str, mounts: Mapping[str, str]) -> str:
+    """``text`` with every path under a mount path rewritten to its local directory."""
     # One pass, longest mount first: a replacement (often under /tmp) is never mapped again.
     if not mounts:
         return text
@@ -134,13 +135,15 @@ def _pods(objs: Sequence[dict[str, Any]]) -> list[tuple[str, int, dict, dict]]:
     return [("node", i, pod, container) for i in range(trainer.get("numNodes", 1))]
 
 
-def _mounts(
+def mount_dirs(
     pod: dict[str, Any],
     container: dict[str, Any],
     objs: Sequence[dict],
     claims: Mapping[str, str],
     scratch: Path,
 ) -> dict[str, str]:
+    """Mount path -> local directory for ``container``'s mounts: a ConfigMap's keys written under
+    ``scratch``, a PVC -> ``claims[claimName]``, an emptyDir -> a fresh directory in ``scratch``."""
     maps = {o["metadata"]["name"]: o.get("data", {}) for o in objs if o["kind"] == "ConfigMap"}
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     mounts = {}
@@ -185,7 +188,7 @@ def pod_commands(
     out = []
     for rtype, index, pod, container in _pods(objs):
         pod_name = f"{name}-{rtype.lower()}-{index}"
-        mounts = _mounts(pod, container, objs, claims, scratch / pod_name)
+        mounts = mount_dirs(pod, container, objs, claims, scratch / pod_name)
         if job["kind"] == "PyTorchJob":
             injected = pytorchjob_env(job, rtype, index, "127.0.0.1", master_port)
         else:
@@ -193,7 +196,7 @@ def pod_commands(
         env: dict[str, str] = {}
         for e in container.get("env", []):
             if "value" in e:
-                env[e["name"]] = _map_paths(expand_vars(e["value"], env), mounts)
+                env[e["name"]] = map_paths(expand_vars(e["value"], env), mounts)
         for source in container.get("envFrom", []):
             ref = source.get("secretRef") or source.get("configMapRef") or {}
             if not ref.get("optional"):
@@ -202,7 +205,7 @@ def pod_commands(
         if "/tmp" in mounts:
             env["TMPDIR"] = mounts["/tmp"]
         words = [*container.get("command", []), *container.get("args", [])]
-        words = [_map_paths(expand_vars(w, env), mounts) for w in words]
+        words = [map_paths(expand_vars(w, env), mounts) for w in words]
         if words and words[0] in ("python", "python3"):  # a PATH lookup in the image
             words = [python, *words[1:]]
         out.append((pod_name, words, env))

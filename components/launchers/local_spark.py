@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from components.launchers.local_cluster import _map_paths, _mounts
+from components.launchers.local_cluster import map_paths, mount_dirs
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_FILES = {"/opt/metarec/etl_job.py": REPO / "components" / "etl" / "job.py"}
@@ -48,7 +48,7 @@ def _volumes(app: dict[str, Any], volumes: Mapping[str, str], scratch: Path) -> 
     """Mount path -> local directory for the driver's mounts."""
     spec = app["spec"]
     pod = {"volumes": spec.get("volumes", [])}
-    return _mounts(pod, spec["driver"], [app], volumes, scratch)
+    return mount_dirs(pod, spec["driver"], [app], volumes, scratch)
 
 
 def _application_file(spec: dict[str, Any]) -> str:
@@ -84,7 +84,7 @@ def _conf(app: dict[str, Any], mounts: Mapping[str, str]) -> dict[str, str]:
     if local_dirs:
         conf["spark.local.dir"] = ",".join(mount_of[n] for n in local_dirs)
     return {
-        k: _map_paths(v, mounts) for k, v in conf.items() if not k.startswith("spark.kubernetes.")
+        k: map_paths(v, mounts) for k, v in conf.items() if not k.startswith("spark.kubernetes.")
     }
 
 
@@ -112,7 +112,7 @@ def spark_submit_command(
     for key, value in _conf(app, mounts).items():
         command += ["--conf", f"{key}={value}"]
     command.append(_application_file(spec))
-    return command + [_map_paths(str(a), mounts) for a in spec.get("arguments", [])]
+    return command + [map_paths(str(a), mounts) for a in spec.get("arguments", [])]
 
 
 def driver_env(
@@ -126,7 +126,7 @@ def driver_env(
     application, TMPDIR on the ``/tmp`` mount, HOME on the image's work dir when mounted."""
     spec = app["spec"]
     mounts = _volumes(app, volumes, scratch)
-    env = {e["name"]: _map_paths(e.get("value", ""), mounts) for e in spec["driver"].get("env", [])}
+    env = {e["name"]: map_paths(e.get("value", ""), mounts) for e in spec["driver"].get("env", [])}
     for source in spec["driver"].get("envFrom", []):
         ref = source.get("secretRef") or source.get("configMapRef") or {}
         if not ref.get("optional"):

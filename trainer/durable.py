@@ -1,14 +1,23 @@
-"""Durable file writes and content checksums, shared by checkpoints and model exports.
+"""Durable file writes and content checksums: the ONE way metarec writes a file that must never be
+seen half-written (checkpoints, exports, manifests, records, reports, JSON outputs).
 
 Standard library only: the export and promotion code that DAG files reach imports this without
 pulling in torch.
+
+``write_atomic(path, data)`` is the only atomic write: a temporary file in the same directory, its
+bytes flushed and fsynced, renamed over ``path`` (``os.replace``: readers see the old file or the new
+one, never a mix), then the directory fsynced so that the rename itself survives a power loss.
+``write_json_atomic`` is the same for strict JSON (NaN/inf become ``null``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 
 def sha256_file(path: Path) -> str:
@@ -21,8 +30,55 @@ def sha256_file(path: Path) -> str:
 
 
 def fsync_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` and flush it to disk."""
+    """Write ``data`` to ``path`` and flush it to disk (no rename: for files inside a directory
+    that is itself published atomically, such as a checkpoint's or an export's temp directory)."""
     with open(path, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path | str) -> None:
+    """Flush a directory's entries (a rename or a new file in it) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path | str, data: bytes | str) -> None:
+    """Replace ``path`` with ``data`` (``str`` is written as UTF-8) atomically and durably; creates
+    the parent directory. A crash leaves the old file or the new one, and at most a hidden
+    ``.<name>.tmp-<pid>`` beside it, never a partial ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        fsync_write(tmp, data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with NaN/inf floats replaced by None (strict JSON), recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def json_text(data: Any) -> str:
+    """``data`` as indented, key-sorted strict JSON text with a final newline (NaN/inf -> null;
+    other values JSON cannot hold, such as paths or datetimes, as their ``str``)."""
+    return json.dumps(jsonable(data), indent=2, sort_keys=True, allow_nan=False, default=str) + "\n"
+
+
+def write_json_atomic(path: Path | str, data: Any) -> None:
+    """``write_atomic`` of ``json_text(data)``."""
+    write_atomic(path, json_text(data))

@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
+
+from trainer.durable import jsonable
 
 _FORMAT = "%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s"
 
@@ -34,24 +35,6 @@ def setup_logging(rank: int = 0, verbose: bool = False) -> None:
         format=_FORMAT.format(rank=rank),
         datefmt="%H:%M:%S",
     )
-
-
-def jsonable(value: Any) -> Any:
-    """``value`` with NaN/inf floats replaced by None (strict JSON), recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    return value
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as indented strict JSON to ``path`` via a temporary file and a rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(jsonable(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
-    os.replace(tmp, path)
 
 
 class JsonlLog:

@@ -48,8 +48,9 @@ from trainer.context import set_determinism
 from trainer.data.batch import EpisodeBatch, FeatureLayout
 from trainer.data.contract import load_manifest
 from trainer.data.reader import EpisodeReader
+from trainer.durable import write_json_atomic
 from trainer.evaluate import evaluate_splits, lookup_rows
-from trainer.logging_utils import JsonlLog, Progress, write_json_atomic
+from trainer.logging_utils import JsonlLog, Progress
 from trainer.meta import StepStats, outer_loss
 from trainer.models import RecModel, build_model
 from trainer.models.build import build_embeddings

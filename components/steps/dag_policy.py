@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from components.steps.config import DeliveryConfig
-from components.steps.layout import Interval, RunLayout, write_json_atomic
+from components.steps.layout import Interval, RunLayout
+from trainer.durable import write_json_atomic
 
 log = logging.getLogger(__name__)
 OWNER = "ml-platform"

@@ -147,7 +147,7 @@ def evaluate_step(
 
     from components.promotion import registry
     from components.promotion.gate import metric_value
-    from components.steps.layout import write_json_atomic
+    from trainer.durable import write_json_atomic
     from trainer.serving import evaluate_exported, load_exported
     from trainer.serving.evaluation import score_episodes
 

@@ -28,6 +28,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from trainer.durable import write_json_atomic
+
 RECORD_FORMAT = "metarec.step"
 
 
@@ -134,17 +136,6 @@ class RunLayout:
 
     def record_path(self, interval: Interval, step: str) -> Path:
         return self.records(interval) / f"{step}.json"
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON through a temp file and ``os.replace`` (never a partial file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_record(

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from trainer.durable import fsync_write, sha256_file
+from trainer.durable import fsync_dir, fsync_write, sha256_file, write_atomic
 
 LATEST = "latest"
 META = "meta.json"
@@ -117,9 +117,8 @@ class Checkpointer:
             if final.exists():  # re-saving the same step (e.g. after a resume): replace it
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            pointer = self.root / (LATEST + ".tmp")
-            fsync_write(pointer, final.name.encode())
-            os.replace(pointer, self.root / LATEST)
+            fsync_dir(self.root)
+            write_atomic(self.root / LATEST, final.name)
             self._prune()
         self.barrier()
         return final

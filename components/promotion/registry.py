@@ -38,7 +38,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from trainer.serving.artifact import CHECKSUMS_FILE, VERSION_RE, check_name, fsync_dir, locked
+from trainer.durable import fsync_dir
+from trainer.serving.artifact import CHECKSUMS_FILE, VERSION_RE, check_name, locked
 
 CHAMPION = "CHAMPION"
 HISTORY = "HISTORY.jsonl"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -193,8 +192,8 @@ def render_report(summary: dict[str, Any]) -> str:
 
 def write_report(summary: dict[str, Any], path: str | Path) -> Path:
     """Render the report and write it atomically to ``path``."""
+    from trainer.durable import write_atomic
+
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    tmp.write_text(render_report(summary), encoding="utf-8")
-    os.replace(tmp, target)
+    write_atomic(target, render_report(summary))
     return target

@@ -22,6 +22,7 @@ import os
 from typing import Any
 
 from trainer.data.contract import MANIFEST_NAME
+from trainer.durable import write_atomic
 
 from .report import REPORT_DIR, ValidationReport
 
@@ -48,7 +49,7 @@ def record_in_manifest(root: str, manifest: dict[str, Any], report: ValidationRe
     text = json.dumps(updated, indent=2, sort_keys=True) + "\n"
     if "://" not in root or root.startswith("file://"):
         path = root[len("file://") :] if root.startswith("file://") else root
-        write_atomic_local(os.path.join(path, MANIFEST_NAME), text)
+        write_atomic(os.path.join(path, MANIFEST_NAME), text)
         return
     fs, base = filesystem(root)
     final = base.rstrip("/") + "/" + MANIFEST_NAME
@@ -56,23 +57,3 @@ def record_in_manifest(root: str, manifest: dict[str, Any], report: ValidationRe
     with fs.open_output_stream(tmp) as f:
         f.write(text.encode())
     fs.move(tmp, final)
-
-
-def write_atomic_local(path: str, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically: temp file in the same directory, fsync, rename."""
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

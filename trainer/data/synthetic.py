@@ -61,6 +61,7 @@ from trainer.data.contract import (
 )
 from trainer.data.hashing import HASH_CONTRACT, signed_hash
 from trainer.data.schema import episode_schema
+from trainer.durable import write_atomic
 
 DEFAULT_FEATURES: tuple[tuple[str, int, int], ...] = (
     ("user_id", 10_007, 1),
@@ -327,9 +328,7 @@ def write_synthetic_episodes(
             "pyarrow": pa.__version__,
         },
     )
-    tmp = root / (MANIFEST_NAME + ".tmp")
-    tmp.write_text(manifest.to_json())
-    os.replace(tmp, root / MANIFEST_NAME)
+    write_atomic(root / MANIFEST_NAME, manifest.to_json())
     return manifest
 
 

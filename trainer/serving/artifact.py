@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from trainer.durable import fsync_write, sha256_file
+from trainer.durable import fsync_dir, fsync_write, sha256_file
 
 FORMAT = "metarec.model"
 FORMAT_VERSION = 1
@@ -79,14 +79,6 @@ def read_json(path: Path) -> Any:
         raise ExportError(f"{path} is missing: the export is incomplete; re-export it") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ExportError(f"{path} is not valid JSON ({e}); re-export the model") from None
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------- checksums

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from components.validation import CheckResult, Thresholds, ValidationReport
-from components.validation.record import write_atomic_local
 from components.validation.report import from_gx_result
 
 
@@ -119,11 +118,3 @@ def test_thresholds_validate_and_compute_the_band():
     ):
         with pytest.raises(ValueError):
             Thresholds(**bad)
-
-
-def test_atomic_write_replaces_the_whole_file(tmp_path):
-    path = tmp_path / "_manifest.json"
-    path.write_text("old\n")
-    write_atomic_local(str(path), "new\n")
-    assert path.read_text() == "new\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["_manifest.json"]

@@ -1,30 +1,70 @@
-"""``python -m trainer``: every model with every meta mode, the outputs, and one-line user errors."""
+"""``python -m trainer``: every model with every meta mode at the outer-step level (in process),
+two full runs through the real entry points (outputs and report), and one-line user errors."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
-from tests.trainer.run_helpers import finite, read_jsonl, tiny_overrides, write_episodes
+from tests.trainer.run_helpers import (
+    finite,
+    read_jsonl,
+    tiny_config,
+    tiny_overrides,
+    write_episodes,
+)
 from trainer.__main__ import main
 from trainer.config import SECTIONS, TrainerConfig, load_trainer_config
 from trainer.context import context_from_env
 from trainer.data.contract import MANIFEST_NAME
 from trainer.meta import MODES
 from trainer.models import ARCHS
+from trainer.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
+CLI_MODES = {"python": "maml", "torchrun": "plain"}
+"""The two full runs: ``python -m trainer`` meta-trains, ``torchrun -m trainer`` trains plain."""
 
 
 @pytest.fixture(scope="module")
 def episodes(tmp_path_factory) -> Path:
     return write_episodes(tmp_path_factory.mktemp("main") / "interval")
+
+
+@pytest.fixture(scope="module")
+def cli_runs(episodes: Path, tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    """The real entry points in fresh processes, started together: ``python -m trainer`` (MAML)
+    and ``torchrun --nproc_per_node=1 -m trainer`` (plain). Maps the launcher to (run directory,
+    stderr). Read-only: a test that changes a run copies it first."""
+    root = tmp_path_factory.mktemp("cli")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    launchers = {
+        "python": [sys.executable, "-m", "trainer"],
+        "torchrun": [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node=1", "-m",
+                     "trainer"],
+    }  # fmt: skip
+    procs = {}
+    for name, cmd in launchers.items():
+        argv = [*cmd, "--config", "debug", *tiny_overrides(episodes, root / name)]
+        with open(root / f"{name}.stderr", "w") as err:  # a file: no pipe to fill up
+            procs[name] = subprocess.Popen(
+                [*argv, f"meta.mode={CLI_MODES[name]}"], env=env, cwd=root, stderr=err
+            )
+    runs = {}
+    for name, proc in procs.items():
+        proc.wait(timeout=180)
+        err = (root / f"{name}.stderr").read_text()
+        assert proc.returncode == 0, f"{name}: {err[-3000:]}"
+        runs[name] = (root / name, err)
+    return runs
 
 
 def _check_outputs(out: Path, steps: int) -> dict:
@@ -40,12 +80,7 @@ def _check_outputs(out: Path, steps: int) -> dict:
     assert [r["step"] for r in records if r["kind"] == "eval"] == [steps]
     ev = json.loads((out / "eval.json").read_text())
     assert ev["step"] == steps and set(ev["splits"]) == {"valid", "test_cold"}
-    for split in ev["splits"].values():
-        assert split["episodes"] > 0 and split["query_samples"] > 0
-        for when in ("before", "after"):
-            for key in ("auc", "gauc", "logloss"):
-                assert finite(split[when][key]), (when, key, split)
-            assert 0.0 <= split[when]["auc"] <= 1.0
+    _check_evaluation(ev["splits"])
     png = (out / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     saved = json.loads((out / "config.json").read_text())
@@ -59,44 +94,85 @@ def _check_outputs(out: Path, steps: int) -> dict:
     return ev
 
 
+def _check_evaluation(splits: dict) -> None:
+    """Every split has episodes and finite metrics before and after adaptation."""
+    for split in splits.values():
+        assert split["episodes"] > 0 and split["query_samples"] > 0
+        for when in ("before", "after"):
+            for key in ("auc", "gauc", "logloss"):
+                assert finite(split[when][key]), (when, key, split)
+            assert 0.0 <= split[when]["auc"] <= 1.0
+
+
+def _table_rows(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """A copy of the embedding collection's tables (its ``*weight`` entries: rows x width)."""
+    state = trainer.model.embeddings.state_dict()
+    return {k: v.detach().clone() for k, v in state.items() if k.endswith("weight")}
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_model_trains_and_evaluates_in_every_mode(
     episodes: Path, tmp_path: Path, arch: str, mode: str
 ) -> None:
-    out = tmp_path / "run"
-    argv = ["--config", "debug", *tiny_overrides(episodes, out, **{"model.arch": arch})]
-    assert main([*argv, f"meta.mode={mode}"]) == 0
-    ev = _check_outputs(out, steps=4)
-    assert json.loads((out / "config.json").read_text())["meta"]["mode"] == mode
-    # adaptation is evaluated for every mode (for plain: fine-tuning on the support set)
-    assert ev["splits"]["test_cold"]["adapt"] == {"adapt": "dense", "steps": 1, "lr": 0.1}
+    """Three outer steps on one batch through the trainer: finite losses that go down, every dense
+    parameter moves, the embedding rows that move are exactly the batch's (but the padding rows; for
+    FOMAML only the query samples' rows); then the evaluation adapts (``plain``: fine-tuning)."""
+    cfg = tiny_config(episodes, tmp_path / "run", **{"model.arch": arch, "meta.mode": mode})
+    trainer = Trainer(cfg).build()
+    try:
+        dense = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        tables = _table_rows(trainer)
+        batch = next(iter(trainer.reader))
+        stats = [trainer.train_step(batch) for _ in range(3)]
+        for s in stats:
+            assert all(finite(float(x)) for x in (s.loss, s.support_loss, s.query_loss)), s
+        losses = [float(s.loss) for s in stats]
+        assert losses[0] > losses[1] > losses[2], losses
+        still = [n for n, p in trainer.model.named_parameters() if torch.equal(p, dense[n])]
+        assert dense and not still, f"{arch}/{mode}: dense parameters that did not move: {still}"
+        padding = set(trainer.layout.padding_rows.tolist())
+        used = set(batch.ids.tolist()) - padding
+        queried = set(batch.ids[batch.inverse[:, batch.k_support :]].flatten().tolist()) - padding
+        assert tables and queried < used  # some rows only in support sets
+        # FOMAML differentiates the query loss only: rows that only support samples use stay put.
+        expected = queried if mode == "fomaml" else used
+        for key, after in _table_rows(trainer).items():
+            moved = (after != tables[key]).any(dim=1).nonzero().flatten().tolist()
+            assert set(moved) == expected, key
+        results = trainer.evaluate()
+    finally:
+        trainer.close()
+    assert set(results) == {"valid", "test_cold"}
+    _check_evaluation(results)
+    assert results["test_cold"]["adapt"] == {"adapt": "dense", "steps": 1, "lr": 0.1}
 
 
 @pytest.mark.parametrize(("arch", "adapt"), [("wide_deep", "dense+emb"), ("deepfm", "head")])
 def test_other_adaptation_targets(episodes: Path, tmp_path: Path, arch: str, adapt: str) -> None:
-    out = tmp_path / "run"
     extra = {"model.arch": arch, "meta.adapt": adapt, "meta.inner_steps": 2}
-    assert main(["--config", "debug", *tiny_overrides(episodes, out, **extra)]) == 0
+    trainer = Trainer(tiny_config(episodes, tmp_path / "run", **extra)).build()
+    try:
+        batch = next(iter(trainer.reader))
+        assert finite(float(trainer.train_step(batch).loss))
+        results = trainer.evaluate()
+    finally:
+        trainer.close()
+    _check_evaluation(results)
+    assert results["valid"]["adapt"] == {"adapt": adapt, "steps": 2, "lr": 0.1}
+
+
+@pytest.mark.parametrize("launcher", CLI_MODES)
+def test_full_runs_through_the_entry_points(
+    cli_runs: dict[str, tuple[Path, str]], launcher: str
+) -> None:
+    """``python -m trainer`` (MAML) and ``torchrun -m trainer`` (plain): every output file, the
+    report, progress on rank 0, and adaptation evaluated in both modes."""
+    out, stderr = cli_runs[launcher]
+    assert "samples/s" in stderr and "ETA" in stderr  # progress on rank 0
     ev = _check_outputs(out, steps=4)
-    assert ev["splits"]["valid"]["adapt"]["adapt"] == adapt
-
-
-def test_module_entry_point_and_torchrun(episodes: Path, tmp_path: Path) -> None:
-    """The real entry points in fresh processes: ``python -m trainer`` and ``torchrun -m trainer``."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for launcher, out in (
-        ([sys.executable, "-m", "trainer"], tmp_path / "python"),
-        ([str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node=1", "-m", "trainer"],
-         tmp_path / "torchrun"),
-    ):  # fmt: skip
-        cmd = [*launcher, "--config", "debug", *tiny_overrides(episodes, out)]
-        done = subprocess.run(
-            cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert "samples/s" in done.stderr and "ETA" in done.stderr  # progress on rank 0
-        _check_outputs(out, steps=4)
+    assert json.loads((out / "config.json").read_text())["meta"]["mode"] == CLI_MODES[launcher]
+    assert ev["splits"]["test_cold"]["adapt"] == {"adapt": "dense", "steps": 1, "lr": 0.1}
 
 
 def test_help_lists_the_sections(capsys) -> None:
@@ -159,9 +235,11 @@ def test_parquet_file_missing_a_column(tmp_path: Path, capsys) -> None:
     assert victim.name in line
 
 
-def test_truncated_checkpoint_is_refused_on_resume(episodes: Path, tmp_path: Path, capsys) -> None:
+def test_truncated_checkpoint_is_refused_on_resume(
+    episodes: Path, cli_runs: dict[str, tuple[Path, str]], tmp_path: Path, capsys
+) -> None:
     out = tmp_path / "run"
-    assert main(tiny_overrides(episodes, out)) == 0
+    shutil.copytree(cli_runs["python"][0], out)
     shard = next((out / "checkpoints").glob("step-00000004/rank-00000.pt"))
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     _fails(tiny_overrides(episodes, out, **{"train.steps": 6}), capsys, "checksum", "truncated")

@@ -8,11 +8,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= out
 
-.PHONY: help venv test test-images lint format demo bench lock clean
+.PHONY: help venv test test-fast test-slow test-images lint format demo bench lock clean
 
 help:
 	@echo "make demo   the whole flow on 2 CPU ranks: generate, ETL, validate, meta + plain training, export, gate, score; summary + report.html in $(OUT)/demo"
-	@echo "make test   lint + the whole test suite (creates $(VENV) on first use)"
+	@echo "make test   lint + the default tier: every test but slow and image_contract (<= 8 min; creates $(VENV) on first use)"
+	@echo "make test-fast  the inner loop: the default tier without multiprocess tests (<= 3 min, no lint)"
+	@echo "make test-slow  the slow tier: end-to-end flows (kfp.local, Airflow dag.test, the demo) and 4-rank jobs"
 	@echo "make test-images  the image-contract test: each image's environment runs its entry points"
 	@echo "make bench  run the benchmarks in bench/ (JSON results in $(OUT)/bench/)"
 	@echo "make lint   ruff check + format check"
@@ -36,8 +38,15 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Test tiers (tests/README.md): `test` is what a change must pass, `test-slow` what CI adds.
 test: lint
-	$(BIN)/python -m pytest -m "not image_contract" --durations=15
+	$(BIN)/python -m pytest -m "not image_contract and not slow" --durations=25
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not image_contract and not slow and not multiprocess" --durations=25
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m "slow and not image_contract" --durations=25
 
 # Each image's Python environment, built as its Dockerfile builds it, runs every entry point of that
 # image (tests/images/). Slow (fresh virtualenvs); CI runs it after `make test`.

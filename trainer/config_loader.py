@@ -7,14 +7,29 @@ of those, nested dataclasses); an unknown key, a wrong type or a Literal outside
 ``ValueError`` naming the dotted key and what is allowed, so a typo in a config or an override fails
 before any work starts. Override values are parsed as TOML literals (``3``, ``1e-3``, ``true``,
 ``[256, 128]``, ``"x"``), falling back to a bare string (``meta.adapt=dense``).
+
+One loader for every config of the project: the trainer's tree, the ETL's ``EtlConfig`` (whose
+command-line options :func:`add_options` generates from the fields: name, type, default and the
+docstring under each field as the help), the delivery config and its sections, and the pipeline's
+run spec. A field may carry loader metadata, set with :func:`option`: ``parse`` (text -> value,
+e.g. ``"2h"`` -> ``timedelta``), and for the generated option ``flag``, ``metavar``, ``choices``,
+``show`` (how the default is printed) or ``cli=False`` (no option). Standard library only: Airflow
+DAG files, the Spark image and KFP components import it without torch.
 """
 
 from __future__ import annotations
 
+import argparse
+import ast
 import dataclasses
+import inspect
+import itertools
+import json
+import textwrap
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,7 +65,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         (item_tp, *_) = typing.get_args(tp) or (Any,)
         items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a table, got {value!r}")
+        _, item_tp = typing.get_args(tp) or (str, Any)
+        return {k: _coerce(v, item_tp, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
         if not isinstance(value, dict):
             raise ValueError(f"{key}: expected a table of {_type_name(tp)} settings, got {value!r}")
         return build(tp, value, prefix=key)
@@ -76,14 +98,32 @@ def build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             f"unknown config key(s) {', '.join(unknown)} in {where}; "
             f"valid keys: {', '.join(sorted(fields))}"
         )
-    kwargs = {
-        name: _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
-        for name, value in data.items()
-    }
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in data
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        where = f" in [{prefix}]" if prefix else ""
+        raise ValueError(f"missing required config key(s) {', '.join(missing)}{where}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        parse = fields[name].metadata.get("parse")
+        if parse is not None and isinstance(value, str):
+            try:
+                value = parse(value)
+            except ValueError as e:
+                raise ValueError(f"{key}: {e}") from None
+        kwargs[name] = _coerce(value, hints[name], key)
     try:
         return cls(**kwargs)
-    except TypeError as e:  # a required field is missing
-        raise ValueError(f"{prefix or cls.__name__}: {e}") from None
+    except ValueError as e:  # the section's own validation: say which section
+        if type(e) is not ValueError or not prefix or str(e).startswith(prefix):
+            raise
+        raise ValueError(f"{prefix}: {e}") from None
 
 
 def _parse_literal(text: str) -> Any:
@@ -115,20 +155,118 @@ def _deepcopy(d: dict[str, Any]) -> dict[str, Any]:
     return {k: _deepcopy(v) if isinstance(v, dict) else v for k, v in d.items()}
 
 
+def read_file(path: str | Path) -> dict[str, Any]:
+    """The table in a ``.toml`` file (or a ``.json`` one: an object), not yet typed.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not valid TOML/JSON, or not a table.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {p} not found")
+    try:
+        data = json.loads(p.read_text()) if p.suffix == ".json" else tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(
+            f"{p} is not valid {'JSON' if p.suffix == '.json' else 'TOML'}: {e}"
+        ) from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: expected a table of settings, got {type(data).__name__}")
+    return data
+
+
 def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
-    """Load ``cls`` from a TOML file (optional) plus dotted overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file {p} not found")
-        try:
-            data = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"{p} is not valid TOML: {e}") from e
+    """Load ``cls`` from a TOML (or JSON) file (optional) plus dotted overrides."""
+    data = read_file(path) if path is not None else {}
     return build(cls, apply_overrides(data, overrides or []))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """The config as plain data (for logs, checkpoints and the metrics file)."""
     return dataclasses.asdict(cfg)
+
+
+# Command-line options generated from the fields -------------------------------------------------
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
+    parse: Callable[[str], Any] | None = None,
+    flag: str | None = None,
+    metavar: str | None = None,
+    choices: tuple[Any, ...] | None = None,
+    show: Callable[[Any], str] | None = None,
+    cli: bool = True,
+    **kwargs: Any,
+) -> Any:
+    """A dataclass field with loader metadata (module docstring); other keywords go to
+    ``dataclasses.field``."""
+    meta = {"parse": parse, "flag": flag, "metavar": metavar, "choices": choices, "show": show}
+    meta = {k: v for k, v in meta.items() if v is not None} | {"cli": cli}
+    return dataclasses.field(
+        default=default, default_factory=default_factory, metadata=meta, **kwargs
+    )
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of dataclass ``cls`` (and of its bases), one line each."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):  # a class without source (built-in, or made at runtime)
+            continue
+        body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
+        for stmt, nxt in itertools.pairwise(body):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    """The option of field ``f``: its ``flag`` metadata, else ``--field-name``."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def add_options(parser: argparse.ArgumentParser | Any, cls: type) -> None:
+    """One option per field of ``cls`` (``cli=False`` fields excepted): type and choices from the
+    annotation, help from the field's docstring, the default shown. Options the user does not
+    give stay None (:func:`given_options`), so a config file's value is not overwritten."""
+    hints, docs = typing.get_type_hints(cls), field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init or not f.metadata.get("cli", True):
+            continue
+        tp, meta = hints[f.name], f.metadata
+        help_ = docs.get(f.name, "").replace("%", "%%")
+        if f.default is not dataclasses.MISSING:
+            shown = meta["show"](f.default) if "show" in meta else f.default
+            help_ += f" (default: {shown})"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_}
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            if typing.get_origin(tp) is typing.Literal:
+                kwargs["choices"] = typing.get_args(tp)
+            if "choices" in meta:
+                kwargs["choices"] = meta["choices"]
+            if tp in (int, float) and "parse" not in meta:
+                kwargs["type"] = tp
+            kwargs["metavar"] = meta.get("metavar")
+        parser.add_argument(flag_of(f), **kwargs)
+
+
+def given_options(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields of ``cls`` that the command line set (see :func:`add_options`)."""
+    return {
+        f.name: value
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("cli", True) and (value := getattr(args, f.name, None)) is not None
+    }

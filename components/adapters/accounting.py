@@ -27,10 +27,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from components.adapters.block import Block
+
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
-
-    from components.adapters.reading import Block
 
 
 class RejectLog:
@@ -82,8 +82,6 @@ class Accounting:
 
     def apply(self, label: str, block: Block, checks: RowChecks) -> Block:
         """Reject the rows that failed a check (under their first failing rule); keep the rest."""
-        from components.adapters.reading import Block
-
         failed = checks.failed
         if not failed.any():
             return block

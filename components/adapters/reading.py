@@ -28,6 +28,7 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 
 from components.adapters.accounting import Accounting
+from components.adapters.block import Block
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +56,6 @@ class SourceFile:
     label: str
     """Short name used in reason records and ``_adapter.json`` (e.g. ``u.data``)."""
     size: int
-
-
-@dataclass(frozen=True)
-class Block:
-    """A block of rows that passed the reader's checks: string columns plus line numbers."""
-
-    columns: dict[str, pa.Array]
-    lines: np.ndarray
-    """1-based line number of each row in its file (int64)."""
-
-    @property
-    def num_rows(self) -> int:
-        return len(self.lines)
 
 
 def read_header(fs: pafs.FileSystem, src: SourceFile, delimiter: str, encoding: str) -> list[str]:

@@ -11,7 +11,7 @@ before any work starts. Override values are parsed as TOML literals (``3``, ``1e
 One loader for every config of the project: the trainer's tree, the ETL's ``EtlConfig`` (whose
 command-line options :func:`add_options` generates from the fields: name, type, default and the
 docstring under each field as the help), the delivery config and its sections, and the pipeline's
-run spec. A field may carry loader metadata, set with :func:`option`: ``parse`` (text -> value,
+run spec. A field may carry loader metadata (``field(metadata=option(...))``): ``parse`` (text -> value,
 e.g. ``"2h"`` -> ``timedelta``), and for the generated option ``flag``, ``metavar``, ``choices``,
 ``show`` (how the default is printed) or ``cli=False`` (no option). Standard library only: Airflow
 DAG files, the Spark image and KFP components import it without torch.
@@ -112,7 +112,7 @@ def build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
         parse = fields[name].metadata.get("parse")
-        if parse is not None and isinstance(value, str):
+        if parse is not None:  # it takes its own result type too (a value given in Python)
             try:
                 value = parse(value)
             except ValueError as e:
@@ -190,24 +190,18 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def option(
-    default: Any = dataclasses.MISSING,
     *,
-    default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
     parse: Callable[[str], Any] | None = None,
     flag: str | None = None,
     metavar: str | None = None,
     choices: tuple[Any, ...] | None = None,
     show: Callable[[Any], str] | None = None,
     cli: bool = True,
-    **kwargs: Any,
-) -> Any:
-    """A dataclass field with loader metadata (module docstring); other keywords go to
-    ``dataclasses.field``."""
+) -> dict[str, Any]:
+    """A field's loader metadata (module docstring):
+    ``k: int = field(default=32, metadata=option(flag="--k"))``."""
     meta = {"parse": parse, "flag": flag, "metavar": metavar, "choices": choices, "show": show}
-    meta = {k: v for k, v in meta.items() if v is not None} | {"cli": cli}
-    return dataclasses.field(
-        default=default, default_factory=default_factory, metadata=meta, **kwargs
-    )
+    return {k: v for k, v in meta.items() if v is not None} | {"cli": cli}
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -237,15 +231,22 @@ def flag_of(f: dataclasses.Field) -> str:
 
 
 def add_options(parser: argparse.ArgumentParser | Any, cls: type) -> None:
-    """One option per field of ``cls`` (``cli=False`` fields excepted): type and choices from the
-    annotation, help from the field's docstring, the default shown. Options the user does not
-    give stay None (:func:`given_options`), so a config file's value is not overwritten."""
+    """One option per field of ``cls`` (``cli=False`` fields excepted; required fields first):
+    type and choices from the annotation, help from the field's docstring, the default shown.
+    Options the user does not give stay None (:func:`given_options`), so they do not overwrite a
+    config file's values."""
     hints, docs = typing.get_type_hints(cls), field_docs(cls)
-    for f in dataclasses.fields(cls):
+    required_first = sorted(
+        dataclasses.fields(cls),
+        key=lambda f: (
+            f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        ),
+    )
+    for f in required_first:
         if not f.init or not f.metadata.get("cli", True):
             continue
         tp, meta = hints[f.name], f.metadata
-        help_ = docs.get(f.name, "").replace("%", "%%")
+        help_ = docs.get(f.name, "").replace("``", "").replace("%", "%%")
         if f.default is not dataclasses.MISSING:
             shown = meta["show"](f.default) if "show" in meta else f.default
             help_ += f" (default: {shown})"

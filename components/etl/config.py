@@ -29,14 +29,14 @@ Override it with a TOML or JSON file (``--features spec.toml``)::
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from components.raw_schema import FIELDS_BY_NAME, PARTITION_FORMATS, validate_task_key
+from components.raw_schema import FIELDS_BY_NAME, PARTITION_FORMATS, TASK_KEYS, validate_task_key
+from trainer.config_loader import build, option, read_file
 from trainer.data.contract import DenseSpec, FeatureSpec
 
 INPUT_FORMATS = ("auto", *PARTITION_FORMATS)
@@ -157,41 +157,27 @@ def load_feature_spec(
     Raises:
         ValueError: unreadable file, unknown keys, or an invalid feature (the message names it).
     """
-    path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as e:
-        raise ValueError(f"feature spec {path}: cannot read it ({e.strerror})") from None
+        data = read_file(path)
+    except FileNotFoundError:
+        raise ValueError(f"feature spec {path}: no such file") from None
+    except ValueError as e:
+        raise ValueError(f"feature spec {e}") from None
     try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import tomllib
+        spec = build(FeatureSet, data)
+    except ValueError as e:
+        raise ValueError(f"feature spec {path}: {e}") from None
+    return spec.features, spec.dense
 
-            data = tomllib.loads(text)
-    except (ValueError, json.JSONDecodeError) as e:
-        raise ValueError(
-            f"feature spec {path}: not valid {path.suffix.lstrip('.') or 'TOML'}: {e}"
-        ) from None
-    unknown = set(data) - {"features", "dense"}
-    if unknown or "features" not in data:
-        raise ValueError(
-            f"feature spec {path}: expected a 'features' list (and optionally 'dense'), "
-            f"found keys {sorted(data)}"
-        )
 
-    def build(cls, items, what):
-        out = []
-        for i, item in enumerate(items):
-            try:
-                out.append(cls(**item))
-            except TypeError as e:
-                raise ValueError(f"feature spec {path}: {what} #{i + 1} {item!r}: {e}") from None
-        return tuple(out)
+@dataclass(frozen=True, kw_only=True)
+class FeatureSet:
+    """The layout of a feature spec file."""
 
-    return build(FeatureConfig, data["features"], "feature"), build(
-        DenseConfig, data.get("dense", []), "dense feature"
-    )
+    features: tuple[FeatureConfig, ...]
+    """The ``[[features]]`` tables, in slot order."""
+    dense: tuple[DenseConfig, ...] = ()
+    """The ``[[dense]]`` tables, in order."""
 
 
 def parse_hour(text: str | datetime) -> datetime:
@@ -227,71 +213,93 @@ def parse_duration(text: str | int | float | timedelta) -> timedelta:
     return timedelta(seconds=int(m.group(1)) * unit)
 
 
-@dataclass(frozen=True)
-class EtlConfig:
-    """What the ETL reads, how it cuts episodes and where it writes. Validated on construction."""
+def format_duration(value: timedelta) -> str:
+    """The shortest of ``<n>d``, ``<n>h``, ``<n>m``, ``<n>s`` that says ``value`` exactly."""
+    seconds = int(value.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
-    input: str
-    """Raw log root (local path or any pyarrow.fs/Hadoop URI) holding ``dt=YYYY-MM-DD/hr=HH/`` partitions."""
-    output: str
-    """Output root; this interval goes to ``<output>/interval=<start>-<end>/`` (others untouched)."""
-    start: datetime
-    """Interval start, UTC, hour-aligned, inclusive (``2026-11-01T00``)."""
-    end: datetime
-    """Interval end, UTC, hour-aligned, exclusive (``2026-11-02T00``)."""
-    input_format: str = "auto"
-    """``jsonl``, ``jsonl.gz``, ``parquet``, or ``auto`` (from the file names; mixing is an error)."""
-    task_key: str = "campaign_id"
-    """Raw id column that defines a task (campaign_id, advertiser_id, user_id, scene_id, ad_id)."""
-    k_support: int = 32
+
+def parse_bytes(text: str | int) -> int:
+    """``64MiB``, ``8M``, ``1G`` or a plain number of bytes."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kmg]?)(i?b)?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise ValueError(f"{text!r} is not a size: use e.g. 64MiB, 8M or 1048576")
+    return int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2).lower()]
+
+
+def format_bytes(value: int) -> str:
+    """``67108864`` -> ``64MiB`` (whole KiB/MiB/GiB), else the number."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if value and value % (1 << shift) == 0:
+            return f"{value >> shift}{unit}"
+    return str(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EtlSettings:
+    """How the ETL reads and cuts an interval: every setting but the interval and the roots (the
+    delivery config's ``[etl]`` section). Validated on construction."""
+
+    input_format: str = field(
+        default="auto", metadata=option(flag="--format", choices=INPUT_FORMATS)
+    )
+    """Raw file format: ``jsonl``, ``jsonl.gz``, ``parquet``, or ``auto`` (from the file names;
+    mixing is an error)."""
+    task_key: str = field(default="campaign_id", metadata=option(choices=TASK_KEYS))
+    """Raw id column that defines a task."""
+    k_support: int = field(default=32, metadata=option(flag="--k", metavar="K"))
     """K: support samples per episode (the older ones)."""
-    q_query: int = 32
+    q_query: int = field(default=32, metadata=option(flag="--q", metavar="Q"))
     """Q: query samples per episode (the newer ones)."""
-    min_support: int = 8
-    """An episode with fewer real support samples is not emitted (its rows are quarantined)."""
-    min_query: int = 8
+    min_support: int = field(default=8, metadata=option(metavar="N"))
+    """An episode with fewer real support samples is not emitted (its rows are quarantined as
+    episode_too_small)."""
+    min_query: int = field(default=8, metadata=option(metavar="N"))
     """An episode with fewer real query samples is not emitted (its rows are quarantined)."""
-    num_buckets: int = 16
-    """Task buckets per split: each is one file, so ranks read disjoint files (>= ranks x 2 is good)."""
-    cold_fraction: float = 0.1
+    num_buckets: int = field(default=16, metadata=option(flag="--buckets", metavar="B"))
+    """Task buckets per split: each is one file, so ranks read disjoint files (>= ranks x 2 is
+    good)."""
+    cold_fraction: float = field(default=0.1, metadata=option(metavar="F"))
     """Share of tasks (by a stable hash of the task key) held out whole as ``test_cold``."""
-    valid_fraction: float = 0.1
-    """Share of the interval (the latest part) whose episodes of warm tasks go to ``valid``."""
-    max_lateness: timedelta = timedelta(hours=1)
-    """How much older than its partition hour an event may be (late arrivals); older -> quarantined."""
-    features: tuple[FeatureConfig, ...] = DEFAULT_FEATURES
-    """Sparse features in slot order (see the module docstring)."""
-    dense_features: tuple[DenseConfig, ...] = DEFAULT_DENSE
-    """Dense features in order."""
-    row_group_bytes: int = 64 << 20
-    """Target Parquet row-group size (``parquet.block.size``); large groups read sequentially fast."""
-    shuffle_partitions: int = 32
-    """Partitions of the narrow de-duplication aggregate (``spark.sql.shuffle.partitions``; AQE coalesces)."""
+    valid_fraction: float = field(default=0.1, metadata=option(metavar="F"))
+    """Latest share of the interval: warm tasks' episodes whose first query sample falls in it go
+    to ``valid``, earlier ones to ``train``."""
+    max_lateness: timedelta = field(
+        default=timedelta(hours=1),
+        metadata=option(parse=parse_duration, show=format_duration, metavar="DURATION"),
+    )
+    """How much older than its partition hour an event may be (late arrivals, e.g. 30m, 2h);
+    older events are quarantined as event_time_out_of_range."""
+    features: tuple[FeatureConfig, ...] = field(
+        default=DEFAULT_FEATURES, metadata=option(cli=False)
+    )
+    """Sparse features in slot order (module docstring); on the command line: ``--features``."""
+    dense_features: tuple[DenseConfig, ...] = field(
+        default=DEFAULT_DENSE, metadata=option(cli=False)
+    )
+    """Dense features in order; on the command line: ``--features``."""
+    row_group_bytes: int = field(
+        default=64 << 20, metadata=option(parse=parse_bytes, show=format_bytes, metavar="SIZE")
+    )
+    """Target Parquet row-group size (``parquet.block.size``; e.g. 64MiB): large groups read
+    sequentially fast."""
+    shuffle_partitions: int = field(default=32, metadata=option(metavar="N"))
+    """Partitions of the narrow de-duplication aggregate (``spark.sql.shuffle.partitions``; AQE
+    coalesces them)."""
     allow_missing: bool = False
-    """Proceed when some hourly partitions are missing (they are listed in the manifest)."""
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    """Process the interval even if some hourly partitions are missing (they are listed in the
+    manifest); by default a missing hour is an error."""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, metadata=option(cli=False))
     """Free-form producer notes copied into the manifest (e.g. the DAG run id); never read."""
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        set_(self, "start", parse_hour(self.start))
-        set_(self, "end", parse_hour(self.end))
         set_(self, "max_lateness", parse_duration(self.max_lateness))
         set_(self, "features", tuple(self.features))
         set_(self, "dense_features", tuple(self.dense_features))
-        if not self.input or not self.output:
-            raise ValueError(
-                "both an input root (--input) and an output root (--output) are needed"
-            )
-        for name, t in (("start", self.start), ("end", self.end)):
-            if (t.minute, t.second, t.microsecond) != (0, 0, 0):
-                raise ValueError(
-                    f"--{name} {t:%Y-%m-%dT%H:%M:%S} must be a whole UTC hour, e.g. 2026-11-01T05"
-                )
-        if self.end <= self.start:
-            raise ValueError(
-                f"--end ({self.end:%Y-%m-%dT%H}) must be after --start ({self.start:%Y-%m-%dT%H})"
-            )
         if self.input_format not in INPUT_FORMATS:
             raise ValueError(
                 f"--format must be one of {', '.join(INPUT_FORMATS)}, got {self.input_format!r}"
@@ -329,6 +337,50 @@ class EtlConfig:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"feature spec: duplicate feature names {dupes}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EtlConfig(EtlSettings):
+    """What the ETL reads, how it cuts episodes and where it writes: one interval's run.
+
+    Built in Python (``EtlConfig(input=..., start="2026-11-01T00", ...)``), by ``metarec etl``
+    from its options (generated from these fields), or by the loader from a TOML file plus dotted
+    overrides (``metarec etl --config etl.toml k_support=16 --input ...``)."""
+
+    input: str = field(metadata=option(metavar="URI"))
+    """Raw log root (local path or any pyarrow.fs/Hadoop URI) holding ``dt=YYYY-MM-DD/hr=HH/``
+    partitions."""
+    output: str = field(metadata=option(metavar="URI"))
+    """Output root; this interval goes to ``<output>/interval=<start>-<end>/`` (others
+    untouched)."""
+    start: datetime = field(metadata=option(parse=parse_hour, metavar="HOUR"))
+    """Interval start, UTC hour, inclusive (e.g. 2026-11-01T00)."""
+    end: datetime = field(metadata=option(parse=parse_hour, metavar="HOUR"))
+    """Interval end, UTC hour, exclusive (e.g. 2026-11-02T00)."""
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "start", parse_hour(self.start))
+        set_(self, "end", parse_hour(self.end))
+        if not self.input or not self.output:
+            raise ValueError(
+                "both an input root (--input) and an output root (--output) are needed"
+            )
+        for name, t in (("start", self.start), ("end", self.end)):
+            if (t.minute, t.second, t.microsecond) != (0, 0, 0):
+                raise ValueError(
+                    f"--{name} {t:%Y-%m-%dT%H:%M:%S} must be a whole UTC hour, e.g. 2026-11-01T05"
+                )
+        if self.end <= self.start:
+            raise ValueError(
+                f"--end ({self.end:%Y-%m-%dT%H}) must be after --start ({self.start:%Y-%m-%dT%H})"
+            )
+        super().__post_init__()
+
+    @classmethod
+    def of(cls, settings: EtlSettings, **interval: Any) -> EtlConfig:
+        """``settings`` for one interval: ``EtlConfig.of(settings, input=, output=, start=, end=)``."""
+        return cls(**{f: getattr(settings, f) for f in settings.__dataclass_fields__}, **interval)
 
     # Derived values -------------------------------------------------------------------------------
 

@@ -347,25 +347,11 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``spark-submit components/etl/job.py ...`` (same options as ``metarec etl``)."""
-    import argparse
+    """Entry point for ``spark-submit components/etl/job.py ...``: ``metarec etl`` with the same
+    options (the command line lives in ``components/etl/command.py``, which imports this module)."""
+    from components.cli import main as metarec
 
-    from components.etl import command
-
-    parser = argparse.ArgumentParser(prog="job.py", description=command.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    command.configure_parser(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
-    try:
-        return command.run(args)
-    except (ValueError, FileNotFoundError) as e:
-        if args.verbose:
-            raise
-        sys.stderr.write(f"metarec etl: error: {e}\n")
-        return 2
+    return metarec(["etl", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -132,12 +132,12 @@ def test_feature_spec_files(tmp_path):
     assert load_feature_spec(js) == ((FeatureConfig("scene_id", 7),), ())
     bad = tmp_path / "bad.toml"
     bad.write_text('[[features]]\nname = "user_id"\nbucket = 10\n')
-    with pytest.raises(ValueError, match=r"feature #1 .* unexpected keyword argument 'bucket'"):
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) bucket in \[features\[0\]\]"):
         load_feature_spec(bad)
-    with pytest.raises(ValueError, match="expected a 'features' list"):
+    with pytest.raises(ValueError, match="missing required config key.* features"):
         (tmp_path / "x.json").write_text("{}")
         load_feature_spec(tmp_path / "x.json")
-    with pytest.raises(ValueError, match="cannot read it"):
+    with pytest.raises(ValueError, match="feature spec .*missing.toml: no such file"):
         load_feature_spec(tmp_path / "missing.toml")
 
 

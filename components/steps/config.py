@@ -14,7 +14,7 @@ defaults: :func:`load_dag_config` requires the file and absolute roots. Example:
     trainer_config = "default"            # a packaged run or a TOML path
     trainer_overrides = ["train.steps=200", "meta.mode=\\"fomaml\\""]
     model_name = "ctr-dlrm"
-    [etl]                                 # any EtlConfig field
+    [etl]                                 # EtlSettings fields
     k_support = 32
     [validation]                          # Thresholds fields
     ctr_max = 0.2
@@ -30,56 +30,117 @@ defaults: :func:`load_dag_config` requires the file and absolute roots. Example:
     spark_pool = "metarec_spark"
     training_timeout_s = 43200
 
-``[kubernetes]`` keys (:data:`K8S_KEYS`), read only with ``backend = "kubernetes"``: ``namespace``
-(default ``metarec``), ``timeout_s`` (per job, default 1 day) and ``cleanup`` (``on-success``:
-a failed job is kept for ``kubectl describe`` until a retry runs it again; ``always``; ``never``)
-apply to both jobs;
-``variant``, ``image``, ``nodes``, ``nproc_per_node``, ``gpus_per_node`` to the training job
-(``TrainRunParams``); ``etl_image``, ``etl_executors``, ``etl_executor_cores``,
-``etl_executor_memory`` (``8g``) and ``etl_driver_memory`` to the ETL's SparkApplication
-(``EtlRunParams``); ``data_mount`` to both: where the pods mount the ``metarec-data`` volume (default
-``/data``, the KFP tasks' mount), which must be where this worker sees it, so that ``run_root`` and
-``raw_root`` name the same files in the worker and in the pods (the launcher refuses a job whose
-paths lie on no volume of its pods). Unset keys keep the overlay's values.
+Every section is a dataclass with its defaults, stated once: ``[etl]`` is
+:class:`~components.etl.config.EtlSettings`, ``[validation]``
+:class:`~components.validation.suites.Thresholds`, ``[gate]`` :class:`GateSettings`,
+``[kubernetes]`` :class:`KubernetesSettings` (read only with ``backend = "kubernetes"``; its unset
+job settings keep ``TrainRunParams``/``EtlRunParams``'s defaults), ``[airflow]``
+:class:`~components.steps.dag_policy.AirflowSettings`. The file is read by the project's one
+config loader (``trainer.config_loader``): an unknown key or a wrong type is refused with its
+dotted name (``delivery config: unknown config key(s) k_suport in [etl]; ...``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from components.etl.config import EtlSettings
+from components.promotion.gate import GatePolicy
+from components.steps.dag_policy import AirflowSettings
+from components.validation.suites import Thresholds
+from trainer.config_loader import build, read_file, to_dict
+
+if TYPE_CHECKING:
+    from components.launchers.render import TrainRunParams
+    from components.launchers.render_etl import EtlRunParams
 
 CONFIG_ENV = "METAREC_DELIVERY_CONFIG"
 SCHEDULES = {"hourly": "0 * * * *", "daily": "0 0 * * *"}
-BACKENDS = ("local", "kubernetes")
-ETL_FIXED = ("input", "output", "start", "end")
-"""EtlConfig fields the flow sets itself (from raw_root, run_root and the interval)."""
-GATE_KEYS = ("metric", "tolerance", "promote_on_equal", "batch_episodes", "max_episodes")
-K8S_KEYS = (
-    "variant",
-    "namespace",
-    "image",
-    "nodes",
-    "nproc_per_node",
-    "gpus_per_node",
-    "timeout_s",
-    "cleanup",
-    "etl_image",
-    "etl_executors",
-    "etl_executor_cores",
-    "etl_executor_memory",
-    "etl_driver_memory",
-    "data_mount",
-)
-"""``[kubernetes]`` keys: training job, ETL job (``etl_*``) and both (see the module docstring)."""
+Backend = Literal["local", "kubernetes"]
+BACKENDS = get_args(Backend)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class GateSettings(GatePolicy):
+    """``[gate]``: the gate's policy (metric, tolerance, promote_on_equal) and its evaluation."""
+
+    batch_episodes: int = 64
+    """Episodes per batch when the challenger and the champion are evaluated."""
+    max_episodes: int = 0
+    """Evaluate on at most this many episodes of the metric's split (0: all)."""
+
+    def policy(self) -> GatePolicy:
+        """The policy alone (what ``gate.decide`` reads and the gate's record keeps)."""
+        return GatePolicy(self.metric, self.tolerance, self.promote_on_equal)
+
+
+@dataclass(frozen=True, kw_only=True)
+class KubernetesSettings:
+    """``[kubernetes]``: the jobs of ``backend = "kubernetes"`` (module docstring). A job setting
+    left unset keeps the run parameters' default (:class:`TrainRunParams`,
+    :class:`EtlRunParams`: the one place of those defaults), which mostly keeps the overlay's."""
+
+    namespace: str | None = None
+    """Namespace of both jobs."""
+    timeout_s: float = 24 * 3600.0
+    """Give up on a job (and stop it) after this many seconds."""
+    cleanup: Literal["on-success", "always", "never"] = "on-success"
+    """Delete a job when done: ``on-success`` (a failed job is kept for ``kubectl describe``
+    until a retry runs it again), ``always`` or ``never``."""
+    variant: str | None = None
+    """Training: the overlay of ``manifests/overlays`` (pytorchjob-gpu, trainjob-gpu, ...)."""
+    image: str | None = None
+    """Training: the trainer image."""
+    nodes: int | None = None
+    """Training: pods of the job."""
+    nproc_per_node: int | None = None
+    """Training: ranks per pod."""
+    gpus_per_node: int | None = None
+    """Training: ``nvidia.com/gpu`` per pod (0: none)."""
+    etl_image: str | None = None
+    """ETL: the components image of the SparkApplication."""
+    etl_executors: int | None = None
+    """ETL: Spark executors."""
+    etl_executor_cores: int | None = None
+    """ETL: cores per executor."""
+    etl_executor_memory: str | None = None
+    """ETL: memory per executor, Spark's notation (``8g``)."""
+    etl_driver_memory: str | None = None
+    """ETL: the driver's memory."""
+    data_mount: str | None = None
+    """Both jobs: where the pods mount the ``metarec-data`` volume (the overlays' ``/data``): where
+    this worker sees it, so that ``run_root`` and ``raw_root`` name the same files here and there."""
+
+    def train_params(self, **run: object) -> TrainRunParams:
+        """The training job's parameters: the per-run ones (``run_id``, ``overrides``, ...) and
+        the settings of this section that are set."""
+        from components.launchers.render import TrainRunParams
+
+        keys = ("namespace", "variant", "image", "nodes", "nproc_per_node", "gpus_per_node")
+        return TrainRunParams(**self._set(dict(zip(keys, keys, strict=True))), **run)
+
+    def etl_params(self, **run: object) -> EtlRunParams:
+        """The ETL job's parameters: the per-run ones and the ``etl_*`` settings that are set."""
+        from components.launchers.render_etl import EtlRunParams
+
+        keys = {"namespace": "namespace", "etl_image": "image", "etl_executors": "executors",
+                "etl_executor_cores": "executor_cores", "etl_executor_memory": "executor_memory",
+                "etl_driver_memory": "driver_memory"}  # fmt: skip
+        return EtlRunParams(**self._set(keys), **run)
+
+    def _set(self, keys: dict[str, str]) -> dict[str, object]:
+        pairs = {**keys, "data_mount": "data_mount"}.items()
+        return {param: getattr(self, k) for k, param in pairs if getattr(self, k) is not None}
+
+
+@dataclass(frozen=True, kw_only=True)
 class DeliveryConfig:
-    """The flow's settings; validated on construction (every message names the field)."""
+    """The flow's settings; validated on construction (every message names the field). Build it
+    from plain data (a TOML/JSON file, a dict) with :meth:`from_dict`."""
 
     run_root: str = "out/delivery"
     """Local or mounted folder for every output (see ``components/steps/layout.py``)."""
@@ -89,7 +150,7 @@ class DeliveryConfig:
     """``hourly``, ``daily`` or a 5-field cron: one run (and one data interval) per tick."""
     start_date: str = "2026-11-01T00"
     """First interval start of the schedule (UTC)."""
-    backend: str = "local"
+    backend: Backend = "local"
     """Where the ETL and training run: ``local`` (in this process: Spark ``spark_master``, torchrun)
     or ``kubernetes`` (a SparkApplication and a PyTorchJob/TrainJob, watched from here)."""
     spark_master: str = "local[2]"
@@ -98,10 +159,11 @@ class DeliveryConfig:
     """How long the DAG waits for an interval's raw partitions before failing."""
     raw_poke_interval_s: int = 300
     """How often it looks (the sensor reschedules in between: no worker slot held)."""
-    etl: dict[str, Any] = field(default_factory=dict)
-    """EtlConfig fields (task_key, k_support, q_query, num_buckets, ...)."""
-    validation: dict[str, Any] = field(default_factory=dict)
-    """``components.validation.Thresholds`` fields (ctr_min, ctr_max, row_count_ratio, ...)."""
+    etl: EtlSettings = field(default_factory=EtlSettings)
+    """``[etl]``: the ETL's settings (task_key, k_support, q_query, num_buckets, ...); the input,
+    output and interval come from raw_root, run_root and the run."""
+    validation: Thresholds = field(default_factory=Thresholds)
+    """``[validation]``: the suites' thresholds (ctr_min, ctr_max, row_count_ratio, ...)."""
     trainer_config: str = "debug"
     """Trainer run config: a packaged name (debug, default) or a TOML path."""
     trainer_overrides: tuple[str, ...] = ()
@@ -113,12 +175,13 @@ class DeliveryConfig:
     """Start each interval's training from the champion's checkpoint when it fits."""
     model_name: str = "ctr-dlrm"
     """Registry name of the model (``models/<name>/v<N>``)."""
-    gate: dict[str, Any] = field(default_factory=dict)
-    """metric, tolerance, promote_on_equal; batch_episodes/max_episodes of the gate's evaluation."""
-    kubernetes: dict[str, Any] = field(default_factory=dict)
-    """``backend = "kubernetes"``: the jobs' settings (:data:`K8S_KEYS`, module docstring)."""
-    airflow: dict[str, Any] = field(default_factory=dict)
-    """The DAGs' pools and timeouts (``components.steps.dag_policy.AirflowSettings`` fields)."""
+    gate: GateSettings = field(default_factory=GateSettings)
+    """``[gate]``: metric, tolerance, promote_on_equal; the gate evaluation's batch_episodes and
+    max_episodes."""
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+    """``[kubernetes]``: the jobs of ``backend = "kubernetes"`` (module docstring)."""
+    airflow: AirflowSettings = field(default_factory=AirflowSettings)
+    """``[airflow]``: the DAGs' pools and timeouts (``components.steps.dag_policy``)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "trainer_overrides", tuple(self.trainer_overrides))
@@ -140,26 +203,12 @@ class DeliveryConfig:
             )
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", self.model_name):
             raise ValueError(f"delivery config: model_name {self.model_name!r} is not a valid name")
-        fixed = [k for k in ETL_FIXED if k in self.etl]
-        if fixed:
-            raise ValueError(
-                f"delivery config: [etl] must not set {fixed}: they come from raw_root, run_root "
-                "and the interval"
-            )
-        for section, allowed in (("gate", GATE_KEYS), ("kubernetes", K8S_KEYS)):
-            unknown = sorted(set(getattr(self, section)) - set(allowed))
-            if unknown:
-                raise ValueError(
-                    f"delivery config: unknown [{section}] keys {unknown}; allowed: {list(allowed)}"
-                )
         for o in self.trainer_overrides:
             if "=" not in o:
                 raise ValueError(
                     f"delivery config: trainer override {o!r} is not section.key=value"
                 )
-        self.gate_policy()  # validates metric and tolerance
-        self.thresholds()
-        if self.airflow_settings().dagrun_timeout_s <= self.raw_wait_timeout_s:
+        if self.airflow.dagrun_timeout_s <= self.raw_wait_timeout_s:
             raise ValueError(
                 f"delivery config: [airflow] dagrun_timeout_s must exceed raw_wait_timeout_s "
                 f"({self.raw_wait_timeout_s}): a run would time out while it waits for its data"
@@ -171,28 +220,6 @@ class DeliveryConfig:
     def cron(self) -> str:
         return cron_of(self.schedule)
 
-    def gate_policy(self):  # -> components.promotion.gate.GatePolicy
-        from components.promotion.gate import GatePolicy
-
-        keys = ("metric", "tolerance", "promote_on_equal")
-        return GatePolicy(**{k: v for k, v in self.gate.items() if k in keys})
-
-    def thresholds(self):  # -> components.validation.suites.Thresholds
-        from components.validation.suites import Thresholds
-
-        try:
-            return Thresholds(**self.validation)
-        except TypeError as e:
-            raise ValueError(f"delivery config: [validation]: {e}") from None
-
-    def airflow_settings(self):  # -> components.steps.dag_policy.AirflowSettings
-        from components.steps.dag_policy import AirflowSettings
-
-        try:
-            return AirflowSettings(**self.airflow)
-        except TypeError as e:
-            raise ValueError(f"delivery config: [airflow]: {e}") from None
-
     def relative_roots(self) -> list[str]:
         """``name = 'value'`` of each root that is a relative local path: the orchestrators refuse
         them (each process, pod and image has its own working directory)."""
@@ -203,20 +230,22 @@ class DeliveryConfig:
         ]
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["trainer_overrides"] = list(self.trainer_overrides)
-        return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+        """Plain data that :meth:`from_dict` reads back into an equal config."""
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeliveryConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"delivery config: unknown keys {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        """The config of plain data (a parsed TOML/JSON file, a pipeline's run spec): every key
+        and value type-checked by ``trainer.config_loader`` (an unknown key or a wrong type is
+        refused with its dotted name), then validated.
+
+        Raises:
+            ValueError: the message names the key, e.g. ``delivery config: etl.k_support: ...``.
+        """
+        try:
+            return build(cls, data)
+        except ValueError as e:
+            raise ValueError(f"delivery config: {e}") from None
 
 
 def cron_of(schedule: str) -> str:
@@ -239,24 +268,10 @@ def load_delivery_config(path: str | os.PathLike[str] | None = None) -> Delivery
     path = path or os.environ.get(CONFIG_ENV)
     if not path:
         return DeliveryConfig()
-    p = Path(path)
     try:
-        text = p.read_text()
-    except OSError as e:
-        raise ValueError(
-            f"delivery config {p} (${CONFIG_ENV}): cannot read it ({e.strerror})"
-        ) from None
-    try:
-        if p.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import tomllib
-
-            data = tomllib.loads(text)
-    except ValueError as e:
-        raise ValueError(
-            f"delivery config {p}: not valid {p.suffix.lstrip('.') or 'TOML'}: {e}"
-        ) from None
+        data = read_file(path)
+    except (OSError, ValueError) as e:  # FileNotFoundError is an OSError
+        raise ValueError(f"delivery config {path} (${CONFIG_ENV}): {e}") from None
     return DeliveryConfig.from_dict(data)
 
 

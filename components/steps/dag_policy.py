@@ -33,11 +33,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from components.steps.config import DeliveryConfig
 from components.steps.layout import Interval, RunLayout
 from trainer.durable import write_json_atomic
+
+if TYPE_CHECKING:  # the config's [airflow] section is AirflowSettings below
+    from components.steps.config import DeliveryConfig
 
 log = logging.getLogger(__name__)
 OWNER = "ml-platform"
@@ -83,25 +85,25 @@ def task_defaults(cfg: DeliveryConfig, retry_delay: timedelta) -> dict[str, Any]
         "owner": OWNER,
         "retries": RETRIES,
         "retry_delay": retry_delay,
-        "execution_timeout": timedelta(seconds=cfg.airflow_settings().task_timeout_s),
+        "execution_timeout": timedelta(seconds=cfg.airflow.task_timeout_s),
         "on_failure_callback": on_task_failure,
     }
 
 
 def spark_task(cfg: DeliveryConfig) -> dict[str, Any]:
     """``@task`` arguments of a Spark task: its pool and timeout."""
-    s = cfg.airflow_settings()
+    s = cfg.airflow
     return {"pool": s.spark_pool, "execution_timeout": timedelta(seconds=s.spark_timeout_s)}
 
 
 def training_task(cfg: DeliveryConfig) -> dict[str, Any]:
     """``@task`` arguments of the training task: its pool and timeout."""
-    s = cfg.airflow_settings()
+    s = cfg.airflow
     return {"pool": s.training_pool, "execution_timeout": timedelta(seconds=s.training_timeout_s)}
 
 
 def dagrun_timeout(cfg: DeliveryConfig) -> timedelta:
-    return timedelta(seconds=cfg.airflow_settings().dagrun_timeout_s)
+    return timedelta(seconds=cfg.airflow.dagrun_timeout_s)
 
 
 def failure_record_path(

@@ -97,12 +97,9 @@ def etl_config(cfg: DeliveryConfig, interval: Interval):  # -> components.etl.Et
     from components.etl.config import EtlConfig
 
     out = RunLayout.of(cfg.run_root).episodes_root
-    try:
-        return EtlConfig(
-            input=cfg.raw_root, output=str(out), start=interval.start, end=interval.end, **cfg.etl
-        )
-    except TypeError as e:
-        raise ValueError(f"delivery config: [etl]: {e}") from None
+    return EtlConfig.of(
+        cfg.etl, input=cfg.raw_root, output=str(out), start=interval.start, end=interval.end
+    )
 
 
 def check_raw(cfg: DeliveryConfig, interval: Interval) -> RawStatus:
@@ -133,7 +130,7 @@ def _raw_inputs(cfg: DeliveryConfig, interval: Interval) -> dict[str, Any]:
         "raw_root": cfg.raw_root,
         "files": listing.files,
         "bytes": listing.total_bytes,
-        "thresholds": asdict(cfg.thresholds()),
+        "thresholds": asdict(cfg.validation),
     }
 
 
@@ -159,7 +156,7 @@ def validate_raw_step(
         interval.start,
         interval.end,
         spark or shared_spark(cfg.spark_master),
-        thresholds=cfg.thresholds(),
+        thresholds=cfg.validation,
         report_dir=str(report_dir),
     )
     result = _result(report, "raw", str(report_dir / "report.md"))
@@ -234,49 +231,37 @@ def _etl_result(root: str, config) -> EtlStepResult:
     )
 
 
-def etl_arguments(cfg: DeliveryConfig, config) -> list[str]:
-    """The ``metarec etl`` options that set ``cfg``'s ``[etl]`` section, checked by parsing them
-    back with the job's own parser: the job computes exactly ``config``.
+def etl_arguments(config) -> list[str]:  # config: components.etl.EtlConfig
+    """The ``metarec etl`` arguments that give the job ``config``'s settings: each one that
+    differs from its default as a ``key=value`` override (a TOML literal, read back by the same
+    config loader), checked by parsing them back with the job's own parser.
 
-    >>> from components.steps.layout import Interval
-    >>> etl = {"q_query": 40, "allow_missing": True, "max_lateness": "2h"}
-    >>> cfg = DeliveryConfig(run_root="/d", raw_root="/r", etl=etl)
-    >>> etl_arguments(cfg, etl_config(cfg, Interval.parse("2026-11-01T00/1h")))
-    ['--q', '40', '--allow-missing', '--max-lateness', '7200s']
-
-    Raises:
-        ValueError: a setting the command line cannot carry (e.g. an inline feature spec).
+    >>> from components.etl.config import EtlConfig
+    >>> etl_arguments(EtlConfig(input="/r", output="/o", start="2026-11-01T00",
+    ...                         end="2026-11-01T01", q_query=40, max_lateness="2h"))
+    ['q_query=40', 'max_lateness=7200']
     """
     import argparse
+    from dataclasses import fields
 
     from components.etl import command
+    from components.etl.config import EtlSettings
+    from trainer.config_loader import to_dict, toml_literal
 
+    ours, defaults = to_dict(config), to_dict(EtlSettings())
+    args = [
+        f"{f.name}={toml_literal(ours[f.name])}"
+        for f in fields(EtlSettings)
+        if ours[f.name] != defaults[f.name]
+    ]
     parser = argparse.ArgumentParser()
     command.configure_parser(parser)
-    options = {a.dest: a for a in parser._actions if a.option_strings}
-    args: list[str] = []
-    for key in cfg.etl:
-        action = options.get(key)
-        if action is None or key == "features":  # --features takes a file, not the spec
-            raise ValueError(
-                f"delivery config: [etl] {key} has no `metarec etl` option, so a SparkApplication "
-                f"cannot be given it (backend = kubernetes); the options: {sorted(options)}"
-            )
-        value = getattr(config, key)
-        flag = action.option_strings[-1]
-        if action.nargs == 0:  # a switch (--allow-missing)
-            args += [flag] if value else []
-        elif key == "max_lateness":
-            args += [flag, f"{int(value.total_seconds())}s"]
-        else:
-            args += [flag, str(value)]
-    base = ["--input", config.input, "--output", config.output,
-            "--start", f"{config.start:%Y-%m-%dT%H}", "--end", f"{config.end:%Y-%m-%dT%H}"]  # fmt: skip
-    parsed = _plain(command.config_from_args(parser.parse_args([*base, *args])).describe())
-    wanted = _plain(config.describe())
-    differ = sorted(k for k in wanted if parsed.get(k) != wanted[k])
-    if differ:
-        raise ValueError(f"delivery config: [etl] {differ} cannot be passed to the ETL job")
+    interval = ["--input", config.input, "--output", config.output,
+                "--start", f"{config.start:%Y-%m-%dT%H}", "--end", f"{config.end:%Y-%m-%dT%H}"]  # fmt: skip
+    parsed = command.config_from_args(parser.parse_intermixed_args([*interval, *args]))
+    assert parsed == config and parsed.extra == config.extra, (
+        "the ETL job would read another config"
+    )
     return args
 
 
@@ -292,24 +277,16 @@ def _etl_on_kubernetes(cfg: DeliveryConfig, interval: Interval, config, inputs: 
     after the interval and its inputs: a retry re-attaches, new input files get a new job."""
     import json
 
-    from components.launchers.render_etl import EtlRunParams, render_etl_run
+    from components.launchers.render_etl import render_etl_run
     from components.steps.dispatch import job_run_id, run_job
 
-    k = cfg.kubernetes
-    params = EtlRunParams(
+    params = cfg.kubernetes.etl_params(
         run_id=job_run_id(interval, json.dumps(inputs, sort_keys=True, default=str)),
         input=config.input,
         output=config.output,
         start=f"{config.start:%Y-%m-%dT%H}",
         end=f"{config.end:%Y-%m-%dT%H}",
-        extra_args=tuple(etl_arguments(cfg, config)),
-        namespace=k.get("namespace", "metarec"),
-        image=k.get("etl_image"),
-        executors=k.get("etl_executors"),
-        executor_cores=k.get("etl_executor_cores"),
-        executor_memory=k.get("etl_executor_memory"),
-        driver_memory=k.get("etl_driver_memory"),
-        data_mount=k.get("data_mount"),
+        extra_args=tuple(etl_arguments(config)),
         labels={"metarec.io/interval": interval.slug},
     )
     record = RunLayout.of(cfg.run_root).record_path(interval, "etl.k8s").with_suffix(".yaml")
@@ -351,7 +328,7 @@ def validate_episodes_step(
             "episodes", str(root), True, [], recorded.get("statistics", {}), report_md, reused=True
         )
     report = validate_episodes(
-        str(root), spark or shared_spark(cfg.spark_master), thresholds=cfg.thresholds()
+        str(root), spark or shared_spark(cfg.spark_master), thresholds=cfg.validation
     )
     result = _result(report, "episodes", report_md)
     if not report.success:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from components.promotion.gate import Decision
 from components.promotion.registry import ANY
 from components.steps.config import DeliveryConfig
 from components.steps.data import EtlStepResult
@@ -76,6 +77,13 @@ class GateResult:
     champion_value: float | None = None
     delta: float | None = None
     reused: bool = False
+
+    @classmethod
+    def of(cls, d: Decision, challenger: str, champion: str | None) -> GateResult:
+        """The step's result of the gate's decision ``d`` between these two versions."""
+        return cls(verdict=str(d.verdict), promote=d.promote, reason=d.reason, metric=d.metric,
+                   challenger=challenger, champion=champion, challenger_value=d.challenger,
+                   champion_value=d.champion, delta=d.delta)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,9 +160,9 @@ def evaluate_step(
     from trainer.serving.evaluation import score_episodes
 
     layout = RunLayout.of(cfg.run_root)
-    metric = cfg.gate_policy().metric
+    metric = cfg.gate.metric
     split = metric.split(".")[0]
-    batch, limit = int(cfg.gate.get("batch_episodes", 64)), int(cfg.gate.get("max_episodes", 0))
+    batch, limit = cfg.gate.batch_episodes, cfg.gate.max_episodes
     inputs = {
         "challenger": exported.version,
         "data": etl.content_hash,
@@ -213,7 +221,7 @@ def gate_step(
 
     layout = RunLayout.of(cfg.run_root)
     mdir = layout.models_root / cfg.model_name
-    policy = cfg.gate_policy()
+    policy = cfg.gate.policy()
     inputs = {
         "challenger": evaluation.challenger,
         "data": evaluation.data_hash,
@@ -229,17 +237,7 @@ def gate_step(
 
     champion = candidate(evaluation.champion) if evaluation.champion else None
     d = decide(candidate(evaluation.challenger), champion, policy)
-    result = GateResult(
-        str(d.verdict),
-        d.promote,
-        d.reason,
-        d.metric,
-        evaluation.challenger,
-        evaluation.champion,
-        d.challenger,
-        d.champion,
-        d.delta,
-    )
+    result = GateResult.of(d, evaluation.challenger, evaluation.champion)
     log.info("%s gate: %s", interval.id, d.reason)
     write_record(layout, interval, "gate", inputs, result.to_dict())
     return result

@@ -30,7 +30,6 @@ from components.steps.layout import Interval
 log = logging.getLogger(__name__)
 job_log = logging.getLogger("components.steps.job")
 """The submitted job's own log lines, prefixed with the pod name."""
-DEFAULT_TIMEOUT_S = 24 * 3600
 LAST_LINES = 8
 """Log lines of the job quoted in the step's error when it fails."""
 
@@ -82,16 +81,15 @@ def run_job(cfg: DeliveryConfig, objs: list[dict[str, Any]], record: Path, what:
     keep(objs, record)
     k = cfg.kubernetes
     custom, core = kubernetes_apis()
-    cleanup = k.get("cleanup", "on-success")
     last: collections.deque[str] = collections.deque(maxlen=LAST_LINES)
 
     def sink(line: str) -> None:
         last.append(line)
         job_log.info("%s", line)
 
-    launcher = KubernetesLauncher(custom, core, cleanup=cleanup, sink=sink)
+    launcher = KubernetesLauncher(custom, core, cleanup=k.cleanup, sink=sink)
     try:
-        outcome = launcher.run(objs, timeout_s=float(k.get("timeout_s", DEFAULT_TIMEOUT_S)))
+        outcome = launcher.run(objs, timeout_s=k.timeout_s)
     except JobError as e:
         tail = "".join(f"\n  {line}" for line in last)
         raise RuntimeError(

@@ -1,6 +1,7 @@
 """The run spec: a DeliveryConfig plus an Interval as one JSON string, passed between the KFP
 components of a pipeline run (pipeline parameters are resolved once, into this, by the first
-component; every later component decodes the same spec).
+component; every later component reads the same spec with the project's config loader, so each
+gets the same typed, validated config as the Airflow DAG reads from its file).
 
     text = encode(cfg, interval)
     cfg, interval = decode(text)
@@ -17,12 +18,12 @@ Where a pipeline run's settings come from (``from_pipeline_parameters``):
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, fields
 from datetime import timedelta
 from typing import Any
 
 from components.steps.config import DeliveryConfig, load_delivery_config
 from components.steps.layout import Interval, parse_utc
+from trainer.config_loader import read_file
 
 PIPELINE_OVERRIDES = {
     "model_arch": "model.arch",
@@ -92,15 +93,9 @@ def pipeline_interval(
 
 
 def _file_settings(path: str) -> dict[str, Any]:
-    """The settings that the DeliveryConfig file at ``path`` sets (those that differ from the
-    defaults), validated as a whole."""
-    data = load_delivery_config(path).to_dict()
-    defaults = {
-        f.name: f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-        for f in fields(DeliveryConfig)
-    }
-    defaults["trainer_overrides"] = list(defaults["trainer_overrides"])
-    return {k: v for k, v in data.items() if v != defaults[k]}
+    """The settings that the DeliveryConfig file at ``path`` sets, validated as a whole."""
+    load_delivery_config(path)
+    return read_file(path)
 
 
 def _refuse_conflicts(path: str, file: dict[str, Any], params: dict[str, Any]) -> None:

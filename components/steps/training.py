@@ -214,22 +214,14 @@ def _train_on_kubernetes(
     """Submit the run as a PyTorchJob/TrainJob and wait for it (:func:`.dispatch.run_job`; named
     after the interval and the model, so a retry re-attaches); the run root must be mounted at the
     same path in the pods."""
-    from components.launchers.render import TrainRunParams, render_run
+    from components.launchers.render import render_run
     from components.steps.dispatch import job_run_id, keep, run_job
     from trainer.config import resolve_config_path
 
-    k = cfg.kubernetes
-    params = TrainRunParams(
+    params = cfg.kubernetes.train_params(
         run_id=job_run_id(interval, cfg.model_name),
-        variant=k.get("variant", "pytorchjob-gpu"),
-        namespace=k.get("namespace", "metarec"),
-        image=k.get("image"),
         config_toml=resolve_config_path(cfg.trainer_config).read_text(),
         overrides=tuple(overrides),
-        nodes=k.get("nodes"),
-        nproc_per_node=k.get("nproc_per_node"),
-        gpus_per_node=k.get("gpus_per_node"),
-        data_mount=k.get("data_mount"),
         labels={"metarec.io/interval": interval.slug},
     )
     objs = render_run(params)

@@ -31,11 +31,14 @@ def ui_defaults() -> dict:
     return out
 
 
-def resolve(schedule_time: str = SCHEDULED, **params):
+def resolve_text(schedule_time: str = SCHEDULED, **params) -> str:
     from pipelines.ops.resolve_run import resolve_run
 
-    text = resolve_run.python_func(schedule_time=schedule_time, **{**ui_defaults(), **params})
-    return spec.decode(text)
+    return resolve_run.python_func(schedule_time=schedule_time, **{**ui_defaults(), **params})
+
+
+def resolve(schedule_time: str = SCHEDULED, **params):
+    return spec.decode(resolve_text(schedule_time, **params))
 
 
 def write_config(tmp_path: Path, data: dict) -> str:
@@ -63,7 +66,7 @@ def test_an_explicit_interval_wins_over_the_scheduled_time():
         ({"interval_start": "2026-10-01T00"}, "give both"),
         ({"schedule_time": "{{$.pipeline_job_schedule_time_utc}}"}, "pass interval_start"),
         ({"interval_hours": 0}, "interval_hours must be >= 1"),
-        ({"backend": "k8s"}, "backend must be one of"),
+        ({"backend": "k8s"}, "backend: 'k8s' is not one of"),
         ({"nproc": 0}, "nproc"),
         ({"run_root": "out/delivery"}, "run_root = 'out/delivery': give absolute paths"),
         ({"gate_metric": "auc"}, "<split>.<before|after>.<metric>"),
@@ -93,12 +96,12 @@ def test_typed_parameters_and_the_file_make_the_config(tmp_path):
         "/data/raw",
         "local[4]",
     )
-    assert cfg.gate == {
-        "metric": "test_cold.after.logloss",
-        "tolerance": 0.001,
-        "promote_on_equal": True,
-    }
-    assert cfg.etl == {"k_support": 8} and cfg.kubernetes == {"variant": "trainjob"}
+    assert (cfg.gate.metric, cfg.gate.tolerance, cfg.gate.promote_on_equal) == (
+        "test_cold.after.logloss",
+        0.001,
+        True,
+    )
+    assert cfg.etl.k_support == 8 and cfg.kubernetes.variant == "trainjob"
     assert cfg.warm_start is False
 
 
@@ -138,3 +141,18 @@ def test_a_file_that_sets_a_parameters_setting_differently_is_refused(tmp_path):
 def test_a_missing_delivery_config_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"nothing\.toml"):
         resolve(delivery_config=str(tmp_path / "nothing.toml"))
+
+
+def test_a_bad_key_or_type_in_the_file_is_named_with_its_dotted_key(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) k_suport in \[etl\]"):
+        resolve(delivery_config=write_config(tmp_path, {"etl": {"k_suport": 8}}))
+    with pytest.raises(ValueError, match=r"kubernetes\.nodes: 'x' matches none of"):
+        resolve(delivery_config=write_config(tmp_path, {"kubernetes": {"nodes": "x"}}))
+
+
+def test_every_component_reads_the_spec_with_the_loader_into_the_same_config(tmp_path):
+    path = write_config(tmp_path, {"etl": {"max_lateness": "2h"}, "gate": {"max_episodes": 5}})
+    text = resolve_text(delivery_config=path)
+    cfg, interval = spec.decode(text)
+    assert cfg.etl.max_lateness.total_seconds() == 7200 and cfg.gate.max_episodes == 5
+    assert spec.encode(cfg, interval) == text

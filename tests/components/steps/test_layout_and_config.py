@@ -7,7 +7,12 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from components.steps.config import DeliveryConfig, load_delivery_config
+from components.etl.config import EtlSettings
+from components.steps.config import (
+    DeliveryConfig,
+    KubernetesSettings,
+    load_delivery_config,
+)
 from components.steps.layout import Interval, RunLayout, read_record, write_record
 
 
@@ -71,11 +76,11 @@ def test_config_from_the_environment_file(tmp_path, monkeypatch):
     assert (cfg.cron, cfg.backend, cfg.etl, cfg.trainer_overrides) == (
         "0 0 * * *",
         "kubernetes",
-        {"k_support": 16},
+        EtlSettings(k_support=16),
         ("train.steps=200",),
     )
-    assert cfg.gate_policy().metric == "valid.after.auc"
-    assert DeliveryConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    assert cfg.gate.metric == "valid.after.auc" and cfg.kubernetes.variant == "trainjob-gpu"
+    assert DeliveryConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     monkeypatch.delenv("METAREC_DELIVERY_CONFIG")
     assert load_delivery_config() == DeliveryConfig()
 
@@ -85,27 +90,34 @@ def test_config_from_the_environment_file(tmp_path, monkeypatch):
     [
         ({"schedule": "every hour"}, "5-field cron"),
         ({"backend": "slurm"}, "backend"),
-        ({"etl": {"output": "/x"}}, "must not set"),
+        ({"etl": {"output": "/x"}}, r"unknown config key\(s\) output in \[etl\]"),
+        ({"etl": {"k_support": "many"}}, "etl.k_support: expected int, got str 'many'"),
+        ({"etl": {"k_support": 4}}, r"etl: --min-support \(8\) cannot exceed K"),
+        ({"etl": {"max_lateness": "soon"}}, "etl.max_lateness: 'soon' is not a duration"),
         ({"gate": {"metric": "auc"}}, "metric"),
-        ({"gate": {"metrik": "valid.after.auc"}}, "unknown \\[gate\\]"),
+        ({"gate": {"metrik": "valid.after.auc"}}, r"unknown config key\(s\) metrik in \[gate\]"),
+        ({"gate": {"batch_episodes": 1.5}}, "gate.batch_episodes: expected int"),
+        ({"kubernetes": {"nodes": "two"}}, "kubernetes.nodes: 'two' matches none of"),
+        ({"kubernetes": {"cleanup": "sometimes"}}, "kubernetes.cleanup: 'sometimes' is not one"),
+        ({"kubernetes": {"gpus": 1}}, r"unknown config key\(s\) gpus in \[kubernetes\]"),
         ({"validation": {"ctr_min": 0.9, "ctr_max": 0.1}}, "ctr_min"),
         ({"trainer_overrides": ["steps"]}, "section.key=value"),
         ({"model_name": "bad name"}, "model_name"),
         ({"airflow": {"spark_pool": "a pool"}}, "spark_pool 'a pool' is no pool name"),
         ({"airflow": {"task_timeout_s": 0}}, "task_timeout_s must be a whole number"),
-        ({"airflow": {"pool": "x"}}, "\\[airflow\\].*pool"),
+        ({"airflow": {"pool": "x"}}, r"unknown config key\(s\) pool in \[airflow\]"),
         ({"airflow": {"dagrun_timeout_s": 3600}}, "must exceed raw_wait_timeout_s"),
     ],
 )
 def test_config_errors_name_the_field(fields, message):
     with pytest.raises(ValueError, match=message):
-        DeliveryConfig(**fields)
+        DeliveryConfig.from_dict(fields)
 
 
 def test_unknown_config_keys_are_refused(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"run_rot": "/x"}))
-    with pytest.raises(ValueError, match="unknown keys \\['run_rot'\\]"):
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) run_rot in the top level"):
         load_delivery_config(path)
 
 
@@ -116,4 +128,36 @@ def test_the_packaged_demo_config_loads():
 
     cfg = load_delivery_config(Path(components.steps.__file__).parent / "demo.toml")
     assert (cfg.backend, cfg.cron, cfg.trainer_config) == ("local", "0 * * * *", "debug")
-    assert cfg.etl["k_support"] == 4
+    assert cfg.etl.k_support == 4
+
+
+def test_a_toml_file_and_its_json_round_trip_give_the_same_typed_config(tmp_path):
+    path = tmp_path / "delivery.toml"
+    path.write_text(
+        'run_root = "/data/run"\n[etl]\nmax_lateness = "90m"\nrow_group_bytes = "2MiB"\n'
+        '[[etl.features]]\nname = "user_id"\nbuckets = 101\n'
+        "[gate]\nmax_episodes = 10\n[kubernetes]\nnodes = 2\ntimeout_s = 60\n"
+    )
+    cfg = load_delivery_config(path)
+    assert cfg.etl.max_lateness == timedelta(minutes=90) and cfg.etl.row_group_bytes == 2 << 20
+    assert [f.name for f in cfg.etl.features] == ["user_id"] and cfg.etl.dense_features
+    assert (cfg.gate.max_episodes, cfg.kubernetes.nodes, cfg.kubernetes.timeout_s) == (10, 2, 60.0)
+    assert DeliveryConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_the_kubernetes_defaults_are_the_run_parameters_own():
+    """An empty [kubernetes] section renders the jobs of TrainRunParams' and EtlRunParams'
+    defaults: those are the one place of the job defaults."""
+    from components.launchers.render import TrainRunParams
+    from components.launchers.render_etl import EtlRunParams
+
+    empty = DeliveryConfig.from_dict({"kubernetes": {}}).kubernetes
+    assert empty == KubernetesSettings()
+    assert empty.train_params(run_id="r1") == TrainRunParams(run_id="r1")
+    run = {"run_id": "r1", "input": "/i", "output": "/o", "start": "2026-11-01T00",
+           "end": "2026-11-01T01"}  # fmt: skip
+    assert empty.etl_params(**run) == EtlRunParams(**run)
+    k = KubernetesSettings(namespace="ml", nodes=3, etl_executors=5, data_mount="/mnt/d")
+    train, etl = k.train_params(run_id="r1"), k.etl_params(**run)
+    assert (train.namespace, train.nodes, train.data_mount) == ("ml", 3, "/mnt/d")
+    assert (etl.namespace, etl.executors, etl.data_mount) == ("ml", 5, "/mnt/d")

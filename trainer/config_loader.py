@@ -22,9 +22,11 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import datetime
 import inspect
 import itertools
 import json
+import math
 import textwrap
 import tomllib
 import types
@@ -182,8 +184,43 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | No
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """The config as plain data (for logs, checkpoints and the metrics file)."""
-    return dataclasses.asdict(cfg)
+    """The config as plain JSON/TOML-ready data (for logs, checkpoints, the metrics file, a
+    pipeline's run spec): tuples as lists, times as ISO text, durations in seconds.
+    ``build(type(cfg), to_dict(cfg)) == cfg``."""
+    return _plain(cfg)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, datetime.timedelta):
+        seconds = value.total_seconds()
+        return int(seconds) if seconds.is_integer() else seconds
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    return value
+
+
+def toml_literal(value: Any) -> str:
+    """``value`` (plain data, :func:`to_dict`) as a TOML literal, the form of an override:
+    ``f"key={toml_literal(v)}"`` reads back as ``v``."""
+    value = _plain(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, int | float | str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(map(toml_literal, value)) + "]"
+    if isinstance(value, dict):
+        items = (f"{json.dumps(k)} = {toml_literal(v)}" for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
+    raise ValueError(f"{value!r} has no TOML form")
 
 
 # Command-line options generated from the fields -------------------------------------------------

@@ -41,6 +41,7 @@ from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
 from components.steps import dag_policy as policy
 from components.steps.config import load_dag_config
 from components.steps.layout import RunLayout, parse_utc
+from components.steps.spec import result  # a step result back from its XCom (JSON)
 
 CFG = load_dag_config()  # no config file, or a relative root: an import error naming the variable
 LAYOUT = RunLayout.of(CFG.run_root)
@@ -106,13 +107,13 @@ def continuous_delivery() -> None:
         from components.steps.data import validate_episodes_step
 
         cfg, interval, force = _run()
-        result = validate_episodes_step(cfg, interval, force=force).to_dict()
+        validated = validate_episodes_step(cfg, interval, force=force).to_dict()
         outlet_events[EPISODES].extra = {
             "interval": interval.id,
             "path": etl["episodes_dir"],
             "content_hash": etl["content_hash"],
         }
-        return result
+        return validated
 
     @task(**policy.training_task(CFG))
     def train(etl: dict[str, Any], validation: dict[str, Any]) -> dict[str, Any]:
@@ -120,7 +121,7 @@ def continuous_delivery() -> None:
         from components.steps.training import train_step
 
         cfg, interval, force = _run()
-        return train_step(cfg, interval, EtlStepResult.from_dict(etl), force=force).to_dict()
+        return train_step(cfg, interval, result(EtlStepResult, etl), force=force).to_dict()
 
     @task
     def export_model(trained: dict[str, Any], etl: dict[str, Any]) -> dict[str, Any]:
@@ -129,7 +130,7 @@ def continuous_delivery() -> None:
         from components.steps.training import TrainStepResult
 
         cfg, interval, _ = _run()
-        t, e = TrainStepResult.from_dict(trained), EtlStepResult.from_dict(etl)
+        t, e = result(TrainStepResult, trained), result(EtlStepResult, etl)
         return export_step(cfg, interval, t, e).to_dict()
 
     @task
@@ -138,7 +139,7 @@ def continuous_delivery() -> None:
         from components.steps.delivery import ExportStepResult, evaluate_step
 
         cfg, interval, force = _run()
-        ex, e = ExportStepResult(**exported), EtlStepResult.from_dict(etl)
+        ex, e = result(ExportStepResult, exported), result(EtlStepResult, etl)
         return evaluate_step(cfg, interval, ex, e, force=force).to_dict()
 
     @task
@@ -146,7 +147,7 @@ def continuous_delivery() -> None:
         from components.steps.delivery import EvaluationResult, gate_step
 
         cfg, interval, force = _run()
-        return gate_step(cfg, interval, EvaluationResult(**evaluation), force=force).to_dict()
+        return gate_step(cfg, interval, result(EvaluationResult, evaluation), force=force).to_dict()
 
     @task(outlets=[MODEL])
     def promote(decision: dict[str, Any], *, outlet_events=None) -> dict[str, Any]:
@@ -155,16 +156,16 @@ def continuous_delivery() -> None:
         from components.steps.delivery import GateResult, promote_step
 
         cfg, interval, _ = _run()
-        result = promote_step(cfg, interval, GateResult(**decision))
-        if not result.promoted or result.reused:
+        moved = promote_step(cfg, interval, result(GateResult, decision))
+        if not moved.promoted or moved.reused:
             # Skipped: no model Asset event when the pointer did not move in this run.
-            raise AirflowSkipException(f"champion unchanged ({result.reason})")
+            raise AirflowSkipException(f"champion unchanged ({moved.reason})")
         outlet_events[MODEL].extra = {
             "interval": interval.id,
-            "version": result.champion,
-            "previous": result.previous,
+            "version": moved.champion,
+            "previous": moved.previous,
         }
-        return result.to_dict()
+        return moved.to_dict()
 
     @task(trigger_rule="none_failed")
     def report() -> str:

@@ -74,10 +74,6 @@ class EtlStepResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EtlStepResult:
-        return cls(**d)
-
 
 _SPARK = None
 

@@ -45,7 +45,7 @@ class ExportStepResult:
         return asdict(self)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EvaluationResult:
     data_hash: str
     metric: str
@@ -65,7 +65,7 @@ class EvaluationResult:
         return asdict(self)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GateResult:
     verdict: str
     promote: bool
@@ -197,15 +197,15 @@ def evaluate_step(
     roc, confusion = _roc(scores.labels, scores.after)
     champion = pointer.version if pointer else None
     result = EvaluationResult(
-        etl.content_hash,
-        metric,
-        exported.version,
-        values[exported.version],
-        champion,
-        values.get(champion) if champion else None,
-        files,
-        roc,
-        confusion,
+        data_hash=etl.content_hash,
+        metric=metric,
+        challenger=exported.version,
+        challenger_value=values[exported.version],
+        champion=champion,
+        champion_value=values.get(champion) if champion else None,
+        files=files,
+        roc=roc,
+        confusion=confusion,
     )
     write_record(layout, interval, "evaluate", inputs, json.loads(json.dumps(result.to_dict())))
     return result
@@ -333,8 +333,7 @@ def export_recorded_run(cfg: DeliveryConfig, interval: Interval) -> ExportStepRe
     Raises:
         ValueError: the interval was never trained (no train or ETL record).
     """
-    from components.steps.data import EtlStepResult
-    from components.steps.training import TrainStepResult
+    from trainer.config_loader import build
 
     layout = RunLayout.of(cfg.run_root)
     train, etl = read_record(layout, interval, "train"), read_record(layout, interval, "etl")
@@ -343,6 +342,4 @@ def export_recorded_run(cfg: DeliveryConfig, interval: Interval) -> ExportStepRe
             f"{interval.id} has no finished training under {layout.root}: run continuous_delivery "
             "for it first (or `python -m components.steps deliver --interval ...`)"
         )
-    return export_step(
-        cfg, interval, TrainStepResult.from_dict(train), EtlStepResult.from_dict(etl)
-    )
+    return export_step(cfg, interval, build(TrainStepResult, train), build(EtlStepResult, etl))

@@ -5,6 +5,7 @@ gets the same typed, validated config as the Airflow DAG reads from its file).
 
     text = encode(cfg, interval)
     cfg, interval = decode(text)
+    etl = result(EtlStepResult, xcom_or_json)   # a step's result, back from the orchestrator
 
 Where a pipeline run's settings come from (``from_pipeline_parameters``):
 
@@ -19,11 +20,13 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from components.steps.config import DeliveryConfig, load_delivery_config
 from components.steps.layout import Interval, parse_utc
-from trainer.config_loader import read_file
+from trainer.config_loader import build, read_file
+
+T = TypeVar("T")
 
 PIPELINE_OVERRIDES = {
     "model_arch": "model.arch",
@@ -56,6 +59,13 @@ def encode(cfg: DeliveryConfig, interval: Interval) -> str:
 def decode(text: str) -> tuple[DeliveryConfig, Interval]:
     data = json.loads(text)
     return DeliveryConfig.from_dict(data["config"]), Interval.from_dict(data["interval"])
+
+
+def result(cls: type[T], data: str | dict[str, Any]) -> T:
+    """A step result (``EtlStepResult``, ``GateResult``, ...) from the JSON it crossed a task
+    boundary as (a KFP parameter or artifact file, an Airflow XCom), typed by the config loader:
+    the one way back from the orchestrators' JSON; ``result.to_dict()`` is the way there."""
+    return build(cls, json.loads(data) if isinstance(data, str) else data)
 
 
 def pipeline_interval(

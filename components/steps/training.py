@@ -30,6 +30,7 @@ from components.steps.layout import (
     write_json_atomic,
     write_record,
 )
+from trainer.config_loader import build
 
 log = logging.getLogger(__name__)
 FLOW_KEYS = ("data.path", "train.output_dir", "checkpoint.warm_start")
@@ -60,10 +61,6 @@ class TrainStepResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainStepResult:
-        return cls(**{**d, "warm_start": WarmStart(**d["warm_start"])})
 
 
 def _current_meta(cfg, manifest) -> dict[str, Any]:
@@ -170,7 +167,7 @@ def train_step(
     }
     if not force and not dry_run and (done := read_record(layout, interval, "train", inputs)):
         log.info("%s already trained (%s): reusing it", interval.id, done["run_dir"])
-        return TrainStepResult.from_dict({**done, "reused": True})
+        return build(TrainStepResult, {**done, "reused": True})
     attempt = layout.record_path(interval, "train.attempt")
     previous = json.loads(attempt.read_text()) if attempt.is_file() else None
     if run_dir.exists() and (force or previous != json.loads(json.dumps(inputs))):

@@ -24,9 +24,9 @@ def evaluate(
 
     cfg, interval = spec.decode(run_spec)
     with open(episodes.path) as f:
-        etl = EtlStepResult.from_dict(json.load(f))
+        etl = spec.result(EtlStepResult, f.read())
     with open(model.path) as f:
-        exported = ExportStepResult(**json.load(f))
+        exported = spec.result(ExportStepResult, f.read())
     r = evaluate_step(cfg, interval, exported, etl)
     for role, value in (("challenger", r.challenger_value), ("champion", r.champion_value)):
         if value is not None:

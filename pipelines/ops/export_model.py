@@ -20,8 +20,8 @@ def export_model(run_spec: str, episodes: Input[Dataset], trained: str, model: O
 
     cfg, interval = spec.decode(run_spec)
     with open(episodes.path) as f:
-        etl = EtlStepResult.from_dict(json.load(f))
-    r = export_step(cfg, interval, TrainStepResult.from_dict(json.loads(trained)), etl)
+        etl = spec.result(EtlStepResult, f.read())
+    r = export_step(cfg, interval, spec.result(TrainStepResult, trained), etl)
     with open(model.path, "w") as f:
         json.dump(r.to_dict(), f)
     model.metadata.update({"path": r.model_dir, "name": r.name, "version": r.version})

@@ -19,6 +19,6 @@ def gate(run_spec: str, evaluation: str) -> NamedTuple(
     from components.steps.delivery import EvaluationResult, gate_step
 
     cfg, interval = spec.decode(run_spec)
-    r = gate_step(cfg, interval, EvaluationResult(**json.loads(evaluation)))
+    r = gate_step(cfg, interval, spec.result(EvaluationResult, evaluation))
     outputs = namedtuple("GateOutputs", ["promote", "verdict", "decision"])
     return outputs(r.promote, r.verdict, json.dumps(r.to_dict()))

@@ -15,5 +15,5 @@ def promote(run_spec: str, decision: str, model: Input[Model]) -> str:
     from components.steps.delivery import GateResult, promote_step
 
     cfg, interval = spec.decode(run_spec)
-    r = promote_step(cfg, interval, GateResult(**json.loads(decision)))
+    r = promote_step(cfg, interval, spec.result(GateResult, decision))
     return json.dumps(r.to_dict())

@@ -22,7 +22,7 @@ def train(
 
     cfg, interval = spec.decode(run_spec)
     with open(episodes.path) as f:
-        etl = EtlStepResult.from_dict(json.load(f))
+        etl = spec.result(EtlStepResult, f.read())
     r = train_step(cfg, interval, etl)
     with open(checkpoint.path, "w") as f:
         json.dump(r.to_dict(), f)

@@ -7,6 +7,7 @@ import pytest
 from components.steps.config import DeliveryConfig
 from components.steps.data import ValidationFailed, check_raw, validate_raw_step
 from components.steps.layout import Interval, RunLayout
+from components.validation.suites import Thresholds
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def test_check_raw_waits_for_every_hour_of_the_interval(raw, tmp_path):
 def test_a_failed_raw_validation_stops_the_flow_and_records_nothing(raw, tmp_path, spark):
     # An impossible CTR band: the generated logs have ~3 % clicks.
     cfg = DeliveryConfig(run_root=str(tmp_path), raw_root=str(raw),
-                         validation={"ctr_min": 0.5, "ctr_max": 0.9})  # fmt: skip
+                         validation=Thresholds(ctr_min=0.5, ctr_max=0.9))  # fmt: skip
     interval = Interval.parse("2026-11-01T00/1h")
     with pytest.raises(ValidationFailed, match="label_rate:click"):
         validate_raw_step(cfg, interval, spark)
@@ -51,16 +52,22 @@ def test_the_etl_settings_reach_the_kubernetes_job_as_its_own_options():
     from components.steps.data import etl_arguments, etl_config
 
     settings = {"k_support": 4, "min_support": 2, "task_key": "advertiser_id",
-                "max_lateness": "90m", "allow_missing": True, "row_group_bytes": 2 << 20}  # fmt: skip
-    cfg = DeliveryConfig(run_root="/d", raw_root="/r", backend="kubernetes", etl=settings)
+                "max_lateness": "90m", "allow_missing": True, "row_group_bytes": 2 << 20,
+                "features": [{"name": "user_id", "buckets": 101}], "extra": {"dag_run": "x"}}  # fmt: skip
+    cfg = DeliveryConfig.from_dict(
+        {"run_root": "/d", "raw_root": "/r", "backend": "kubernetes", "etl": settings}
+    )
     config = etl_config(cfg, Interval.parse("2026-11-01T00/2h"))
-    args = etl_arguments(cfg, config)
-    assert args[:2] == ["--k", "4"] and "--allow-missing" in args
+    args = etl_arguments(config)
+    assert args[:2] == ['task_key="advertiser_id"', "k_support=4"]
+    assert "max_lateness=5400" in args and "allow_missing=true" in args
+    assert 'features=[{"name" = "user_id", "buckets" = 101, "source" = "user_id", ' in " ".join(
+        args
+    )
     parser = argparse.ArgumentParser()
     command.configure_parser(parser)
     base = ["--input", "/r", "--output", "/d/episodes", "--start", "2026-11-01T00",
             "--end", "2026-11-01T02"]  # fmt: skip
-    assert command.config_from_args(parser.parse_args([*base, *args])) == config
-    notes = DeliveryConfig(run_root="/d", raw_root="/r", etl={"extra": {"dag_run": "x"}})
-    with pytest.raises(ValueError, match=r"\[etl\] extra has no `metarec etl` option"):
-        etl_arguments(notes, etl_config(notes, Interval.parse("2026-11-01T00/2h")))
+    parsed = command.config_from_args(parser.parse_intermixed_args([*base, *args]))
+    assert parsed == config and parsed.extra == {"dag_run": "x"}
+    assert etl_arguments(etl_config(DeliveryConfig(), Interval.parse("2026-11-01T00/2h"))) == []

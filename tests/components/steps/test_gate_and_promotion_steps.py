@@ -48,21 +48,21 @@ def _evaluation(cfg, interval, values: dict[str, float | None], data_hash=HASH) 
         files[version] = str(path)
     challenger, *champion = list(values)
     return EvaluationResult(
-        data_hash,
-        "test_cold.after.auc",
-        challenger,
-        values[challenger],
-        champion[0] if champion else None,
-        None,
-        files,
-        {},
-        [],
+        data_hash=data_hash,
+        metric="test_cold.after.auc",
+        challenger=challenger,
+        challenger_value=values[challenger],
+        champion=champion[0] if champion else None,
+        champion_value=None,
+        files=files,
+        roc={},
+        confusion=[],
     )
 
 
 @pytest.fixture()
 def cfg(tmp_path) -> DeliveryConfig:
-    c = DeliveryConfig(run_root=str(tmp_path / "run"), gate={"tolerance": 0.01})
+    c = DeliveryConfig.from_dict({"run_root": str(tmp_path / "run"), "gate": {"tolerance": 0.01}})
     for v in ("v1", "v2"):
         _export(c, v)
     return c
@@ -100,7 +100,8 @@ def test_a_recorded_decision_is_reused_and_force_re_decides(cfg):
 
 def _decision(version: str, champion: str | None, promote: bool = True) -> GateResult:
     verdict = "better" if promote else "worse"
-    return GateResult(verdict, promote, "test", "test_cold.after.auc", version, champion)
+    return GateResult(verdict=verdict, promote=promote, reason="test", metric="test_cold.after.auc",
+                      challenger=version, champion=champion)  # fmt: skip
 
 
 def test_promotion_happens_once_per_interval(cfg):
@@ -171,7 +172,7 @@ def test_the_steps_cli_rolls_back_only_over_the_expected_champion(cfg, tmp_path,
     promote_step(cfg, I1, _decision("v1", None))
     promote_step(cfg, I2, _decision("v2", "v1"))
     path = tmp_path / "delivery.json"
-    path.write_text(cfg.to_json())
+    path.write_text(json.dumps(cfg.to_dict()))
     assert main(["--config", str(path), "rollback", "--expect", "v1"]) == 2  # v2 serves
     assert "champion is v2, expected v1" in capsys.readouterr().err
     assert main(["--config", str(path), "rollback", "--expect", "v2"]) == 0

@@ -1,5 +1,13 @@
 """What a checkpoint holds, and how a run restores one: resume its own, or warm start from another's.
 
+    checkpoints = RunCheckpoints(checkpointer, RunParts(model, optimizers, reader, device),
+                                 RunIdentity(cfg, manifest, world_size, plan_fingerprint))
+    step = checkpoints.restore()                     # resume, else warm start, else 0
+    checkpoints.save(step, reader_position)          # one shard per rank, then meta.json
+    warm_start_problems(ckpt, cfg, manifest)         # [] or why ckpt cannot seed such a run
+
+The Trainer builds the parts and hands them over; this module never sees the Trainer.
+
 State (one shard per rank, loaded with ``weights_only=True``)::
 
     {"model": dense parameters (replicated: equal on every rank),
@@ -30,73 +38,241 @@ None for a single table), so a mismatch is explained before any tensor is loaded
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from trainer.checkpoint import LATEST, META, CheckpointError, load_shard, read_latest, read_meta
+from trainer.checkpoint import (
+    LATEST,
+    META,
+    Checkpointer,
+    CheckpointError,
+    load_shard,
+    read_latest,
+    read_meta,
+)
 from trainer.parallel.reshard import merge_shards
 from trainer.parallel.sharded_embeddings import PLAN_KEY
 
 if TYPE_CHECKING:
-    from trainer.trainer import Trainer
+    from trainer.config import TrainerConfig
+    from trainer.data.contract import Manifest
+    from trainer.data.reader import EpisodeReader
+    from trainer.models import RecModel
+    from trainer.optim import Optimizers
 
 log = logging.getLogger(__name__)
 MODEL_SHAPE_KEYS = ("arch", "embedding_dim", "mlp", "bottom_mlp")
 """``model`` settings that fix parameter shapes: a checkpoint only loads where they are equal."""
 STREAM_KEYS = ("train_split", "batch_episodes", "seed", "shuffle", "shuffle_buffer")
 """``data`` settings that define the sample stream: a resume continues it only where they are equal."""
+FEATURE_KEYS = ("name", "kind", "buckets", "slots")
+"""What ``meta.json`` records of each sparse feature (what the stacked table's shape depends on)."""
 
 
-def state_dict(trainer: Trainer) -> dict[str, Any]:
-    """The checkpoint state of ``trainer`` (see the module docstring)."""
+@dataclass(frozen=True)
+class RunParts:
+    """The live objects whose state a checkpoint holds (tensors: one shard per rank)."""
+
+    model: RecModel
+    """The dense layers, and ``model.embeddings``: this rank's embedding rows and Adagrad sums."""
+    optimizers: Optimizers
+    reader: EpisodeReader
+    device: torch.device
+    """Where the run computes (on a GPU its RNG state is saved as well)."""
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What a checkpoint is of (``meta.json``): checked before any tensor is loaded."""
+
+    cfg: TrainerConfig
+    manifest: Manifest
+    """The data the run trains on."""
+    world_size: int
+    plan: str | None
+    """Fingerprint of the sharding plan that places the embedding rows (None: one full table on
+    every rank)."""
+
+
+class RunCheckpoints:
+    """A run's checkpoints: :meth:`restore` at start-up (resume or warm start), :meth:`save`."""
+
+    def __init__(self, checkpointer: Checkpointer, parts: RunParts, identity: RunIdentity) -> None:
+        self.checkpointer, self.parts, self.identity = checkpointer, parts, identity
+
+    def save(self, step: int, reader_position: dict[str, int]) -> Path:
+        """Checkpoint ``step`` (``reader_position``: where the next step's batch comes from)."""
+        state = state_dict(self.parts, step, reader_position)
+        return self.checkpointer.save(step, state, meta=checkpoint_meta(self.identity))
+
+    def restore(self) -> int:
+        """Resume the run's latest checkpoint, else warm start when configured; returns the step.
+
+        Raises:
+            ValueError: the checkpoint does not fit this run (the message says what differs).
+            CheckpointError: it is incomplete, corrupt or not this trainer's.
+        """
+        cfg = self.identity.cfg.checkpoint
+        latest = self.checkpointer.latest()
+        if latest is not None:
+            if not cfg.resume:
+                raise ValueError(
+                    f"{self.checkpointer.root} already holds checkpoints of a run; set "
+                    "checkpoint.resume=true to continue it, or choose another train.output_dir"
+                )
+            return self._resume(latest)
+        if cfg.warm_start:
+            self._warm_start(find_checkpoint(cfg.warm_start))
+        return 0
+
+    def _resume(self, ckpt: Path) -> int:
+        parts, run = self.parts, self.identity
+        info = read_meta(ckpt)
+        saved = _require(info, ckpt)
+        current = checkpoint_meta(run)
+        problems = compatibility_problems(saved, current)
+        if saved["data"]["content_hash"] != current["data"]["content_hash"]:
+            problems.append(
+                f"the data differs: the checkpoint trained on {saved['data']['path']} (interval "
+                f"{saved['data']['interval']}), data.path {current['data']['path']} has other "
+                "content"
+            )
+        for key in STREAM_KEYS:
+            a, b = saved["config"]["data"][key], current["config"]["data"][key]
+            if a != b:
+                problems.append(f"data.{key} is {a!r} in the checkpoint, {b!r} in this run")
+        if problems:
+            raise ValueError(
+                f"cannot resume {ckpt}: " + "; ".join(problems) + ". Resuming continues the same "
+                "sample stream with the same model: restore those settings, use "
+                "checkpoint.warm_start for new data, or choose another train.output_dir"
+            )
+        moved = _placement_problem(run, info)
+        if moved and not run.cfg.checkpoint.reshard:
+            world = info["world_size"]
+            raise ValueError(
+                f"cannot resume {ckpt}: {moved}. Resume with the same world size and [parallel] "
+                f"settings (torchrun --nproc_per_node / metarec train --nproc {world} for one "
+                "host), or set checkpoint.reshard=true to re-place the saved embedding rows over "
+                "this run's ranks (the rest of the current epoch then follows this world size's "
+                "sample stream)"
+            )
+        state = self._load(ckpt, info, resharded=moved is not None)
+        parts.model.load_state_dict(state["model"])
+        parts.model.embeddings.load_state_dict(state["embeddings"])
+        parts.optimizers.load_state_dict(state["optimizers"])
+        reader_state = state["reader"]
+        if moved:
+            reader_state = _rescaled_position(reader_state, parts.reader)
+        parts.reader.load_state_dict(reader_state)
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and parts.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        log.info(
+            "resumed %s at step %d (reader at %s)%s",
+            ckpt, state["step"], reader_state, f", resharded: {moved}" if moved else "",
+        )  # fmt: skip
+        return int(state["step"])
+
+    def _warm_start(self, ckpt: Path) -> None:
+        parts, run = self.parts, self.identity
+        problems = warm_start_problems(ckpt, run.cfg, run.manifest)
+        if problems:
+            raise ValueError(
+                f"cannot warm start from {ckpt}: " + "; ".join(problems) + ". A warm start "
+                "reuses the embedding tables and dense layers, so the feature spec (names, "
+                "buckets, slots) and the model shape must be the same; train from scratch instead"
+            )
+        info = read_meta(ckpt)
+        moved = _placement_problem(run, info)
+        state = self._load(ckpt, info, resharded=moved is not None)
+        parts.model.load_state_dict(state["model"])
+        embeddings = state["embeddings"]
+        if run.cfg.checkpoint.warm_start_optimizer:
+            parts.optimizers.load_state_dict(state["optimizers"])
+        else:  # fresh (zero) Adagrad sums, only the rows
+            embeddings = {
+                k: torch.zeros_like(v) if k.endswith(".adagrad_sum") else v
+                for k, v in embeddings.items()
+            }
+        parts.model.embeddings.load_state_dict(embeddings)
+        log.info(
+            "warm start from %s (step %d, interval %s) onto interval %s%s%s",
+            ckpt, state["step"], info["meta"]["data"]["interval"], run.manifest.interval,
+            "" if run.cfg.checkpoint.warm_start_optimizer else " (fresh optimizer state)",
+            f", resharded: {moved}" if moved else "",
+        )  # fmt: skip
+
+    def _load(self, ckpt: Path, info: dict[str, Any], resharded: bool) -> dict[str, Any]:
+        """This rank's state of ``ckpt``: its own shard, or (``resharded``) rank 0's state with the
+        FULL embedding table merged from every shard, which either collection takes its rows
+        from."""
+        if not resharded:
+            return self.checkpointer.load(ckpt)[0]
+        shards = [load_shard(ckpt, r, info) for r in range(int(info["world_size"]))]
+        state = shards[0]  # dense layers, Adam and RNG state are replicated: rank 0's
+        tables = [s["embeddings"] for s in shards]
+        if PLAN_KEY in tables[0]:
+            state["embeddings"] = merge_shards(tables)
+        return state
+
+
+def warm_start_problems(ckpt: str | Path, cfg: TrainerConfig, manifest: Manifest) -> list[str]:
+    """Why the checkpoint ``ckpt`` (a step directory) cannot seed a run of ``cfg`` on
+    ``manifest``'s data: each setting of the model shape and of the feature spec that differs
+    (empty: it can). The trainer refuses a warm start for these, and a resume for these and more
+    (the data and the sample stream); the training step falls back to a cold start.
+
+    Raises:
+        CheckpointError: ``ckpt`` is not a complete checkpoint of this trainer.
+    """
+    ckpt = Path(ckpt)
+    return compatibility_problems(_require(read_meta(ckpt), ckpt), _spec_meta(cfg, manifest))
+
+
+def state_dict(parts: RunParts, step: int, reader_position: dict[str, int]) -> dict[str, Any]:
+    """The checkpoint state of a run at ``step`` (see the module docstring)."""
     rng: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if trainer.device.type == "cuda":
+    if parts.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return {
-        "model": trainer.model.state_dict(),
-        "embeddings": trainer.model.embeddings.state_dict(),
-        "optimizers": trainer.optimizers.state_dict(),
-        "reader": trainer.reader_state,
-        "step": trainer.step,
+        "model": parts.model.state_dict(),
+        "embeddings": parts.model.embeddings.state_dict(),
+        "optimizers": parts.optimizers.state_dict(),
+        "reader": reader_position,
+        "step": step,
         "rng": rng,
     }
 
 
-def checkpoint_meta(trainer: Trainer) -> dict[str, Any]:
+def checkpoint_meta(run: RunIdentity) -> dict[str, Any]:
     """``meta.json`` content: config, data identity, feature spec and embedding placement."""
-    m = trainer.manifest
+    m = run.manifest
     return {
-        "config": trainer.cfg.to_dict(),
+        **_spec_meta(run.cfg, m),
         "data": {
-            "path": trainer.cfg.data.path,
+            "path": run.cfg.data.path,
             "content_hash": m.content_hash,
             "interval": m.interval,
             "time_range": m.time_range,
             "task_key": m.task_key,
             "schema_version": m.schema_version,
         },
-        "features": [_feature_key(asdict(f)) for f in m.features],
-        "dense_features": [d.name for d in sorted(m.dense_features, key=lambda d: d.index)],
-        "placement": {"world_size": trainer.env.world_size, "plan": _plan_fingerprint(trainer)},
+        "placement": {"world_size": run.world_size, "plan": run.plan},
     }
 
 
-def _plan_fingerprint(trainer: Trainer) -> str | None:
-    """The sharding plan the embedding state is saved under (None: one full table)."""
-    return trainer.plan.fingerprint if trainer.sharded else None
-
-
-def _saved_placement(info: dict[str, Any]) -> tuple[int, str | None]:
-    """World size and plan fingerprint of a checkpoint (older ones: a full table per rank)."""
-    placement = info.get("meta", {}).get("placement", {})
-    return int(info["world_size"]), placement.get("plan")
-
-
-def _feature_key(f: dict[str, Any]) -> dict[str, Any]:
-    return {k: f[k] for k in ("name", "kind", "buckets", "slots")}
+def _spec_meta(cfg: TrainerConfig, manifest: Manifest) -> dict[str, Any]:
+    """The part of ``meta.json`` that fixes the parameters' shapes: the config, the sparse
+    features (in the stacked table's order) and the dense feature names."""
+    return {
+        "config": cfg.to_dict(),
+        "features": [{k: getattr(f, k) for k in FEATURE_KEYS} for f in manifest.features],
+        "dense_features": [d.name for d in sorted(manifest.dense_features, key=lambda d: d.index)],
+    }
 
 
 def _as_list(v: Any) -> Any:
@@ -141,98 +317,22 @@ def _require(info: dict[str, Any], ckpt: Path) -> dict[str, Any]:
     return meta
 
 
-def restore(trainer: Trainer) -> int:
-    """Resume the run's latest checkpoint, else warm start when configured; returns the step."""
-    cfg = trainer.cfg.checkpoint
-    latest = trainer.checkpointer.latest()
-    if latest is not None:
-        if not cfg.resume:
-            raise ValueError(
-                f"{trainer.checkpointer.root} already holds checkpoints of a run; set "
-                "checkpoint.resume=true to continue it, or choose another train.output_dir"
-            )
-        return _resume(trainer, latest)
-    if cfg.warm_start:
-        _warm_start(trainer, find_checkpoint(cfg.warm_start))
-    return 0
-
-
-def _placement_problem(trainer: Trainer, info: dict[str, Any]) -> str | None:
+def _placement_problem(run: RunIdentity, info: dict[str, Any]) -> str | None:
     """Why this run's ranks cannot each load their own shard of ``info``'s checkpoint (or None)."""
-    world, plan = _saved_placement(info)
-    mine = trainer.env.world_size, _plan_fingerprint(trainer)
-    if (world, plan) == mine:
+    world = int(info["world_size"])
+    plan = info.get("meta", {}).get("placement", {}).get("plan")  # older: a full table per rank
+    if (world, plan) == (run.world_size, run.plan):
         return None
-    if world != mine[0]:
-        return f"it was saved by {world} rank(s), this run has {mine[0]}"
+    if world != run.world_size:
+        return f"it was saved by {world} rank(s), this run has {run.world_size}"
     return (
         f"its embedding rows are placed by sharding plan {plan or '(one table)'}, this run's plan "
-        f"is {mine[1] or '(one table)'} (parallel.sharding, parallel.table_wise or parallel.des "
+        f"is {run.plan or '(one table)'} (parallel.sharding, parallel.table_wise or parallel.des "
         "changed)"
     )
 
 
-def _resume(trainer: Trainer, ckpt: Path) -> int:
-    info = read_meta(ckpt)
-    saved = _require(info, ckpt)
-    current = checkpoint_meta(trainer)
-    problems = compatibility_problems(saved, current)
-    if saved["data"]["content_hash"] != current["data"]["content_hash"]:
-        problems.append(
-            f"the data differs: the checkpoint trained on {saved['data']['path']} (interval "
-            f"{saved['data']['interval']}), data.path {current['data']['path']} has other content"
-        )
-    for key in STREAM_KEYS:
-        a, b = saved["config"]["data"][key], current["config"]["data"][key]
-        if a != b:
-            problems.append(f"data.{key} is {a!r} in the checkpoint, {b!r} in this run")
-    if problems:
-        raise ValueError(
-            f"cannot resume {ckpt}: " + "; ".join(problems) + ". Resuming continues the same "
-            "sample stream with the same model: restore those settings, use "
-            "checkpoint.warm_start for new data, or choose another train.output_dir"
-        )
-    moved = _placement_problem(trainer, info)
-    if moved and not trainer.cfg.checkpoint.reshard:
-        world = info["world_size"]
-        raise ValueError(
-            f"cannot resume {ckpt}: {moved}. Resume with the same world size and [parallel] "
-            f"settings (torchrun --nproc_per_node / metarec train --nproc {world} for one host), "
-            "or set checkpoint.reshard=true to re-place the saved embedding rows over this run's "
-            "ranks (the rest of the current epoch then follows this world size's sample stream)"
-        )
-    state = _load(trainer, ckpt, info, resharded=moved is not None)
-    trainer.model.load_state_dict(state["model"])
-    trainer.model.embeddings.load_state_dict(state["embeddings"])
-    trainer.optimizers.load_state_dict(state["optimizers"])
-    reader_state = state["reader"]
-    if moved:
-        reader_state = _rescaled_position(reader_state, trainer.reader)
-    trainer.reader.load_state_dict(reader_state)
-    torch.set_rng_state(state["rng"]["torch"])
-    if "cuda" in state["rng"] and trainer.device.type == "cuda":
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    log.info(
-        "resumed %s at step %d (reader at %s)%s",
-        ckpt, state["step"], reader_state, f", resharded: {moved}" if moved else "",
-    )  # fmt: skip
-    return int(state["step"])
-
-
-def _load(trainer: Trainer, ckpt: Path, info: dict[str, Any], resharded: bool) -> dict[str, Any]:
-    """This rank's state of ``ckpt``: its own shard, or (``resharded``) rank 0's state with the
-    FULL embedding table merged from every shard, which either collection takes its rows from."""
-    if not resharded:
-        return trainer.checkpointer.load(ckpt)[0]
-    shards = [load_shard(ckpt, r, info) for r in range(int(info["world_size"]))]
-    state = shards[0]  # dense layers, Adam and RNG state are replicated: rank 0's
-    tables = [s["embeddings"] for s in shards]
-    if PLAN_KEY in tables[0]:
-        state["embeddings"] = merge_shards(tables)
-    return state
-
-
-def _rescaled_position(saved: dict[str, int], reader: Any) -> dict[str, int]:
+def _rescaled_position(saved: dict[str, int], reader: EpisodeReader) -> dict[str, int]:
     """The reader position of another world size at the same fraction of the epoch (the
     episodes behind us: ``step_in_epoch x batch x world size``)."""
     done = int(saved["step_in_epoch"]) * int(saved["world_size"])
@@ -257,33 +357,3 @@ def find_checkpoint(path: str | Path) -> Path:
         f"checkpoint.warm_start={str(path)!r}: no checkpoint there (expected a step-XXXXXXXX "
         "directory with meta.json, a checkpoints directory with 'latest', or a run's output_dir)"
     )
-
-
-def _warm_start(trainer: Trainer, ckpt: Path) -> None:
-    info = read_meta(ckpt)
-    saved = _require(info, ckpt)
-    problems = compatibility_problems(saved, checkpoint_meta(trainer))
-    if problems:
-        raise ValueError(
-            f"cannot warm start from {ckpt}: " + "; ".join(problems) + ". A warm start reuses "
-            "the embedding tables and dense layers, so the feature spec (names, buckets, slots) "
-            "and the model shape must be the same; train from scratch instead"
-        )
-    moved = _placement_problem(trainer, info)
-    state = _load(trainer, ckpt, info, resharded=moved is not None)
-    trainer.model.load_state_dict(state["model"])
-    embeddings = state["embeddings"]
-    if trainer.cfg.checkpoint.warm_start_optimizer:
-        trainer.optimizers.load_state_dict(state["optimizers"])
-    else:  # fresh (zero) Adagrad sums, only the rows
-        embeddings = {
-            k: torch.zeros_like(v) if k.endswith(".adagrad_sum") else v
-            for k, v in embeddings.items()
-        }
-    trainer.model.embeddings.load_state_dict(embeddings)
-    log.info(
-        "warm start from %s (step %d, interval %s) onto interval %s%s%s",
-        ckpt, state["step"], saved["data"]["interval"], trainer.manifest.interval,
-        "" if trainer.cfg.checkpoint.warm_start_optimizer else " (fresh optimizer state)",
-        f", resharded: {moved}" if moved else "",
-    )  # fmt: skip

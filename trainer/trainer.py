@@ -12,16 +12,19 @@ rank of a job (the same code; one process is the trivial job).
 :meth:`Trainer.fit` is the whole loop on one screen: every cadence (log, eval, checkpoint) is an
 ``if`` in it; there are no callbacks. :meth:`Trainer.train_step` is one meta step on each rank::
 
-    rows = model.embeddings.lookup(batch.ids)        # one lookup, support + query (VSI); with W > 1
-                                                     # one AlltoAll of ids, one of rows
-    embeddings.prefetch(next_batch.ids)              # MixCache: stage the next step's misses
-    loss, stats = outer_loss(model, rows, batch, meta, normalizer=env.normalizer(valid))
-    loss.backward()                                  # inner loop had no communication
+    sparse = model.embeddings.lookup(batch)          # one lookup, support + query (VSI), pooled;
+                                                     # sharded: one AlltoAll of ids, one of rows
+    embeddings.prefetch(next_batch)                  # MixCache: stage the next step's misses
+    loss, stats = outer_loss(model, sparse, batch, meta, normalizer=env.normalizer(valid))
+    loss.backward()                                  # inner loop had no communication; DES's
+                                                     # return trip to the owners runs here
     env.reduce_dense_grads(model.parameters())       # bucketed AllReduce (identity for one process)
-    optimizers.step(batch.ids, rows)                 # Adam; row grads AlltoAll to owners, Adagrad
+    optimizers.step()                                # Adam; row grads to owners, row-wise Adagrad
 
-Model placement (``trainer.parallel.apply``): with ``W > 1`` ranks (or DES) the embedding rows are
-sharded by the plan and the dense layers replicated; one process keeps the plain collection. Each
+The same five lines run every configuration: the collection (``trainer.sparse``) hides sharding,
+MixCache and DES. Model placement (``trainer.parallel.apply``): with ``W > 1`` ranks, MixCache or
+DES the embedding rows live in the sharded collection (world size 1 is a valid plan) and the dense
+layers are replicated; one process without either keeps the plain collection. Each
 rank reads its own row groups (equal steps on every rank), so a step of W ranks with T episodes
 each equals a single-process step over the union of their 2T episodes (same loss scaling).
 
@@ -40,7 +43,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from trainer import run_state
 from trainer.cache import COUNTERS as CACHE_COUNTERS
 from trainer.checkpoint import Checkpointer
 from trainer.config import TrainerConfig
@@ -49,7 +51,7 @@ from trainer.data.batch import EpisodeBatch, FeatureLayout
 from trainer.data.contract import load_manifest
 from trainer.data.reader import EpisodeReader
 from trainer.durable import write_json_atomic
-from trainer.evaluate import evaluate_splits, lookup_rows
+from trainer.evaluate import evaluate_splits
 from trainer.logging_utils import JsonlLog, Progress
 from trainer.meta import StepStats, outer_loss
 from trainer.models import RecModel, build_model
@@ -60,6 +62,7 @@ from trainer.parallel.comm import CommMeter
 from trainer.parallel.env import ParallelEnv, init_parallel
 from trainer.parallel.plan import ShardingPlan, build_sharding_plan
 from trainer.paths import safe_join
+from trainer.run_state import RunCheckpoints, RunIdentity, RunParts
 
 log = logging.getLogger(__name__)
 
@@ -75,24 +78,34 @@ class Trainer:
     def __init__(self, cfg: TrainerConfig, env: ParallelEnv | None = None) -> None:
         self.cfg = cfg
         self.env = env if env is not None else init_parallel({}, device=cfg.train.device)
+        self.device = self.env.device
         self.out = Path(cfg.train.output_dir)
         self.step = 0
         self._saved_step = -1
 
     # --------------------------------------------------------------------------------- wiring
     def build(self) -> Trainer:
-        """Read the manifest, build model, optimizers, reader and checkpointer, then restore
-        (resume this run, or warm start from another) and open ``metrics.jsonl``."""
-        cfg, env = self.cfg, self.env
-        self.device = env.device
+        """Read the manifest, build model, optimizers and reader, restore their state (resume
+        this run, or warm start from another), then write the run's start-up files."""
+        cfg = self.cfg
         set_determinism(cfg.train.deterministic, cfg.train.threads, self.device)
         self.manifest = load_manifest(cfg.data.path)
         self.layout = FeatureLayout.from_manifest(self.manifest)
-        self.des = cfg.parallel.des != "off"
-        self.sharded = env.world_size > 1 or self.des  # DES needs the owners' side even on one rank
-        self.model, self.plan = self._build_model()
+        self.model, plan = self._build_model()
         self.optimizers = build_optimizers(cfg.optim, self.model)
-        self.reader = EpisodeReader(
+        self.reader = self._open_reader()
+        self.checkpoints = self._checkpoints(plan)
+        self.step = self.checkpoints.restore()
+        self._saved_step = self.step if self.step > 0 else -1  # a resumed step is on disk already
+        self.reader_state = self.reader.state_dict()  # where the next step's batch comes from
+        self.metrics = self._start_outputs(plan)
+        self._log_start()
+        return self
+
+    def _open_reader(self) -> EpisodeReader:
+        """This rank's reader of the training split (``[data]``)."""
+        cfg, env = self.cfg, self.env
+        return EpisodeReader(
             cfg.data.path,
             cfg.data.train_split,
             cfg.data.batch_episodes,
@@ -106,23 +119,40 @@ class Trainer:
             shuffle_buffer=cfg.data.shuffle_buffer,
             verify_checksums=cfg.data.verify_checksums,
         )
-        self.checkpointer = Checkpointer(
+
+    def _checkpoints(self, plan: ShardingPlan) -> RunCheckpoints:
+        """The run's checkpoints (``<output_dir>/checkpoints``) of the model, optimizers and
+        reader; the embedding rows are placed by ``plan`` where they are sharded."""
+        cfg, env = self.cfg, self.env
+        checkpointer = Checkpointer(
             safe_join(self.out, "checkpoints", "the run's checkpoints directory"),
             rank=env.rank,
             world_size=env.world_size,
             keep=cfg.checkpoint.keep,
             barrier=env.barrier_fn(),
         )
-        self.step = run_state.restore(self)
-        self._saved_step = self.step if self.step > 0 else -1  # a resumed step is on disk already
-        self.reader_state = self.reader.state_dict()  # where the next step's batch comes from
-        self.metrics = None
-        if env.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.out / "config.json", cfg.to_dict())
-            plan = {"fingerprint": self.plan.fingerprint, **self.plan.to_dict()}
-            write_json_atomic(self.out / "sharding_plan.json", plan)
-            self.metrics = JsonlLog(self.out / "metrics.jsonl", resume_step=self.step)
+        placement = plan.fingerprint if self.sharded else None
+        return RunCheckpoints(
+            checkpointer,
+            RunParts(self.model, self.optimizers, self.reader, self.device),
+            RunIdentity(cfg, self.manifest, env.world_size, placement),
+        )
+
+    def _start_outputs(self, plan: ShardingPlan) -> JsonlLog | None:
+        """Rank 0: write ``config.json`` and ``sharding_plan.json``, open ``metrics.jsonl`` (cut
+        back to the restored step); other ranks write nothing (None)."""
+        if not self.env.is_main:
+            return None
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.out / "config.json", self.cfg.to_dict())
+        write_json_atomic(
+            self.out / "sharding_plan.json", {"fingerprint": plan.fingerprint, **plan.to_dict()}
+        )
+        return JsonlLog(self.out / "metrics.jsonl", resume_step=self.step)
+
+    def _log_start(self) -> None:
+        """One line: the model, the data, the placement and where the run starts."""
+        cfg, env = self.cfg, self.env
         n_dense = sum(p.numel() for p in self.model.parameters())
         log.info(
             "%s, meta %s (adapt %s, %d inner step(s)), %d dense parameters, %d embedding rows x %d "
@@ -134,21 +164,20 @@ class Trainer:
             self.reader.num_episodes, self.reader.steps_per_epoch, env.world_size,
             cfg.data.batch_episodes, self.device, env.backend, self.step, cfg.train.steps,
         )  # fmt: skip
-        return self
 
     def _build_model(self) -> tuple[RecModel, ShardingPlan]:
-        """Sharded embeddings and replicated dense layers (``self.sharded``), else the plain
-        collection; the plan is logged either way (rank 0)."""
+        """One rule: the plain collection for one process without MixCache or DES, else the
+        sharded collection (world size 1 included) with replicated dense layers; sets
+        ``self.sharded``. The plan is logged either way (rank 0)."""
         cfg, env, seed = self.cfg, self.env, self.cfg.train.seed
+        self.sharded = env.world_size > 1 or cfg.parallel.cache.enabled or cfg.parallel.des != "off"
         if self.sharded:
             return build_parallel_model(
                 cfg.model, self.layout, env, cfg.parallel, seed=seed, meta=cfg.meta
             )
         plan = build_sharding_plan(self.layout, 1, cfg.model, cfg.parallel)
         log.info("embedding placement:\n%s", plan)
-        embeddings = build_embeddings(
-            cfg.model, self.layout, seed=seed + 1, device=self.device, cache=plan.cache_spec(0)
-        )
+        embeddings = build_embeddings(cfg.model, self.layout, seed=seed + 1, device=self.device)
         return build_model(cfg.model, self.layout, embeddings, seed=seed, device=self.device), plan
 
     # ----------------------------------------------------------------------------------- loop
@@ -194,16 +223,14 @@ class Trainer:
         ``next_batch``: the next step's batch, whose rows the cache may stage meanwhile."""
         env, embeddings = self.env, self.model.embeddings
         batch = batch.to(self.device)
-        rows = lookup_rows(embeddings, batch, self.des)
+        sparse = embeddings.lookup(batch)
         if next_batch is not None:  # a collective with a sharded cache: every rank, same place
-            embeddings.prefetch(next_batch.ids, next_batch.inverse)
+            embeddings.prefetch(next_batch)
         normalizer = env.normalizer(batch.episode_mask.sum())
-        loss, stats = outer_loss(self.model, rows, batch, self.cfg.meta, normalizer)
-        loss.backward()
-        if self.des:  # the substituted operators' gradients go back to the owners first
-            embeddings.backward(rows)
+        loss, stats = outer_loss(self.model, sparse, batch, self.cfg.meta, normalizer)
+        loss.backward()  # under DES this also takes the owners' gradients to them
         env.reduce_dense_grads(self.model.parameters())
-        self.optimizers.step(batch.ids, rows)
+        self.optimizers.step()
         return stats
 
     def evaluate(self) -> dict[str, Any]:
@@ -217,9 +244,7 @@ class Trainer:
     def save(self) -> Path:
         """Checkpoint the current step, one shard per rank (idempotent: re-saving replaces it)."""
         t0 = time.perf_counter()
-        path = self.checkpointer.save(
-            self.step, run_state.state_dict(self), meta=run_state.checkpoint_meta(self)
-        )
+        path = self.checkpoints.save(self.step, self.reader_state)
         self._saved_step = self.step
         log.info("checkpoint step %d -> %s (%.2fs)", self.step, path, time.perf_counter() - t0)
         return path
@@ -270,11 +295,9 @@ class Trainer:
         reader = getattr(self, "reader", None)
         if reader is not None:
             reader.close()
-        embeddings = getattr(getattr(self, "model", None), "embeddings", None)
-        coll = getattr(embeddings, "coll", embeddings)  # DES wraps the sharded collection
-        cache = getattr(coll, "cache", None)
-        if cache is not None:
-            cache.close()
+        model = getattr(self, "model", None)
+        if model is not None:
+            model.embeddings.close()
 
 
 def _accumulate(sums: dict[str, Any], stats: StepStats, samples: int) -> None:

@@ -63,30 +63,19 @@ class TrainStepResult:
         return asdict(self)
 
 
-def _current_meta(cfg, manifest) -> dict[str, Any]:
-    """What ``trainer.run_state.compatibility_problems`` compares, for this run and data."""
-    return {
-        "config": cfg.to_dict(),
-        "features": [
-            {"name": f.name, "kind": f.kind, "buckets": f.buckets, "slots": f.slots}
-            for f in manifest.features
-        ],
-        "dense_features": [d.name for d in sorted(manifest.dense_features, key=lambda d: d.index)],
-    }
-
-
 def choose_warm_start(cfg: DeliveryConfig, interval: Interval, episodes_dir: str) -> WarmStart:
     """The champion's checkpoint if it can seed this interval's run, else None with the reason.
 
     Refused (cold start) when: warm starts are off; there is no champion; its checkpoint is gone;
     it was trained on data that ends after this interval starts (a backfill must not learn from
-    the future); its model shape or feature spec differs from this run's.
+    the future); its model shape or feature spec differs from this run's (the trainer's own check,
+    :func:`trainer.run_state.warm_start_problems`, whose words the reason repeats).
     """
     from components.promotion import registry
-    from trainer.checkpoint import CheckpointError, read_meta
+    from trainer.checkpoint import CheckpointError
     from trainer.config import load_trainer_config
     from trainer.data.contract import load_manifest
-    from trainer.run_state import compatibility_problems
+    from trainer.run_state import warm_start_problems
     from trainer.serving.artifact import LINEAGE_FILE, read_json
 
     if not cfg.warm_start:
@@ -98,10 +87,6 @@ def choose_warm_start(cfg: DeliveryConfig, interval: Interval, episodes_dir: str
     version = pointer.version
     lineage = read_json(models / cfg.model_name / version / LINEAGE_FILE)
     ckpt = Path(lineage["checkpoint"]["path"])
-    try:
-        info = read_meta(ckpt)
-    except (CheckpointError, FileNotFoundError, OSError) as e:
-        return WarmStart(None, f"champion {version}'s checkpoint {ckpt} is unusable ({e})", version)
     trained_end = (lineage["data"].get("interval") or {}).get("end")
     if (
         trained_end
@@ -116,9 +101,11 @@ def choose_warm_start(cfg: DeliveryConfig, interval: Interval, episodes_dir: str
     trainer_cfg = load_trainer_config(
         cfg.trainer_config, [*cfg.trainer_overrides, f"data.path={episodes_dir}"]
     )
-    problems = compatibility_problems(
-        info["meta"], _current_meta(trainer_cfg, load_manifest(episodes_dir))
-    )
+    manifest = load_manifest(episodes_dir)
+    try:
+        problems = warm_start_problems(ckpt, trainer_cfg, manifest)
+    except (CheckpointError, OSError) as e:
+        return WarmStart(None, f"champion {version}'s checkpoint {ckpt} is unusable ({e})", version)
     if problems:
         return WarmStart(
             None, f"champion {version} does not fit this run: " + "; ".join(problems), version

@@ -14,14 +14,14 @@ nothing of a user's Airflow installation is touched:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
 import sys
 from collections import deque
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from components.demo.settings import DemoConfig
 
@@ -37,10 +37,10 @@ ETL = {"k_support": 4, "q_query": 4, "min_support": 2, "min_query": 2, "num_buck
 
 def delivery_config(config: DemoConfig) -> dict[str, Any]:
     """The DAG's configuration (``components/steps/config.py``): the demo's raw logs, local backend."""
-    root = config.paths()["root"].resolve()
+    p = config.paths()
     return {
-        "run_root": str(root / "delivery" / "run"),
-        "raw_root": str(root / "raw"),
+        "run_root": str(p["delivery"] / "run"),
+        "raw_root": str(p["raw"]),
         "schedule": "hourly",
         "start_date": config.start,
         "backend": "local",
@@ -64,20 +64,19 @@ def _environment(home: Path, config_file: Path) -> dict[str, str]:
     return env
 
 
-def _airflow(args: list[str], env: dict[str, str], log_file: Path) -> None:
-    """Run ``airflow <args>`` with its output appended to ``log_file``; fail with its tail."""
+def _airflow(args: list[str], env: dict[str, str], sink: IO[str], log_file: Path) -> None:
+    """Run ``airflow <args>`` with its output written to ``sink``; fail with its tail."""
     tail: deque[str] = deque(maxlen=30)
-    with log_file.open("a") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "airflow", *args], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            sink.write(line)
-            tail.append(line.rstrip())
-            if "[DAG TEST] end task" in line:  # progress: one line per finished task
-                task = line.split("task_id=")[-1].split()[0]
-                log.info("    airflow task %s done", task)
-        code = proc.wait()
+    proc = subprocess.Popen([sys.executable, "-m", "airflow", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sink.write(line)
+        tail.append(line.rstrip())
+        if "[DAG TEST] end task" in line:  # progress: one line per finished task
+            task = line.split("task_id=")[-1].split()[0]
+            log.info("    airflow task %s done", task)
+    code = proc.wait()
     if code != 0:
         raise RuntimeError(
             f"`airflow {' '.join(args)}` failed (exit {code}); log {log_file}:\n" + "\n".join(tail)
@@ -85,45 +84,56 @@ def _airflow(args: list[str], env: dict[str, str], log_file: Path) -> None:
 
 
 def run_delivery(config: DemoConfig) -> dict[str, Any]:
-    """Run the DAG for the demo's last hour; return the interval's step records, summarised."""
-    out = config.paths()["root"].resolve() / "delivery"
-    out.mkdir(parents=True, exist_ok=True)
+    """Run the DAG for the demo's last hour; return the interval's step records, summarised.
+
+    The DAG's own step records decide what a rerun redoes (nothing, when the hour was delivered).
+    """
+    from components.steps.layout import Interval
+    from trainer.durable import write_json_atomic
+
+    out = config.paths()["delivery"]
     config_file = out / "delivery.json"
     settings = delivery_config(config)
-    config_file.write_text(json.dumps(settings, indent=2) + "\n")
+    write_json_atomic(config_file, settings)
     env = _environment(out / "airflow", config_file)
     log_file = out / "airflow.log"
-    log_file.write_text("")
-    log.info("  initialising Airflow's metadata DB (SQLite) in %s ...", out / "airflow")
-    _airflow(["db", "migrate"], env, log_file)
-    log.info("  airflow dags test %s %s:00 (the hour before it) ...", DAG_ID, config.end)
-    _airflow(["dags", "test", DAG_ID, f"{config.end}:00:00"], env, log_file)
-    return summarise(Path(settings["run_root"]), log_file)
+    end = Interval(config.start, config.end).end
+    with log_file.open("w") as sink:
+        log.info("  initialising Airflow's metadata DB (SQLite) in %s ...", out / "airflow")
+        _airflow(["db", "migrate"], env, sink, log_file)
+        log.info("  airflow dags test %s %s:00 (the hour before it) ...", DAG_ID, config.end)
+        _airflow(["dags", "test", DAG_ID, f"{config.end}:00:00"], env, sink, log_file)
+    return summarise(settings["run_root"], Interval(end - timedelta(hours=1), end), log_file)
 
 
-def summarise(run_root: Path, log_file: Path) -> dict[str, Any]:
-    """What the DAG's step records say: data, training, gate, promotion."""
-    intervals = sorted((run_root / "intervals").glob("interval=*"))
-    if not intervals:
-        raise RuntimeError(f"the DAG ran but recorded no interval under {run_root}; see {log_file}")
-    where = intervals[-1]
+def summarise(run_root: str, interval, log_file: Path) -> dict[str, Any]:
+    """What the DAG's step records of ``interval`` say: data, gate, promotion.
 
-    def result(step: str) -> dict[str, Any]:
-        return json.loads((where / f"{step}.json").read_text())["result"]
+    Raises:
+        RuntimeError: the DAG recorded no ETL, gate or promotion for the interval.
+    """
+    from components.steps.layout import RunLayout, read_record
 
-    etl, gate, promote = result("etl"), result("gate"), result("promote")
+    layout = RunLayout.of(run_root)
+    records = {s: read_record(layout, interval, s) for s in ("etl", "gate", "promote")}
+    missing = [s for s, r in records.items() if r is None]
+    if missing:
+        raise RuntimeError(
+            f"the DAG ran but recorded no {missing} for {interval.id} under {run_root}; see {log_file}"
+        )
+    etl, gate, promote = records["etl"], records["gate"], records["promote"]
     return {
         "dag": DAG_ID,
-        "interval": where.name,
-        "rows_read": etl.get("rows_read"),
-        "episodes": etl.get("episodes"),
+        "interval": interval.id,
+        "rows_read": etl["rows_read"],
+        "episodes": etl["episodes"],
         "verdict": gate["verdict"],
         "gate_metric": gate["metric"],
         "challenger": gate["challenger"],
         "challenger_value": gate["challenger_value"],
         "champion": promote["champion"],
         "promoted": promote["promoted"],
-        "report": str(where / "report.md"),
-        "records": str(where),
+        "report": str(layout.records(interval) / "report.md"),
+        "records": str(layout.records(interval)),
         "log": str(log_file),
     }

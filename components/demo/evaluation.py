@@ -18,7 +18,6 @@ Written: ``<out>/evaluation/cold_start.json``::
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,11 @@ def evaluate_exports(
         episodes: the ETL output directory (one interval).
         run_evals: each run's ``eval.json`` ``splits`` (for the parity check).
         out: the file to write.
+
+    Returns:
+        What ``cold_start.json`` holds but the per-task table (NaN as None).
     """
+    from trainer.durable import jsonable, write_json_atomic
     from trainer.metrics import binary_metrics
     from trainer.serving.evaluation import score_episodes
     from trainer.serving.model import load_exported
@@ -78,11 +81,13 @@ def evaluate_exports(
     for key, values in columns.items():
         per_task[key] = [_finite(values.get(t, math.nan)) for t in tasks]
     with_auc = sum(all(per_task[k][i] is not None for k in columns) for i in range(len(tasks)))
-    result = {"split": SPLIT, "models": models, "per_task": per_task,
-              "tasks": {"scored": len(tasks), "with_auc": with_auc}}  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_strict(result), indent=2, sort_keys=True) + "\n")
-    return result
+    result = {
+        "split": SPLIT,
+        "models": models,
+        "tasks": {"scored": len(tasks), "with_auc": with_auc},
+    }
+    write_json_atomic(out, {**result, "per_task": per_task})
+    return jsonable(result)
 
 
 def _finite(value: float) -> float | None:
@@ -94,17 +99,6 @@ def _diff(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
         return None
     return abs(a - b)
-
-
-def _strict(value: Any) -> Any:
-    """NaN/inf as None, recursively (strict JSON)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_strict(v) for v in value]
-    return value
 
 
 def summarise_per_task(per_task: dict[str, list[Any]]) -> dict[str, dict[str, float]]:

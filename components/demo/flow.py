@@ -1,43 +1,47 @@
-"""The demo flow: generate -> ETL -> validate -> train (meta, plain) -> export -> evaluate ->
-gate + promote -> score -> summary and report. Each stage calls the project's own entry points
-(no re-implementation); :mod:`components.demo.stages` decides what reruns.
+"""The demo flow: the step functions of ``components/steps`` (those the ``continuous_delivery``
+DAG's tasks call, in the DAG's order) on one data interval, plus the demo's own stages: the data
+it generates first, a plain baseline for comparison, a per-task cold-start evaluation, scoring of
+raw events, and the summary and report.
 
     result = run_demo(DemoConfig.preset("out/demo", quick=False))
     result["summary"]["cold_start"]["meta"]["after"]["auc"]
 
-Stage by stage (outputs under ``--out``):
+Stage by stage (the run root is ``--out``; the baseline's is ``--out``/baseline):
 
-    generate   components.generate.generate               raw/  (JSONL, dt=/hr=, 0.5 % corrupt)
-    etl        components.etl.run_etl (Spark local[2])    episodes/interval=.../ + _quarantine/
-    validate   components.validation (GX), fails closed   validation/raw/, <interval>/_validation/
-    train-*    metarec train --nproc 2 (torchrun, gloo)   train/meta/, train/plain/
-    export     trainer.serving.export_checkpoint          models/<name>/v1 (plain), v2 (meta)
-    evaluate   trainer.serving.evaluation.score_episodes  evaluation/cold_start.json
-    gate       components.promotion gate + registry       models/<name>/CHAMPION, HISTORY.jsonl
-    score      components.score.run.score_events          score/predictions*.parquet
-    delivery   airflow dags test continuous_delivery     delivery/ (one hourly interval; not --quick)
-    report     components.report                          summary.json, report.html
+    generate            components.generate (the demo's own)       raw/ (JSONL, 0.5 % corrupt)
+    validate-raw        data.check_raw, data.validate_raw_step     intervals/<id>/raw_validation/
+    etl                 data.etl_step (Spark local[2])             episodes/<id>/ + _quarantine/
+    validate-episodes   data.validate_episodes_step               episodes/<id>/_validation/
+    train-meta          training.train_step (torchrun, 2 ranks)    train/<id>/
+    export, evaluate,   delivery.export_step, evaluate_step,       models/ctr-demo/v<N>,
+    gate, promote       gate_step, promote_step                    CHAMPION, intervals/<id>/*.json
+    train-plain,        training.train_step, delivery.export_step  baseline/train/<id>/,
+    export-plain        (meta.mode = "plain", run root baseline/)  baseline/models/...
+    cold-start          demo: per-task AUC of both exports         evaluation/cold_start.json
+    score               demo: components.score on cold campaigns   score/predictions*.parquet
+    airflow             the continuous_delivery DAG, last hour     delivery/ (not --quick)
+    report              demo: summary + components.report          summary.json, report.html
+
+Reruns: each step decides from its own record, exactly as in a DAG rerun (the same inputs: the
+record is reused; other inputs: the step runs again, and so does what depends on it); the demo's
+own stages keep records of the same kind. ``fresh`` is the DAG's ``force``: recompute everything.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
-from components.demo.settings import MODES, DemoConfig, fingerprint
-from components.demo.stages import DemoStopped, StageRunner
+from components.demo.progress import DemoStopped, Progress, TrainOutput, recorded
+from components.demo.settings import CONFIG_FILE, MODES, DemoConfig
 
 log = logging.getLogger("metarec.demo")
-STAGES = ("generate", "etl", "validate", "train-meta", "train-plain", "export", "evaluate",
-          "gate", "score", "delivery", "report")  # fmt: skip
-GATE_METRIC = "test_cold.after.auc"
-"""The promotion gate's metric: cold-start AUC after adaptation, on the same episodes."""
 
 
-def generator_config(config: DemoConfig):
+def generator_config(config: DemoConfig):  # -> components.generate.GeneratorConfig
     from components.generate import GeneratorConfig
 
     return GeneratorConfig(
@@ -48,249 +52,182 @@ def generator_config(config: DemoConfig):
     )  # fmt: skip
 
 
-def etl_config(config: DemoConfig):
-    from components.etl import EtlConfig
+def load_configs(config: DemoConfig) -> dict[str, Any]:
+    """Each run root's delivery config: written as the file a DAG would be given, and loaded by
+    the delivery config's own loader (``components.steps.config.load_delivery_config``)."""
+    from components.steps.config import load_delivery_config
+    from trainer.durable import write_json_atomic
 
-    p = config.paths()
-    return EtlConfig(
-        input=str(p["raw"]), output=str(p["episodes"]), start=config.start, end=config.end,
-        k_support=config.k, q_query=config.k, min_support=config.min_samples,
-        min_query=config.min_samples, num_buckets=4 if config.quick else 8, cold_fraction=0.2,
-        shuffle_partitions=4,
-    )  # fmt: skip
+    out = {}
+    for mode in MODES:
+        path = config.run_root(mode) / CONFIG_FILE
+        write_json_atomic(path, config.delivery_config(mode))
+        out[mode] = load_delivery_config(path)
+    return out
 
 
-class _Spark:
-    """The demo's one SparkSession, started only when a Spark stage runs."""
-
-    def __init__(self, session=None) -> None:
-        self.session, self.owned = session, False
-
-    def get(self):
-        if self.session is None:
-            from components.etl.session import build_spark
-
-            log.info("  starting Spark local[2] ...")
-            self.session = build_spark("metarec-demo", master="local[2]", conf={
-                "spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false"})  # fmt: skip
-            self.owned = True
-        return self.session
-
-    def stop(self) -> None:
-        if self.owned and self.session is not None:
-            self.session.stop()
-            self.session = None
+def _settings(generator) -> dict[str, Any]:
+    """The generator's settings but its output folder: the same settings give the same data."""
+    return {k: v for k, v in generator.to_dict().items() if k != "out"}
 
 
 def _generate(config: DemoConfig) -> dict[str, Any]:
     from components.generate import generate
 
     s = generate(generator_config(config))
-    return {"rows_written": s.rows_written, "clean_rows": s.clean_rows,
-            "expected_reasons": s.expected_reasons, "files": len(s.files), "ctr": s.ctr,
-            "corrupted_rows": sum(s.corruption.values())}  # fmt: skip
+    return {"rows_written": s.rows_written, "clean_rows": s.clean_rows, "files": len(s.files),
+            "corrupted_rows": sum(s.corruption.values()), "ctr": s.ctr}  # fmt: skip
 
 
-def _etl(config: DemoConfig, spark: _Spark) -> dict[str, Any]:
-    from components.etl import run_etl
+def _stop_spark() -> None:
+    """Stop the SparkSession the data steps started, if they started one (a step whose record
+    is reused needs none): the trainers that come next get its memory."""
+    import sys
 
-    r = run_etl(etl_config(config), spark.get())
-    return {"output": str(r.output), "rows_read": r.rows_read, "rows_kept": r.rows_kept,
-            "rows_quarantined": r.rows_quarantined, "reasons": r.reasons,
-            "episodes": r.episodes, "rows_per_second": round(r.rows_per_second, 1),
-            "content_hash": r.manifest.content_hash}  # fmt: skip
+    if "pyspark" in sys.modules:
+        from pyspark.sql import SparkSession
 
-
-def _validate(config: DemoConfig, interval: Path, spark: _Spark) -> dict[str, Any]:
-    from components.validation import validate_episodes, validate_raw
-    from components.validation.sources import parse_time
-
-    for noisy in ("great_expectations", "py4j"):  # GX logs its internals at INFO
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    p = config.paths()
-    raw = validate_raw(str(p["raw"]), parse_time(config.start), parse_time(config.end),
-                       spark.get(), report_dir=str(p["validation"] / "raw"))  # fmt: skip
-    _fail_closed(raw)
-    episodes = validate_episodes(str(interval), spark.get())
-    _fail_closed(episodes)
-    return {
-        name: {"success": r.success, **r.statistics, "report": r.paths.get("json", "")}
-        for name, r in (("raw", raw), ("episodes", episodes))
-    }
+        session = SparkSession.getActiveSession()
+        if session is not None:
+            session.stop()
 
 
-def _fail_closed(report) -> None:
-    """Stop the demo, with the report, unless every check of ``report`` held."""
-    if not report.success:
-        where = ", ".join(f"{k}: {v}" for k, v in report.paths.items())
-        raise DemoStopped(
-            f"validation failed closed: the {report.suite} suite failed, so nothing is trained "
-            f"on this data (report {where}).\n{report.to_text()}"
-        )
+def _train(cfg, interval, etl, config: DemoConfig, mode: str, force: bool):
+    from components.steps import training
+
+    log_file = config.paths()["logs"] / f"train-{mode}.log"
+    with TrainOutput(log_file, mode, config.steps, config.log_every) as out, redirect_stdout(out):
+        log.info("  %s run: %d rank(s), full output in %s", mode, config.nproc, log_file)
+        return training.train_step(cfg, interval, etl, force=force)
 
 
-def _export(config: DemoConfig, interval: Path) -> dict[str, Any]:
-    from trainer.serving.export import export_checkpoint
-
-    out: dict[str, Any] = {}
-    for mode in ("plain", "meta"):  # plain first: it becomes v1, the incumbent champion
-        r = export_checkpoint(config.run_dir(mode), config.paths()["models"],
-                              manifest=str(interval))  # fmt: skip
-        out[mode] = {"path": str(r.path), "name": r.name, "version": r.version, "bytes": r.bytes}
-    return out
-
-
-def _gate(config: DemoConfig, exports: dict[str, Any]) -> dict[str, Any]:
-    """Plain export vs no champion (it becomes the incumbent), then meta vs plain on the same
-    test_cold episodes; the registry moves the CHAMPION pointer for each promotion."""
-    from components.promotion import registry
-    from components.promotion.gate import GatePolicy, decide, load_candidate
-
-    root, name = config.paths()["models"], exports["meta"]["name"]
-    policy = GatePolicy(metric=GATE_METRIC)
-    decisions = []
-    champion = None
-    for mode in ("plain", "meta"):
-        candidate = load_candidate(Path(exports[mode]["path"]))
-        decision = decide(candidate, champion, policy)
-        decisions.append({**decision.to_dict(), "run": mode, "version": candidate.version})
-        log.info("  gate: %s (%s) -> %s: %s", mode, candidate.version, decision.verdict,
-                 decision.reason)  # fmt: skip
-        if decision.promote:
-            registry.promote(root, name, candidate.version, reason=decision.reason,
-                             details={"decision": decision.to_dict(), "run": mode})  # fmt: skip
-            champion = candidate
-    pointer = registry.read_champion(root, name)
-    if pointer is None:
-        raise DemoStopped(f"the gate promoted no model: {decisions[-1]['reason']}")
-    mode = "meta" if pointer.version == exports["meta"]["version"] else "plain"
-    return {"name": name, "champion": pointer.version, "champion_run": mode,
-            "champion_path": str(root / name / pointer.version), "stack": pointer.stack,
-            "decisions": decisions, "history": registry.read_history(root, name)}  # fmt: skip
-
-
-def _score(config: DemoConfig, interval: Path, gate: dict[str, Any]) -> dict[str, Any]:
+def _score(config: DemoConfig, episodes: Path, model_dir: Path) -> dict[str, Any]:
     from components.demo.scoring import cold_tasks, score_cold, write_cold_events
 
     out = config.paths()["score"]
-    tasks = cold_tasks(interval)
+    tasks = cold_tasks(episodes)
     events = write_cold_events(config.paths()["raw"], tasks, "campaign_id", out)
-    scored = score_cold(Path(gate["champion_path"]), out, "campaign_id")
-    return {"model": gate["champion_path"], "version": gate["champion"], **events, **scored}
+    return {**events, **score_cold(model_dir, out, "campaign_id")}
 
 
 def run_demo(config: DemoConfig, spark=None, fresh: bool = False) -> dict[str, Any]:
-    """Run (or resume) every stage, then write ``summary.json`` and ``report.html``.
+    """Run (or rerun) every stage, then write ``summary.json`` and ``report.html``.
 
     Args:
         config: the run.
-        spark: a SparkSession to use (tests pass theirs); default: one local[2] session, started
-            only if the ETL or the validation must run.
-        fresh: ignore the records of earlier runs (see :mod:`components.demo.stages`).
+        spark: a SparkSession for the data steps (tests pass theirs); default: the steps' own
+            (``components.steps.data.shared_spark``), stopped before training.
+        fresh: recompute every step instead of reusing records (the DAG's ``force``).
 
     Returns:
-        ``{"summary": ..., "stages": {stage: result}, "seconds": {stage: s}, "skipped": [...]}``.
+        ``{"summary": ..., "results": {stage: result dict}, "seconds": {stage: s},
+        "reused": [stage, ...]}``.
 
     Raises:
-        DemoStopped: validation failed (fails closed) or the gate promoted nothing.
+        components.steps.data.ValidationFailed: a data-quality suite failed (fails closed).
+        DemoStopped: no model was promoted, so there is nothing to score.
+        components.launchers.local.LaunchError: a training job failed.
         ValueError, FileNotFoundError: bad settings or inputs (the message says what to do).
-        RuntimeError: a training job failed (the message holds its log's tail).
     """
-    from components.demo import training
     from components.demo.evaluation import evaluate_exports
+    from components.demo.summary import DESCRIBE, build_summary
+    from components.report import write_report
+    from components.steps import data, delivery
+    from components.steps.layout import Interval, RunLayout
+    from trainer.durable import write_json_atomic
 
+    for noisy in ("great_expectations", "py4j"):  # GX logs its internals at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     t0 = time.perf_counter()
     p = config.paths()
-    p["root"].mkdir(parents=True, exist_ok=True)
-    runner = StageRunner(p["stages"], len(STAGES) - (not config.airflow), fresh)
-    sp = _Spark(spark)
-    etl_cfg = etl_config(config)
-    interval = p["episodes"] / etl_cfg.interval_id
+    cfgs = load_configs(config)
+    cfg, layout = cfgs["meta"], RunLayout.of(cfgs["meta"].run_root)
+    interval = Interval(config.start, config.end)
+    progress = Progress(total=14 + config.airflow)
+    run = progress.run
+    r: dict[str, Any] = {}  # each stage's result, as JSON (step results: to_dict())
+
+    r["generate"] = run("generate", lambda: recorded(
+        layout, interval, "demo_generate", _settings(generator_config(config)),
+        lambda: _generate(config), force=fresh, outputs=(p["raw"] / "_generation.json",)),
+        DESCRIBE["generate"])  # fmt: skip
+
+    def validate_raw():
+        status = data.check_raw(cfg, interval)
+        if not status.ready:
+            raise ValueError(f"{interval.id}: raw data not ready under {p['raw']}: {status.reason}")
+        return data.validate_raw_step(cfg, interval, spark, force=fresh)
+
     try:
-        # Fingerprints leave the paths out: the same settings give the same data wherever --out is.
-        fp = {"generate": fingerprint(_without(generator_config(config).to_dict(), "out"))}
-        runner.run("generate", fp["generate"], [p["raw"]], lambda: _generate(config),
-                   lambda r: f"{r['rows_written']:,} rows ({r['corrupted_rows']} corrupted) in "
-                             f"{r['files']} files -> {p['raw']}")  # fmt: skip
-        fp["etl"] = fingerprint(fp["generate"], _without(etl_cfg.describe(), "input", "output"))
-        runner.run("etl", fp["etl"], [p["episodes"]], lambda: _etl(config, sp),
-                   lambda r: f"{r['rows_read']:,} rows read = {r['rows_kept']:,} kept + "
-                             f"{r['rows_quarantined']:,} quarantined; episodes "
-                             + ", ".join(f"{k} {v:,}" for k, v in r["episodes"].items()) + " "
-                             f"-> {interval}")  # fmt: skip
-        fp["validate"] = fingerprint(fp["etl"], "default thresholds")
-        runner.run("validate", fp["validate"], [p["validation"]],
-                   lambda: _validate(config, interval, sp),
-                   lambda r: "; ".join(f"{k} PASSED ({v['evaluated']} checks)"
-                                       for k, v in r.items()))  # fmt: skip
-        sp.stop()  # the rest needs no Spark: give its memory back to the trainers
-        toml = training.TRAIN_CONFIG.read_text()
-        for mode in MODES:
-            settings = [o for o in training.overrides(config, mode, interval)
-                        if not o.startswith(("data.path=", "train.output_dir="))]  # fmt: skip
-            fp[mode] = fingerprint(fp["validate"], toml, settings)
-            runner.run(f"train-{mode}", fp[mode], [config.run_dir(mode)],
-                       lambda mode=mode: training.train_run(config, mode, interval),
-                       lambda r: f"{r['nproc']} ranks, meta.mode={r['mode']} -> "
-                                 f"{r['run_dir']}")  # fmt: skip
-        fp["export"] = fingerprint(fp["meta"], fp["plain"])
-        exports = runner.run("export", fp["export"], [p["models"]],
-                             lambda: _export(config, interval),
-                             lambda r: ", ".join(f"{m} -> {v['path']}" for m, v in r.items()))  # fmt: skip
-        fp["evaluate"] = fingerprint(fp["export"])
-        cold_file = p["evaluation"] / "cold_start.json"
-        runs = {m: json.loads((config.run_dir(m) / "eval.json").read_text())["splits"]
-                for m in MODES}  # fmt: skip
-        versions = {m: Path(exports[m]["path"]) for m in MODES}
-        runner.run("evaluate", fp["evaluate"], [p["evaluation"]],
-                   lambda: _evaluation_result(evaluate_exports(versions, interval, runs, cold_file)),
-                   lambda r: _describe_eval(r) + f" -> {cold_file}")  # fmt: skip
-        fp["gate"] = fingerprint(fp["export"], GATE_METRIC)
-        name_dir = p["models"] / exports["meta"]["name"]
-        gate = runner.run("gate", fp["gate"], [name_dir / "CHAMPION", name_dir / "HISTORY.jsonl"],
-                          lambda: _gate(config, exports),
-                          lambda r: f"champion {r['name']}/{r['champion']} "
-                                    f"({r['champion_run']} run)")  # fmt: skip
-        fp["score"] = fingerprint(fp["gate"], fp["etl"])
-        runner.run("score", fp["score"], [p["score"]], lambda: _score(config, interval, gate),
-                   lambda r: f"{r['adapted']['rows_scored']:,} events of {r['tasks']} cold "
-                             f"campaigns scored by {r['version']} -> "
-                             f"{r['adapted']['output']}")  # fmt: skip
-        if config.airflow:
-            from components.demo.delivery import delivery_config, run_delivery
-
-            fp["delivery"] = fingerprint(fp["generate"], _without(delivery_config(config),
-                                                                  "run_root", "raw_root"))  # fmt: skip
-            runner.run("delivery", fp["delivery"], [p["delivery"]], lambda: run_delivery(config),
-                       lambda r: f"{r['dag']} {r['interval']}: {r['verdict']}, champion "
-                                 f"{r['champion']} -> {r['records']}")  # fmt: skip
+        r["raw_validation"] = run("validate-raw", validate_raw, DESCRIBE["validation"]).to_dict()
+        etl = run("etl", lambda: data.etl_step(cfg, interval, spark, force=fresh), DESCRIBE["etl"])
+        r["etl"] = etl.to_dict()
+        r["validate_episodes"] = run(
+            "validate-episodes",
+            lambda: data.validate_episodes_step(cfg, interval, spark, force=fresh),
+            DESCRIBE["validation"],
+        ).to_dict()
     finally:
-        sp.stop()
-    from components.demo.summary import build_summary
-    from components.report import write_report
+        if spark is None:
+            _stop_spark()
 
-    runner.index += 1
-    log.info("[%d/%d] report ...", runner.index, runner.total)
-    seconds = {**runner.seconds, "stages": round(sum(runner.seconds.values()), 2),
-               "total": round(time.perf_counter() - t0, 2)}  # fmt: skip
-    summary = build_summary(config, runner.results, seconds, runner.skipped)
-    p["summary"].write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    # The meta model: the DAG's chain, in the DAG's order.
+    train = {"meta": run("train-meta", lambda: _train(cfg, interval, etl, config, "meta", fresh),
+                         DESCRIBE["train"])}  # fmt: skip
+    exports = {"meta": run("export", lambda: delivery.export_step(cfg, interval, train["meta"], etl),
+                           DESCRIBE["export"])}  # fmt: skip
+    evaluation = run(
+        "evaluate",
+        lambda: delivery.evaluate_step(cfg, interval, exports["meta"], etl, force=fresh),
+        DESCRIBE["evaluate"],
+    )
+    gate = run("gate", lambda: delivery.gate_step(cfg, interval, evaluation, force=fresh),
+               DESCRIBE["gate"])  # fmt: skip
+    promoted = run("promote", lambda: delivery.promote_step(cfg, interval, gate),
+                   DESCRIBE["promote"])  # fmt: skip
+    r.update(evaluate=evaluation.to_dict(), gate=gate.to_dict(), promote=promoted.to_dict())
+
+    # The plain baseline: the same training and export steps, in its own run root.
+    base = cfgs["plain"]
+    train["plain"] = run("train-plain",
+                         lambda: _train(base, interval, etl, config, "plain", fresh),
+                         DESCRIBE["train"])  # fmt: skip
+    exports["plain"] = run("export-plain",
+                           lambda: delivery.export_step(base, interval, train["plain"], etl),
+                           DESCRIBE["export"])  # fmt: skip
+    r["train"] = {m: t.to_dict() for m, t in train.items()}
+    r["export"] = {m: e.to_dict() for m, e in exports.items()}
+
+    cold_file = p["evaluation"] / "cold_start.json"
+    versions = {m: Path(exports[m].model_dir) for m in MODES}
+    r["cold_start"] = run("cold-start", lambda: recorded(
+        layout, interval, "demo_cold_start",
+        {"models": {m: str(v) for m, v in versions.items()}, "data": etl.content_hash},
+        lambda: evaluate_exports(versions, Path(etl.episodes_dir),
+                                 {m: train[m].evaluation for m in MODES}, cold_file),
+        force=fresh, outputs=(cold_file,)), DESCRIBE["cold_start"])  # fmt: skip
+
+    if promoted.champion is None:
+        raise DemoStopped(f"the gate promoted no model, so nothing is scored: {gate.reason}")
+    champion = layout.models_root / cfg.model_name / promoted.champion
+    r["score"] = run("score", lambda: recorded(
+        layout, interval, "demo_score", {"model": str(champion), "data": etl.content_hash},
+        lambda: _score(config, Path(etl.episodes_dir), champion), force=fresh,
+        outputs=(p["score"] / "predictions.parquet",)), DESCRIBE["score"])  # fmt: skip
+    r["score"]["model"] = str(champion)
+
+    r["delivery"] = None
+    if config.airflow:
+        from components.demo.delivery import run_delivery
+
+        r["delivery"] = run("airflow", lambda: run_delivery(config), DESCRIBE["delivery"])
+
+    progress.index += 1
+    log.info("[%d/%d] report ...", progress.index, progress.total)
+    seconds = {**progress.seconds, "total": round(time.perf_counter() - t0, 2)}
+    summary = build_summary(config, r, seconds, progress.reused)
+    write_json_atomic(p["summary"], summary)
     write_report(summary, p["report"])
-    log.info("[%d/%d] report done: %s, %s", runner.index, runner.total, p["summary"], p["report"])
-    return {"summary": summary, "stages": runner.results, "seconds": seconds,
-            "skipped": runner.skipped}  # fmt: skip
-
-
-def _without(d: dict[str, Any], *keys: str) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if k not in keys}
-
-
-def _evaluation_result(result: dict[str, Any]) -> dict[str, Any]:
-    """What the stage record keeps (the per-task table stays in ``cold_start.json``)."""
-    return {k: v for k, v in result.items() if k != "per_task"}
-
-
-def _describe_eval(r: dict[str, Any]) -> str:
-    parts = [f"{m} AUC {v['before']['auc']:.4f} -> {v['after']['auc']:.4f}"
-             for m, v in r["models"].items()]  # fmt: skip
-    return f"test_cold ({r['tasks']['scored']} tasks): " + ", ".join(parts)
+    log.info("[%d/%d] report done: %s, %s", progress.index, progress.total, p["summary"],
+             p["report"])  # fmt: skip
+    return {"summary": summary, "results": r, "seconds": seconds, "reused": progress.reused}

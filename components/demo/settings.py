@@ -1,4 +1,5 @@
-"""``DemoConfig``: the sizes and knobs of one demo run, and where each stage writes.
+"""``DemoConfig``: the sizes and knobs of one demo run, where it writes, and the delivery configs
+it hands to the step functions (``components/steps``).
 
 Standard library only (``python -m components.demo --help`` stays instant). Two presets:
 
@@ -8,11 +9,16 @@ Standard library only (``python -m components.demo --help`` stays instant). Two 
 
 ``--rows`` and ``--steps`` override a preset; ``--seed`` seeds the generator, the training
 (model initialisation and sample stream) and therefore everything downstream.
+
+The demo delivers one data interval (every generated hour) exactly as the ``continuous_delivery``
+DAG delivers one: :meth:`DemoConfig.delivery_config` is the DAG's config file for it. The meta
+model is the run root ``<out>`` itself; the plain baseline is trained by the same training step
+under its own run root ``<out>/baseline`` (a run root holds one training per interval, and the
+baseline must not replace the model the gate promotes).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,10 +26,17 @@ from pathlib import Path
 from typing import Any
 
 START = "2026-11-01T00"
-RECORD_FORMAT = 2
-"""Bumped when a stage's recorded result changes shape: older records then no longer match."""
 MODES = ("meta", "plain")
 """The two training runs: the MAML-trained model and the plain-trained baseline."""
+META_MODE = {"meta": "maml", "plain": "plain"}
+"""Demo run name -> the trainer's ``meta.mode``."""
+TRAIN_CONFIG = Path(__file__).resolve().parent / "train.toml"
+MODEL_NAME = {"meta": "ctr-demo", "plain": "ctr-demo-baseline"}
+"""Registry name of each run's model (each in its own run root)."""
+CONFIG_FILE = "delivery-config.json"
+"""The delivery config of a run root, as the DAG would read it (``$METAREC_DELIVERY_CONFIG``)."""
+GATE_METRIC = "test_cold.after.auc"
+"""The promotion gate's metric: cold-start AUC after adaptation."""
 
 
 @dataclass(frozen=True)
@@ -107,33 +120,69 @@ class DemoConfig:
         return max(2, self.k // 8)
 
     def paths(self) -> dict[str, Path]:
-        """Every output of the demo, by role (the summary prints them)."""
-        root = Path(self.out)
+        """The demo's own outputs, by role (the run roots' folders are ``components/steps``')."""
+        root = Path(self.out).absolute()
         return {
             "root": root,
             "raw": root / "raw",
-            "episodes": root / "episodes",
-            "validation": root / "validation",
-            "train": root / "train",
-            "models": root / "models",
             "evaluation": root / "evaluation",
             "score": root / "score",
             "delivery": root / "delivery",
-            "stages": root / "_stages",
+            "logs": root / "logs",
             "summary": root / "summary.json",
             "report": root / "report.html",
         }
 
-    def run_dir(self, mode: str) -> Path:
-        """Output directory of the ``meta`` or ``plain`` training run."""
+    def run_root(self, mode: str) -> Path:
+        """The delivery run root of the ``meta`` model (``<out>``) or the ``plain`` baseline."""
         assert mode in MODES, mode
-        return self.paths()["train"] / mode
+        root = self.paths()["root"]
+        return root if mode == "meta" else root / "baseline"
+
+    def trainer_overrides(self, mode: str) -> list[str]:
+        """The ``section.key=value`` trainer overrides of one run (values as TOML literals)."""
+        values: dict[str, Any] = {
+            "train.steps": self.steps,
+            "train.log_every": self.log_every,
+            "train.seed": self.seed,
+            "data.seed": self.seed,
+            "data.batch_episodes": self.batch_episodes,
+            "meta.mode": META_MODE[mode],
+        }
+        return [f"{k}={json.dumps(v)}" for k, v in values.items()]
+
+    @property
+    def log_every(self) -> int:
+        """~24 points per training curve."""
+        return max(1, self.steps // 24)
+
+    def delivery_config(self, mode: str) -> dict[str, Any]:
+        """The delivery config (``components/steps/config.py``, as its file would hold it) of one
+        run: the demo's raw logs, the local backend on ``nproc`` ranks, no warm start (both runs
+        start from the same initialisation: the comparison is meta vs plain training only)."""
+        return {
+            "run_root": str(self.run_root(mode)),
+            "raw_root": str(self.paths()["raw"]),
+            "schedule": "hourly",
+            "start_date": START,
+            "backend": "local",
+            "spark_master": "local[2]",
+            "trainer_config": str(TRAIN_CONFIG),
+            "trainer_overrides": self.trainer_overrides(mode),
+            "nproc": self.nproc,
+            "warm_start": False,
+            "model_name": MODEL_NAME[mode],
+            "etl": {
+                "k_support": self.k,
+                "q_query": self.k,
+                "min_support": self.min_samples,
+                "min_query": self.min_samples,
+                "num_buckets": 4 if self.quick else 8,
+                "cold_fraction": 0.2,
+                "shuffle_partitions": 4,
+            },
+            "gate": {"metric": GATE_METRIC},
+        }
 
     def describe(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k != "out"}
-
-
-def fingerprint(*parts: Any) -> str:
-    """A short, stable hash of JSON-able ``parts`` (a stage's inputs)."""
-    text = json.dumps([RECORD_FORMAT, *parts], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,27 +1,68 @@
-"""The demo's summary: numbers read back from the artefacts, and the table printed at the end.
+"""The demo's summary: numbers read back from the step results and the artefacts, the progress
+descriptions of each stage, and the table printed at the end.
 
-Every figure is taken from what the stages wrote, not from what they meant to write: rows and
+Every figure is taken from what the steps wrote, not from what they meant to write: rows and
 episodes from the ETL manifest, throughput, communication and cache counters from each run's
-``metrics.jsonl``, cold-start AUCs from ``evaluation/cold_start.json`` (the exports' scores) and
-each run's ``eval.json``, the gate from the registry's ``CHAMPION`` pointer, scoring from the
-scorer's ``*.summary.json``. ``summary.json`` holds the result; :func:`format_summary` prints it.
+``metrics.jsonl``, the gate and the promotion from their step results and the registry's
+``CHAMPION`` pointer, cold-start AUCs from ``evaluation/cold_start.json`` (the exports' scores) and
+each run's evaluation, scoring from the scorer's summary. ``summary.json`` holds the result;
+:func:`format_summary` prints it. Both read plain JSON (the ``to_dict()`` of each step result), so a
+recorded set of results renders the same summary again.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from components.demo.settings import MODES, DemoConfig
+from components.demo.settings import CONFIG_FILE, META_MODE, MODES, DemoConfig
 
 
-def train_records(run_dir: Path) -> list[dict[str, Any]]:
-    """The ``kind = "train"`` records of a run's ``metrics.jsonl`` (one per log step)."""
-    path = run_dir / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.is_file() else []
-    return [r for r in map(json.loads, filter(None, lines)) if r.get("kind") == "train"]
+def _episodes(episodes: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in episodes.items())
+
+
+DESCRIBE: dict[str, Callable[[Any], str]] = {
+    "generate": lambda r: (
+        f"{r['rows_written']:,} rows ({r['corrupted_rows']} corrupted) in {r['files']} files"
+    ),
+    "validation": lambda r: (
+        f"{r.kind} suite "
+        f"{'PASSED' if r.success else 'FAILED'} ({r.statistics.get('evaluated')} checks); {r.report}"
+    ),
+    "etl": lambda r: (
+        f"{r.rows_read:,} rows read = {r.rows_kept:,} kept + "
+        f"{r.rows_quarantined:,} quarantined; episodes {_episodes(r.episodes)} -> {r.episodes_dir}"
+    ),
+    "train": lambda r: f"{r.steps} steps; {r.warm_start.reason} -> {r.run_dir}",
+    "export": lambda r: (
+        f"{r.name}/{r.version} ({'new' if r.created else 'exported before'}) -> {r.model_dir}"
+    ),
+    "evaluate": lambda r: (
+        f"{r.metric}: challenger {r.challenger} {_num(r.challenger_value)}, "
+        f"champion {r.champion or 'none'} {_num(r.champion_value)}"
+    ),
+    "gate": lambda r: f"{r.verdict}: {r.reason}",
+    "promote": lambda r: f"{'promoted' if r.promoted else 'not promoted'}; champion {r.champion}",
+    "cold_start": lambda r: (
+        f"test_cold ({r['tasks']['scored']} tasks): "
+        + ", ".join(
+            f"{m} AUC {_num(v['before']['auc'])} -> {_num(v['after']['auc'])}"
+            for m, v in r["models"].items()
+        )
+    ),
+    "score": lambda r: (
+        f"{r['adapted']['rows_scored']:,} events of {r['tasks']} cold campaigns "
+        f"-> {r['adapted']['output']}"
+    ),
+    "delivery": lambda r: (
+        f"{r['dag']} {r['interval']}: {r['verdict']}, champion {r['champion']} -> {r['records']}"
+    ),
+}
+"""One line per stage for the progress output (each takes the stage's result)."""
 
 
 def training_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -69,16 +110,27 @@ def _finite(x: Any) -> float | None:
     return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
 
 
+def _validation(v: dict[str, Any]) -> dict[str, Any]:
+    stats = v["statistics"]
+    return {"success": v["success"], "evaluated": stats.get("evaluated"),
+            "failed": stats.get("failed"), "report": v["report"]}  # fmt: skip
+
+
 def build_summary(
-    config: DemoConfig, results: dict[str, Any], seconds: dict[str, float], skipped: list[str]
+    config: DemoConfig, results: dict[str, Any], seconds: dict[str, float], reused: list[str]
 ) -> dict[str, Any]:
-    """``summary.json`` from the stage results and the artefacts (module docstring)."""
+    """``summary.json`` from the stage results (JSON, as :func:`run_demo` keeps them) and the
+    artefacts they name (module docstring)."""
     from components.demo.evaluation import summarise_per_task
+    from components.promotion import registry
+    from components.report import train_records
+    from components.steps.layout import Interval, RunLayout
     from trainer.data.contract import load_manifest
 
     p = config.paths()
-    etl = results["etl"]
-    manifest = load_manifest(etl["output"])
+    interval = Interval(config.start, config.end)
+    etl, train, exports = results["etl"], results["train"], results["export"]
+    manifest = load_manifest(etl["episodes_dir"])
     acc = manifest.accounting
     data = {
         "rows_generated": results["generate"]["rows_written"],
@@ -88,31 +140,37 @@ def build_summary(
                    for s in manifest.splits},
         "k_support": manifest.k_support, "q_query": manifest.q_query,
         "task_key": manifest.task_key, "interval": manifest.interval["id"],
-        "validation": {k: {"success": v["success"], "evaluated": v["evaluated"],
-                           "failed": v["failed"], "report": v["report"]}
-                       for k, v in results["validate"].items()},
+        "interval_range": f"{config.start}/{config.end}",
+        "validation": {v["kind"]: _validation(v)
+                       for v in (results["raw_validation"], results["validate_episodes"])},
         "manifest_validation": (manifest.validation or {}).get("success"),
     }  # fmt: skip
-    cold = json.loads((p["evaluation"] / "cold_start.json").read_text())
+    cold_file = p["evaluation"] / "cold_start.json"
+    cold = results["cold_start"]
     training, cold_start = {}, {}
     for mode in MODES:
-        run = config.run_dir(mode)
-        training[mode] = {**training_figures(train_records(run)),
-                          "wall_s": results[f"train-{mode}"]["seconds"],
-                          "nproc": results[f"train-{mode}"]["nproc"],
-                          "meta_mode": results[f"train-{mode}"]["mode"]}  # fmt: skip
-        trained = json.loads((run / "eval.json").read_text())["splits"]["test_cold"]
+        t = train[mode]
+        training[mode] = {**training_figures(train_records(Path(t["run_dir"]))),
+                          "nproc": config.nproc, "meta_mode": META_MODE[mode],
+                          "warm_start": t["warm_start"]["reason"]}  # fmt: skip
+        trained = t["evaluation"].get("test_cold", {})
         m = cold["models"][mode]
         cold_start[mode] = {
-            "version": m["version"], "episodes": m["episodes"], "query_samples": m["query_samples"],
+            "version": exports[mode]["version"], "model": exports[mode]["name"],
+            "episodes": m["episodes"], "query_samples": m["query_samples"],
             "before": {k: _finite(m["before"][k]) for k in ("auc", "gauc", "logloss")},
             "after": {k: _finite(m["after"][k]) for k in ("auc", "gauc", "logloss")},
             "trainer_eval_auc": {w: _finite(trained.get(w, {}).get("auc"))
                                  for w in ("before", "after")},
             "parity_abs_diff": m["parity"],
         }  # fmt: skip
-    gate, score = results["gate"], results["score"]
+    per_task = json.loads(cold_file.read_text())["per_task"]
+    gate, promoted, score = results["gate"], results["promote"], results["score"]
+    name = exports["meta"]["name"]
+    models = Path(exports["meta"]["model_dir"]).parent
+    pointer = registry.read_champion(models.parent, name)
     adapted, unadapted = score["adapted"], score["unadapted"]
+    episodes = Path(etl["episodes_dir"])
     return {
         "config": config.describe(),
         "data": data,
@@ -120,19 +178,24 @@ def build_summary(
         "cold_start": {
             **cold_start,
             "tasks": cold["tasks"],
-            "per_task": summarise_per_task(cold["per_task"]),
+            "per_task": summarise_per_task(per_task),
         },
         "gate": {
-            "metric": "test_cold.after.auc",
-            "name": gate["name"],
-            "champion": gate["champion"],
-            "champion_run": gate["champion_run"],
-            "decisions": gate["decisions"],
-            "stack": gate["stack"],
+            "metric": gate["metric"],
+            "name": name,
+            "challenger": gate["challenger"],
+            "challenger_value": _finite(gate["challenger_value"]),
+            "champion_before": gate["champion"],
+            "champion_value": _finite(gate["champion_value"]),
+            "verdict": gate["verdict"],
+            "reason": gate["reason"],
+            "promoted": promoted["promoted"],
+            "champion": promoted["champion"],
+            "stack": pointer.stack if pointer else [],
         },
         "scoring": {
             "model": score["model"],
-            "version": score["version"],
+            "version": Path(score["model"]).name,
             "cold_tasks": score["tasks"],
             "support_lines": score["lines"]["support"],
             "event_lines": score["lines"]["events"],
@@ -148,22 +211,25 @@ def build_summary(
         },
         "outputs": {
             "raw": str(p["raw"]),
-            "episodes": str(p["episodes"] / Path(etl["output"]).name),
-            "quarantine": str(p["episodes"] / Path(etl["output"]).name / "_quarantine"),
-            "validation": [results["validate"][k]["report"] for k in ("raw", "episodes")],
-            **{f"run_{m}": str(config.run_dir(m)) for m in MODES},
-            "checkpoints": str(config.run_dir("meta") / "checkpoints"),
-            "models": str(p["models"] / gate["name"]),
-            "champion": gate["champion_path"],
-            "cold_start": str(p["evaluation"] / "cold_start.json"),
+            "episodes": str(episodes),
+            "quarantine": str(episodes / "_quarantine"),
+            "validation": [results[k]["report"] for k in ("raw_validation", "validate_episodes")],
+            **{f"run_{m}": train[m]["run_dir"] for m in MODES},
+            "checkpoints": str(Path(train["meta"]["run_dir"]) / "checkpoints"),
+            "models": str(models),
+            "champion": score["model"],
+            "records": str(RunLayout.of(config.run_root("meta")).records(interval)),
+            "config": str(config.run_root("meta") / CONFIG_FILE),
+            "cold_start": str(cold_file),
             "predictions": adapted["output"],
             "rejected": adapted["rejected_output"],
+            "logs": str(p["logs"]),
             "summary": str(p["summary"]),
             "report": str(p["report"]),
         },
         "delivery": results.get("delivery"),
         "seconds": seconds,
-        "skipped": skipped,
+        "reused": reused,
     }
 
 
@@ -199,22 +265,25 @@ def format_summary(s: dict[str, Any]) -> str:
         lift = None if a is None or b is None else a - b
         lines.append(f"  {label:<22}{_num(b):>15}{_num(a):>12}{_num(lift, '+.4f'):>10}"
                      f"{_num(med):>30}")  # fmt: skip
-    lines += ["", "training   (2 CPU ranks, gloo; embedding rows sharded, dense layers replicated)"]
+    lines += ["", f"training   ({t['meta']['nproc']} CPU ranks, gloo; embedding rows sharded, dense "
+              "layers replicated; both from scratch, same data and seed)"]  # fmt: skip
     for mode in ("meta", "plain"):
-        r = t[mode]
+        r, wall = t[mode], s["seconds"].get(f"train-{mode}")
         cache = ("" if r.get("cache_hit_rate") is None else
                  f", MixCache hit rate {r['cache_hit_rate']:.1%} (last {r['cache_hit_rate_last']:.1%})")  # fmt: skip
         lines.append(
             f"  {mode:<6} {r['steps']} steps, {_num(r.get('samples_per_s'), ',.0f')} samples/s, "
             f"{_num(r['comm_bytes_per_step'] / 1e3, ',.1f')} kB/step "
-            f"({_num(r['comm_bytes_per_sample'], ',.0f')} B/sample){cache}, {r['wall_s']:.0f} s"
+            f"({_num(r['comm_bytes_per_sample'], ',.0f')} B/sample){cache}"
+            + ("" if wall is None or f"train-{mode}" in s["reused"] else f", {wall:.0f} s")
         )
-    decisions = "; ".join(f"{x['run']} {x['version']}: {x['verdict']}"
-                          for x in g["decisions"])  # fmt: skip
+    against = (f"champion {g['champion_before']} ({_num(g['champion_value'])})"
+               if g["champion_before"] else "no champion yet")  # fmt: skip
     lines += [
         "",
-        f"gate       {g['metric']}: {decisions} -> champion {g['name']}/{g['champion']} "
-        f"({g['champion_run']} run)",
+        f"gate       {g['metric']}: challenger {g['name']}/{g['challenger']} (meta, "
+        f"{_num(g['challenger_value'])}) vs {against}: {g['verdict']} -> champion "
+        f"{g['name']}/{g['champion']}",
         f"scoring    {sc['version']} scored {sc['rows_scored']:,} of {sc['rows_read']:,} raw events "
         f"of {sc['cold_tasks']} cold campaigns ({sc['rows_rejected']} rejected), "
         f"{sc['rows_adapted']:,} after adapting to {sc['tasks_adapted']} campaigns' support "
@@ -229,16 +298,18 @@ def format_summary(s: dict[str, Any]) -> str:
             f"champion {dv['champion']}; records {dv['records']}"
         )
     lines += ["", "outputs"]
-    for key in ("raw", "episodes", "quarantine", "run_meta", "run_plain", "checkpoints", "models",
-                "champion", "predictions", "summary", "report"):  # fmt: skip
+    for key in ("raw", "episodes", "quarantine", "run_meta", "run_plain", "models", "champion",
+                "records", "config", "predictions", "logs", "summary", "report"):  # fmt: skip
         lines.append(f"  {key:<12} {o[key]}")
-    ran = {k: v for k, v in s["seconds"].items() if k not in ("total", "stages")}
-    skipped = s["skipped"]
+    ran = {k: v for k, v in s["seconds"].items() if k != "total"}
+    reused = s["reused"]
     lines += [
         "",
         f"time       {s['seconds']['total']:.0f} s for this run; stages: "
-        + ", ".join(f"{k} {v:.0f}s" + ("*" if k in skipped else "") for k, v in ran.items())
-        + (" (* up to date, skipped: the time of its last run)" if skipped else ""),
+        + ", ".join(f"{k} {v:.0f}s" + ("*" if k in reused else "") for k, v in ran.items())
+        + (" (* up to date: its step record reused)" if reused else ""),
+        f"rerun      python -m components.steps --config {o['config']} deliver --interval "
+        f"{d['interval_range']}: the meta model's steps from the command line (reusing records)",
         f"next       open {o['report']}; `metarec score --model {o['models']} --input <events>` "
         "scores new traffic; `metarec promote --models "
         f"{Path(o['models']).parent} --name {g['name']} --status` shows the champion and history",

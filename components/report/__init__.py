@@ -53,10 +53,11 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _records(run_dir: str) -> list[dict[str, Any]]:
-    from components.demo.summary import train_records
-
-    return train_records(Path(run_dir))
+def train_records(run_dir: Path) -> list[dict[str, Any]]:
+    """The ``kind = "train"`` records of a run's ``metrics.jsonl`` (one per log step)."""
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [r for r in map(json.loads, filter(None, lines)) if r.get("kind") == "train"]
 
 
 def reading(cold: dict[str, Any]) -> str:
@@ -70,9 +71,9 @@ def reading(cold: dict[str, Any]) -> str:
         f"Adapting to each task's support set changes the AUC by {lift_m:+.4f} for the meta "
         f"model and {lift_p:+.4f} for the plain one (plain + fine-tuning, the usual baseline); "
         f"after adaptation the {best} model ranks best (meta {m['after']['auc']:.4f}, plain "
-        f"{p['after']['auc']:.4f}), which is what the gate decides on. On these generated "
-        "logs most of the lift is each campaign's base rate; see bench/meta_quality.py for "
-        "where meta learning wins (support sets that carry more than the base rate)."
+        f"{p['after']['auc']:.4f}). On these generated logs most of the lift is each campaign's "
+        "base rate; see bench/meta_quality.py for where meta learning wins (support sets that "
+        "carry more than the base rate)."
     )
 
 
@@ -82,16 +83,16 @@ def render_report(summary: dict[str, Any]) -> str:
 
     d, t, c, g, sc, o = (summary[k] for k in ("data", "training", "cold_start", "gate",
                                               "scoring", "outputs"))  # fmt: skip
-    runs = {m: _records(o[f"run_{m}"]) for m in ("meta", "plain")}
+    runs = {m: train_records(Path(o[f"run_{m}"])) for m in ("meta", "plain")}
     per_task = json.loads(Path(o["cold_start"]).read_text())["per_task"]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>metarec demo report"
              f"</title><style>{STYLE}</style></head><body>",
              "<h1>metarec demo report</h1>",
              f"<p class='note'>Interval {_e(d['interval'])}; demo settings "
              f"<code>{_e(json.dumps(summary['config']))}</code>; "
-             f"stages took {summary['seconds']['stages']:.0f} s"
-             + (f" (up to date, not rerun: {_e(', '.join(summary['skipped']))})"
-                if summary["skipped"] else "") + ".</p>"]  # fmt: skip
+             f"this run took {summary['seconds']['total']:.0f} s"
+             + (f" (up to date, step records reused: {_e(', '.join(summary['reused']))})"
+                if summary["reused"] else "") + ".</p>"]  # fmt: skip
 
     head_rows = [[f"{m} ({t[m]['meta_mode']}, {c[m]['version']})", _f(c[m]["before"]["auc"]),
                   _f(c[m]["after"]["auc"]), _f(c["per_task"].get(f"{m}.after", {}).get("median")),
@@ -101,8 +102,8 @@ def render_report(summary: dict[str, Any]) -> str:
               _table(["model", "cold AUC, no adaptation", "cold AUC, adapted",
                       "median task AUC, adapted", "samples/s", "kB/step", "cache hit rate"],
                      head_rows),
-              f"<p>Gate on <code>{_e(g['metric'])}</code>: champion <b>{_e(g['name'])}/"
-              f"{_e(g['champion'])}</b> (the {_e(g['champion_run'])} run). Scoring: "
+              f"<p>Gate on <code>{_e(g['metric'])}</code>: {_e(g['verdict'])}, champion "
+              f"<b>{_e(g['name'])}/{_e(g['champion'])}</b>. Scoring: "
               f"{sc['rows_scored']:,} raw events of {sc['cold_tasks']} cold campaigns, AUC "
               f"{_f(sc['auc_unadapted'])} unadapted &rarr; {_f(sc['auc_adapted'])} adapted to "
               f"each campaign's support events.</p>"]  # fmt: skip
@@ -167,10 +168,17 @@ def render_report(summary: dict[str, Any]) -> str:
               _table(["run", "hit rate", "last log step", "host-to-device bytes/step"],
                      cache_rows)]  # fmt: skip
 
-    decisions = [[x["run"], x["version"], x["verdict"], "yes" if x["promote"] else "no",
-                  x["reason"]] for x in g["decisions"]]  # fmt: skip
+    decision = [[f"{g['name']}/{g['challenger']} (meta)", _f(g["challenger_value"]),
+                 g["champion_before"] or "none", _f(g["champion_value"]), g["verdict"],
+                 "yes" if g["promoted"] else "no", g["reason"]]]  # fmt: skip
     parts += ["<h2>Gate, promotion and serving</h2>",
-              _table(["challenger", "version", "verdict", "promoted", "reason"], decisions),
+              "<p>The delivery steps of the <code>continuous_delivery</code> DAG: the meta "
+              "model's export (the challenger) and the current champion are evaluated on this "
+              f"interval's episodes; the gate compares them on <code>{_e(g['metric'])}</code> "
+              "and the promotion moves the registry's CHAMPION pointer. Step records: "
+              f"<code>{_e(o['records'])}</code>.</p>",
+              _table(["challenger", "value", "champion", "value", "verdict", "promoted",
+                      "reason"], decision),
               f"<p>Champion stack: {_e(' → '.join(g['stack']))}. The champion scored "
               f"{sc['rows_read']:,} raw events ({sc['rows_rejected']} rejected: "
               f"{_e(', '.join(f'{k} {v}' for k, v in sc['reasons'].items()) or 'none')}), {sc['rows_adapted']:,} of them after adapting to "

@@ -39,6 +39,7 @@ def write_cold_events(raw: Path, tasks: set[str], task_key: str, out: Path) -> d
     is not (a corrupt one) goes with the events, so the scorer shows how it rejects it.
     """
     from components.score.events import read_events
+    from trainer.durable import write_atomic
 
     picked: list[tuple[float, str]] = []
     for batch in read_events(str(raw), 65_536):
@@ -53,13 +54,12 @@ def write_cold_events(raw: Path, tasks: set[str], task_key: str, out: Path) -> d
         raise ValueError(f"no raw event of the {len(tasks)} test_cold tasks found under {raw}")
     times = np.array([t for t, _ in picked])
     cut = float(np.nanmedian(times))
-    out.mkdir(parents=True, exist_ok=True)
-    counts = {"support": 0, "events": 0}
-    with open(out / "support.jsonl", "w") as sup, open(out / "events.jsonl", "w") as ev:
-        for t, line in picked:
-            target = "support" if t < cut else "events"  # NaN compares False: an event
-            (sup if target == "support" else ev).write(line.rstrip("\n") + "\n")
-            counts[target] += 1
+    lines: dict[str, list[str]] = {"support": [], "events": []}
+    for t, line in picked:
+        lines["support" if t < cut else "events"].append(line.rstrip("\n") + "\n")  # NaN: event
+    for target, chosen in lines.items():
+        write_atomic(out / f"{target}.jsonl", "".join(chosen))
+    counts = {k: len(v) for k, v in lines.items()}
     return {"cut_ms": int(cut), "lines": counts, "tasks": len(tasks)}
 
 

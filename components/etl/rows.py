@@ -10,36 +10,21 @@ as epoch milliseconds ``_t``), plus
                   file ``dt=YYYY-MM-DD/hr=HH/<file>`` (see :func:`source_file`), kept in this
                   compact form because every row carries it through the shuffle
 
-Reason codes, in the order the rules are applied (the first that fails wins; within a rule,
-fields in raw-schema order):
-
-1. ``malformed_record``   the line is not a JSON object (garbage, truncated, a bare array...);
-2. ``missing:<field>``    a required field is absent, null or an empty string;
-3. ``bad_type:<field>``   present but not of its type: a label or dense value that is not a
-   number (``"yes"``, ``"abc"``, ``true``), an event_time that is not an ISO-8601 time
-   (``"yesterday"``, an epoch number), a list field that is not a JSON array. Ids and
-   categoricals accept any JSON scalar and are read as its text (``123`` -> ``"123"``);
-   dense values and labels accept numbers and numeric strings;
-4. ``bad_value:<field>``  a number outside its domain: NaN, +-inf, outside the raw schema's
-   [min, max] (bid_price < 0, user_hist_ctr > 1) for dense fields, not 0/1 for labels;
-5. ``event_time_out_of_range``  before ``partition hour - max_lateness``, at or after the end of
-   the partition hour, or outside the interval ``[start, end)``.
-
-Later rules (``duplicate_event_id``, ``task_too_small``, ``episode_too_small``,
-``episode_tie_overflow``) are interval-level; see :mod:`components.etl.episodes` and
-:mod:`components.etl.dedup`. Unknown JSON keys are ignored. Every function here is a pure
-DataFrame -> DataFrame transformation built from Spark expressions (no Python UDFs).
+The rules (which line is a record, which value is of its type, the reason codes and their
+precedence, the text an id hashes from) are defined once in :mod:`components.raw_rules`; this
+module compiles them to Spark expressions, as the scorer compiles them to Python. Every function
+here is a pure DataFrame -> DataFrame transformation built from native Spark expressions (no Python
+UDF on the row path). Later rules (``duplicate_event_id``, ``task_too_small``,
+``episode_too_small``, ``episode_tie_overflow``) are interval-level; see
+:mod:`components.etl.episodes` and :mod:`components.etl.dedup`.
 """
 
 from __future__ import annotations
 
+from components import raw_rules as rules
 from components.raw_schema import RAW_FIELDS, fields_of
 
-MALFORMED = "malformed_record"
-OUT_OF_RANGE = "event_time_out_of_range"
 CORRUPT_COL = "_corrupt_record"
-ISO_8601 = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
-"""Accepted event_time text: date, time to the minute at least, optional fraction and zone (none = UTC)."""
 
 # Columns of the canonical frame, in order (``event_time`` is carried as ``_t``, epoch ms).
 DATA_COLUMNS = tuple("_t" if f.name == "event_time" else f.name for f in RAW_FIELDS)
@@ -82,20 +67,94 @@ def source_file(hour="_hour", file="_file"):
     return F.concat(F.date_format(stamp, "'dt='yyyy-MM-dd'/hr='HH'/'"), file)
 
 
-def _first_reason(malformed, missing: dict, bad_type: dict):
-    """One CASE expression: the first rule that fails, fields in schema order."""
+def java(pattern: str) -> str:
+    """A :mod:`components.raw_rules` pattern for Spark's Java regex: ``(?d)`` makes ``^ $ .``
+    treat only LF as a line end, as Python's ``re`` does."""
+    return "(?d)" + pattern
+
+
+def _first_reason(*rules_in_order):
+    """One CASE expression: the reason of the first ``(condition, code)`` that holds.
+
+    Each argument is a dict ``{code: condition}`` (a rule, fields in schema order).
+    """
     from pyspark.sql import functions as F
 
-    expr = F.when(malformed, F.lit(MALFORMED))
-    for name, cond in missing.items():
-        expr = expr.when(cond, F.lit(f"missing:{name}"))
-    for name, cond in bad_type.items():
-        expr = expr.when(cond, F.lit(f"bad_type:{name}"))
+    expr = None
+    for rule in rules_in_order:
+        for code, cond in rule.items():
+            expr = F.when(cond, F.lit(code)) if expr is None else expr.when(cond, F.lit(code))
     return expr
 
 
 def _blank(c):
     return c.isNull() | (c == "")
+
+
+def line_reason(value):
+    """Column: ``line_too_long``, ``malformed_record`` or null by the shape of the line alone —
+    :func:`components.raw_rules.line_reason` as Spark expressions."""
+    from pyspark.sql import functions as F
+
+    text, refused = value, F.lit(False)
+    for op, pattern in rules.LINE_STEPS:
+        if op == "remove":
+            text = F.regexp_replace(text, java(pattern), "")
+        elif op == "refuse":
+            refused = refused | text.rlike(java(pattern))
+        else:  # "shape": the whole text
+            refused = refused | ~text.rlike(java(f"^({pattern})$"))
+    inner = text.substr(F.lit(2), F.length(text) - 2)
+    for _ in range(rules.MAX_DEPTH - 1):
+        inner = F.regexp_replace(inner, java(rules.EMPTY_PAIR), "")
+    return F.when(F.length(value) > rules.MAX_LINE_CHARS, F.lit(rules.LINE_TOO_LONG)).when(
+        refused | (inner != ""), F.lit(rules.MALFORMED)
+    )
+
+
+def _variant_ok(v, text):
+    """Column: a value read as a variant (``v``) and as a string (``text``) is an id text:
+    a string, a boolean, null, or an integer (digits only: ``1.0`` reads as DECIMAL(1,0))."""
+    from pyspark.sql import functions as F
+
+    kind = F.schema_of_variant(v)
+    integer = (kind == "BIGINT") | kind.rlike(r"^DECIMAL\(\d+,0\)$")
+    return kind.isin("STRING", "BOOLEAN", "VOID") | (integer & text.rlike(java("^-?[0-9]+$")))
+
+
+def _not_id_text(df):
+    """``{field: condition}``: an id, categorical or list field holds a value that is not an id
+    text (``raw_rules.id_text``). Read into a string, such a value looks like
+    ``raw_rules.RENDERED_NOT_TEXT``, and so can a string; only those rows are parsed again with
+    the fields as variants, which keep the JSON type."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    looks = java(rules.RENDERED_NOT_TEXT)
+    fields = fields_of(*rules.TEXT_KINDS, "multi")
+    gate = {}
+    for f in fields:
+        c = F.col(f"j.{f.name}")
+        gate[f.name] = (
+            F.array_join(c, "\n").rlike(java("(?m)" + rules.RENDERED_NOT_TEXT))
+            if f.kind == "multi"
+            else c.rlike(looks)
+        )
+    any_gate = F.lit(False)
+    for g in gate.values():
+        any_gate = any_gate | F.coalesce(g, F.lit(False))
+    schema = T.StructType([T.StructField(f.name, T.VariantType()) for f in fields])
+    probe = F.when(any_gate, F.from_json("value", schema, {"mode": "PERMISSIVE"}))
+    out = {}
+    for f in fields:
+        v, text = probe.getField(f.name), F.col(f"j.{f.name}")
+        if f.kind == "multi":
+            items = F.try_variant_get(v, "$", "array<variant>")
+            ok = ~F.array_contains(F.zip_with(items, text, _variant_ok), False)
+        else:
+            ok = _variant_ok(v, text)
+        out[f.name] = F.coalesce(gate[f.name], F.lit(False)) & ~F.coalesce(ok, F.lit(False))
+    return out
 
 
 def parse_jsonl(df):
@@ -105,9 +164,10 @@ def parse_jsonl(df):
     """
     from pyspark.sql import functions as F
 
+    df = df.select("value", "dt", "hr", "_file", line_reason(F.col("value")).alias("_line"))
     opts = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT_COL}
-    j = F.from_json("value", jsonl_read_schema(), opts)
-    df = df.select("value", "dt", "hr", "_file", j.alias("j"))
+    j = F.when(F.col("_line").isNull(), F.from_json("value", jsonl_read_schema(), opts))
+    df = df.select("*", j.alias("j"))
     # A bad list value makes Spark flag the whole record (keeping the other fields); re-parse only
     # those rows with lists as text to tell "not a JSON object" from "a list that is not a list".
     corrupt = F.col(f"j.{CORRUPT_COL}").isNotNull()
@@ -120,30 +180,38 @@ def parse_jsonl(df):
     any_bad_list = F.lit(False)
     for cond in bad_list.values():
         any_bad_list = any_bad_list | cond
-    malformed = corrupt & ~any_bad_list
+    malformed = F.col("_line").isNotNull() | (corrupt & ~any_bad_list)
+    not_text = _not_id_text(df)
 
     def s(name):  # raw text of a scalar field
         return F.col(f"j.{name}")
 
-    def num(name):  # JSON NaN/Infinity arrive quoted ('"NaN"'): strip the quotes first
-        return F.btrim(s(name), F.lit('"')).try_cast("double")
+    def num(name):  # raw_rules.number_value: a number, or numeric text (JSON NaN arrives quoted)
+        text = s(name)
+        return F.when(
+            text.rlike(java(rules.NUMBER_TEXT)), F.btrim(text, F.lit('"')).try_cast("double")
+        )
 
     time_text = s("event_time")
-    t = F.when(time_text.rlike(ISO_8601), F.unix_millis(time_text.try_cast("timestamp")))
+    t = F.when(
+        time_text.rlike(java(rules.ISO_8601)), F.unix_millis(time_text.try_cast("timestamp"))
+    )
     typed = {"event_time": t}
-    for f in fields_of("dense", "label"):
+    for f in fields_of(*rules.NUMBER_KINDS):
         typed[f.name] = num(f.name)
     missing = {
-        f.name: (_blank(s(f.name)) if f.kind != "multi" else s(f.name).isNull())
+        rules.missing(f.name): (_blank(s(f.name)) if f.kind != "multi" else s(f.name).isNull())
         for f in RAW_FIELDS
         if f.required
     }
     bad_type = {}
     for f in RAW_FIELDS:
         if f.name in typed:
-            bad_type[f.name] = s(f.name).isNotNull() & typed[f.name].isNull()
+            bad_type[rules.bad_type(f.name)] = s(f.name).isNotNull() & typed[f.name].isNull()
         elif f.kind == "multi":
-            bad_type[f.name] = bad_list[f.name]
+            bad_type[rules.bad_type(f.name)] = bad_list[f.name] | not_text[f.name]
+        else:
+            bad_type[rules.bad_type(f.name)] = not_text[f.name]
     columns = []
     for f in RAW_FIELDS:
         if f.name == "event_time":
@@ -152,12 +220,10 @@ def parse_jsonl(df):
             columns.append(typed[f.name].alias(f.name))
         else:
             columns.append(s(f.name).alias(f.name))
-    return df.select(
-        *columns,
-        _first_reason(malformed, missing, bad_type).alias("_reason"),
-        F.col("value").alias("_raw"),
-        *_meta(df),
+    reason = F.coalesce(
+        F.col("_line"), _first_reason({rules.MALFORMED: malformed}, missing, bad_type)
     )
+    return df.select(*columns, reason.alias("_reason"), F.col("value").alias("_raw"), *_meta(df))
 
 
 def is_blank_line():
@@ -186,15 +252,15 @@ def parse_parquet(df):
         else:
             columns.append(c.alias(f.name))
     missing = {
-        f.name: (
-            _blank(F.col(f.name)) if f.kind in ("id", "categorical") else F.col(f.name).isNull()
+        rules.missing(f.name): (
+            _blank(F.col(f.name)) if f.kind in rules.TEXT_KINDS else F.col(f.name).isNull()
         )
         for f in RAW_FIELDS
         if f.required
     }
     return df.select(
         *columns,
-        _first_reason(F.lit(False), missing, {}).alias("_reason"),
+        _first_reason(missing).alias("_reason"),
         F.lit(None).cast("string").alias("_raw"),
         *_meta(df),
     )
@@ -205,22 +271,22 @@ def validate_rows(df, start_ms: int, end_ms: int, max_lateness_ms: int):
     from pyspark.sql import functions as F
 
     expr = None
-    for f in fields_of("dense", "label"):
-        c = F.col(f.name)
-        if f.kind == "dense":
-            bad = F.isnan(c) | (F.abs(c) == float("inf"))
-            if f.min_value is not None:
-                bad = bad | (c < f.min_value)
-            if f.max_value is not None:
-                bad = bad | (c > f.max_value)
+    for rule in rules.VALUE_RULES:  # raw_rules.ValueRule.ok, as expressions
+        c = F.col(rule.field)
+        if rule.allowed is not None:
+            bad = ~c.isin(*rule.allowed)
         else:
-            bad = ~c.isin(0.0, 1.0)
+            bad = F.isnan(c) | (F.abs(c) == float("inf")) if rule.finite else F.lit(False)
+            if rule.min_value is not None:
+                bad = bad | (c < rule.min_value)
+            if rule.max_value is not None:
+                bad = bad | (c > rule.max_value)
         bad = c.isNotNull() & bad
-        reason = F.lit(f"bad_value:{f.name}")
+        reason = F.lit(rules.bad_value(rule.field))
         expr = F.when(bad, reason) if expr is None else expr.when(bad, reason)
     t, hour = F.col("_t"), F.col("_hour").cast("long") * 3_600_000
     late = (t < hour - max_lateness_ms) | (t >= hour + 3_600_000) | (t < start_ms) | (t >= end_ms)
-    expr = expr.when(late, F.lit(OUT_OF_RANGE))
+    expr = expr.when(late, F.lit(rules.OUT_OF_RANGE))
     return df.withColumn("_reason", F.coalesce(F.col("_reason"), expr))
 
 

@@ -32,7 +32,7 @@ r = rawdata.record
 GOOD = [
     r(0),
     r(1, user_id=123),  # a JSON integer id hashes as its text "123"
-    r(2, user_id=1.0, item_price=None, user_interests=["a", None, "b", "c", "d"]),  # "1.0"
+    r(2, user_id=True, item_price=None, user_interests=["a", None, "b", "c", "d"]),  # "true"
     r(3, ad_tags=None, user_gender=None, user_interests=[]),
     r(4, item_price="19.9", click=None),  # numeric string; no label (fine for scoring)
     r(5, event_time="2026-11-01T05:12:33+02:00"),  # 03:12:33 UTC
@@ -53,6 +53,10 @@ BAD = [
     ("bad_value:click", r(19, click=2)),
     ("bad_value:bid_price", r(20, bid_price=float("nan"))),  # written as a bare NaN token
     ("bad_value:item_price", r(21, item_price=-1)),
+    ("bad_type:user_id", r(22, user_id=1.0)),  # 1.0, 1.00, 1e0: one id or three? neither
+    ("bad_type:ad_tags", r(23, ad_tags=["a", 1.5])),
+    ("malformed_record", json.dumps(r(24)) + json.dumps(r(25))),  # two objects on one line
+    ("malformed_record", '{"event_id": "\\ud800"}'),  # a lone surrogate escape
 ]
 
 
@@ -63,9 +67,7 @@ def _ms(text: str) -> int:
 
 
 def _text(v):
-    if isinstance(v, float) and v.is_integer():
-        return repr(v)  # JSON keeps 1.0 as the text "1.0" (the hashing twin would say "1")
-    return v if v is None or isinstance(v, str) else json.dumps(v)
+    return v if v is None or isinstance(v, str) else json.dumps(v)  # 123 -> "123", True -> "true"
 
 
 def expected_sample(rec: dict) -> tuple[list[int], list[float]]:

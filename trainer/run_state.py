@@ -4,7 +4,8 @@
                                  RunIdentity(cfg, manifest, world_size, plan_fingerprint))
     step = checkpoints.restore()                     # resume, else warm start, else 0
     checkpoints.save(step, reader_position)          # one shard per rank, then meta.json
-    warm_start_problems(ckpt, cfg, manifest)         # [] or why ckpt cannot seed such a run
+    checkpoint_problems(ckpt, cfg, manifest)         # [] or why ckpt cannot warm start such a
+                                                     # run (resume=True: resume it)
 
 The Trainer builds the parts and hands them over; this module never sees the Trainer.
 
@@ -130,26 +131,14 @@ class RunCheckpoints:
 
     def _resume(self, ckpt: Path) -> int:
         parts, run = self.parts, self.identity
-        info = read_meta(ckpt)
-        saved = _require(info, ckpt)
-        current = checkpoint_meta(run)
-        problems = compatibility_problems(saved, current)
-        if saved["data"]["content_hash"] != current["data"]["content_hash"]:
-            problems.append(
-                f"the data differs: the checkpoint trained on {saved['data']['path']} (interval "
-                f"{saved['data']['interval']}), data.path {current['data']['path']} has other "
-                "content"
-            )
-        for key in STREAM_KEYS:
-            a, b = saved["config"]["data"][key], current["config"]["data"][key]
-            if a != b:
-                problems.append(f"data.{key} is {a!r} in the checkpoint, {b!r} in this run")
+        problems = checkpoint_problems(ckpt, run.cfg, run.manifest, resume=True)
         if problems:
             raise ValueError(
                 f"cannot resume {ckpt}: " + "; ".join(problems) + ". Resuming continues the same "
                 "sample stream with the same model: restore those settings, use "
                 "checkpoint.warm_start for new data, or choose another train.output_dir"
             )
+        info = read_meta(ckpt)
         moved = _placement_problem(run, info)
         if moved and not run.cfg.checkpoint.reshard:
             world = info["world_size"]
@@ -179,7 +168,7 @@ class RunCheckpoints:
 
     def _warm_start(self, ckpt: Path) -> None:
         parts, run = self.parts, self.identity
-        problems = warm_start_problems(ckpt, run.cfg, run.manifest)
+        problems = checkpoint_problems(ckpt, run.cfg, run.manifest)
         if problems:
             raise ValueError(
                 f"cannot warm start from {ckpt}: " + "; ".join(problems) + ". A warm start "
@@ -220,17 +209,34 @@ class RunCheckpoints:
         return state
 
 
-def warm_start_problems(ckpt: str | Path, cfg: TrainerConfig, manifest: Manifest) -> list[str]:
-    """Why the checkpoint ``ckpt`` (a step directory) cannot seed a run of ``cfg`` on
-    ``manifest``'s data: each setting of the model shape and of the feature spec that differs
-    (empty: it can). The trainer refuses a warm start for these, and a resume for these and more
-    (the data and the sample stream); the training step falls back to a cold start.
+def checkpoint_problems(
+    ckpt: str | Path, cfg: TrainerConfig, manifest: Manifest, *, resume: bool = False
+) -> list[str]:
+    """Why the checkpoint ``ckpt`` (a step directory) cannot warm start a run of ``cfg`` on
+    ``manifest``'s data: each setting of the model shape and of the feature spec that differs;
+    with ``resume``, why it cannot resume that run: also other data or another sample stream
+    (``STREAM_KEYS``). Empty: it can. The trainer refuses with these words; the training step
+    cold-starts with them.
 
     Raises:
         CheckpointError: ``ckpt`` is not a complete checkpoint of this trainer.
     """
     ckpt = Path(ckpt)
-    return compatibility_problems(_require(read_meta(ckpt), ckpt), _spec_meta(cfg, manifest))
+    saved = _require(read_meta(ckpt), ckpt)
+    current = _spec_meta(cfg, manifest)
+    problems = compatibility_problems(saved, current)
+    if not resume:
+        return problems
+    if saved["data"]["content_hash"] != manifest.content_hash:
+        problems.append(
+            f"the data differs: the checkpoint trained on {saved['data']['path']} (interval "
+            f"{saved['data']['interval']}), data.path {cfg.data.path} has other content"
+        )
+    for key in STREAM_KEYS:
+        a, b = saved["config"]["data"][key], current["config"]["data"][key]
+        if a != b:
+            problems.append(f"data.{key} is {a!r} in the checkpoint, {b!r} in this run")
+    return problems
 
 
 def state_dict(parts: RunParts, step: int, reader_position: dict[str, int]) -> dict[str, Any]:

@@ -69,13 +69,13 @@ def choose_warm_start(cfg: DeliveryConfig, interval: Interval, episodes_dir: str
     Refused (cold start) when: warm starts are off; there is no champion; its checkpoint is gone;
     it was trained on data that ends after this interval starts (a backfill must not learn from
     the future); its model shape or feature spec differs from this run's (the trainer's own check,
-    :func:`trainer.run_state.warm_start_problems`, whose words the reason repeats).
+    :func:`trainer.run_state.checkpoint_problems`, whose words the reason repeats).
     """
     from components.promotion import registry
     from trainer.checkpoint import CheckpointError
     from trainer.config import load_trainer_config
     from trainer.data.contract import load_manifest
-    from trainer.run_state import warm_start_problems
+    from trainer.run_state import checkpoint_problems
     from trainer.serving.artifact import LINEAGE_FILE, read_json
 
     if not cfg.warm_start:
@@ -103,7 +103,7 @@ def choose_warm_start(cfg: DeliveryConfig, interval: Interval, episodes_dir: str
     )
     manifest = load_manifest(episodes_dir)
     try:
-        problems = warm_start_problems(ckpt, trainer_cfg, manifest)
+        problems = checkpoint_problems(ckpt, trainer_cfg, manifest)
     except (CheckpointError, OSError) as e:
         return WarmStart(None, f"champion {version}'s checkpoint {ckpt} is unusable ({e})", version)
     if problems:

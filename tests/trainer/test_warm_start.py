@@ -1,5 +1,6 @@
-"""One answer to "can this checkpoint warm start that run?" (``run_state.warm_start_problems``):
-the trainer refuses with it at start-up, and the training step cold-starts with the same words."""
+"""One answer to "can this checkpoint warm start (or resume) that run?"
+(``run_state.checkpoint_problems``): the trainer refuses with it at start-up, and the training
+step cold-starts with the same words."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from components.steps.training import choose_warm_start
 from tests.trainer.run_helpers import FEATURES, tiny_config, tiny_overrides, write_episodes
 from trainer.checkpoint import CheckpointError
 from trainer.data.contract import load_manifest
-from trainer.run_state import find_checkpoint, warm_start_problems
+from trainer.run_state import checkpoint_problems, find_checkpoint
 from trainer.trainer import Trainer
 
 DAY = Interval.parse("2026-11-01T00/1d")  # the synthetic episodes' interval
@@ -53,7 +54,7 @@ def _trainer_refusal(ckpt: Path, data: Path, out: Path, **extra) -> str:
 def test_step_and_trainer_refuse_a_misfit_with_the_same_problems(champion, tmp_path) -> None:
     cfg, ckpt, root = champion
     wider = write_episodes(root / "day2-wider", seed=1, features=WIDER)
-    problems = warm_start_problems(
+    problems = checkpoint_problems(
         ckpt, tiny_config(wider, tmp_path, **{"model.embedding_dim": 8}), load_manifest(str(wider))
     )
     assert problems == [
@@ -80,22 +81,26 @@ def test_step_and_trainer_refuse_a_misfit_with_the_same_problems(champion, tmp_p
 def test_a_fitting_checkpoint_has_no_problems_and_both_use_it(champion, tmp_path) -> None:
     cfg, ckpt, root = champion
     day2 = write_episodes(root / "day2", seed=1)  # same feature spec, other samples
-    assert warm_start_problems(ckpt, tiny_config(day2, tmp_path), load_manifest(str(day2))) == []
+    manifest = load_manifest(str(day2))
+    assert checkpoint_problems(ckpt, tiny_config(day2, tmp_path), manifest) == []
+    (resume,) = checkpoint_problems(ckpt, tiny_config(day2, tmp_path), manifest, resume=True)
+    assert resume.startswith("the data differs: the checkpoint trained on ")  # new data: warm only
     assert choose_warm_start(cfg, NEXT, str(day2)).checkpoint == str(ckpt)
     warm = tiny_config(day2, tmp_path / "run", **{"checkpoint.warm_start": str(ckpt)})
     trainer = Trainer(warm).build()
     trainer.close()
-    assert trainer.step == 0 and int(trainer.optimizers.state_dict()["dense"]["state"][0]["step"])
+    assert trainer.step == 0
+    assert int(trainer.optimizers.state_dict()["dense"]["state"][0]["step"]) == 4  # the champion's
 
 
 def test_what_is_not_a_checkpoint_is_an_error_not_a_problem(champion, tmp_path) -> None:
     _, ckpt, root = champion
     day1 = root / "day1"
     with pytest.raises(CheckpointError, match="not a complete checkpoint"):
-        warm_start_problems(tmp_path, tiny_config(day1, tmp_path), load_manifest(str(day1)))
+        checkpoint_problems(tmp_path, tiny_config(day1, tmp_path), load_manifest(str(day1)))
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     meta = (ckpt / "meta.json").read_text().replace('"dense_features"', '"dense"')
     (foreign / "meta.json").write_text(meta)
     with pytest.raises(CheckpointError, match="not written by this trainer"):
-        warm_start_problems(foreign, tiny_config(day1, tmp_path), load_manifest(str(day1)))
+        checkpoint_problems(foreign, tiny_config(day1, tmp_path), load_manifest(str(day1)))

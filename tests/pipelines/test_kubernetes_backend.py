@@ -35,10 +35,11 @@ def test_the_etl_and_train_components_submit_their_jobs(volume, tmp_path, monkey
 
     raw = volume / "raw"
     generate(GeneratorConfig(out=str(raw), rows=3000, hours=1, num_users=300, num_campaigns=30))
-    cfg = DeliveryConfig(run_root=str(volume / "run"), raw_root=str(raw), backend="kubernetes",
-                         etl=ETL, trainer_overrides=tuple(TRAINER),
-                         kubernetes={"variant": "pytorchjob-cpu", "etl_executors": 1,
-                                     "data_mount": str(volume)})  # fmt: skip
+    cfg = DeliveryConfig.from_dict({
+        "run_root": str(volume / "run"), "raw_root": str(raw), "backend": "kubernetes",
+        "etl": ETL, "trainer_overrides": TRAINER,
+        "kubernetes": {"variant": "pytorchjob-cpu", "etl_executors": 1, "data_mount": str(volume)},
+    })  # fmt: skip
     run_spec = spec.encode(cfg, Interval.parse("2026-11-01T00/1h"))
     hook = tmp_path / "hook"
     hook.mkdir()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from components.steps.config import DeliveryConfig
+from components.steps.config import DeliveryConfig, KubernetesSettings
 from components.steps.data import EtlStepResult
 from components.steps.layout import Interval, RunLayout
 from components.steps.training import choose_warm_start, train_step
@@ -84,7 +84,9 @@ def test_no_champion_means_a_cold_start(tmp_path):
 def test_kubernetes_backend_renders_a_job_named_after_the_interval(champion):
     cfg, ckpt, episodes = champion
     k8s = replace(
-        cfg, backend="kubernetes", kubernetes={"variant": "pytorchjob-cpu", "image": "reg/t:1"}
+        cfg,
+        backend="kubernetes",
+        kubernetes=KubernetesSettings(variant="pytorchjob-cpu", image="reg/t:1"),
     )
     etl = EtlStepResult(str(episodes), "h", 1, 1, 0, {"train": 1})
     r = train_step(k8s, NEXT, etl, dry_run=True)

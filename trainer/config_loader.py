@@ -297,6 +297,8 @@ def add_options(parser: argparse.ArgumentParser | Any, cls: type) -> None:
                 kwargs["choices"] = meta["choices"]
             if tp in (int, float) and "parse" not in meta:
                 kwargs["type"] = tp
+            elif tp is not str and "parse" not in meta and "choices" not in kwargs:
+                kwargs["type"] = _parse_literal  # a list or a table, written as a TOML literal
             kwargs["metavar"] = meta.get("metavar")
         parser.add_argument(flag_of(f), **kwargs)
 

@@ -17,13 +17,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from components.raw_rules import LINE_TOO_LONG, MALFORMED, OUT_OF_RANGE
 from components.raw_schema import JSON_WHITESPACE, RAW_FIELDS
 from tests.reliability.fuzz import CASES, HOUR, examples, record_lines, report
 
 NAMES = "|".join(f.name for f in RAW_FIELDS)
-REASON = re.compile(rf"malformed_record|(missing|bad_type|bad_value):({NAMES})")
+REASON = re.compile(rf"{MALFORMED}|{LINE_TOO_LONG}|(missing|bad_type|bad_value):({NAMES})")
 START_MS = 1_793_491_200_000  # 2026-11-01T00:00Z: the interval is that day
-OUT_OF_RANGE = "event_time_out_of_range"
 
 
 def python_reasons(lines: list[str], tmp_dir) -> dict[int, str | None]:

@@ -45,11 +45,12 @@ import torch
 
 from trainer.cache import CacheConfig, CacheSegment, CacheSpec, HostStore, MixCache
 from trainer.data.batch import EpisodeBatch, FeatureLayout
-from trainer.embeddings import EmbeddingCollection
 from trainer.meta import MetaConfig, outer_loss
 from trainer.models import ModelConfig, build_model
 from trainer.optim import OptimConfig, build_optimizers
+from trainer.parallel.comm import Collectives
 from trainer.parallel.plan import ParallelConfig, build_sharding_plan
+from trainer.parallel.sharded_embeddings import ShardedEmbeddingCollection
 
 log = logging.getLogger("bench.cache")
 FIELDS, BUCKETS, DIM = 16, 62_500, 16
@@ -167,14 +168,17 @@ def _batch(ids: np.ndarray, rng: np.random.Generator) -> EpisodeBatch:
 def throughput(stream: np.ndarray, variant: str, warmup: int) -> dict[str, Any]:
     """Median step time of one variant over the batches of ``stream``."""
     lay, cfg = _layout(), ModelConfig(arch="melu", embedding_dim=DIM, mlp=(256, 128))
-    spec = None
+    cache = CacheConfig()
     if variant != "device_table":
         fraction = 0.1 if variant == "host_no_cache" else float(variant.split("_")[1]) / 100
         # A host table without a cache fetches each step's rows when the step starts.
         prefetch = not variant.endswith("no_prefetch") and variant != "host_no_cache"
         cache = CacheConfig(enabled=True, capacity_fraction=fraction, prefetch=prefetch)
-        spec = build_sharding_plan(lay, 1, cfg, ParallelConfig(cache=cache)).cache_spec(0)
-    coll = EmbeddingCollection(lay.table_offsets, lay.total_rows, DIM, seed=1, cache=spec)
+    plan = build_sharding_plan(lay, 1, cfg, ParallelConfig(cache=cache))
+    # One process, cached or not: the sharded collection at world size 1 (what the trainer runs).
+    coll = ShardedEmbeddingCollection(
+        plan, Collectives(0, 1), lay.slot_feature, seed=1, cache=plan.cache_spec(0)
+    )
     model = build_model(cfg, lay, embeddings=coll, seed=0)
     opt = build_optimizers(OptimConfig(), model)
     meta = MetaConfig(mode="plain")
@@ -183,21 +187,20 @@ def throughput(stream: np.ndarray, variant: str, warmup: int) -> dict[str, Any]:
     times, stats = [], []
     for t, batch in enumerate(batches):
         t0 = time.perf_counter()
-        rows = coll.lookup(batch.ids)
+        sparse = coll.lookup(batch)
         if t + 1 < len(batches):
-            coll.prefetch(batches[t + 1].ids)
-        loss, _ = outer_loss(model, rows, batch, meta)
+            coll.prefetch(batches[t + 1])
+        loss, _ = outer_loss(model, sparse, batch, meta)
         loss.backward()
-        opt.step(batch.ids, rows)
+        opt.step()
         if variant == "host_no_cache":
-            coll.cache.evict()  # nothing stays: every step fetches and writes back all its rows
+            coll.store.cache.evict()  # nothing stays: every step fetches and writes back its rows
         if t >= warmup:
             times.append(time.perf_counter() - t0)
             stats.append(coll.cache_stats())
         else:
             coll.cache_stats()
-    if coll.cache is not None:
-        coll.cache.close()
+    coll.close()
     out: dict[str, Any] = {
         "step_ms_median": 1e3 * statistics.median(times),
         "samples_per_s": EPISODES * SAMPLES / statistics.median(times),

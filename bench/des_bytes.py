@@ -160,21 +160,18 @@ def _rank_job(env: ParallelEnv, args: dict[str, Any], files: list[str]) -> None:
             per_step, t0 = [], time.perf_counter()
             for batch in batches:
                 env.comm_stats(reset=True)
-                des = variant != "off"
-                rows = coll.lookup(batch.ids, batch.inverse) if des else coll.lookup(batch.ids)
+                sparse = coll.lookup(batch)
                 loss, _ = outer_loss(
-                    model, rows, batch, meta, env.normalizer(batch.episode_mask.sum())
+                    model, sparse, batch, meta, env.normalizer(batch.episode_mask.sum())
                 )
-                loss.backward()
-                if des:
-                    coll.backward(rows)
+                loss.backward()  # under DES: the return trip to the owners
                 env.reduce_dense_grads(model.parameters())
-                opt.step(batch.ids, rows)
+                opt.step()
                 per_step.append(env.comm_stats(reset=True))
             out[variant] = {
                 "comm": per_step,
-                "ops": list(coll.ops) if variant != "off" else [],
-                "estimates": coll.metrics() if variant != "off" else {},
+                "ops": list(coll.des.ops) if coll.des is not None else [],
+                "estimates": coll.des.metrics() if coll.des is not None else {},
                 "unique_rows": statistics.mean(int(b.ids.numel()) for b in batches),
                 "samples": int(batches[0].num_samples),
                 "wall_s": time.perf_counter() - t0,

@@ -129,11 +129,13 @@ def _rank_job(env: ParallelEnv, shape: Shape, out_file: str) -> None:
             _sync(env.device)
             env.comm_stats(reset=True)
             t0 = time.perf_counter()
-            rows = model.embeddings.lookup(batch.ids)
-            loss, _ = outer_loss(model, rows, batch, meta, env.normalizer(batch.episode_mask.sum()))
+            sparse = model.embeddings.lookup(batch)
+            loss, _ = outer_loss(
+                model, sparse, batch, meta, env.normalizer(batch.episode_mask.sum())
+            )
             loss.backward()
             env.reduce_dense_grads(model.parameters())
-            opt.step(batch.ids, rows)
+            opt.step()
             _sync(env.device)
             if i >= shape.warmup:
                 times.append(time.perf_counter() - t0)

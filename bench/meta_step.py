@@ -86,11 +86,10 @@ def make_batch(
     )
 
 
-def loop_outer_loss(model, rows, batch, cfg: MetaConfig) -> torch.Tensor:
+def loop_outer_loss(model, sparse, batch, cfg: MetaConfig) -> torch.Tensor:
     """The same maths as ``outer_loss`` (head/dense adaptation), one task at a time with
     ``torch.autograd.grad`` — what a straightforward MAML implementation does."""
     K = batch.k_support
-    sf = model.sparse_features(rows, batch.inverse)  # same fused lookup and pooling
     y = batch.click
     params = dict(model.dense_half.named_parameters())
     names = model.adapted_names(cfg.adapt)
@@ -99,16 +98,16 @@ def loop_outer_loss(model, rows, batch, cfg: MetaConfig) -> torch.Tensor:
         ns, nq = int(batch.n_support[t]), int(batch.n_query[t])
         p = dict(params)
         for _ in range(cfg.inner_steps):
-            logit = functional_call(
-                model.dense_half, p, (sf.fields[t, :ns], None, batch.dense[t, :ns])
-            )
+            support = sparse.apply(lambda x, t=t, ns=ns: x[t, :ns])
+            logit = functional_call(model.dense_half, p, (support, batch.dense[t, :ns]))
             loss = F.binary_cross_entropy_with_logits(logit, y[t, :ns])
             grads = torch.autograd.grad(
                 loss, [p[n] for n in names], create_graph=cfg.mode == "maml"
             )
             p.update({n: p[n] - cfg.inner_lr * g for n, g in zip(names, grads, strict=True)})
         q = slice(K, K + nq)
-        logit = functional_call(model.dense_half, p, (sf.fields[t, q], None, batch.dense[t, q]))
+        query = sparse.apply(lambda x, t=t, q=q: x[t, q])
+        logit = functional_call(model.dense_half, p, (query, batch.dense[t, q]))
         total = total + F.binary_cross_entropy_with_logits(logit, y[t, q])
     return total / batch.inverse.shape[0]
 
@@ -119,13 +118,13 @@ def meta_step_fn(args, layout, meta: MetaConfig, loop: bool) -> Callable[[Episod
     opt = build_optimizers(OptimConfig(dense_lr=1e-3, sparse_lr=0.05), model)
 
     def step(batch: EpisodeBatch) -> None:
-        rows = model.embeddings.lookup(batch.ids)
+        sparse = model.embeddings.lookup(batch)  # same fused lookup and pooling for both
         if loop:
-            loss = loop_outer_loss(model, rows, batch, meta)
+            loss = loop_outer_loss(model, sparse, batch, meta)
         else:
-            loss, _ = outer_loss(model, rows, batch, meta)
+            loss, _ = outer_loss(model, sparse, batch, meta)
         loss.backward()
-        opt.step(batch.ids, rows)
+        opt.step()
 
     return step
 

@@ -601,3 +601,115 @@ def build_store_columns(dim: int, linear: bool) -> list[tuple[str, int]]:
     if linear:
         cols.append(("linear.adagrad_sum", 1))
     return cols
+
+
+class CachedRows:
+    """A shard's rows ``0..n-1`` and their Adagrad state in a :class:`HostStore` behind a
+    :class:`MixCache`: the same methods as :class:`trainer.embeddings.DeviceRows`, taking LOCAL
+    rows. The device tables are indexed by SLOT; :meth:`read` and :meth:`update` translate rows to
+    slots (``MixCache.lookup`` / ``slots``) and are the only code that indexes them.
+
+    Args:
+        spec: the cache's segments, capacity and policy (``ShardingPlan.cache_spec(rank)``).
+        owned, null, total_rows, dim, linear, init_std, seed, adagrad_eps: as ``DeviceRows``;
+            the rows are drawn chunk by chunk straight into the host store.
+        device, dtype: where the device cache lives; the rows' dtype.
+    """
+
+    def __init__(
+        self,
+        spec: CacheSpec,
+        owned: Tensor | None,
+        null: Tensor,
+        total_rows: int,
+        dim: int,
+        *,
+        linear: bool,
+        init_std: float,
+        seed: int,
+        adagrad_eps: float,
+        device: torch.device | str | None,
+        dtype: torch.dtype,
+    ) -> None:
+        from trainer.embeddings import draw_initial_rows, table_names
+
+        dev = torch.device(device or "cpu")
+        store = HostStore(
+            null.numel(), build_store_columns(dim, linear), dtype, path=spec.mmap_path,
+            pin=dev.type == "cuda",
+        )  # fmt: skip
+        store.data.zero_()
+        draw_initial_rows(store.column("emb.weight"), owned, total_rows, init_std, seed)
+        store.column("emb.weight")[null] = 0.0
+        self.cache = MixCache(store, spec, null.nonzero().squeeze(1), dev)
+        names = table_names(linear)
+        self._slot_weights = {k: self.cache.table(f"{k}.weight") for k in names}
+        self._slot_accum = {k: self.cache.table(f"{k}.adagrad_sum") for k in names}
+        self.null = null.to(dev)
+        """``(n,)`` bool per local row."""
+        self.adagrad_eps = adagrad_eps
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return tuple(self._slot_weights)
+
+    @property
+    def device(self) -> torch.device:
+        return self.cache.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.cache.buf.dtype
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        """A cached store is placed when built: only a no-op move is accepted."""
+        if (device is None or torch.device(device) == self.device) and dtype in (None, self.dtype):
+            return self
+        raise ValueError("a cached collection is placed when built (device=, dtype=)")
+
+    def read(self, rows: Tensor) -> dict[str, Tensor]:
+        """Values of unique local ``rows`` per table (one cache step: misses loaded)."""
+        slots = self.cache.lookup(rows)
+        return {k: w.index_select(0, slots) for k, w in self._slot_weights.items()}
+
+    def update(self, rows: Tensor, grads: dict[str, Tensor | None], lr: float) -> None:
+        """Row-wise Adagrad on unique local ``rows`` of this step (resident since :meth:`read`)."""
+        from trainer.embeddings import check_grad_tables, rowwise_adagrad_
+
+        check_grad_tables(grads, self.tables)
+        slots = self.cache.slots(rows)
+        keep = ~self.null.index_select(0, rows)
+        rowwise_adagrad_(
+            self._slot_weights, self._slot_accum, slots, grads, keep, lr, self.adagrad_eps
+        )
+        if any(g is not None for g in grads.values()):
+            self.cache.mark_dirty(rows.masked_select(keep))
+
+    def prefetch(self, rows: Tensor) -> None:
+        """Stage the next step's unique local ``rows`` in the background."""
+        self.cache.prefetch(rows)
+
+    def row_state(self) -> dict[str, Tensor]:
+        """Per-row tensors: views of the host store (current after a flush)."""
+        store = self.cache.store
+        return {**{n: store.column(n) for n in store.columns}, "null_mask": self.null.cpu()}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Dirty rows written back first; the rows (views of the host store: clone them to keep a
+        snapshot) plus the cache's own ``cache.*`` state."""
+        cache_state = self.cache.state_dict()  # flushes
+        return {**self.row_state(), **cache_state}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        from trainer.embeddings import load_row_state
+
+        load_row_state(
+            self.row_state(), {k: v for k, v in state.items() if not k.startswith("cache.")}
+        )
+        self.cache.load_state_dict({k: v for k, v in state.items() if k.startswith("cache.")})
+
+    def stats(self, reset: bool = True) -> dict[str, float]:
+        return self.cache.stats(reset)
+
+    def close(self) -> None:
+        self.cache.close()

@@ -1,4 +1,5 @@
-"""Embedding storage: one stacked table over all sparse features, with a row-wise Adagrad optimizer.
+"""The plain embedding collection (one process, no cache: the reference every other configuration
+is tested against) and the row storage it shares with the sharded collection.
 
 Every feature has its own table; the tables are stacked into one id space (``global id =
 table_offset[feature] + local id``, see ``trainer/data/contract.py``), so one lookup serves all
@@ -7,40 +8,37 @@ updated, so sum pooling over a multi-valued feature ignores its padding slots.
 
 One training step touches the table exactly twice::
 
-    rows = collection.lookup(batch.ids)          # (U,) sorted unique ids: only unique rows (VSI)
-    loss = ...(rows.emb, rows.linear, ...)       # support and query read the same rows
-    loss.backward()                              # rows.emb.grad: one gradient per unique row
-    collection.apply_gradients(batch.ids, rows.grads(), lr)
+    sparse = collection.lookup(batch)     # rows of batch.ids (unique: VSI) as leaves, pooled
+    loss = ...(sparse)...                 # support and query read the same rows
+    loss.backward()                       # one gradient per unique row
+    collection.apply_gradients(lr)        # row-wise Adagrad on the rows of the last lookup
 
-The interface is deliberately narrow (``lookup``/``apply_gradients``/``state_dict``) so that a
-sharded collection (rows owned by ranks, exchanged by AlltoAll) or a cached one (host table behind a
-device cache) can replace this class without touching model or meta-learning code. This module never
-imports ``torch.distributed``.
+Storage (:class:`DeviceRows`): the rows and their Adagrad state as device tensors indexed by LOCAL
+row (``0..n-1``: the whole table here, a rank's shard in ``trainer/parallel/
+sharded_embeddings.py``). ``trainer.cache.CachedRows`` has the same methods over a host store
+behind a device cache; a collection holds one of them, chosen when it is built, and calls only
+``read``/``update``/``state_dict``: both take local rows, whatever they index internally.
 
-MixCache (``cache=``, a :class:`~trainer.cache.CacheSpec`): rows and Adagrad state live in a host
-store, the tables below are views of the device cache indexed by *slot*; ``lookup`` and
-``apply_gradients`` translate ids to slots and nothing else changes, so training gives bit-identical
-parameters with and without the cache. ``prefetch(next_ids)`` stages the next step's misses.
-
-Tables: ``emb`` (``total_rows x dim``) and, for models with first-order terms (DeepFM, Wide&Deep),
-``linear`` (``total_rows x 1``). Initialisation: ``emb`` ~ normal(0, ``init_std``) drawn on the CPU
-from a ``torch.Generator`` seeded with ``seed`` (so the table is identical on every device), null
-rows zeroed; ``linear`` starts at zero (a logistic-regression start).
+Tables: ``emb`` (``rows x dim``) and, for models with first-order terms (DeepFM, Wide&Deep),
+``linear`` (``rows x 1``). Initialisation: ``emb`` ~ normal(0, ``init_std``) drawn on the CPU from
+a ``torch.Generator`` seeded with ``seed``, in chunks that reproduce one draw of the whole table (so
+every shard and every device holds the same numbers); null rows zeroed; ``linear`` starts at zero.
 
 Optimizer (row-wise Adagrad, as FBGEMM's ``EXACT_ROWWISE_ADAGRAD``), per touched row ``r`` with
-gradient ``g_r`` (a ``dim``-vector): ``acc_r += mean(g_r ** 2)``; ``w_r -= lr * g_r / (sqrt(acc_r) +
-eps)``. One float of state per row instead of one per weight.
+gradient ``g_r`` (a ``width``-vector): ``acc_r += mean(g_r ** 2)``; ``w_r -= lr * g_r / (sqrt(acc_r)
++ eps)``. One float of state per row instead of one per weight.
+
+This module never imports ``torch.distributed``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
-from trainer.cache import CacheSpec, HostStore, MixCache, build_store_columns
+from trainer.sparse import Batch, LookedUpRows, Pooling, SparseOut
 
 TABLES = ("emb", "linear")
 INIT_CHUNK_ROWS = 1 << 16
@@ -48,264 +46,8 @@ INIT_CHUNK_ROWS = 1 << 16
 full draw, CPU ``normal_`` fills 16 values at a time)."""
 
 
-@dataclass
-class Rows:
-    """The rows of one batch's unique ids, as autograd leaves (one ``backward`` fills ``.grad``).
-
-    ``emb`` is ``(U, dim)``; ``linear`` is ``(U, 1)`` or ``None`` when the collection has no linear
-    table; ``trainable`` is ``(U,)`` bool, ``False`` for null rows (fixed at zero: their gradients
-    are dropped, and inner-loop adaptation must leave them alone).
-    """
-
-    emb: Tensor
-    linear: Tensor | None
-    trainable: Tensor
-    partials: dict[str, Tensor] | None = None
-    """Distributed equivalent substitution (``trainer/parallel/des.py``): per-sample results of the
-    substituted operators, ``(T, N, width)`` each (``lr``, ``fm_sum``, ``fm_sq``, ``h1``). The
-    model uses them instead of pooling rows for those operators; ``emb`` then has no rows when no
-    other operator needs them."""
-
-    def grads(self) -> dict[str, Tensor | None]:
-        """Per-table gradients after ``backward`` (``None`` where a table got none)."""
-        out: dict[str, Tensor | None] = {"emb": self.emb.grad}
-        if self.linear is not None:
-            out["linear"] = self.linear.grad
-        return out
-
-    def detach(self) -> Rows:
-        """The same values without autograd history (for evaluation)."""
-        lin = None if self.linear is None else self.linear.detach()
-        part = None if self.partials is None else {k: v.detach() for k, v in self.partials.items()}
-        return Rows(self.emb.detach(), lin, self.trainable, part)
-
-    def samples(self, positions: slice) -> Rows:
-        """The rows for the samples at ``positions`` of each episode (e.g. the support side):
-        rows are shared by all samples, per-sample ``partials`` are sliced."""
-        if self.partials is None:
-            return self
-        return replace(self, partials={k: v[:, positions] for k, v in self.partials.items()})
-
-
-class EmbeddingCollection:
-    """The stacked embedding table (plus an optional 1-wide linear table) and its optimizer state.
-
-    Args:
-        table_offsets: first global row of each feature (``FeatureLayout.table_offsets``); these
-            rows are the null rows.
-        total_rows: rows of the stacked table (sum of the features' bucket counts).
-        dim: embedding width.
-        linear: also keep a 1-wide ``linear`` table on the same ids (DeepFM, Wide&Deep).
-        init_std: standard deviation of the normal initialisation of ``emb``.
-        adagrad_eps: the ``eps`` of the row-wise Adagrad update.
-        seed: seed of the ``torch.Generator`` that draws the initial table.
-        device, dtype: where the table and its state live (with a cache: the device cache).
-        cache: keep rows and state in a host store behind a device cache (MixCache); one
-            segment per feature table, e.g. from ``build_sharding_plan(layout, 1, ...).cache_spec(0)``.
-
-    Example (two features of 3 and 2 rows; global ids 0 and 3 are the null rows)::
-
-        coll = EmbeddingCollection([0, 3], total_rows=5, dim=4)
-        rows = coll.lookup(torch.tensor([0, 2, 4]))   # rows.emb: (3, 4); rows.emb[0] == 0
-    """
-
-    def __init__(
-        self,
-        table_offsets: Sequence[int] | Tensor,
-        total_rows: int,
-        dim: int,
-        *,
-        linear: bool = False,
-        init_std: float = 0.01,
-        adagrad_eps: float = 1e-8,
-        seed: int = 0,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-        cache: CacheSpec | None = None,
-    ) -> None:
-        offsets = torch.as_tensor(table_offsets, dtype=torch.int64).cpu()
-        if total_rows < 1 or dim < 1:
-            raise ValueError(
-                f"embedding table needs total_rows >= 1 and dim >= 1, got {total_rows=} {dim=}"
-            )
-        if offsets.numel() == 0 or offsets.min() < 0 or offsets.max() >= total_rows:
-            raise ValueError(
-                f"table_offsets {offsets.tolist()[:8]} must be non-empty rows of a {total_rows}-row table"
-            )
-        if init_std < 0 or adagrad_eps <= 0:
-            raise ValueError(
-                f"need init_std >= 0 and adagrad_eps > 0, got {init_std=} {adagrad_eps=}"
-            )
-        self.dim = dim
-        self.total_rows = total_rows
-        self.adagrad_eps = adagrad_eps
-        self.cache: MixCache | None = None
-        if cache is not None:
-            self._init_cached(cache, offsets, linear, init_std, seed, device, dtype)
-            return
-        gen = torch.Generator().manual_seed(seed)
-        emb = torch.empty(total_rows, dim, dtype=dtype).normal_(0.0, init_std, generator=gen)
-        null = torch.zeros(total_rows, dtype=torch.bool)
-        null[offsets] = True
-        emb[null] = 0.0
-        self.weights: dict[str, Tensor] = {"emb": emb.to(device)}
-        if linear:
-            self.weights["linear"] = torch.zeros(total_rows, 1, dtype=dtype, device=device)
-        self.accum: dict[str, Tensor] = {
-            name: torch.zeros(total_rows, dtype=dtype, device=device) for name in self.weights
-        }
-        self.null_mask = null.to(device)
-
-    def _init_cached(
-        self,
-        spec: CacheSpec,
-        offsets: Tensor,
-        linear: bool,
-        init_std: float,
-        seed: int,
-        device: torch.device | str | None,
-        dtype: torch.dtype,
-    ) -> None:
-        """Rows and state in a host store (drawn chunk by chunk), tables as cache views."""
-        dev = torch.device(device or "cpu")
-        store = HostStore(
-            self.total_rows,
-            build_store_columns(self.dim, linear),
-            dtype,
-            path=spec.mmap_path,
-            pin=dev.type == "cuda",
-        )
-        store.data.zero_()
-        draw_initial_rows(store.column("emb.weight"), None, self.total_rows, init_std, seed)
-        store.column("emb.weight")[offsets] = 0.0
-        self.cache = MixCache(store, spec, offsets, dev)
-        self.weights = {k: self.cache.table(f"{k}.weight") for k in TABLES[: 1 + int(linear)]}
-        self.accum = {k: self.cache.table(f"{k}.adagrad_sum") for k in self.weights}
-        self.null_mask = self.cache.null  # per slot
-        self._offsets = offsets
-
-    @property
-    def has_linear(self) -> bool:
-        return "linear" in self.weights
-
-    @property
-    def device(self) -> torch.device:
-        return self.weights["emb"].device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.weights["emb"].dtype
-
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
-        """Move tables and state (``dtype`` applies to floating tensors); returns ``self``."""
-        if self.cache is not None:
-            if (device is None or torch.device(device) == self.device) and dtype in (
-                None,
-                self.dtype,
-            ):
-                return self
-            raise ValueError("a cached collection is placed when built (device=, dtype=)")
-        self.weights = {k: v.to(device=device, dtype=dtype) for k, v in self.weights.items()}
-        self.accum = {k: v.to(device=device, dtype=dtype) for k, v in self.accum.items()}
-        self.null_mask = self.null_mask.to(device)
-        return self
-
-    @torch.no_grad()
-    def lookup(self, ids: Tensor) -> Rows:
-        """Rows of ``ids`` (sorted unique global ids) as fresh leaves that require grad."""
-        idx = ids if self.cache is None else self.cache.lookup(ids)
-        emb = self.weights["emb"].index_select(0, idx).requires_grad_()
-        lin = self.weights.get("linear")
-        lin = None if lin is None else lin.index_select(0, idx).requires_grad_()
-        return Rows(emb, lin, ~self.null_mask.index_select(0, idx))
-
-    def prefetch(self, ids: Tensor, inverse: Tensor | None = None) -> None:
-        """Stage the NEXT step's ids (the reader's next batch) in the cache while this step
-        computes; a no-op without a cache. ``inverse`` is unused (the DES collection needs it)."""
-        if self.cache is not None:
-            self.cache.prefetch(ids)
-
-    def cache_stats(self, reset: bool = True) -> dict[str, float]:
-        """The cache's counters since the last call (``{}`` without a cache)."""
-        return {} if self.cache is None else self.cache.stats(reset)
-
-    @torch.no_grad()
-    def apply_gradients(self, ids: Tensor, grads: dict[str, Tensor | None], lr: float) -> None:
-        """Row-wise Adagrad on the rows ``ids`` (must be unique, as ``EpisodeBatch.ids`` is).
-
-        ``grads`` maps table name -> ``(U, width)`` gradient (``Rows.grads()``); ``None`` entries
-        are skipped. Null rows are never updated, whatever their gradient.
-        """
-        unknown = [k for k, g in grads.items() if g is not None and k not in self.weights]
-        if unknown:
-            raise ValueError(
-                f"no {unknown[0]!r} table in this collection (tables: {list(self.weights)})"
-            )
-        idx = ids if self.cache is None else self.cache.slots(ids)
-        null = self.null_mask.index_select(0, idx)
-        keep = (~null).unsqueeze(1)
-        for name, g in grads.items():
-            if g is None:
-                continue
-            w, acc = self.weights[name], self.accum[name]
-            g = g.to(w.dtype) * keep
-            a = acc.index_select(0, idx).add_(g.square().mean(1))
-            acc.index_copy_(0, idx, a)
-            step = g.mul_((-lr) / (a.sqrt_().add_(self.adagrad_eps)).unsqueeze(1))
-            # ids are unique: a gather-update-scatter beats index_add_'s accumulation.
-            w.index_copy_(0, idx, w.index_select(0, idx).add_(step))
-        if self.cache is not None and any(g is not None for g in grads.values()):
-            self.cache.mark_dirty(ids.masked_select(~null))
-
-    def _row_state(self) -> dict[str, Tensor]:
-        """Per-row tensors of the whole table (with a cache: views of the host store)."""
-        if self.cache is None:
-            out = {f"{k}.weight": v for k, v in self.weights.items()}
-            out.update({f"{k}.adagrad_sum": v for k, v in self.accum.items()})
-            out["null_mask"] = self.null_mask
-            return out
-        store = self.cache.store
-        out = {name: store.column(name) for name in store.columns}
-        null = torch.zeros(self.total_rows, dtype=torch.bool)
-        null[self._offsets] = True
-        out["null_mask"] = null
-        return out
-
-    def state_dict(self) -> dict[str, Tensor]:
-        """Weights and optimizer state as plain tensors (``torch.load(weights_only=True)``-safe).
-
-        With a cache: dirty rows are written back first; the row tensors are views of the host
-        store (clone them to keep a snapshot), plus the cache's own ``cache.*`` state.
-        """
-        if self.cache is None:
-            return self._row_state()
-        cache_state = self.cache.state_dict()  # flushes
-        return {**self._row_state(), **cache_state}
-
-    @torch.no_grad()
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Restore ``state_dict()`` output; the table layout must match exactly. Cache state
-        (``cache.*``) is restored by a cached collection and ignored by an uncached one."""
-        rows = {k: v for k, v in state.items() if not k.startswith("cache.")}
-        mine = self._row_state()
-        if set(rows) != set(mine):
-            raise ValueError(
-                f"embedding state has keys {sorted(rows)}, this collection expects {sorted(mine)} "
-                "(a linear table is present only for models with first-order terms)"
-            )
-        for key, value in mine.items():
-            if rows[key].shape != value.shape:
-                raise ValueError(
-                    f"embedding state {key!r} has shape {tuple(rows[key].shape)}, this collection "
-                    f"has {tuple(value.shape)}: the feature layout or embedding_dim differs"
-                )
-        if not torch.equal(rows["null_mask"].to(mine["null_mask"].device), mine["null_mask"]):
-            raise ValueError("embedding state has different null rows: the feature layout differs")
-        for key, value in mine.items():
-            if key != "null_mask":
-                value.copy_(rows[key])
-        if self.cache is not None:
-            self.cache.load_state_dict({k: v for k, v in state.items() if k.startswith("cache.")})
+# ---------------------------------------------------------------------------------------------
+# Shared by every row store: the initial draw, the optimizer, the state checks
 
 
 def initial_row_chunks(
@@ -338,3 +80,283 @@ def draw_initial_rows(
         lo, hi = torch.searchsorted(owned, torch.tensor([start, start + n])).tolist()
         if hi > lo:
             out[lo:hi] = chunk.index_select(0, owned[lo:hi] - start)
+
+
+def table_names(linear: bool) -> tuple[str, ...]:
+    return TABLES if linear else TABLES[:1]
+
+
+@torch.no_grad()
+def rowwise_adagrad_(
+    weights: dict[str, Tensor],
+    accum: dict[str, Tensor],
+    index: Tensor,
+    grads: dict[str, Tensor | None],
+    keep: Tensor,
+    lr: float,
+    eps: float,
+) -> None:
+    """Row-wise Adagrad in place on positions ``index`` (unique) of ``weights``/``accum``;
+    ``keep`` ``(n,)`` is False for null rows (their gradient is dropped: they never move)."""
+    for name, g in grads.items():
+        if g is None:
+            continue
+        w, acc = weights[name], accum[name]
+        g = g.to(w.dtype).reshape(index.shape[0], w.shape[1]) * keep.unsqueeze(1)
+        a = acc.index_select(0, index).add_(g.square().mean(1))
+        acc.index_copy_(0, index, a)
+        step = g.mul_((-lr) / (a.sqrt_().add_(eps)).unsqueeze(1))
+        # rows are unique: a gather-update-scatter beats index_add_'s accumulation.
+        w.index_copy_(0, index, w.index_select(0, index).add_(step))
+
+
+def check_grad_tables(grads: dict[str, Tensor | None], tables: Sequence[str]) -> None:
+    unknown = [k for k, g in grads.items() if g is not None and k not in tables]
+    if unknown:
+        raise ValueError(f"no {unknown[0]!r} table in this collection (tables: {list(tables)})")
+
+
+@torch.no_grad()
+def load_row_state(mine: dict[str, Tensor], state: dict[str, Tensor]) -> None:
+    """Copy ``state``'s per-row tensors into ``mine`` (``row_state()`` of a store) after checking
+    that the keys, shapes and null rows match."""
+    if set(state) != set(mine):
+        raise ValueError(
+            f"embedding state has tables {sorted(state)}, this collection expects {sorted(mine)} "
+            "(a linear table is present only for models with first-order terms)"
+        )
+    for key, value in mine.items():
+        if state[key].shape != value.shape:
+            raise ValueError(
+                f"embedding state {key!r} has shape {tuple(state[key].shape)}, this collection "
+                f"has {tuple(value.shape)}: the feature layout or embedding_dim differs"
+            )
+    if not torch.equal(state["null_mask"].to(mine["null_mask"].device), mine["null_mask"]):
+        raise ValueError("embedding state has different null rows: the feature layout differs")
+    for key, value in mine.items():
+        if key != "null_mask":
+            value.copy_(state[key])
+
+
+# ---------------------------------------------------------------------------------------------
+# Device-resident rows
+
+
+class DeviceRows:
+    """Rows ``0..n-1`` (a whole table or a shard) and their Adagrad state as device tensors.
+
+    Args:
+        owned: the global ids of the local rows, ascending (None: all ``total_rows``).
+        null: ``(n,)`` bool, the null rows (zero, never updated).
+        total_rows, dim, linear, init_std, seed: the table; rows are drawn as one full table.
+        adagrad_eps: the ``eps`` of the row-wise Adagrad update.
+        device, dtype: where the rows live.
+    """
+
+    def __init__(
+        self,
+        owned: Tensor | None,
+        null: Tensor,
+        total_rows: int,
+        dim: int,
+        *,
+        linear: bool,
+        init_std: float,
+        seed: int,
+        adagrad_eps: float,
+        device: torch.device | str | None,
+        dtype: torch.dtype,
+    ) -> None:
+        n = null.numel()
+        emb = torch.empty(n, dim, dtype=dtype)
+        draw_initial_rows(emb, owned, total_rows, init_std, seed)
+        emb[null] = 0.0
+        self.weights = {"emb": emb.to(device)}
+        if linear:
+            self.weights["linear"] = torch.zeros(n, 1, dtype=dtype, device=device)
+        self.accum = {k: torch.zeros(n, dtype=dtype, device=device) for k in self.weights}
+        self.null = null.to(device)
+        self.adagrad_eps = adagrad_eps
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return tuple(self.weights)
+
+    @property
+    def device(self) -> torch.device:
+        return self.weights["emb"].device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weights["emb"].dtype
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        """Move rows and state (``dtype`` applies to the floating tensors); returns ``self``."""
+        self.weights = {k: v.to(device=device, dtype=dtype) for k, v in self.weights.items()}
+        self.accum = {k: v.to(device=device, dtype=dtype) for k, v in self.accum.items()}
+        self.null = self.null.to(device)
+        return self
+
+    def read(self, rows: Tensor) -> dict[str, Tensor]:
+        """Values of local ``rows`` per table."""
+        return {k: w.index_select(0, rows) for k, w in self.weights.items()}
+
+    def update(self, rows: Tensor, grads: dict[str, Tensor | None], lr: float) -> None:
+        """Row-wise Adagrad on unique local ``rows`` (null rows never move)."""
+        check_grad_tables(grads, self.tables)
+        keep = ~self.null.index_select(0, rows)
+        rowwise_adagrad_(self.weights, self.accum, rows, grads, keep, lr, self.adagrad_eps)
+
+    def prefetch(self, rows: Tensor) -> None:
+        """Nothing to stage: every row is resident."""
+
+    def row_state(self) -> dict[str, Tensor]:
+        out = {f"{k}.weight": v for k, v in self.weights.items()}
+        out.update({f"{k}.adagrad_sum": v for k, v in self.accum.items()})
+        out["null_mask"] = self.null
+        return out
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.row_state()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore ``state_dict()`` output (``cache.*`` entries of a cached store are ignored)."""
+        rows = {k: v for k, v in state.items() if not k.startswith("cache.")}
+        load_row_state(self.row_state(), rows)
+
+    def stats(self, reset: bool = True) -> dict[str, float]:
+        return {}
+
+    def close(self) -> None:
+        """Nothing to stop."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The plain collection
+
+
+class PlainEmbeddingCollection:
+    """The stacked embedding table (plus an optional 1-wide linear table) of one process, its
+    optimizer state and the pooling: the reference implementation of
+    :class:`~trainer.sparse.EmbeddingCollection`.
+
+    Args:
+        table_offsets: first global row of each feature (``FeatureLayout.table_offsets``); these
+            rows are the null rows.
+        total_rows: rows of the stacked table (sum of the features' bucket counts).
+        dim: embedding width.
+        slot_feature: feature of each slot (``FeatureLayout.slot_feature``; default: one slot per
+            feature).
+        linear: also keep a 1-wide ``linear`` table on the same ids (DeepFM, Wide&Deep).
+        init_std: standard deviation of the normal initialisation of ``emb``.
+        adagrad_eps: the ``eps`` of the row-wise Adagrad update.
+        seed: seed of the ``torch.Generator`` that draws the initial table.
+        device, dtype: where the table and its state live.
+
+    Example (two features of 3 and 2 rows; global ids 0 and 3 are the null rows)::
+
+        coll = PlainEmbeddingCollection([0, 3], total_rows=5, dim=4)
+        sparse = coll.lookup(batch)          # batch.ids (U,), batch.inverse (T, N, 2)
+    """
+
+    def __init__(
+        self,
+        table_offsets: Sequence[int] | Tensor,
+        total_rows: int,
+        dim: int,
+        slot_feature: Sequence[int] | Tensor | None = None,
+        *,
+        linear: bool = False,
+        init_std: float = 0.01,
+        adagrad_eps: float = 1e-8,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        offsets = torch.as_tensor(table_offsets, dtype=torch.int64).cpu()
+        if total_rows < 1 or dim < 1:
+            raise ValueError(
+                f"embedding table needs total_rows >= 1 and dim >= 1, got {total_rows=} {dim=}"
+            )
+        if offsets.numel() == 0 or offsets.min() < 0 or offsets.max() >= total_rows:
+            raise ValueError(
+                f"table_offsets {offsets.tolist()[:8]} must be non-empty rows of a {total_rows}-row table"
+            )
+        if init_std < 0 or adagrad_eps <= 0:
+            raise ValueError(
+                f"need init_std >= 0 and adagrad_eps > 0, got {init_std=} {adagrad_eps=}"
+            )
+        self.dim, self.total_rows = dim, total_rows
+        null = torch.zeros(total_rows, dtype=torch.bool)
+        null[offsets] = True
+        self.store = DeviceRows(
+            None, null, total_rows, dim, linear=linear, init_std=init_std, seed=seed,
+            adagrad_eps=adagrad_eps, device=device, dtype=dtype,
+        )  # fmt: skip
+        sf = range(offsets.numel()) if slot_feature is None else slot_feature
+        self.pooling = Pooling(sf, offsets.numel()).to(device)
+        self.rows: LookedUpRows | None = None
+        """The last lookup's rows (autograd leaves), until :meth:`apply_gradients`."""
+
+    @property
+    def has_linear(self) -> bool:
+        return "linear" in self.store.tables
+
+    @property
+    def device(self) -> torch.device:
+        return self.store.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.store.dtype
+
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> PlainEmbeddingCollection:
+        """Move tables and state (``dtype`` applies to floating tensors); returns ``self``."""
+        self.store.to(device, dtype)
+        self.pooling.to(device)
+        return self
+
+    def lookup(self, batch: Batch) -> SparseOut:
+        """Rows of ``batch.ids`` as fresh leaves (kept for :meth:`apply_gradients`), pooled."""
+        ids = batch.ids.to(self.device)
+        with torch.no_grad():
+            got = self.store.read(ids)
+        emb = got["emb"].requires_grad_()
+        lin = got["linear"].requires_grad_() if "linear" in got else None
+        self.rows = LookedUpRows(ids, emb, lin)
+        return self.pooling(emb, lin, batch.inverse.to(self.device))
+
+    @torch.no_grad()
+    def read(self, batch: Batch) -> SparseOut:
+        """The pooled rows of ``batch`` without gradients (evaluation)."""
+        got = self.store.read(batch.ids.to(self.device))
+        return self.pooling(got["emb"], got.get("linear"), batch.inverse.to(self.device))
+
+    def is_null(self, ids: Tensor) -> Tensor:
+        return self.store.null.index_select(0, ids.to(self.device))
+
+    def prefetch(self, batch: Batch) -> None:
+        """Nothing to stage (no cache)."""
+
+    def apply_gradients(self, lr: float) -> None:
+        """Row-wise Adagrad on the rows of the last :meth:`lookup` with their ``.grad``."""
+        rows, self.rows = self.rows, None
+        if rows is None:
+            raise ValueError("apply_gradients needs a lookup first (one lookup, one apply)")
+        self.store.update(rows.ids, rows.grads(), lr)
+
+    def cache_stats(self, reset: bool = True) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Weights and optimizer state as plain tensors (``torch.load(weights_only=True)``-safe)."""
+        return self.store.state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore ``state_dict()`` output; the table layout must match exactly."""
+        self.store.load_state_dict(state)
+
+    def close(self) -> None:
+        """Nothing to stop."""

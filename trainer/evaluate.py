@@ -10,7 +10,9 @@ world_size=, epochs=1, shuffle=False)``); those come in file order, so the rank'
 evaluated episodes is a prefix of its stream, and every rank computes every rank's share from the
 row-group sizes alone. All ranks then run the same number of batches (the longest share; a rank
 whose share is done takes part with masked batches), so no rank waits in a collective that another
-never enters. Per batch: look the rows up once, predict the query set at the shared parameters
+never enters. Per batch: read the rows once (``embeddings.read``: the pooled rows, exact, without
+substitution even when training uses DES, so every ``eval.adapt`` works), predict the query set at
+the shared parameters
 (``meta.predict``), adapt on the support set (``meta.adapt``: ``eval.adapt_steps`` SGD steps of
 ``eval.adapt_lr`` on ``eval.adapt``, all episodes of a batch at once under ``vmap``), predict again.
 
@@ -39,7 +41,6 @@ from trainer.data import sharding
 from trainer.data.batch import EpisodeBatch
 from trainer.data.contract import Manifest
 from trainer.data.reader import EpisodeReader
-from trainer.embeddings import Rows
 from trainer.meta import adapt, predict
 from trainer.metrics import binary_metrics, grouped_auc
 from trainer.models import RecModel
@@ -47,12 +48,6 @@ from trainer.parallel.env import ParallelEnv
 from trainer.parallel.metrics_sync import gather_arrays
 
 log = logging.getLogger(__name__)
-
-
-def lookup_rows(embeddings: Any, batch: EpisodeBatch, des: bool) -> Rows:
-    """``embeddings.lookup`` for ``batch``: DES lookups also take the samples' ``inverse`` (the
-    owners compute per-sample partial results)."""
-    return embeddings.lookup(batch.ids, batch.inverse) if des else embeddings.lookup(batch.ids)
 
 
 def _query_labels(model: RecModel, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,8 +108,7 @@ def evaluate(
 
     Args:
         model: the trained model (its embedding collection is read, never updated).
-        cfg: the run's config (``data.path``, ``data.batch_episodes``, ``eval.*``, ``meta.*``,
-            ``parallel.des``).
+        cfg: the run's config (``data.path``, ``data.batch_episodes``, ``eval.*``, ``meta.*``).
         manifest: the manifest of ``cfg.data.path``.
         split: the split to evaluate.
         env: this process's place in the job (None: one process). With several ranks every rank
@@ -132,7 +126,6 @@ def evaluate(
     if not manifest.splits.get(split, {}).get("episodes", 0):
         return {"split": split, "episodes": 0, "skipped": "the split has no episodes"}
     device = model.embeddings.device
-    des = cfg.parallel.des != "off"
     limit = cfg.eval.max_episodes or manifest.splits[split]["episodes"]
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("labels", "before", "after", "groups")}
     parts["episodes"] = []
@@ -155,10 +148,10 @@ def evaluate(
             if i == steps:  # the same batch count on every rank
                 break
             batch = _limit_episodes(batch, len(positions) - done).to(device)
-            rows = lookup_rows(model.embeddings, batch, des)
+            sparse = model.embeddings.read(batch)
             y, mask = _query_labels(model, batch)
-            logits0 = predict(model, rows, batch)
-            logits1 = predict(model, rows, batch, adapt(model, rows, batch, meta_cfg))
+            logits0 = predict(model, sparse, batch)
+            logits1 = predict(model, sparse, batch, adapt(model, sparse, batch, meta_cfg))
             # kept episodes are the batch's first ones (padding fills the end of a batch)
             kept = batch.num_real_episodes
             ep = torch.full((mask.shape[0],), -1, dtype=torch.int64)

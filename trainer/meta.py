@@ -2,31 +2,28 @@
 
 One outer step (what the trainer loop calls)::
 
-    rows = model.embeddings.lookup(batch.ids)            # ONE lookup for support and query (VSI)
-    loss, stats = outer_loss(model, rows, batch, meta_cfg)
+    sparse = model.embeddings.lookup(batch)              # ONE lookup for support and query (VSI)
+    loss, stats = outer_loss(model, sparse, batch, meta_cfg)
     loss.backward()                                      # dense meta-grads on model.parameters(),
-    optimizers.step(batch.ids, rows)                     # per-row grads on rows.emb / rows.linear
+    optimizers.step()                                    # + the rows' gradients (collection)
 
 Inside :func:`outer_loss` (``T`` episodes of ``K`` support + ``Q`` query samples):
 
-1. the sparse half pools ``rows`` into field embeddings for all ``T x (K+Q)`` samples at once;
+1. ``sparse`` (the collection's :class:`~trainer.sparse.SparseOut`, pooled for all ``T x (K+Q)``
+   samples at once) is split into support and query sides;
 2. the inner loop runs for all episodes together: ``vmap`` over episodes of a function that takes
    ``inner_steps`` SGD steps (``torch.func.grad``) on the masked mean support loss, through
    ``functional_call`` of the dense half. What adapts (``MetaConfig.adapt``): ``head`` = the last
    ``ModelConfig.head_layers`` layers, ``dense`` = every dense parameter, ``dense+emb`` = those plus
    task-local copies of the rows the episode uses (``batch.task_rows``), held as zero-initialised
-   offsets so the (linear) sum pooling of the shared rows runs once; null rows never adapt;
+   offsets pooled by the collection's pooling and added to the pooled fields (pooling is linear,
+   so the shared rows are pooled once); null rows never adapt;
 3. the query loss at the adapted parameters: masked mean per episode, summed over valid episodes
    and divided by ``normalizer``.
 
-No parameter is copied per episode. One SGD step moves a linear layer's weight by
-``-lr * sum_k x_k^T delta_k`` (support inputs ``x_k``, output gradients ``delta_k``): a rank-``K``
-offset. The inner loop therefore differentiates with respect to per-sample outputs (``torch.func``
-gives ``delta_k``), captures the inputs, and the adapted layer computes ``x @ W + b + (x @ A^T + 1)
-@ B`` with ``A = [x_k]``, ``B = [-lr * delta_k]`` (``Linear`` in ``trainer/models/common.py``).
-Exact, with ``K x (in + out)`` numbers per layer and episode instead of ``in x out``, and the shared
-``x @ W`` stays one matmul over all episodes. This is what keeps the meta step close to the plain
-step (``bench/meta_step.py``).
+No parameter is copied per episode: each adapted layer gets a low-rank offset through forward
+hooks (:mod:`trainer.lowrank`: the formulas, and why it is exact). This is what keeps the meta step
+close to the plain step (``bench/meta_step.py``).
 
 ``maml`` keeps the inner graph (second order: ``backward`` differentiates through the inner
 gradients); ``fomaml`` runs the inner loop on detached inputs, so the meta-gradient is the query
@@ -53,9 +50,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
 
-from trainer.embeddings import Rows
+from trainer.lowrank import Factors, LowRankAdaptation
 from trainer.models.build import RecModel
-from trainer.models.common import capture_linear_inputs, lr_term
+from trainer.sparse import SparseOut
 
 MODES = ("maml", "fomaml", "plain")
 ADAPTS = ("head", "dense", "dense+emb")
@@ -105,11 +102,11 @@ class StepStats:
 @dataclass
 class Adapted:
     """Per-episode adaptation from :func:`adapt`, as offsets from the shared parameters:
-    ``dense`` maps the adapted layers' ``factor_a``/``factor_b`` buffer names to ``(T, R, width)``
-    low-rank factors; ``rows`` maps ``emb``/``linear`` to ``(T, M, width)`` offsets of the
-    task-local rows (``dense+emb`` only)."""
+    ``dense`` maps the adapted layers to their low-rank factors ``A`` ``(T, R, in)`` and ``B``
+    ``(T, R, out)`` (:mod:`trainer.lowrank`); ``rows`` maps ``emb``/``linear`` to ``(T, M, width)``
+    offsets of the task-local rows (``dense+emb`` only)."""
 
-    dense: dict[str, Tensor]
+    dense: Factors
     rows: dict[str, Tensor]
 
 
@@ -165,88 +162,80 @@ class _Episodes:
     def __init__(
         self,
         model: RecModel,
-        rows: Rows,
+        sparse: SparseOut,
         batch: Any,
         adapt: str | None,
         detach_support: bool = False,
     ) -> None:
-        dtype = rows.emb.dtype
+        dtype = _dtype(sparse)
         K = batch.k_support
-        # One lookup (rows) for both sides; pooled per side so that the backward scatters straight
-        # into the rows (no zero-filled full-size gradient for a sliced pooled tensor).
-        self.sf = model.sparse_features(rows, batch.inverse) if adapt is None else None
-        self.sides_sf = None
-        if adapt is not None:
-            sup_rows = rows.detach() if detach_support else rows
-            self.sides_sf = (  # .samples: per-sample DES partials follow the inverse's slice
-                model.sparse_features(sup_rows.samples(slice(0, K)), batch.inverse[:, :K]),
-                model.sparse_features(rows.samples(slice(K, None)), batch.inverse[:, K:]),
-            )
         self.y, known = _labels(model, batch, dtype)
         self.s_mask, self.q_mask = _masks(batch, known, dtype)
         self.valid = batch.episode_mask.to(dtype)
         self.rows_d0: dict[str, Tensor] = {}
+        if adapt is None:
+            return
         tinv = None
         if adapt == "dense+emb":
             task_rows, task_rows_mask, tinv = _task_rows(batch)
             T, M = task_rows.shape
-            self.rows_d0["emb"] = rows.emb.new_zeros(T, M, rows.emb.shape[1])
-            if rows.linear is not None:
-                self.rows_d0["linear"] = rows.linear.new_zeros(T, M, 1)
-            self.row_mask = (task_rows_mask & rows.trainable[task_rows]).to(dtype)
-        if self.sides_sf is not None:
-            self.support = self._side(batch, self.sides_sf[0], slice(0, K), self.s_mask, tinv)
-            self.query = self._side(batch, self.sides_sf[1], slice(K, None), self.q_mask, tinv)
+            emb = model.embeddings
+            self.rows_d0["emb"] = torch.zeros(T, M, emb.dim, dtype=dtype, device=self.y.device)
+            if emb.has_linear:
+                self.rows_d0["linear"] = self.rows_d0["emb"].new_zeros(T, M, 1)
+            trainable = ~emb.is_null(batch.ids)
+            self.row_mask = (task_rows_mask & trainable[task_rows]).to(dtype)
+        support = sparse.side(slice(0, K))
+        self.support = self._side(
+            batch, support.detach() if detach_support else support, slice(0, K), self.s_mask, tinv
+        )
+        self.query = self._side(
+            batch, sparse.side(slice(K, None)), slice(K, None), self.q_mask, tinv
+        )
 
     def _side(
-        self, batch: Any, sf: Any, sl: slice, mask: Tensor, tinv: Tensor | None
-    ) -> dict[str, Tensor]:
-        side = {"fields": sf.fields, "dense": batch.dense[:, sl].to(self.y.dtype)}
+        self, batch: Any, sparse: SparseOut, sl: slice, mask: Tensor, tinv: Tensor | None
+    ) -> dict[str, Any]:
+        side: dict[str, Any] = {"sparse": sparse.as_dict(), "dense": batch.dense[:, sl]}
+        side["dense"] = side["dense"].to(self.y.dtype)
         side["y"], side["m"] = self.y[:, sl], mask
-        if sf.linear is not None:
-            side["linear"] = sf.linear
         if tinv is not None:
             side["tinv"] = tinv[:, sl]
             side["row_mask"] = self.row_mask
         return side
 
 
+def _dtype(sparse: SparseOut) -> torch.dtype:
+    return next(iter(sparse.as_dict().values())).dtype
+
+
 # ---------------------------------------------------------------------------------------------
 # Per-episode functions (run under vmap)
 #
-# Adapted parameters are never copied per episode. A dense layer's adaptation is a low-rank offset
-# (``Linear.factor_a``/``factor_b``: support inputs and scaled output gradients, see
-# ``trainer/models/common.py``); the inner loop gets the output gradients by differentiating with
-# respect to a zero ``Linear.out_offset`` and the inputs by capturing them during the forward. The
-# task-local embedding rows are offsets added after pooling (pooling is linear).
+# Adapted parameters are never copied per episode: a dense layer's adaptation is a low-rank offset
+# applied by the hooks of ``trainer.lowrank`` around the forward; the task-local embedding rows are
+# offsets pooled and added to the pooled fields (pooling is linear).
 
 
-def _episode_logits(
-    model: RecModel, params: dict, buffers: dict, rows_d: dict, side: dict
-) -> Tensor:
-    """Logits of one episode's samples at ``params`` with adaptation ``buffers`` / ``rows_d``."""
-    fields, linear = side["fields"], side.get("linear")
+def _episode_logits(model: RecModel, params: dict, rows_d: dict, side: dict) -> Tensor:
+    """Logits of one episode's samples at ``params`` with task-local row offsets ``rows_d``."""
+    sparse = SparseOut.from_dict(side["sparse"])
     if "emb" in rows_d:  # task-local copies of the rows: rows + offset, pooled linearly
-        fields = fields + model.sparse_arch.pool(rows_d["emb"], side["tinv"])
-        if "linear" in rows_d:
-            linear = linear + lr_term(rows_d["linear"], side["tinv"])
-    return functional_call(model.dense_half, {**params, **buffers}, (fields, linear, side["dense"]))
+        pooling = model.embeddings.pooling
+        lin = rows_d.get("linear")
+        sparse = sparse.plus(
+            pooling.fields(rows_d["emb"], side["tinv"]),
+            None if lin is None else pooling.lr(lin, side["tinv"]),
+        )
+    return functional_call(model.dense_half, params, (sparse, side["dense"]))
 
 
-def _episode_loss(model: RecModel, params: dict, buffers: dict, rows_d: dict, side: dict) -> Tensor:
-    logits = _episode_logits(model, params, buffers, rows_d, side)
+def _episode_loss(model: RecModel, params: dict, rows_d: dict, side: dict) -> Tensor:
+    logits = _episode_logits(model, params, rows_d, side)
     return _masked_mean(_bce(logits, side["y"]), side["m"])
 
 
-def _factor_buffers(factors: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
-    out = {}
-    for layer, (a, b) in factors.items():
-        out[f"{layer}.factor_a"], out[f"{layer}.factor_b"] = a, b
-    return out
-
-
 def _detach(d: dict[str, Any]) -> dict[str, Any]:
-    # Nested dicts: the DES partial results that replace the pooled fields (``fields``).
     return {
         k: tuple(x.detach() for x in v)
         if isinstance(v, tuple)
@@ -261,34 +250,33 @@ def _inner_loop(
     model: RecModel,
     cfg: MetaConfig,
     params: dict[str, Tensor],
-    layers: dict[str, Any],
+    adaptation: LowRankAdaptation,
     rows_d: dict[str, Tensor],
-    support: dict[str, Tensor],
+    support: dict[str, Any],
     first_order: bool,
-) -> tuple[dict, dict, Tensor]:
+) -> tuple[Factors, dict, Tensor]:
     """``inner_steps`` SGD steps on one episode's support loss.
 
-    ``layers`` maps the adapted layer names to their modules. Returns the low-rank factors per
-    layer, the row offsets and the support loss before adaptation.
+    Returns the low-rank factors per adapted layer, the row offsets and the support loss before
+    adaptation.
     """
     lr = cfg.inner_lr
     if first_order:  # no outer graph through the inner gradients
         params, support = _detach(params), _detach(support)
     n = support["y"].shape[-1]
+    layers = adaptation.layers
 
     # The gradient of -lr * loss is the SGD step itself, so B needs no extra scaling pass.
-    def neg_lr_loss(var: dict, params: dict, factors: dict, support: dict):
-        buffers = _factor_buffers(factors)
-        buffers.update({f"{layer}.out_offset": z for layer, z in var["z"].items()})
+    def neg_lr_loss(var: dict, params: dict, factors: Factors, support: dict):
         # Layers with a bias get the output gradient as the gradient of a per-sample copy of the
         # bias (an expanded view: no extra pass over the outputs, unlike adding a zero offset).
         p = {**params, **{f"{layer}.bias": b for layer, b in var["b"].items()}}
-        with capture_linear_inputs() as inputs:
-            loss = _episode_loss(model, p, buffers, var["rows_d"], support)
-        return loss * -lr, {layer: inputs[id(m)] for layer, m in layers.items()}
+        with adaptation.active(factors, var["z"]) as inputs:
+            loss = _episode_loss(model, p, var["rows_d"], support)
+        return loss * -lr, {layer: inputs[layer] for layer in layers}
 
     step_fn = grad_and_value(neg_lr_loss, has_aux=True)
-    factors: dict[str, tuple[Tensor, Tensor]] = {}
+    factors: Factors = {}
     loss0 = None
     for _ in range(cfg.inner_steps):
         var: dict[str, dict[str, Tensor]] = {"z": {}, "b": {}, "rows_d": rows_d}
@@ -313,8 +301,9 @@ def _inner_loop(
     return factors, rows_d, loss0.detach()
 
 
-def _adapted_layers(model: RecModel, adapt: str) -> dict[str, Any]:
-    return {layer: model.dense_half.get_submodule(layer) for layer in model.adapted_layers(adapt)}
+def _adaptation(model: RecModel, adapt: str) -> LowRankAdaptation:
+    layers = model.adapted_layers(adapt)
+    return LowRankAdaptation({name: model.dense_half.get_submodule(name) for name in layers})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,7 +312,7 @@ def _adapted_layers(model: RecModel, adapt: str) -> dict[str, Any]:
 
 def outer_loss(
     model: RecModel,
-    rows: Rows,
+    sparse: SparseOut,
     batch: Any,
     cfg: MetaConfig,
     normalizer: Tensor | float | None = None,
@@ -332,17 +321,18 @@ def outer_loss(
 
     Args:
         model: a :class:`RecModel`; its ``dense_half`` parameters get the meta-gradients.
-        rows: ``model.embeddings.lookup(batch.ids)``: looked up once for support and query.
+        sparse: ``model.embeddings.lookup(batch)``: looked up once for support and query.
         batch: an ``EpisodeBatch`` on the model's device.
         cfg: the meta-learning settings.
         normalizer: divides the sum of per-episode losses; default: valid episodes in ``batch``.
             A distributed trainer passes the global count (see the module docstring).
     """
     valid_count = batch.episode_mask.sum()
-    norm = valid_count.clamp_min(1).to(rows.emb.dtype) if normalizer is None else normalizer
+    dtype = _dtype(sparse)
+    norm = valid_count.clamp_min(1).to(dtype) if normalizer is None else normalizer
     if cfg.mode == "plain":
-        ep = _Episodes(model, rows, batch, None)
-        logits = model.dense_half(ep.sf.fields, ep.sf.linear, batch.dense.to(rows.emb.dtype))
+        ep = _Episodes(model, sparse, batch, None)
+        logits = model.dense_half(sparse, batch.dense.to(dtype))
         per_sample = _bce(logits, ep.y)
         K = batch.k_support
         per_episode = _masked_mean(per_sample, torch.cat([ep.s_mask, ep.q_mask], 1))
@@ -350,15 +340,16 @@ def outer_loss(
         q_loss = _masked_mean(per_sample[:, K:].detach(), ep.q_mask)
     else:
         first_order = cfg.mode == "fomaml"
-        ep = _Episodes(model, rows, batch, cfg.adapt, detach_support=first_order)
-        layers = _adapted_layers(model, cfg.adapt)
+        ep = _Episodes(model, sparse, batch, cfg.adapt, detach_support=first_order)
+        adaptation = _adaptation(model, cfg.adapt)
         params = dict(model.dense_half.named_parameters())
 
         def episode(params: dict, rows_d: dict, sup: dict, qry: dict) -> tuple[Tensor, Tensor]:
             factors, rows_d, s_loss = _inner_loop(
-                model, cfg, params, layers, rows_d, sup, first_order
+                model, cfg, params, adaptation, rows_d, sup, first_order
             )
-            return _episode_loss(model, params, _factor_buffers(factors), rows_d, qry), s_loss
+            with adaptation.active(factors):
+                return _episode_loss(model, params, rows_d, qry), s_loss
 
         per_episode, s_loss = vmap(episode, in_dims=(None, 0, 0, 0))(
             params, ep.rows_d0, ep.support, ep.query
@@ -375,19 +366,22 @@ def outer_loss(
     return loss, stats
 
 
-def adapt(model: RecModel, rows: Rows, batch: Any, cfg: MetaConfig) -> Adapted:
+def adapt(model: RecModel, sparse: SparseOut, batch: Any, cfg: MetaConfig) -> Adapted:
     """Adapt every episode on its support set (``cfg.inner_steps`` x ``cfg.inner_lr`` on
     ``cfg.adapt``; ``cfg.mode`` is ignored, so a plain-trained model can be fine-tuned too).
 
-    Evaluation only: runs without an outer graph and returns detached per-episode offsets.
+    Evaluation only (``sparse`` from ``model.embeddings.read``): runs without an outer graph and
+    returns detached per-episode offsets.
     """
-    ep = _Episodes(model, rows.detach(), batch, cfg.adapt)
-    layers = _adapted_layers(model, cfg.adapt)
+    ep = _Episodes(model, sparse.detach(), batch, cfg.adapt)
+    adaptation = _adaptation(model, cfg.adapt)
     params = _detach(dict(model.dense_half.named_parameters()))
 
-    def episode(params: dict, rows_d: dict, sup: dict) -> tuple[dict, dict]:
-        factors, rows_d, _ = _inner_loop(model, cfg, params, layers, rows_d, sup, first_order=True)
-        return _factor_buffers(factors), rows_d
+    def episode(params: dict, rows_d: dict, sup: dict) -> tuple[Factors, dict]:
+        factors, rows_d, _ = _inner_loop(
+            model, cfg, params, adaptation, rows_d, sup, first_order=True
+        )
+        return factors, rows_d
 
     with torch.enable_grad():
         dense, rows_d = vmap(episode, in_dims=(None, 0, 0))(params, ep.rows_d0, ep.support)
@@ -395,24 +389,26 @@ def adapt(model: RecModel, rows: Rows, batch: Any, cfg: MetaConfig) -> Adapted:
 
 
 @torch.no_grad()
-def predict(model: RecModel, rows: Rows, batch: Any, adapted: Adapted | None = None) -> Tensor:
+def predict(
+    model: RecModel, sparse: SparseOut, batch: Any, adapted: Adapted | None = None
+) -> Tensor:
     """Query logits ``(T, Q)``, at the shared parameters or, given :func:`adapt` output, at each
     episode's adapted parameters. Mask with ``batch.query_mask`` (and known labels)."""
-    rows = rows.detach()
     K = batch.k_support
-    dense = batch.dense[:, K:].to(rows.emb.dtype)
-    rows = rows.samples(slice(K, None))
+    query = sparse.detach().side(slice(K, None))
+    dense = batch.dense[:, K:].to(_dtype(query))
     if adapted is None:
-        return model(rows, batch.inverse[:, K:], dense)
-    sf = model.sparse_features(rows, batch.inverse[:, K:])
-    query = {"fields": sf.fields, "dense": dense}
-    if sf.linear is not None:
-        query["linear"] = sf.linear
+        return model(query, dense)
+    side: dict[str, Any] = {"sparse": query.as_dict(), "dense": dense}
     if adapted.rows:
-        query["tinv"] = _task_rows(batch)[2][:, K:]
+        side["tinv"] = _task_rows(batch)[2][:, K:]
     params = dict(model.dense_half.named_parameters())
+    adaptation = LowRankAdaptation(
+        {name: model.dense_half.get_submodule(name) for name in adapted.dense}
+    )
 
-    def episode(params: dict, buffers: dict, rows_d: dict, side: dict) -> Tensor:
-        return _episode_logits(model, params, buffers, rows_d, side)
+    def episode(params: dict, factors: Factors, rows_d: dict, side: dict) -> Tensor:
+        with adaptation.active(factors):
+            return _episode_logits(model, params, rows_d, side)
 
-    return vmap(episode, in_dims=(None, 0, 0, 0))(params, adapted.dense, adapted.rows, query)
+    return vmap(episode, in_dims=(None, 0, 0, 0))(params, adapted.dense, adapted.rows, side)

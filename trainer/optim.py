@@ -1,10 +1,10 @@
 """Optimizers of one training step: Adam on the dense parameters, row-wise Adagrad on the rows.
 
     opt = build_optimizers(OptimConfig(dense_lr=1e-3, sparse_lr=0.05), model)
-    rows = model.embeddings.lookup(batch.ids)
-    loss, _ = outer_loss(model, rows, batch, meta_cfg)
+    sparse = model.embeddings.lookup(batch)
+    loss, _ = outer_loss(model, sparse, batch, meta_cfg)
     loss.backward()
-    opt.step(batch.ids, rows)        # clip + Adam + zero_grad; row-wise Adagrad on the looked-up rows
+    opt.step()        # clip + Adam + zero_grad; row-wise Adagrad on the rows of the last lookup
 
 Gradient clipping (``grad_clip_norm``) applies to the dense gradients' global norm only: row-wise
 Adagrad already normalises each row's step by its own gradient history, and clipping the sparse part
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trainer.embeddings import Rows
+from trainer.models.build import RecModel
 
 
 @dataclass
@@ -56,7 +56,7 @@ class OptimConfig:
 class Optimizers:
     """Dense Adam + the embedding collection's row-wise Adagrad, stepped together."""
 
-    def __init__(self, cfg: OptimConfig, model: nn.Module) -> None:
+    def __init__(self, cfg: OptimConfig, model: RecModel) -> None:
         self.cfg = cfg
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.embeddings = model.embeddings
@@ -66,14 +66,15 @@ class Optimizers:
             weight_decay=cfg.weight_decay, fused=fused or None,
         )  # fmt: skip
 
-    def step(self, ids: Tensor, rows: Rows) -> Tensor | None:
-        """Apply the gradients of the last ``backward``; returns the pre-clip dense norm if clipping."""
+    def step(self) -> Tensor | None:
+        """Apply the gradients of the last ``backward`` (dense: Adam; rows: the collection's
+        row-wise Adagrad on its last lookup); returns the pre-clip dense norm if clipping."""
         norm = None
         if self.cfg.grad_clip_norm > 0:
             norm = nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip_norm)
         self.dense.step()
         self.dense.zero_grad(set_to_none=True)
-        self.embeddings.apply_gradients(ids, rows.grads(), self.cfg.sparse_lr)
+        self.embeddings.apply_gradients(self.cfg.sparse_lr)
         return norm
 
     def state_dict(self) -> dict[str, Any]:
@@ -84,6 +85,6 @@ class Optimizers:
         self.dense.load_state_dict(state["dense"])
 
 
-def build_optimizers(cfg: OptimConfig, model: nn.Module) -> Optimizers:
+def build_optimizers(cfg: OptimConfig, model: RecModel) -> Optimizers:
     """Adam over ``model.parameters()`` (the dense half) + row-wise Adagrad on ``model.embeddings``."""
     return Optimizers(cfg, model)

@@ -12,16 +12,19 @@ rank of a job (the same code; one process is the trivial job).
 :meth:`Trainer.fit` is the whole loop on one screen: every cadence (log, eval, checkpoint) is an
 ``if`` in it; there are no callbacks. :meth:`Trainer.train_step` is one meta step on each rank::
 
-    rows = model.embeddings.lookup(batch.ids)        # one lookup, support + query (VSI); with W > 1
-                                                     # one AlltoAll of ids, one of rows
-    embeddings.prefetch(next_batch.ids)              # MixCache: stage the next step's misses
-    loss, stats = outer_loss(model, rows, batch, meta, normalizer=env.normalizer(valid))
-    loss.backward()                                  # inner loop had no communication
+    sparse = model.embeddings.lookup(batch)          # one lookup, support + query (VSI), pooled;
+                                                     # sharded: one AlltoAll of ids, one of rows
+    embeddings.prefetch(next_batch)                  # MixCache: stage the next step's misses
+    loss, stats = outer_loss(model, sparse, batch, meta, normalizer=env.normalizer(valid))
+    loss.backward()                                  # inner loop had no communication; DES's
+                                                     # return trip to the owners runs here
     env.reduce_dense_grads(model.parameters())       # bucketed AllReduce (identity for one process)
-    optimizers.step(batch.ids, rows)                 # Adam; row grads AlltoAll to owners, Adagrad
+    optimizers.step()                                # Adam; row grads to owners, row-wise Adagrad
 
-Model placement (``trainer.parallel.apply``): with ``W > 1`` ranks (or DES) the embedding rows are
-sharded by the plan and the dense layers replicated; one process keeps the plain collection. Each
+The same five lines run every configuration: the collection (``trainer.sparse``) hides sharding,
+MixCache and DES. Model placement (``trainer.parallel.apply``): with ``W > 1`` ranks, MixCache or
+DES the embedding rows live in the sharded collection (world size 1 is a valid plan) and the dense
+layers are replicated; one process without either keeps the plain collection. Each
 rank reads its own row groups (equal steps on every rank), so a step of W ranks with T episodes
 each equals a single-process step over the union of their 2T episodes (same loss scaling).
 
@@ -48,7 +51,7 @@ from trainer.data.batch import EpisodeBatch, FeatureLayout
 from trainer.data.contract import load_manifest
 from trainer.data.reader import EpisodeReader
 from trainer.durable import write_json_atomic
-from trainer.evaluate import evaluate_splits, lookup_rows
+from trainer.evaluate import evaluate_splits
 from trainer.logging_utils import JsonlLog, Progress
 from trainer.meta import StepStats, outer_loss
 from trainer.models import RecModel, build_model
@@ -84,12 +87,10 @@ class Trainer:
     def build(self) -> Trainer:
         """Read the manifest, build model, optimizers and reader, restore their state (resume
         this run, or warm start from another), then write the run's start-up files."""
-        cfg, env = self.cfg, self.env
+        cfg = self.cfg
         set_determinism(cfg.train.deterministic, cfg.train.threads, self.device)
         self.manifest = load_manifest(cfg.data.path)
         self.layout = FeatureLayout.from_manifest(self.manifest)
-        self.des = cfg.parallel.des != "off"
-        self.sharded = env.world_size > 1 or self.des  # DES needs the owners' side even on one rank
         self.model, plan = self._build_model()
         self.optimizers = build_optimizers(cfg.optim, self.model)
         self.reader = self._open_reader()
@@ -165,18 +166,18 @@ class Trainer:
         )  # fmt: skip
 
     def _build_model(self) -> tuple[RecModel, ShardingPlan]:
-        """Sharded embeddings and replicated dense layers (``self.sharded``), else the plain
-        collection; the plan is logged either way (rank 0)."""
+        """One rule: the plain collection for one process without MixCache or DES, else the
+        sharded collection (world size 1 included) with replicated dense layers; sets
+        ``self.sharded``. The plan is logged either way (rank 0)."""
         cfg, env, seed = self.cfg, self.env, self.cfg.train.seed
+        self.sharded = env.world_size > 1 or cfg.parallel.cache.enabled or cfg.parallel.des != "off"
         if self.sharded:
             return build_parallel_model(
                 cfg.model, self.layout, env, cfg.parallel, seed=seed, meta=cfg.meta
             )
         plan = build_sharding_plan(self.layout, 1, cfg.model, cfg.parallel)
         log.info("embedding placement:\n%s", plan)
-        embeddings = build_embeddings(
-            cfg.model, self.layout, seed=seed + 1, device=self.device, cache=plan.cache_spec(0)
-        )
+        embeddings = build_embeddings(cfg.model, self.layout, seed=seed + 1, device=self.device)
         return build_model(cfg.model, self.layout, embeddings, seed=seed, device=self.device), plan
 
     # ----------------------------------------------------------------------------------- loop
@@ -222,16 +223,14 @@ class Trainer:
         ``next_batch``: the next step's batch, whose rows the cache may stage meanwhile."""
         env, embeddings = self.env, self.model.embeddings
         batch = batch.to(self.device)
-        rows = lookup_rows(embeddings, batch, self.des)
+        sparse = embeddings.lookup(batch)
         if next_batch is not None:  # a collective with a sharded cache: every rank, same place
-            embeddings.prefetch(next_batch.ids, next_batch.inverse)
+            embeddings.prefetch(next_batch)
         normalizer = env.normalizer(batch.episode_mask.sum())
-        loss, stats = outer_loss(self.model, rows, batch, self.cfg.meta, normalizer)
-        loss.backward()
-        if self.des:  # the substituted operators' gradients go back to the owners first
-            embeddings.backward(rows)
+        loss, stats = outer_loss(self.model, sparse, batch, self.cfg.meta, normalizer)
+        loss.backward()  # under DES this also takes the owners' gradients to them
         env.reduce_dense_grads(self.model.parameters())
-        self.optimizers.step(batch.ids, rows)
+        self.optimizers.step()
         return stats
 
     def evaluate(self) -> dict[str, Any]:
@@ -296,11 +295,9 @@ class Trainer:
         reader = getattr(self, "reader", None)
         if reader is not None:
             reader.close()
-        embeddings = getattr(getattr(self, "model", None), "embeddings", None)
-        coll = getattr(embeddings, "coll", embeddings)  # DES wraps the sharded collection
-        cache = getattr(coll, "cache", None)
-        if cache is not None:
-            cache.close()
+        model = getattr(self, "model", None)
+        if model is not None:
+            model.embeddings.close()
 
 
 def _accumulate(sums: dict[str, Any], stats: StepStats, samples: int) -> None:

@@ -1,7 +1,8 @@
 """MixCache without processes: eviction policies on tiny tables, protection of the current and
 previous step, the capacity error, write-back and counters, the memory-mapped host store, and the
-oracle of DESIGN.md §5.3: training with the cache (LRU, LFU, with and without the prefetch stage)
-ends with exactly the parameters and optimizer state of training without it, and so does a run
+oracle of DESIGN.md §5.3: training with the cache (LRU, LFU, with and without the prefetch stage;
+one process runs it through the sharded collection at world size 1) ends with exactly the
+parameters and optimizer state of training the plain collection without it, and so does a run
 resumed from a checkpoint."""
 
 from __future__ import annotations
@@ -20,11 +21,15 @@ from trainer.cache import (
     TableCacheConfig,
 )
 from trainer.config_loader import build
-from trainer.embeddings import EmbeddingCollection, draw_initial_rows
+from trainer.embeddings import PlainEmbeddingCollection, draw_initial_rows
 from trainer.meta import MetaConfig, outer_loss
 from trainer.models import ModelConfig, build_model
 from trainer.optim import OptimConfig, build_optimizers
+from trainer.parallel.comm import Collectives
 from trainer.parallel.plan import ParallelConfig, build_sharding_plan
+from trainer.parallel.reshard import merge_shards
+from trainer.parallel.sharded_embeddings import ShardedEmbeddingCollection
+from trainer.sparse import EmbeddingCollection
 
 FEATURES = [("user", 41, 1), ("ad", 23, 1), ("hour", 7, 1), ("tags", 13, 3)]
 ROW_BYTES = (4 + 1 + 1 + 1) * 4  # emb(4) | linear | two Adagrad sums, float32
@@ -168,7 +173,7 @@ def test_memory_mapped_store_persists_in_its_file(tmp_path) -> None:
 
 def test_chunked_initial_draw_equals_one_full_draw(monkeypatch) -> None:
     monkeypatch.setattr(embeddings_module, "INIT_CHUNK_ROWS", 32)
-    plain = EmbeddingCollection([0, 40], 150, 4, init_std=0.3, seed=5).weights["emb"]
+    plain = PlainEmbeddingCollection([0, 40], 150, 4, init_std=0.3, seed=5).store.weights["emb"]
     out = torch.zeros(150, 4)
     draw_initial_rows(out, None, 150, 0.3, 5)
     out[[0, 40]] = 0.0
@@ -224,20 +229,24 @@ def _layout():
 def _cached_collection(
     capacity: int | None, policy: str = "lru", prefetch: bool = False, mmap_dir: str = ""
 ) -> EmbeddingCollection:
+    """The plain collection (``capacity`` None: the reference), else the sharded collection at
+    world size 1 with a cache of ``capacity`` rows."""
     lay = _layout()
-    spec = None
-    if capacity is not None:
-        cache = CacheConfig(
-            enabled=True,
-            capacity_rows=capacity,
-            policy=policy,
-            prefetch=prefetch,
-            mmap_dir=mmap_dir,
-        )
-        plan = build_sharding_plan(lay, 1, _model_cfg(), ParallelConfig(cache=cache))
-        spec = plan.cache_spec(0)
-    return EmbeddingCollection(
-        lay.table_offsets, lay.total_rows, 4, linear=True, init_std=0.1, seed=1, cache=spec
+    if capacity is None:
+        return PlainEmbeddingCollection(
+            lay.table_offsets, lay.total_rows, 4, lay.slot_feature, linear=True, init_std=0.1,
+            seed=1,
+        )  # fmt: skip
+    cache = CacheConfig(
+        enabled=True,
+        capacity_rows=capacity,
+        policy=policy,
+        prefetch=prefetch,
+        mmap_dir=mmap_dir,
+    )
+    plan = build_sharding_plan(lay, 1, _model_cfg(), ParallelConfig(cache=cache))
+    return ShardedEmbeddingCollection(
+        plan, Collectives(0, 1), lay.slot_feature, init_std=0.1, seed=1, cache=plan.cache_spec(0)
     )
 
 
@@ -266,15 +275,15 @@ def _train(
     batches = {s: random_batch(lay, 3, seed=s) for s in [*steps, steps.stop]}
     stats = []
     for s in steps:
-        rows = coll.lookup(batches[s].ids)
-        coll.prefetch(batches[s + 1].ids)  # the reader's next batch
-        loss, _ = outer_loss(model, rows, batches[s], meta)
+        sparse = coll.lookup(batches[s])
+        coll.prefetch(batches[s + 1])  # the reader's next batch
+        loss, _ = outer_loss(model, sparse, batches[s], meta)
         loss.backward()
-        opt.step(batches[s].ids, rows)
+        opt.step()
         stats.append(coll.cache_stats())
         if s + 1 == checkpoint_at:
             coll.state_dict()
-    emb = {k: v.clone() for k, v in coll.state_dict().items()}
+    emb = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in coll.state_dict().items()}
     return {"dense": model.state_dict(), "opt": opt.state_dict(), "emb": emb, "stats": stats}
 
 
@@ -322,5 +331,5 @@ def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(tmp_path) -> None
     assert torch.equal(second["emb"]["cache.totals"], whole["emb"]["cache.totals"])
     # A checkpoint of a cached run loads into an uncached collection (cache state ignored).
     plain = _cached_collection(None)
-    plain.load_state_dict(state["emb"])
-    assert torch.equal(plain.weights["emb"], state["emb"]["emb.weight"])
+    plain.load_state_dict(merge_shards([state["emb"]]))
+    assert torch.equal(plain.store.weights["emb"], state["emb"]["emb.weight"])

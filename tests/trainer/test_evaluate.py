@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -39,16 +40,15 @@ def _reference(model, cfg: TrainerConfig, split: str, steps: int, lr: float) -> 
     reader = EpisodeReader(cfg.data.path, split, 8, shuffle=False, epochs=1, prefetch=0)
     for batch in reader:
         K = batch.k_support
-        rows = model.embeddings.lookup(batch.ids)
-        rows = type(rows)(rows.emb.detach(), rows.linear.detach(), rows.trainable)
+        sparse = model.embeddings.read(batch)  # pooled rows, no gradient
         for t in range(batch.num_episodes):
             if not batch.episode_mask[t]:
                 continue
             ns, nq = int(batch.n_support[t]), int(batch.n_query[t])
-            s_in, q_in = batch.inverse[t, :ns], batch.inverse[t, K : K + nq]
-            s_sf, q_sf = model.sparse_features(rows, s_in), model.sparse_features(rows, q_in)
-            s_args = (s_sf.fields, s_sf.linear, batch.dense[t, :ns])
-            q_args = (q_sf.fields, q_sf.linear, batch.dense[t, K : K + nq])
+            s_sp = sparse.apply(lambda x, t=t, ns=ns: x[t, :ns])
+            q_sp = sparse.apply(lambda x, t=t, q=slice(K, K + nq): x[t, q])
+            s_args = (s_sp, batch.dense[t, :ns])
+            q_args = (q_sp, batch.dense[t, K : K + nq])
             params = {k: v.detach().clone() for k, v in model.dense_half.named_parameters()}
             with torch.no_grad():
                 before.append(functional_call(model.dense_half, params, q_args).numpy())
@@ -165,3 +165,70 @@ def test_the_evaluated_episodes_are_the_first_in_file_order_at_any_world_size(
         for reader, (positions, _, _) in zip(readers, shares, strict=True):
             own = _task_stream(reader)[: len(positions)]
             assert own == [in_file_order[p] for p in positions]
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation under DES: the rows are read without substitution, so every eval.adapt works and
+# the result equals the run without DES (the training itself equals it to rounding).
+
+
+def _fit(data: Path, out: Path, **extra) -> dict:
+    trainer = Trainer(tiny_config(data, out, **{"eval.max_episodes": 32, **extra})).build()
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+    return json.loads((out / "eval.json").read_text())
+
+
+def _assert_same_evaluation(des: dict, plain: dict) -> None:
+    assert des["splits"].keys() == plain["splits"].keys()
+    for split, want in plain["splits"].items():
+        got = des["splits"][split]
+        assert got["episodes"] == want["episodes"] > 0
+        assert got["adapt"] == want["adapt"]
+        for when in ("before", "after"):
+            for key, value in want[when].items():
+                assert got[when][key] == pytest.approx(value, rel=1e-4, abs=1e-5), (split, when)
+
+
+@pytest.fixture(scope="module")
+def des_data(tmp_path_factory) -> Path:
+    return write_episodes(tmp_path_factory.mktemp("des_eval") / "data")
+
+
+@pytest.mark.parametrize(
+    "arch,des", [("dlrm", "auto"), ("deepfm", "on"), ("wide_deep", "on"), ("melu", "on")]
+)
+def test_evaluation_under_des_equals_evaluation_without_it(
+    des_data: Path, tmp_path: Path, arch: str, des: str
+) -> None:
+    """Training substitutes every operator that applies (meta.mode=plain admits all; DLRM keeps
+    the row exchange); evaluation adapts the dense layers, the first one included."""
+    extra = {"model.arch": arch, "meta.mode": "plain", "eval.adapt": "dense"}
+    plain = _fit(des_data, tmp_path / "plain", **extra)
+    substituted = _fit(des_data, tmp_path / "des", **extra, **{"parallel.des": des})
+    _assert_same_evaluation(substituted, plain)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"model.arch": "wide_deep", "meta.mode": "plain"},  # default eval.adapt: dense (KeyError)
+        {
+            "model.arch": "deepfm",
+            "meta.mode": "fomaml",
+            "meta.adapt": "head",
+            "eval.adapt": "dense+emb",
+        },  # (TypeError)
+    ],
+    ids=["wide_deep-plain", "deepfm-head-eval-dense+emb"],
+)
+def test_the_reported_des_evaluation_crashes_are_fixed(
+    des_data: Path, tmp_path: Path, extra: dict
+) -> None:
+    """Issue 13 item 3: these runs trained under DES and then crashed in evaluation, leaving no
+    ``eval.json``; evaluation now reads the rows exactly and adapts what ``eval.adapt`` says."""
+    plain = _fit(des_data, tmp_path / "plain", **extra)
+    substituted = _fit(des_data, tmp_path / "des", **extra, **{"parallel.des": "on"})
+    _assert_same_evaluation(substituted, plain)

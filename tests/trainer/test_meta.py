@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from tests.trainer.meta_fixtures import batch_from_local_ids, make_layout, random_batch
-from trainer.embeddings import Rows
 from trainer.meta import MetaConfig, adapt, outer_loss, predict
 from trainer.models import ModelConfig, build_model
+from trainer.sparse import LookedUpRows, SparseOut
 
 LAYOUT = make_layout(
     [("user", 7, 1), ("ad", 6, 1), ("tags", 5, 2)], dense_width=2, k_support=4, q_query=3
@@ -29,12 +29,18 @@ def tiny_model(arch: str, label: str = "click", seed: int = 0):
     model.embeddings.to(dtype=torch.float64)
     # Non-zero linear rows so that the first-order terms carry gradient paths too.
     if model.embeddings.has_linear:
-        w = model.embeddings.weights["linear"]
+        w = model.embeddings.store.weights["linear"]
         w.copy_(
             torch.randn(w.shape, generator=torch.Generator().manual_seed(5), dtype=w.dtype) * 0.3
         )
-        w[model.embeddings.null_mask] = 0.0
+        w[model.embeddings.store.null] = 0.0
     return model.double()
+
+
+def lookup(model, batch):
+    """The training lookup: the pooled ``SparseOut`` and the rows (autograd leaves) behind it."""
+    sparse = model.embeddings.lookup(batch)
+    return sparse, model.embeddings.rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,11 +73,8 @@ def _ref_loss(model, params, batch, t, positions, labels, emb, lin, copies):
     for pos in positions:
         fields, linear = _ref_fields(model, batch, t, pos, emb, lin, copies)
         dense = batch.dense[t, pos].double()
-        logit = functional_call(
-            model.dense_half,
-            params,
-            (fields[None], None if linear is None else linear[None], dense[None]),
-        )
+        sparse = SparseOut(fields=fields[None], lr=None if linear is None else linear[None])
+        logit = functional_call(model.dense_half, params, (sparse, dense[None]))
         losses.append(F.binary_cross_entropy_with_logits(logit[0], labels[t, pos]))
     return torch.stack(losses).mean()
 
@@ -143,10 +146,11 @@ def reference_outer_loss(model, emb, lin, batch, cfg, frozen=None):
 
 
 def _batched(model, batch, cfg, emb=None, lin=None):
-    rows = model.embeddings.lookup(batch.ids)
+    sparse, rows = lookup(model, batch)
     if emb is not None:
-        rows = Rows(emb, lin, rows.trainable)
-    loss, stats = outer_loss(model, rows, batch, cfg)
+        sparse = model.embeddings.pooling(emb, lin, batch.inverse)
+        rows = LookedUpRows(batch.ids, emb, lin)
+    loss, stats = outer_loss(model, sparse, batch, cfg)
     return loss, stats, rows
 
 
@@ -165,7 +169,7 @@ def test_batched_meta_gradient_equals_per_task_loop(arch, mode, adapt_mode, inne
     leaves = [rows.emb] + ([rows.linear] if rows.linear is not None else [])
     got = torch.autograd.grad(loss, params + leaves, allow_unused=True)
 
-    ref_rows = model.embeddings.lookup(batch.ids)
+    _, ref_rows = lookup(model, batch)
     ref = reference_outer_loss(model, ref_rows.emb, ref_rows.linear, batch, cfg)
     ref_leaves = [ref_rows.emb] + ([ref_rows.linear] if ref_rows.linear is not None else [])
     want = torch.autograd.grad(ref, params + ref_leaves, allow_unused=True)
@@ -187,7 +191,7 @@ def test_maml_differs_from_fomaml_and_conversion_label_masks_unknowns():
         cfg = MetaConfig(mode=mode, inner_steps=1, inner_lr=0.5, adapt="dense+emb")
         loss, _, rows = _batched(model, batch, cfg)
         grads[mode] = torch.autograd.grad(loss, [rows.emb, *model.dense_half.parameters()])
-        ref_rows = model.embeddings.lookup(batch.ids)
+        _, ref_rows = lookup(model, batch)
         ref = reference_outer_loss(model, ref_rows.emb, ref_rows.linear, batch, cfg)
         torch.testing.assert_close(loss, ref, rtol=1e-10, atol=1e-12)
     diff = max(
@@ -208,7 +212,7 @@ def test_meta_gradient_matches_finite_differences(mode, arch, adapt_mode):
     model = tiny_model(arch)
     batch = random_batch(LAYOUT, 3, seed=3)
     cfg = MetaConfig(mode=mode, inner_steps=2, inner_lr=0.3, adapt=adapt_mode)
-    base = model.embeddings.lookup(batch.ids)
+    _, base = lookup(model, batch)
     emb0 = base.emb.detach().clone().requires_grad_()  # leaves: the reference differentiates copies
     lin0 = None if base.linear is None else base.linear.detach().clone().requires_grad_()
 
@@ -246,8 +250,8 @@ def test_null_rows_never_adapt_and_padding_episodes_contribute_nothing():
     model = tiny_model("deepfm")
     batch = random_batch(LAYOUT, 4, seed=4)
     cfg = MetaConfig(mode="maml", inner_steps=2, inner_lr=0.5, adapt="dense+emb")
-    adapted = adapt(model, model.embeddings.lookup(batch.ids), batch, cfg)
-    null_pos = ~model.embeddings.lookup(batch.ids).trainable
+    adapted = adapt(model, model.embeddings.read(batch), batch, cfg)
+    null_pos = model.embeddings.is_null(batch.ids)
     tr, trm = batch.task_rows, batch.task_rows_mask
     is_null_row = null_pos[tr] | ~trm
     assert is_null_row.any()
@@ -271,9 +275,9 @@ def test_normalizer_scales_the_sum_over_episodes():
     model = tiny_model("melu")
     batch = random_batch(LAYOUT, 4, seed=6)
     cfg = MetaConfig(mode="fomaml")
-    rows = model.embeddings.lookup(batch.ids)
-    loss, stats = outer_loss(model, rows, batch, cfg)
-    loss12, _ = outer_loss(model, rows, batch, cfg, normalizer=12.0)
+    sparse = model.embeddings.lookup(batch)
+    loss, stats = outer_loss(model, sparse, batch, cfg)
+    loss12, _ = outer_loss(model, sparse, batch, cfg, normalizer=12.0)
     assert int(stats.episodes) == 3
     torch.testing.assert_close(loss12 * 12, loss * 3)
 
@@ -281,16 +285,16 @@ def test_normalizer_scales_the_sum_over_episodes():
 def test_plain_loss_is_the_per_episode_mean_over_support_and_query():
     model = tiny_model("dlrm")
     batch = random_batch(LAYOUT, 4, seed=7)
-    rows = model.embeddings.lookup(batch.ids)
-    loss, _stats = outer_loss(model, rows, batch, MetaConfig(mode="plain"))
-    logits = model(rows, batch.inverse, batch.dense.double())
+    sparse = model.embeddings.lookup(batch)
+    loss, _stats = outer_loss(model, sparse, batch, MetaConfig(mode="plain"))
+    logits = model(sparse, batch.dense.double())
     per = F.binary_cross_entropy_with_logits(logits, batch.click.double(), reduction="none")
     m = batch.sample_mask
     want = torch.stack([per[t][m[t]].mean() for t in range(4) if batch.episode_mask[t]]).mean()
     torch.testing.assert_close(loss, want)
     # predict() without adaptation = the model on query positions
     K = batch.k_support
-    torch.testing.assert_close(predict(model, rows, batch), logits[:, K:])
+    torch.testing.assert_close(predict(model, sparse, batch), logits[:, K:])
 
 
 @pytest.mark.parametrize("adapt_mode", ["head", "dense", "dense+emb"])
@@ -298,8 +302,8 @@ def test_predict_after_adapt_matches_per_task_finetuning(adapt_mode):
     model = tiny_model("wide_deep")
     batch = random_batch(LAYOUT, 4, seed=8)
     cfg = MetaConfig(mode="plain", inner_steps=2, inner_lr=0.4, adapt=adapt_mode)
-    rows = model.embeddings.lookup(batch.ids)
-    logits = predict(model, rows, batch, adapt(model, rows, batch, cfg))
+    sparse, rows = lookup(model, batch)
+    logits = predict(model, sparse, batch, adapt(model, sparse, batch, cfg))
     # The adapted query loss equals the reference's (FOMAML and MAML agree on the forward value).
     labels = batch.click.double()[:, batch.k_support :]
     per = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
@@ -354,19 +358,19 @@ def test_maml_learns_to_adapt_on_tasks_with_per_task_signal():
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(150):
         batch = task_batch(16, gen)
-        rows = model.embeddings.lookup(batch.ids)
-        loss, _ = outer_loss(model, rows, batch, meta)
+        sparse = model.embeddings.lookup(batch)
+        loss, _ = outer_loss(model, sparse, batch, meta)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        model.embeddings.apply_gradients(batch.ids, rows.grads(), lr=0.05)
+        model.embeddings.apply_gradients(lr=0.05)
 
     test = task_batch(256, torch.Generator().manual_seed(123))
-    rows = model.embeddings.lookup(test.ids)
+    sparse = model.embeddings.read(test)
     y = test.click[:, test.k_support :]
-    before = F.binary_cross_entropy_with_logits(predict(model, rows, test), y).item()
+    before = F.binary_cross_entropy_with_logits(predict(model, sparse, test), y).item()
     after = F.binary_cross_entropy_with_logits(
-        predict(model, rows, test, adapt(model, rows, test, meta)), y
+        predict(model, sparse, test, adapt(model, sparse, test, meta)), y
     ).item()
     assert after < before - 0.08, (before, after)
 
@@ -390,15 +394,14 @@ def test_optimizer_step_updates_dense_and_rows_and_configs_load():
     opt = build_optimizers(ocfg, model)
     batch = random_batch(LAYOUT, 4, seed=9)
     before = [p.detach().clone() for p in model.parameters()]
-    table = model.embeddings.weights["emb"].clone()
-    rows = model.embeddings.lookup(batch.ids)
-    loss, _ = outer_loss(model, rows, batch, meta)
+    table = model.embeddings.store.weights["emb"].clone()
+    loss, _ = outer_loss(model, model.embeddings.lookup(batch), batch, meta)
     loss.backward()
-    norm = opt.step(batch.ids, rows)
+    norm = opt.step()
     assert norm is not None and norm > 1e-3  # clipped
     assert all(p.grad is None for p in model.parameters())
     assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
-    changed = (model.embeddings.weights["emb"] != table).any(1)
+    changed = (model.embeddings.store.weights["emb"] != table).any(1)
     touched = torch.zeros_like(changed)
     touched[batch.ids] = True
     assert changed.any() and not (changed & ~touched).any()  # only looked-up rows move

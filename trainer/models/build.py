@@ -1,14 +1,14 @@
 """``ModelConfig`` and ``build_model``: one entry point for the model zoo.
 
     model = build_model(ModelConfig(arch="deepfm", embedding_dim=16, mlp=(256, 128)), layout)
-    rows = model.embeddings.lookup(batch.ids)                  # one lookup per step (VSI)
-    logits = model(rows, batch.inverse, batch.dense)           # (T, N)
+    sparse = model.embeddings.lookup(batch)                    # one lookup per step (VSI), pooled
+    logits = model(sparse, batch.dense)                        # (T, N)
 
-A :class:`RecModel` is the sparse half (``sparse_arch``: pooling, no parameters), the dense half
-(``dense_half``: every dense parameter, a pure ``forward(fields, linear, dense) -> logit``) and the
-injected embedding collection (``embeddings``, a plain attribute: not a submodule, so
-``model.parameters()`` are exactly the dense parameters that Adam updates, and a sharded or cached
-collection can be passed in instead).
+A :class:`RecModel` is the dense half (``dense_half``: every dense parameter, a pure
+``forward(sparse, dense) -> logit``) and the injected embedding collection (``embeddings``, a
+:class:`~trainer.sparse.EmbeddingCollection` held as a plain attribute: not a submodule, so
+``model.parameters()`` are exactly the dense parameters that Adam updates, and a sharded
+collection can be passed in instead). The collection owns the rows and the pooling.
 """
 
 from __future__ import annotations
@@ -19,18 +19,18 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from trainer.cache import CacheSpec
-from trainer.embeddings import EmbeddingCollection, Rows
-from trainer.models.common import Linear, SparseArch, SparseFeatures, lr_term
+from trainer.embeddings import PlainEmbeddingCollection
+from trainer.models.common import FieldLinear, Linear
 from trainer.models.deepfm import DeepFMDense
 from trainer.models.dlrm import DLRMDense
 from trainer.models.melu import MeLUDense
 from trainer.models.wide_deep import WideDeepDense
+from trainer.sparse import EmbeddingCollection, SparseOut
 
 ARCHS = ("dlrm", "deepfm", "wide_deep", "melu")
 LINEAR_ARCHS = ("deepfm", "wide_deep")
 """Architectures with first-order terms: their collection also holds the 1-wide linear table."""
-ADAPT_MODES = ("head", "dense", "dense+emb")
+ADAPT_SCOPES = ("head", "dense", "dense+emb")
 
 
 @dataclass
@@ -83,44 +83,33 @@ class ModelConfig:
 
 
 class RecModel(nn.Module):
-    """Sparse half + dense half + injected embeddings (see the module docstring)."""
+    """Dense half + injected embeddings (see the module docstring)."""
 
     def __init__(
-        self, cfg: ModelConfig, sparse_arch: SparseArch, dense_half: nn.Module, embeddings: Any
+        self, cfg: ModelConfig, dense_half: nn.Module, embeddings: EmbeddingCollection
     ) -> None:
         super().__init__()
         self.cfg = cfg
-        self.sparse_arch = sparse_arch
         self.dense_half = dense_half
         object.__setattr__(self, "embeddings", embeddings)  # never a submodule (see docstring)
 
-    def sparse_features(self, rows: Rows, inverse: Tensor) -> SparseFeatures:
-        """Pool ``rows`` (from ``embeddings.lookup(batch.ids)``) into fields for every sample.
+    def forward(self, sparse: SparseOut, dense: Tensor) -> Tensor:
+        """Logits ``(...,)`` for ``sparse`` (from ``embeddings.lookup``/``read``) and ``dense``
+        ``(..., Dn)``."""
+        return self.dense_half(sparse, dense)
 
-        Under DES (``rows.partials``) the substituted operators' per-sample results replace the
-        pooled rows: ``fields`` becomes a dict (see ``trainer/models/common.py``) and ``linear``
-        the owners' LR sums; rows are pooled only where they were still exchanged.
-        """
-        p = rows.partials
-        if p is None:
-            return self.sparse_arch(rows.emb, rows.linear, inverse)
-        fields = {k: p[k] for k in ("fm_sum", "fm_sq", "h1") if k in p}
-        if rows.emb.shape[0]:  # rows still exchanged for an operator that was not substituted
-            fields["fields"] = self.sparse_arch.pool(rows.emb, inverse)
-        linear = p.get("lr")
-        if linear is None and rows.linear is not None and rows.linear.shape[0]:
-            linear = lr_term(rows.linear, inverse)
-        return SparseFeatures(fields, linear)
-
-    def forward(self, rows: Rows, inverse: Tensor, dense: Tensor) -> Tensor:
-        """Logits ``(...,)`` for ``inverse`` ``(..., S)`` and ``dense`` ``(..., Dn)``."""
-        sf = self.sparse_features(rows, inverse)
-        return self.dense_half(sf.fields, sf.linear, dense)
+    def first_field_layer(self) -> tuple[str, Linear] | None:
+        """The first deep layer's field part (module name in ``dense_half`` and the layer), which
+        a collection may apply itself (``SparseOut.h1``); None for models without one (DLRM)."""
+        for name, module in self.dense_half.named_modules():
+            if isinstance(module, FieldLinear):
+                return f"{name}.from_fields", module.from_fields
+        return None
 
     def adapted_names(self, adapt: str) -> list[str]:
         """Dense parameter names that the inner loop adapts for ``adapt`` (``MetaConfig.adapt``)."""
-        if adapt not in ADAPT_MODES:
-            raise ValueError(f"adapt {adapt!r} is not one of {', '.join(ADAPT_MODES)}")
+        if adapt not in ADAPT_SCOPES:
+            raise ValueError(f"adapt {adapt!r} is not one of {', '.join(ADAPT_SCOPES)}")
         if adapt == "head":
             layers = self.dense_half.layer_names()[-self.cfg.head_layers :]
             return [name for layer in layers for name in layer]
@@ -142,31 +131,25 @@ class RecModel(nn.Module):
 
 
 def build_embeddings(
-    cfg: ModelConfig,
-    layout: Any,
-    *,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    cache: CacheSpec | None = None,
-) -> EmbeddingCollection:
-    """The plain (single-process) collection for ``cfg`` over ``layout``'s stacked tables;
-    ``cache``: MixCache settings (``build_sharding_plan(layout, 1, cfg, parallel).cache_spec(0)``)."""
-    return EmbeddingCollection(
+    cfg: ModelConfig, layout: Any, *, seed: int = 0, device: torch.device | str | None = None
+) -> PlainEmbeddingCollection:
+    """The plain (single-process, uncached) collection for ``cfg`` over ``layout``'s tables."""
+    return PlainEmbeddingCollection(
         layout.table_offsets,
         layout.total_rows,
         cfg.embedding_dim,
+        layout.slot_feature,
         linear=cfg.arch in LINEAR_ARCHS,
         init_std=cfg.embedding_init_std,
         seed=seed,
         device=device,
-        cache=cache,
     )
 
 
 def build_model(
     cfg: ModelConfig,
     layout: Any,
-    embeddings: Any | None = None,
+    embeddings: EmbeddingCollection | None = None,
     *,
     seed: int = 0,
     device: torch.device | str | None = None,
@@ -174,8 +157,8 @@ def build_model(
     """Build ``cfg.arch`` for a ``FeatureLayout`` (``slot_feature``, ``table_offsets``,
     ``total_rows``, ``dense_width``).
 
-    ``embeddings``: the collection to inject (default: a plain :class:`EmbeddingCollection` seeded
-    with ``seed + 1``). Dense parameters are initialised from ``seed`` without touching the global
+    ``embeddings``: the collection to inject (default: a plain collection seeded with
+    ``seed + 1``). Dense parameters are initialised from ``seed`` without touching the global
     RNG state.
 
     Raises:
@@ -216,6 +199,10 @@ def build_model(
             dense_half = WideDeepDense(num_fields, d, dense_width, cfg.mlp)
         else:
             dense_half = MeLUDense(num_fields, d, dense_width, cfg.mlp)
-    sparse_arch = SparseArch(layout.slot_feature, num_fields)
-    model = RecModel(cfg, sparse_arch, dense_half, embeddings)
+    if embeddings.pooling.num_fields != num_fields:
+        raise ValueError(
+            f"the embedding collection pools {embeddings.pooling.num_fields} fields, the feature "
+            f"layout has {num_fields}"
+        )
+    model = RecModel(cfg, dense_half, embeddings)
     return model.to(device=embeddings.device, dtype=embeddings.dtype)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from trainer.models.common import MLP
+from trainer.sparse import SparseOut
 
 
 class DotInteraction(nn.Module):
@@ -34,7 +35,7 @@ class DotInteraction(nn.Module):
 
 
 class DLRMDense(nn.Module):
-    """The dense half of DLRM: ``forward(fields, linear, dense) -> logit`` (``linear`` unused)."""
+    """The dense half of DLRM: ``forward(sparse, dense) -> logit`` (reads the pooled fields)."""
 
     def __init__(
         self, num_fields: int, dim: int, dense_width: int, bottom: Sequence[int], top: Sequence[int]
@@ -46,7 +47,8 @@ class DLRMDense(nn.Module):
         over_in = self.interaction_arch.num_outputs + (dim if dense_width else 0)
         self.over_arch = MLP(over_in, [*top, 1])
 
-    def forward(self, fields: Tensor, linear: Tensor | None, dense: Tensor) -> Tensor:
+    def forward(self, sparse: SparseOut, dense: Tensor) -> Tensor:
+        fields = sparse.pooled()
         if self.dense_arch is None:
             return self.over_arch(self.interaction_arch(fields)).squeeze(-1)
         d = self.dense_arch(dense)

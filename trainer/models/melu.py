@@ -10,17 +10,18 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from trainer.models.common import DeepTower
+from trainer.sparse import SparseOut
 
 
 class MeLUDense(nn.Module):
-    """The dense half of MeLU: ``forward(fields, linear, dense) -> logit`` (``linear`` unused)."""
+    """The dense half of MeLU: ``forward(sparse, dense) -> logit``."""
 
     def __init__(self, num_fields: int, dim: int, dense_width: int, sizes: Sequence[int]) -> None:
         super().__init__()
         self.decision = DeepTower(num_fields, dim, dense_width, sizes)
 
-    def forward(self, fields: Tensor, linear: Tensor | None, dense: Tensor) -> Tensor:
-        return self.decision(fields, dense)
+    def forward(self, sparse: SparseOut, dense: Tensor) -> Tensor:
+        return self.decision(sparse, dense)
 
     def layer_names(self) -> list[list[str]]:
         return self.decision.layer_names("decision")

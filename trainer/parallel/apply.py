@@ -13,9 +13,9 @@ replicated.
   here and kept identical by the summed gradients (``env.reduce_dense_grads``) and the same Adam;
 - ``cfg.cache.enabled``: each shard lives in host memory behind a device cache (MixCache,
   ``trainer/cache.py``), per-table settings from the plan;
-- ``cfg.des != "off"``: ``model.embeddings`` becomes a :class:`~trainer.parallel.des.DESEmbeddings`
-  over the shard (owners compute the LR / FM / first-layer partial results); its step needs
-  ``lookup(ids, inverse)`` and a ``backward(rows)`` after ``loss.backward()``.
+- ``cfg.des != "off"``: the collection substitutes operators with DES
+  (:class:`~trainer.parallel.des.DESExchange`: the owners compute the LR / FM / first-layer partial
+  sums), told here which parameter is the first layer's field weight; the step is unchanged.
 
 Seeds follow ``build_model``: dense layers from ``seed``, embedding rows from ``seed + 1``, so a
 sharded model starts exactly where the single-process one does, at any world size.
@@ -29,8 +29,9 @@ from typing import Any
 import torch
 
 from trainer.models.build import ModelConfig, RecModel, build_model
+from trainer.parallel import des_plan
 from trainer.parallel.dense_sync import broadcast_parameters
-from trainer.parallel.des import DESEmbeddings
+from trainer.parallel.des import DESExchange
 from trainer.parallel.env import ParallelEnv
 from trainer.parallel.plan import ParallelConfig, ShardingPlan, build_sharding_plan
 from trainer.parallel.sharded_embeddings import ShardedEmbeddingCollection
@@ -42,6 +43,7 @@ def build_sharded_embeddings(
     model: ModelConfig,
     plan: ShardingPlan,
     env: ParallelEnv,
+    layout: Any,
     *,
     seed: int = 1,
     dtype: torch.dtype = torch.float32,
@@ -54,6 +56,7 @@ def build_sharded_embeddings(
     return ShardedEmbeddingCollection(
         plan,
         env.comm,
+        layout.slot_feature,
         init_std=model.embedding_init_std,
         seed=seed,
         device=env.device,
@@ -84,9 +87,32 @@ def build_parallel_model(
     plan = build_sharding_plan(layout, env.world_size, model, cfg, dtype)
     if env.is_main:
         log.info("embedding placement:\n%s", plan)
-    embeddings = build_sharded_embeddings(model, plan, env, seed=seed + 1, dtype=dtype)
+    embeddings = build_sharded_embeddings(model, plan, env, layout, seed=seed + 1, dtype=dtype)
     net = build_model(model, layout, embeddings=embeddings, seed=seed)
     broadcast_parameters(net, env.comm)
     if plan.des != "off":
-        object.__setattr__(net, "embeddings", DESEmbeddings(embeddings, net, plan.des, meta))
+        embeddings.use_des(build_des(net, embeddings, plan.des, meta))
     return net, plan
+
+
+def build_des(
+    net: RecModel,
+    coll: ShardedEmbeddingCollection,
+    mode: str | tuple[str, ...],
+    meta: Any | None,
+) -> DESExchange:
+    """DES over ``coll`` for ``net`` under ``mode`` (``on``, ``auto`` or a tuple of operators) and
+    the training's ``meta`` (what its inner loop adapts; None: plain training).
+
+    Raises:
+        ValueError: ``mode`` asks for an operator that cannot apply (``des_plan.check_on``).
+    """
+    first = net.first_field_layer()
+    if net.cfg.arch not in des_plan.APPLICABLE or not des_plan.APPLICABLE[net.cfg.arch]:
+        first = None  # DLRM: no operator applies
+    shape = None if first is None else (first[0], int(first[1].weight.shape[1]))
+    spec = des_plan.describe_model(net.cfg.arch, coll.plan, coll.pooling.slots_per_field(), shape)
+    adapted = net.adapted_layers(meta.adapt) if meta is not None else []
+    allowed = des_plan.admissible(spec, meta, adapted)
+    weight = None if first is None else first[1].weight
+    return DESExchange(coll, spec, mode, allowed, weight)

@@ -1,8 +1,8 @@
 """Which operators distributed equivalent substitution (DES) applies to, what each costs on the
 wire, and which to substitute (``ParallelConfig.des``). Pure data and arithmetic: no processes.
 
-Operators (``trainer/models/common.py`` names them; the owner of a row computes them over the rows
-it holds, for every requesting rank's samples)::
+Operators (the fields of :class:`trainer.sparse.SparseOut`; the owner of a row computes them over
+the rows it holds, for every requesting rank's samples)::
 
     operator  model term                                   partial result per sample and owner
     lr        sum of the 1-wide rows of all slots          1 float   (LR / wide part)
@@ -51,16 +51,17 @@ they read) adapt only in the OUTER loop: the inner loop runs on the requesting r
 only the partial results. So ``meta.adapt = "dense+emb"`` (task-local copies of rows) is refused
 with any operator, and a first-layer substitution needs ``adapt = "head"`` with ``head_layers``
 not reaching the first layer (``dense`` adapts it). ``on`` raises a ``ValueError`` for such a
-setting; ``auto`` leaves the operator out.
+setting; ``auto`` leaves the operator out. These rules concern training only: evaluation looks
+the rows up without substitution (``ShardedEmbeddingCollection.read``), so every ``eval.adapt``
+works under DES.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from trainer.models.common import FieldLinear
 
 OPERATORS = ("lr", "fm", "first")
 APPLICABLE = {
@@ -84,7 +85,7 @@ class DESModel:
     """Width of the first deep layer (0: no such layer)."""
     linear: bool
     first_layer: str | None
-    """Module name (in the dense half) of the first layer's field part, e.g. ``deep.first.fields``."""
+    """Module name (in the dense half) of the first layer's field part, e.g. ``deep.first.from_fields``."""
     split_fields: tuple[int, ...]
     """Multi-slot row-wise fields: their FM term needs the per-owner partial embedding."""
 
@@ -108,30 +109,33 @@ class DESModel:
         return tables
 
 
-def describe_model(model: Any, plan: Any) -> DESModel:
-    """:class:`DESModel` of a ``RecModel`` under a ``ShardingPlan``."""
-    firsts = [(n, m) for n, m in model.dense_half.named_modules() if isinstance(m, FieldLinear)]
-    first_layer, hidden = None, 0
-    if firsts and model.cfg.arch in ("deepfm", "wide_deep", "melu"):
-        name, module = firsts[0]
-        first_layer, hidden = f"{name}.fields", int(module.fields.weight.shape[1])
-    slot_feature = model.sparse_arch.pool_matrix.argmax(1).tolist()
-    slots = [slot_feature.count(f) for f in range(len(plan.tables))]
-    split = tuple(f for f, t in enumerate(plan.tables) if slots[f] > 1 and t.sharding == "row_wise")
+def describe_model(
+    arch: str, plan: Any, slots_per_field: Sequence[int], first_layer: tuple[str, int] | None
+) -> DESModel:
+    """:class:`DESModel` of a model of ``arch`` under a ``ShardingPlan``; ``first_layer``: the
+    module name and width of the first deep layer's field part (``RecModel.first_field_layer``),
+    None when the model has none."""
+    name, hidden = first_layer if first_layer is not None else (None, 0)
+    split = tuple(
+        f for f, t in enumerate(plan.tables) if slots_per_field[f] > 1 and t.sharding == "row_wise"
+    )
     return DESModel(
-        arch=model.cfg.arch,
+        arch=arch,
         dim=plan.dim,
         num_fields=len(plan.tables),
         hidden=hidden,
         linear=plan.linear,
-        first_layer=first_layer,
+        first_layer=name,
         split_fields=split,
     )
 
 
-def admissible(model: Any, des: DESModel, meta: Any | None) -> tuple[tuple[str, ...], list[str]]:
-    """Operators DES may substitute under ``meta`` (a ``MetaConfig``; None: plain training), and
-    the reasons for each one left out."""
+def admissible(
+    des: DESModel, meta: Any | None, adapted_layers: Sequence[str]
+) -> tuple[tuple[str, ...], list[str]]:
+    """Operators DES may substitute under ``meta`` (a ``MetaConfig``; None: plain training) whose
+    inner loop adapts ``adapted_layers`` (``RecModel.adapted_layers(meta.adapt)``), and the
+    reasons for each one left out."""
     ops, why = list(APPLICABLE[des.arch]), []
     meta_on = meta is not None and meta.mode != "plain"
     if not ops:
@@ -139,7 +143,7 @@ def admissible(model: Any, des: DESModel, meta: Any | None) -> tuple[tuple[str, 
     if meta_on and meta.adapt == "dense+emb" and ops:
         why.append("meta.adapt='dense+emb' adapts task-local copies of the rows on the requester")
         ops = []
-    if meta_on and "first" in ops and des.first_layer in model.adapted_layers(meta.adapt):
+    if meta_on and "first" in ops and des.first_layer in adapted_layers:
         why.append(
             f"meta.adapt={meta.adapt!r} adapts the first layer ({des.first_layer}), whose field "
             "weights DES multiplies on the owners"
@@ -148,9 +152,10 @@ def admissible(model: Any, des: DESModel, meta: Any | None) -> tuple[tuple[str, 
     return tuple(ops), why
 
 
-def check_on(model: Any, des: DESModel, meta: Any | None) -> tuple[str, ...]:
-    """The operators ``des = "on"`` substitutes: all that apply, or a ``ValueError``."""
-    ops, why = admissible(model, des, meta)
+def check_on(des: DESModel, allowed: tuple[tuple[str, ...], list[str]]) -> tuple[str, ...]:
+    """The operators ``des = "on"`` substitutes: all that apply (``allowed``: the result of
+    :func:`admissible`), or a ``ValueError``."""
+    ops, why = allowed
     if ops != APPLICABLE[des.arch] or not ops:
         raise ValueError(
             f"parallel.des='on' cannot substitute every operator of {des.arch}: {'; '.join(why)}. "

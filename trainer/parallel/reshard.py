@@ -1,8 +1,8 @@
 """Convert embedding state between a full table and per-rank shards, and between world sizes.
 
 Shards are those of :meth:`ShardedEmbeddingCollection.state_dict` (local rows in local-row order,
-plus the plan as JSON); a full table is a plain :class:`~trainer.embeddings.EmbeddingCollection`
-``state_dict`` (``emb.weight`` ``(total_rows, dim)``, ``linear.weight``, ``*.adagrad_sum``,
+plus the plan as JSON); a full table is a plain
+:class:`~trainer.embeddings.PlainEmbeddingCollection` ``state_dict`` (``emb.weight`` ``(total_rows, dim)``, ``linear.weight``, ``*.adagrad_sum``,
 ``null_mask``). Pure tensor work, no process group::
 
     full = merge_shards(old_shards)                   # e.g. to export a sharded run's table
@@ -10,7 +10,8 @@ plus the plan as JSON); a full table is a plain :class:`~trainer.embeddings.Embe
     coll.load_state_dict(new[rank])
 
 A rank can also load a full table directly (``ShardedEmbeddingCollection.load_state_dict`` takes
-its rows with :func:`shard_of_full`), which is how a single-process run warm-starts a sharded one.
+its rows with ``sharded_embeddings.shard_of_full``), which is how a single-process run warm-starts a
+sharded one.
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ from typing import Any
 from torch import Tensor
 
 from trainer.parallel.plan import ShardingPlan
-from trainer.parallel.sharded_embeddings import PLAN_KEY, shard_metadata
-
-_ROW_KEYS = ("emb.weight", "linear.weight", "emb.adagrad_sum", "linear.adagrad_sum", "null_mask")
+from trainer.parallel.sharded_embeddings import PLAN_KEY, ROW_KEYS, shard_of_full
 
 
 def plan_of(shard: dict[str, Any]) -> ShardingPlan:
@@ -54,7 +53,7 @@ def merge_shards(shards: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
                 f"expected rank {r} of plan {plan.fingerprint} (all shards of one checkpoint, in "
                 "rank order)"
             )
-    keys = [k for k in _ROW_KEYS if k in shards[0]]
+    keys = [k for k in ROW_KEYS if k in shards[0]]
     full: dict[str, Tensor] = {}
     for key in keys:
         first = shards[0][key]
@@ -64,26 +63,6 @@ def merge_shards(shards: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
         for key in keys:
             full[key][ids] = shard[key].to(full[key].device)
     return full
-
-
-def shard_of_full(plan: ShardingPlan, rank: int, full: dict[str, Any]) -> dict[str, Any]:
-    """Rank ``rank``'s shard of a full table under ``plan``.
-
-    Raises:
-        ValueError: the table's row count is not the plan's.
-    """
-    rows = full["emb.weight"].shape[0]
-    if rows != plan.total_rows or full["emb.weight"].shape[1] != plan.dim:
-        raise ValueError(
-            f"the embedding table is {tuple(full['emb.weight'].shape)}, the sharding plan expects "
-            f"({plan.total_rows}, {plan.dim}): built for another feature layout or embedding_dim"
-        )
-    ids = plan.owned_ids(rank)
-    out: dict[str, Any] = {
-        k: full[k].index_select(0, ids.to(full[k].device)).clone() for k in _ROW_KEYS if k in full
-    }
-    out.update(shard_metadata(plan, rank))
-    return out
 
 
 def reshard_states(shards: Sequence[dict[str, Any]], plan: ShardingPlan) -> list[dict[str, Any]]:

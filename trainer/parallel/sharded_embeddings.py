@@ -1,55 +1,60 @@
-"""Row-sharded embedding collection: the same interface as :class:`trainer.embeddings.EmbeddingCollection`
-(``lookup``/``apply_gradients``/``state_dict``), with each rank holding the rows a
-:class:`~trainer.parallel.plan.ShardingPlan` gives it, so models and meta learning do not change.
+"""Row-sharded embedding collection: the :class:`~trainer.sparse.EmbeddingCollection` of every
+configuration except the plain reference (several ranks, MixCache, DES; world size 1 included).
+Each rank holds the rows a :class:`~trainer.parallel.plan.ShardingPlan` gives it.
 
-One step, on every rank at once (``ids``: the rank's sorted unique ids, VSI)::
+One step, on every rank at once (``batch.ids``: the rank's sorted unique ids, VSI)::
 
-    rows = coll.lookup(batch.ids)
+    sparse = coll.lookup(batch)
         owner, local = plan.locate(ids); sort by owner          # requests grouped by destination
         exchange_counts(per-owner counts)                      # "splits": W int64
         all_to_all(local rows, int32)                          # "ids":   requests to the owners
         all_to_all(owner's [emb | linear] of those rows)       # "rows":  ONE exchange for both tables
-        -> Rows(emb, linear, trainable) as autograd leaves, in ``ids`` order
+        -> rows as autograd leaves (ids order), pooled into SparseOut
     ...outer_loss(...).backward()...
-    coll.apply_gradients(batch.ids, rows.grads(), lr)
+    coll.apply_gradients(lr)
         all_to_all([d emb | d linear] in the same order)       # "grads": back to the owners
         owner: unique(requested rows) + index_add (duplicates from different ranks summed), then
         row-wise Adagrad exactly as the plain collection (null rows never move)
 
-The routing of the last ``lookup`` is kept for ``apply_gradients`` (same ids, same split sizes: no
-second count exchange). Every rank must call ``lookup`` and ``apply_gradients`` the same number of
-times (they are collectives); ids need not be unique (without VSI every occurrence travels and the
-owner sums the duplicates, which is how the bytes saved by VSI are measured).
+The routing of the last ``lookup`` is kept for ``apply_gradients`` (same split sizes: no second
+count exchange). Every rank must call ``lookup`` and ``apply_gradients`` the same number of times
+(they are collectives); ids need not be unique (without VSI every occurrence travels and the owner
+sums the duplicates, which is how the bytes saved by VSI are measured). ``read`` (evaluation) is
+the same exchange without gradients.
 
-Initialisation equals the plain collection's bit for bit at every world size: every rank replays the
-same seeded normal stream over the full table in chunks (at most ``_INIT_CHUNK_ROWS`` rows in memory)
-and keeps its own rows.
+Storage: a :class:`~trainer.embeddings.DeviceRows` or, with ``cache=plan.cache_spec(rank)``, a
+:class:`~trainer.cache.CachedRows` (the shard in a host store behind a device cache), chosen once
+in the constructor. Initialisation equals the plain collection's bit for bit at every world size:
+every rank replays the same seeded normal stream over the full table in chunks and keeps its rows.
+The rows a rank serves are the rows the other ranks requested, known only after the ids exchange,
+so ``prefetch(next_batch)`` runs the NEXT step's count and ids exchanges (a collective) and stages
+those rows while this step computes; the next ``lookup`` reuses that routing.
 
-MixCache (``cache=plan.cache_spec(rank)``): the shard's rows and Adagrad state live in a host store
-and the tables are views of the device cache, indexed by slot (see ``trainer/cache.py``). The rows a
-rank serves in a step are the rows the other ranks requested, known only after the ids exchange, so
-``prefetch(next_ids)`` runs the NEXT step's count and ids exchanges (a collective: every rank calls
-it, with the reader's next batch) and stages those rows while this step computes; the next
-``lookup`` reuses that routing instead of exchanging the ids again.
+DES (``use_des``, :mod:`trainer.parallel.des`): the owners compute the substituted operators'
+partial sums and ``lookup`` returns them in the :class:`~trainer.sparse.SparseOut`; their return
+trip is an ``autograd.Function``, so ``loss.backward()`` carries the gradients to the owners and
+``apply_gradients`` updates the owners' rows without another exchange.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-from trainer.cache import CacheSpec, HostStore, MixCache, build_store_columns
-from trainer.embeddings import Rows, draw_initial_rows
+from trainer.cache import CachedRows, CacheSpec
+from trainer.embeddings import DeviceRows
 from trainer.parallel.comm import Collectives
 from trainer.parallel.plan import ShardingPlan
+from trainer.sparse import Batch, LookedUpRows, Pooling, SparseOut
 
-_INIT_CHUNK_ROWS = 1 << 16
-"""Rows drawn per chunk; a multiple of 16, so chunked draws reproduce one full draw (CPU normal_
-fills 16 values at a time)."""
 PLAN_KEY = "sharding.plan"
+ROW_KEYS = ("emb.weight", "linear.weight", "emb.adagrad_sum", "linear.adagrad_sum", "null_mask")
+"""The per-row tensors of a collection's state (a full table's or a shard's)."""
 
 
 def shard_metadata(plan: ShardingPlan, rank: int) -> dict[str, str | int]:
@@ -63,9 +68,51 @@ def shard_metadata(plan: ShardingPlan, rank: int) -> dict[str, str | int]:
     }
 
 
+def shard_of_full(plan: ShardingPlan, rank: int, full: dict[str, Any]) -> dict[str, Any]:
+    """Rank ``rank``'s shard of a full table under ``plan``.
+
+    Raises:
+        ValueError: the table's row count is not the plan's.
+    """
+    rows = full["emb.weight"].shape[0]
+    if rows != plan.total_rows or full["emb.weight"].shape[1] != plan.dim:
+        raise ValueError(
+            f"the embedding table is {tuple(full['emb.weight'].shape)}, the sharding plan expects "
+            f"({plan.total_rows}, {plan.dim}): built for another feature layout or embedding_dim"
+        )
+    ids = plan.owned_ids(rank)
+    out: dict[str, Any] = {
+        k: full[k].index_select(0, ids.to(full[k].device)).clone() for k in ROW_KEYS if k in full
+    }
+    out.update(shard_metadata(plan, rank))
+    return out
+
+
+class Substitution(Protocol):
+    """What the collection calls on DES (``trainer.parallel.des.DESExchange``, built over it)."""
+
+    ops: tuple[str, ...] | None
+
+    def lookup(self, batch: Batch) -> SparseOut | None:
+        """The substituted operators' results, or None for a step on the row exchange."""
+        ...
+
+    def prefetch(self, batch: Batch) -> bool:
+        """Stage the next DES step (True), or False when steps use the row exchange."""
+        ...
+
+    def take_owner_gradients(self) -> tuple[Tensor, Tensor]:
+        """This owner's rows of the last DES step and their packed gradients."""
+        ...
+
+    def owner_gradients(self) -> tuple[Tensor, Tensor] | None: ...
+
+    def metrics(self) -> dict[str, float | str]: ...
+
+
 @dataclass
 class _Route:
-    """How the last lookup's ids were sent: kept for the gradients' trip back."""
+    """How a lookup's ids were sent: kept for the gradients' trip back."""
 
     ids: Tensor
     order: Tensor
@@ -73,19 +120,22 @@ class _Route:
     recv: list[int]
     requested: Tensor
     """Local rows the other ranks asked this rank for (int64, grouped by source rank)."""
-    unique: Tensor | None = None
-    """``unique(requested)`` and its inverse (the rows this rank serves; a cache step)."""
-    inverse: Tensor | None = None
+    unique: Tensor
+    """``unique(requested)`` and its inverse: the rows this rank serves (one store read)."""
+    inverse: Tensor
 
 
 class ShardedEmbeddingCollection:
-    """This rank's shard of the stacked table (+ linear table) and its row-wise Adagrad state.
+    """This rank's shard of the stacked table (+ linear table), its row-wise Adagrad state and the
+    pooling (see the module docstring).
 
     Args:
         plan: the placement of every table (``plan.world_size`` must equal ``comm.world_size``).
         comm: the collectives of this rank (counted).
-        init_std, adagrad_eps, seed: as :class:`~trainer.embeddings.EmbeddingCollection`; the same
-            ``seed`` gives the same rows as the plain collection.
+        slot_feature: feature of each slot (``FeatureLayout.slot_feature``; default: one slot per
+            feature).
+        init_std, adagrad_eps, seed: as :class:`~trainer.embeddings.PlainEmbeddingCollection`; the
+            same ``seed`` gives the same rows as the plain collection.
         device, dtype: where the shard and its state live (with a cache: the device cache).
         cache: keep the shard in a host store behind a device cache (``plan.cache_spec(rank)``).
     """
@@ -94,6 +144,7 @@ class ShardedEmbeddingCollection:
         self,
         plan: ShardingPlan,
         comm: Collectives,
+        slot_feature: Sequence[int] | Tensor | None = None,
         *,
         init_std: float = 0.01,
         adagrad_eps: float = 1e-8,
@@ -111,89 +162,69 @@ class ShardedEmbeddingCollection:
                 f"need init_std >= 0 and adagrad_eps > 0, got {init_std=} {adagrad_eps=}"
             )
         self.plan, self.comm, self.rank = plan, comm, comm.rank
-        self.dim, self.total_rows, self.adagrad_eps = plan.dim, plan.total_rows, adagrad_eps
+        self.dim, self.total_rows = plan.dim, plan.total_rows
         owned = plan.owned_ids(self.rank)
         # int32 requests halve the id bytes on the wire while every shard has < 2**31 rows.
         self._id_dtype = torch.int32 if max(plan.rows_per_rank) < 2**31 else torch.int64
+        kw = dict(
+            linear=plan.linear, init_std=init_std, seed=seed, adagrad_eps=adagrad_eps,
+            device=device, dtype=dtype,
+        )  # fmt: skip
+        null = plan.is_null(owned)
+        self.store: DeviceRows | CachedRows = (
+            DeviceRows(owned, null, plan.total_rows, plan.dim, **kw)
+            if cache is None
+            else CachedRows(cache, owned, null, plan.total_rows, plan.dim, **kw)
+        )
+        sf = range(len(plan.tables)) if slot_feature is None else slot_feature
+        self.pooling = Pooling(sf, len(plan.tables)).to(self.device)
+        self.des: Substitution | None = None
+        """DES over this shard (:meth:`use_des`); None: every step exchanges rows."""
+        self.rows: LookedUpRows | None = None
+        """The last row-exchange lookup's leaves, until :meth:`apply_gradients`."""
         self._route: _Route | None = None
         self._next: _Route | None = None
-        self.cache: MixCache | None = None
-        null = plan.is_null(owned)
-        if cache is not None:
-            self._init_cached(cache, owned, null, init_std, seed, device, dtype)
-            return
-        emb = _draw_rows(owned, plan.total_rows, plan.dim, init_std, seed, dtype)
-        emb[null] = 0.0
-        self.weights: dict[str, Tensor] = {"emb": emb.to(device)}
-        if plan.linear:
-            self.weights["linear"] = torch.zeros(len(owned), 1, dtype=dtype, device=device)
-        self.accum = {k: torch.zeros(len(owned), dtype=dtype, device=device) for k in self.weights}
-        self.null_mask = null.to(device)
+        self._des_step = False
 
-    def _init_cached(
-        self,
-        spec: CacheSpec,
-        owned: Tensor,
-        null: Tensor,
-        init_std: float,
-        seed: int,
-        device: torch.device | str | None,
-        dtype: torch.dtype,
-    ) -> None:
-        """The shard in a host store (drawn chunk by chunk), the tables as cache views."""
-        dev = torch.device(device or "cpu")
-        columns = build_store_columns(self.dim, self.plan.linear)
-        store = HostStore(len(owned), columns, dtype, path=spec.mmap_path, pin=dev.type == "cuda")
-        store.data.zero_()
-        draw_initial_rows(store.column("emb.weight"), owned, self.plan.total_rows, init_std, seed)
-        store.column("emb.weight")[null] = 0.0
-        self.cache = MixCache(store, spec, null.nonzero().squeeze(1), dev)
-        names = ["emb", "linear"] if self.plan.linear else ["emb"]
-        self.weights = {k: self.cache.table(f"{k}.weight") for k in names}
-        self.accum = {k: self.cache.table(f"{k}.adagrad_sum") for k in names}
-        self.null_mask = self.cache.null  # per slot
-        self._null_rows = null
+    def use_des(self, des: Substitution) -> None:
+        """Substitute operators with DES from the next lookup on (``des`` is built over ``self``)."""
+        self.des = des
 
     @property
     def has_linear(self) -> bool:
-        return "linear" in self.weights
+        return "linear" in self.store.tables
 
     @property
     def device(self) -> torch.device:
-        return self.weights["emb"].device
+        return self.store.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.weights["emb"].dtype
-
-    @property
-    def local_rows(self) -> int:
-        """Rows of this rank's shard."""
-        return int(self.weights["emb"].shape[0])
+        return self.store.dtype
 
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> ShardedEmbeddingCollection:
         """Move the shard and its state (``dtype`` applies to floating tensors); returns ``self``."""
-        if self.cache is not None:
-            if (device is None or torch.device(device) == self.device) and dtype in (
-                None,
-                self.dtype,
-            ):
-                return self
-            raise ValueError("a cached collection is placed when built (device=, dtype=)")
-        self.weights = {k: v.to(device=device, dtype=dtype) for k, v in self.weights.items()}
-        self.accum = {k: v.to(device=device, dtype=dtype) for k, v in self.accum.items()}
-        self.null_mask = self.null_mask.to(device)
+        self.store.to(device, dtype)
+        self.pooling.to(device)
         return self
 
+    def is_null(self, ids: Tensor) -> Tensor:
+        return self.plan.is_null(ids.to(self.device))
+
     # --------------------------------------------------------------------------------- lookup
-    @torch.no_grad()
-    def lookup(self, ids: Tensor) -> Rows:
-        """Rows of ``ids`` (global ids, normally sorted unique) from their owners, as fresh leaves
-        that require grad. A collective: every rank calls it once per step."""
-        comm, dim = self.comm, self.dim
-        ids = ids.to(self.device)
+    def lookup(self, batch: Batch) -> SparseOut:
+        """Training lookup (a collective: every rank calls it once per step): DES's partial sums
+        when DES substitutes operators on this step, else the rows of ``batch.ids`` from their
+        owners as fresh leaves, pooled."""
+        self._des_step = False
+        if self.des is not None:
+            sparse = self.des.lookup(batch)
+            if sparse is not None:
+                self._des_step = True
+                return sparse
+        ids = batch.ids.to(self.device)
         route, self._next = self._next, None
         if route is not None and not (ids.shape == route.ids.shape and torch.equal(ids, route.ids)):
             raise ValueError(
@@ -201,14 +232,33 @@ class ShardedEmbeddingCollection:
                 "batch's ids (the routing of the next step is exchanged ahead, by every rank)"
             )
         route = route or self._exchange_ids(ids)
-        served = self.serve(route)
-        got = comm.all_to_all(served, route.recv, route.send, "rows")
+        with torch.no_grad():
+            got = self._fetch(route)
+        self._route = route
+        emb = got[:, : self.dim].contiguous().requires_grad_()
+        lin = got[:, self.dim :].contiguous().requires_grad_() if self.has_linear else None
+        self.rows = LookedUpRows(ids, emb, lin)
+        return self.pooling(emb, lin, batch.inverse.to(self.device))
+
+    @torch.no_grad()
+    def read(self, batch: Batch) -> SparseOut:
+        """Evaluation lookup: the row exchange (never DES: exact, whatever is adapted) without
+        gradients. A collective."""
+        if self._next is not None:
+            raise ValueError("read between prefetch and its lookup: prefetch no batch before it")
+        got = self._fetch(self._exchange_ids(batch.ids.to(self.device)))
+        lin = got[:, self.dim :] if self.has_linear else None
+        return self.pooling(got[:, : self.dim], lin, batch.inverse.to(self.device))
+
+    def _fetch(self, route: _Route) -> Tensor:
+        """Packed ``[emb | linear]`` rows of ``route.ids`` from their owners (one AlltoAll)."""
+        got = self.store.read(route.unique)  # one cache step when the shard is cached
+        served = torch.cat(list(got.values()), 1) if len(got) > 1 else got["emb"]
+        served = served.index_select(0, route.inverse)
+        got = self.comm.all_to_all(served, route.recv, route.send, "rows")
         rows = torch.empty_like(got)
         rows[route.order] = got
-        self._route = route
-        emb = rows[:, :dim].contiguous().requires_grad_()
-        lin = rows[:, dim:].contiguous().requires_grad_() if self.has_linear else None
-        return Rows(emb, lin, ~self.plan.is_null(ids))
+        return rows
 
     def _exchange_ids(self, ids: Tensor) -> _Route:
         """Counts and ids to the owners: what each rank will serve (two collectives)."""
@@ -220,123 +270,82 @@ class ShardedEmbeddingCollection:
         send = send_t.tolist()
         wanted = local.index_select(0, order).to(self._id_dtype)
         requested = comm.all_to_all(wanted, send, recv, "ids").long()
-        return _Route(ids, order, send, recv, requested)
+        unique, inverse = torch.unique(requested, return_inverse=True)
+        return _Route(ids, order, send, recv, requested, unique, inverse)
 
-    def serve(self, route: _Route) -> Tensor:
-        """Packed ``[emb | linear]`` values of the rows requested in ``route`` (one cache step)."""
-        if self.cache is None:
-            return self._gather(route.requested)
-        if route.unique is None:
-            route.unique, route.inverse = torch.unique(route.requested, return_inverse=True)
-        return self._gather(self.cache.lookup(route.unique).index_select(0, route.inverse))
-
-    def read_local(self, rows: Tensor) -> Tensor:
-        """Packed ``[emb | linear]`` values of this step's unique local ``rows`` (one cache step;
-        for owner-side computations such as DES). No communication."""
-        return self._gather(rows if self.cache is None else self.cache.lookup(rows))
-
-    def _gather(self, idx: Tensor) -> Tensor:
-        served = self.weights["emb"].index_select(0, idx)
-        if self.has_linear:  # one message for both tables
-            served = torch.cat([served, self.weights["linear"].index_select(0, idx)], 1)
-        return served
-
-    def prefetch(self, ids: Tensor, inverse: Tensor | None = None) -> None:
+    def prefetch(self, batch: Batch) -> None:
         """With a prefetching cache: exchange the NEXT step's ids now and stage the rows the other
-        ranks will ask for. A collective when it does anything (every rank calls it, each with
-        its next batch's ids); a no-op without a cache. ``inverse`` is unused (DES needs it)."""
-        if self.cache is None or not self.cache.spec.prefetch:
+        ranks will ask for (DES: its request). A collective when it does anything (every rank
+        calls it, each with its next batch); a no-op without a prefetching cache."""
+        if not isinstance(self.store, CachedRows) or not self.store.cache.spec.prefetch:
             return
-        route = self._exchange_ids(ids.to(self.device))
-        route.unique, route.inverse = torch.unique(route.requested, return_inverse=True)
-        self.cache.prefetch(route.unique)
+        if self.des is not None and self.des.prefetch(batch):
+            return
+        route = self._exchange_ids(batch.ids.to(self.device))
+        self.store.prefetch(route.unique)
         self._next = route
 
     def cache_stats(self, reset: bool = True) -> dict[str, float]:
         """The cache's counters since the last call (``{}`` without a cache)."""
-        return {} if self.cache is None else self.cache.stats(reset)
+        return self.store.stats(reset)
+
+    def close(self) -> None:
+        """Stop the cache's thread (idempotent)."""
+        self.store.close()
 
     # ------------------------------------------------------------------------------- optimizer
     @torch.no_grad()
-    def apply_gradients(self, ids: Tensor, grads: dict[str, Tensor | None], lr: float) -> None:
-        """Send the row gradients of the last :meth:`lookup` (same ``ids``) to their owners, which
-        sum them per row and apply row-wise Adagrad (null rows never move). A collective.
+    def apply_gradients(self, lr: float) -> None:
+        """Row-wise Adagrad with the last lookup's gradients. After a row exchange: send the rows'
+        gradients to their owners, which sum them per row and update (a collective). After a DES
+        lookup: the owners already hold their rows' gradients (``loss.backward()`` took them
+        there); no exchange.
 
         Raises:
-            ValueError: ``ids`` are not those of the last lookup, or an unknown table is named.
+            ValueError: no lookup since the last apply.
         """
-        route = self._route
-        ids = ids.to(self.device)
-        if route is None or not (
-            ids is route.ids or (ids.shape == route.ids.shape and torch.equal(ids, route.ids))
-        ):
-            raise ValueError(
-                "apply_gradients needs the ids of the last lookup on this collection "
-                "(one lookup, one backward, one apply per step)"
-            )
-        unknown = [k for k, g in grads.items() if g is not None and k not in self.weights]
-        if unknown:
-            raise ValueError(
-                f"no {unknown} table in this collection (tables: {list(self.weights)})"
-            )
-        U = ids.shape[0]
+        if self._des_step:
+            assert self.des is not None
+            self._des_step = False
+            rows, grads = self.des.take_owner_gradients()
+            self.store.update(rows, self._split(grads), lr)
+            return
+        route, rows = self._route, self.rows
+        self._route = self.rows = None
+        if route is None or rows is None:
+            raise ValueError("apply_gradients needs a lookup first (one lookup, one apply)")
+        U = route.ids.shape[0]
         parts = []
-        for name, w in self.weights.items():  # a table without a gradient gets zeros: no update
-            g = grads.get(name)
-            width = w.shape[1]
-            parts.append(w.new_zeros(U, width) if g is None else g.to(w.dtype).reshape(U, width))
+        for name, g in rows.grads().items():  # a table without a gradient gets zeros: no update
+            width = self.dim if name == "emb" else 1
+            parts.append(
+                torch.zeros(U, width, dtype=self.dtype, device=self.device) if g is None else g
+            )
         flat = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
         received = self.comm.all_to_all(
             flat.index_select(0, route.order), route.send, route.recv, "grads"
         )
-        self._route = None
-        if route.unique is None:
-            route.unique, route.inverse = torch.unique(route.requested, return_inverse=True)
-        rows, inv = route.unique, route.inverse
-        summed = received.new_zeros(rows.shape[0], received.shape[1]).index_add_(0, inv, received)
-        self.update_local(rows, summed, lr)
+        summed = received.new_zeros(route.unique.shape[0], received.shape[1])
+        summed.index_add_(0, route.inverse, received)
+        self.store.update(route.unique, self._split(summed), lr)
 
-    def update_local(self, rows: Tensor, grads: Tensor, lr: float) -> None:
-        """Row-wise Adagrad on unique local ``rows`` with packed ``[emb | linear]`` gradients
-        (the plain collection's arithmetic; null rows never move). No communication."""
-        idx = rows if self.cache is None else self.cache.slots(rows)
-        null = self.null_mask.index_select(0, idx)
-        keep = (~null).unsqueeze(1)
-        col = 0
-        for name, w in self.weights.items():
-            width = w.shape[1]
-            g = grads[:, col : col + width] * keep
-            col += width
-            acc = self.accum[name]
-            a = acc.index_select(0, idx).add_(g.square().mean(1))
-            acc.index_copy_(0, idx, a)
-            step = g.mul_((-lr) / (a.sqrt_().add_(self.adagrad_eps)).unsqueeze(1))
-            w.index_copy_(0, idx, w.index_select(0, idx).add_(step))
-        if self.cache is not None:
-            self.cache.mark_dirty(rows.masked_select(~null))
+    def _split(self, packed: Tensor) -> dict[str, Tensor | None]:
+        """Per-table views of packed ``[emb | linear]`` gradients."""
+        out: dict[str, Tensor | None] = {"emb": packed[:, : self.dim]}
+        if self.has_linear:
+            out["linear"] = packed[:, self.dim :]
+        return out
 
     # ----------------------------------------------------------------------------------- state
-    def _row_state(self) -> dict[str, Tensor]:
-        """Per-row tensors of the shard (with a cache: views of the host store)."""
-        if self.cache is None:
-            out = {f"{k}.weight": v for k, v in self.weights.items()}
-            out.update({f"{k}.adagrad_sum": v for k, v in self.accum.items()})
-            out["null_mask"] = self.null_mask
-            return out
-        store = self.cache.store
-        return {**{n: store.column(n) for n in store.columns}, "null_mask": self._null_rows}
-
     def state_dict(self) -> dict[str, Tensor | str | int]:
         """This rank's shard: the plain collection's keys (local rows only) plus the plan's
         fingerprint, world size and rank (``torch.load(weights_only=True)``-safe). With a cache:
         dirty rows are written back first, the rows are views of the host store, and the cache's
         own state is under ``cache.*``."""
-        cache_state = {} if self.cache is None else self.cache.state_dict()
-        out: dict[str, Tensor | str | int] = {**self._row_state(), **cache_state}
+        out: dict[str, Tensor | str | int] = {**self.store.state_dict()}
         out.update(shard_metadata(self.plan, self.rank))
         return out
 
-    @torch.no_grad()
     def load_state_dict(self, state: dict[str, Tensor | str | int]) -> None:
         """Restore this rank's :meth:`state_dict`, or take this rank's rows of a FULL table (a
         plain collection's ``state_dict``, e.g. a single-process run to warm start from).
@@ -346,8 +355,6 @@ class ShardedEmbeddingCollection:
                 ``trainer.parallel.reshard`` converts a checkpoint between world sizes.
         """
         if PLAN_KEY not in state:
-            from trainer.parallel.reshard import shard_of_full
-
             state = shard_of_full(self.plan, self.rank, state)
         elif state[PLAN_KEY] != self.plan.fingerprint or state["sharding.rank"] != self.rank:
             raise ValueError(
@@ -357,42 +364,4 @@ class ShardedEmbeddingCollection:
                 "with the same world size and sharding, or convert the checkpoint with "
                 "trainer.parallel.reshard.reshard_states"
             )
-        mine = self._row_state()
-        expected = set(mine)
-        got = {k for k, v in state.items() if isinstance(v, Tensor) and not k.startswith("cache.")}
-        if got != expected:
-            raise ValueError(
-                f"embedding shard has tables {sorted(got)}, this collection {sorted(expected)} "
-                "(a linear table is present only for models with first-order terms)"
-            )
-        for key in expected:
-            if state[key].shape != mine[key].shape:
-                raise ValueError(
-                    f"embedding shard {key!r} has shape {tuple(state[key].shape)}, this one "
-                    f"{tuple(mine[key].shape)}: the feature layout or embedding_dim differs"
-                )
-        for key, value in mine.items():
-            if key != "null_mask":
-                value.copy_(state[key])
-        if self.cache is not None:
-            self.cache.load_state_dict({k: v for k, v in state.items() if k.startswith("cache.")})
-
-
-def _draw_rows(
-    owned: Tensor, total_rows: int, dim: int, std: float, seed: int, dtype: torch.dtype
-) -> Tensor:
-    """Rows ``owned`` (ascending within each table) of the plain collection's initial table."""
-    gen = torch.Generator().manual_seed(seed)
-    out = torch.empty(len(owned), dim, dtype=dtype)
-    start = 0
-    while start < total_rows:
-        # The last chunk takes the remainder whole (>= _INIT_CHUNK_ROWS rows unless the table is
-        # smaller): a tiny trailing chunk would be drawn by a different code path.
-        n = total_rows - start
-        n = n if n < 2 * _INIT_CHUNK_ROWS else _INIT_CHUNK_ROWS
-        chunk = torch.empty(n, dim, dtype=dtype).normal_(0.0, std, generator=gen)
-        hit = (owned >= start) & (owned < start + n)
-        if hit.any():
-            out[hit] = chunk.index_select(0, owned[hit] - start)
-        start += n
-    return out
+        self.store.load_state_dict({k: v for k, v in state.items() if isinstance(v, Tensor)})

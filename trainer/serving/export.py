@@ -283,7 +283,8 @@ def export_checkpoint(
     lin = None if lin is None else lin.detach().to(torch.float32).contiguous().numpy()
     if np.any(emb[list(layout.table_offsets)]):
         raise ExportError(f"{ckpt}: a null (padding) row of the embedding table is not zero")
-    net = build_model(cfg.model, layout, TableEmbeddings(emb, lin, list(layout.table_offsets)))
+    tables = TableEmbeddings(emb, lin, list(layout.table_offsets), layout.slot_feature)
+    net = build_model(cfg.model, layout, tables)
     net.load_state_dict(dense)
     net.eval()
     log.info("loaded %s: step %d, %d rank shard(s), %d rows x %d; exporting the graph ...",

@@ -1,7 +1,7 @@
 """Load an exported model: verify every checksum, read tensors without pickle, rebuild the model.
 
     model = load_exported("out/models/click-dlrm/v3")     # refuses a tampered or partial export
-    rows = model.lookup(ids)                              # (U,) sorted unique global ids
+    rows = model.lookup(ids)                              # (U,) sorted unique global ids: rows
     logits = model.logits(rows, inverse, dense)           # no adaptation: the exported graph
     logits = model.episode_logits(batch, adapt=True)      # adapted per episode on its support set
 
@@ -35,7 +35,6 @@ from trainer import meta
 from trainer.config_loader import build
 from trainer.data.batch import EpisodeBatch, FeatureLayout
 from trainer.data.contract import DenseSpec, FeatureSpec
-from trainer.embeddings import Rows
 from trainer.meta import MetaConfig
 from trainer.models import ModelConfig, RecModel, build_model
 from trainer.serving.artifact import (
@@ -51,50 +50,73 @@ from trainer.serving.artifact import (
     verify_checksums,
 )
 from trainer.serving.tensors import load_array, load_graph
+from trainer.sparse import Batch, Pooling, SparseOut
 
 log = logging.getLogger(__name__)
 GRAPH_ATOL = 1e-5
 
 
+@dataclass
+class GatheredRows:
+    """The rows of sorted unique ids, as the exported graph takes them: ``emb`` ``(U, D)`` and
+    ``linear`` ``(U, 1)`` (None without a linear table)."""
+
+    emb: Tensor
+    linear: Tensor | None
+
+
 class TableEmbeddings:
     """A read-only embedding collection over exported tables (numpy, possibly memory-mapped):
-    the ``lookup`` interface of :class:`trainer.embeddings.EmbeddingCollection`, nothing else."""
+    the ``read`` side of :class:`trainer.sparse.EmbeddingCollection` (no training)."""
 
     def __init__(
-        self, emb: np.ndarray, linear: np.ndarray | None, table_offsets: list[int]
+        self,
+        emb: np.ndarray,
+        linear: np.ndarray | None,
+        table_offsets: list[int],
+        slot_feature: Tensor,
     ) -> None:
         self.emb, self.linear = emb, linear
         self.total_rows, self.dim = int(emb.shape[0]), int(emb.shape[1])
         self.null = np.zeros(self.total_rows, dtype=bool)
         self.null[np.asarray(table_offsets, dtype=np.int64)] = True
         self.device, self.dtype = torch.device("cpu"), torch.float32
+        self.pooling = Pooling(slot_feature, len(table_offsets))
 
     @property
     def has_linear(self) -> bool:
         return self.linear is not None
 
-    def lookup(self, ids: Tensor) -> Rows:
+    def rows(self, ids: Tensor) -> GatheredRows:
         """Rows of ``ids`` (sorted unique global ids); only those rows are read from the tables."""
         idx = ids.cpu().numpy()
         emb = torch.from_numpy(np.take(self.emb, idx, axis=0))
         lin = None if self.linear is None else torch.from_numpy(np.take(self.linear, idx, axis=0))
-        return Rows(emb, lin, torch.from_numpy(~self.null[idx]))
+        return GatheredRows(emb, lin)
+
+    def read(self, batch: Batch) -> SparseOut:
+        """The pooled rows of ``batch`` (what adaptation and prediction take)."""
+        got = self.rows(batch.ids)
+        return self.pooling(got.emb, got.linear, batch.inverse)
+
+    def is_null(self, ids: Tensor) -> Tensor:
+        return torch.from_numpy(self.null[ids.cpu().numpy()])
 
 
 class DenseGraph(nn.Module):
     """``RecModel.forward`` after the lookup: unique rows ``emb`` ``(U, D)`` (and ``linear``
     ``(U, 1)``), ``inverse`` ``(N, S)`` and ``dense`` ``(N, Dn)`` -> logits ``(N,)``. This is the
-    module exported as the graph, so the graph runs exactly the trainer's operators."""
+    module exported as the graph, so the graph runs exactly the trainer's operators (the
+    collection's pooling, then the dense half)."""
 
     def __init__(self, model: RecModel) -> None:
         super().__init__()
-        self.sparse_arch, self.dense_half = model.sparse_arch, model.dense_half
+        self.pooling, self.dense_half = model.embeddings.pooling, model.dense_half
 
     def forward(
         self, emb: Tensor, inverse: Tensor, dense: Tensor, linear: Tensor | None = None
     ) -> Tensor:
-        sf = self.sparse_arch(emb, linear, inverse)
-        return self.dense_half(sf.fields, sf.linear, dense)
+        return self.dense_half(self.pooling(emb, linear, inverse), dense)
 
 
 def layout_of(spec: dict[str, Any]) -> FeatureLayout:
@@ -147,15 +169,18 @@ class ExportedModel:
     def dense_features(self) -> list[DenseSpec]:
         return sorted((DenseSpec(**d) for d in self.spec["dense_features"]), key=lambda d: d.index)
 
-    def lookup(self, ids: Tensor) -> Rows:
-        return self.embeddings.lookup(ids)
+    def lookup(self, ids: Tensor) -> GatheredRows:
+        return self.embeddings.rows(ids)
 
     @torch.no_grad()
-    def logits(self, rows: Rows, inverse: Tensor, dense: Tensor, eager: bool = False) -> Tensor:
+    def logits(
+        self, rows: GatheredRows, inverse: Tensor, dense: Tensor, eager: bool = False
+    ) -> Tensor:
         """Unadapted logits ``(...)`` for ``inverse`` ``(..., S)`` and ``dense`` ``(..., Dn)``;
         through the graph unless ``eager`` or no graph is loaded."""
         if eager or self.graph is None:
-            return self.model(rows, inverse, dense.to(rows.emb.dtype))
+            sparse = self.embeddings.pooling(rows.emb, rows.linear, inverse)
+            return self.model(sparse, dense.to(rows.emb.dtype))
         S, Dn = inverse.shape[-1], dense.shape[-1]
         args = [rows.emb, inverse.reshape(-1, S), dense.reshape(-1, Dn).to(rows.emb.dtype)]
         if rows.linear is not None:
@@ -165,12 +190,13 @@ class ExportedModel:
     def episode_logits(self, batch: EpisodeBatch, adapt: bool, eager: bool = False) -> Tensor:
         """Query logits ``(T, Q)`` of an episode batch, unadapted or adapted per episode on its
         support set with :attr:`adaptation` (the trainer's :func:`~trainer.meta.adapt`)."""
-        rows = self.lookup(batch.ids)
         K = batch.k_support
         if not adapt:
+            rows = self.lookup(batch.ids)
             return self.logits(rows, batch.inverse[:, K:], batch.dense[:, K:], eager=eager)
-        adapted = meta.adapt(self.model, rows, batch, self.adaptation)
-        return meta.predict(self.model, rows, batch, adapted)
+        sparse = self.embeddings.read(batch)
+        adapted = meta.adapt(self.model, sparse, batch, self.adaptation)
+        return meta.predict(self.model, sparse, batch, adapted)
 
 
 def _check_graph(model: ExportedModel) -> None:
@@ -226,7 +252,9 @@ def load_exported(path: str | Path, *, mmap: bool = True, graph: bool = True) ->
         name: torch.from_numpy(np.array(load_array(path / f, index[f])))
         for name, f in desc["dense_params"].items()
     }
-    embeddings = TableEmbeddings(tables["emb"], tables.get("linear"), list(layout.table_offsets))
+    embeddings = TableEmbeddings(
+        tables["emb"], tables.get("linear"), list(layout.table_offsets), layout.slot_feature
+    )
     net = build_model(build(ModelConfig, desc["model"]), layout, embeddings)
     missing, unexpected = net.load_state_dict(params, strict=False)
     if missing or unexpected:

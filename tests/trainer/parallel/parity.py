@@ -16,7 +16,7 @@ import torch
 
 from tests.trainer.meta_fixtures import batch_from_local_ids, make_layout
 from trainer.data.batch import EpisodeBatch, FeatureLayout
-from trainer.embeddings import EmbeddingCollection
+from trainer.embeddings import PlainEmbeddingCollection
 from trainer.meta import MetaConfig, outer_loss
 from trainer.models import ModelConfig, RecModel, build_model
 from trainer.models.build import LINEAR_ARCHS
@@ -97,22 +97,22 @@ def train_step(
     model: RecModel, opt: Optimizers, batch: EpisodeBatch, meta: MetaConfig, env: ParallelEnv | None
 ) -> float:
     """One outer step exactly as the trainer loop runs it; returns this rank's loss."""
-    rows = model.embeddings.lookup(batch.ids)
+    sparse = model.embeddings.lookup(batch)
     normalizer = None if env is None else env.normalizer(batch.episode_mask.sum())
-    loss, _ = outer_loss(model, rows, batch, meta, normalizer)
+    loss, _ = outer_loss(model, sparse, batch, meta, normalizer)
     loss.backward()
     if env is not None:
         env.reduce_dense_grads(model.parameters())
-    opt.step(batch.ids, rows)
+    opt.step()
     return float(loss.detach())
 
 
 def reference_model(case: Case) -> RecModel:
     """The single-process model with the plain collection, initialised like the sharded one."""
     lay, cfg = layout(), case.model_cfg()
-    coll = EmbeddingCollection(
-        lay.table_offsets, lay.total_rows, cfg.embedding_dim, linear=cfg.arch in LINEAR_ARCHS,
-        init_std=cfg.embedding_init_std, seed=1, dtype=DTYPE,
+    coll = PlainEmbeddingCollection(
+        lay.table_offsets, lay.total_rows, cfg.embedding_dim, lay.slot_feature,
+        linear=cfg.arch in LINEAR_ARCHS, init_std=cfg.embedding_init_std, seed=1, dtype=DTYPE,
     )  # fmt: skip
     return build_model(cfg, lay, embeddings=coll, seed=0)
 

@@ -61,7 +61,7 @@ def _train(env: ParallelEnv, case: CacheCase, cached: bool, steps: range, state=
     model, _ = build_parallel_model(
         cfg, layout(), env, case.parallel(cached), seed=0, dtype=DTYPE, meta=meta
     )
-    coll, des = model.embeddings, case.des != "off"
+    coll = model.embeddings
     opt = build_optimizers(OptimConfig(dense_lr=0.02, sparse_lr=0.2), model)
     if state is not None:
         model.load_state_dict(state["dense"])
@@ -73,14 +73,12 @@ def _train(env: ParallelEnv, case: CacheCase, cached: bool, steps: range, state=
             global_batch(s, env.world_size, env.rank),
             global_batch(s + 1, env.world_size, env.rank),
         )
-        rows = coll.lookup(batch.ids, batch.inverse) if des else coll.lookup(batch.ids)
-        coll.prefetch(nxt.ids, nxt.inverse) if des else coll.prefetch(nxt.ids)
-        loss, _ = outer_loss(model, rows, batch, meta, env.normalizer(batch.episode_mask.sum()))
+        sparse = coll.lookup(batch)
+        coll.prefetch(nxt)
+        loss, _ = outer_loss(model, sparse, batch, meta, env.normalizer(batch.episode_mask.sum()))
         loss.backward()
-        if des:
-            coll.backward(rows)
         env.reduce_dense_grads(model.parameters())
-        opt.step(batch.ids, rows)
+        opt.step()
         stats.append(coll.cache_stats())
         if s + 1 == ckpt:  # a checkpoint as the trainer takes it
             saved = {"dense": model.state_dict(), "opt": opt.state_dict(), "emb": coll.state_dict()}

@@ -26,9 +26,8 @@ from trainer.meta import MetaConfig, outer_loss
 from trainer.models import ModelConfig, build_model
 from trainer.optim import build_optimizers
 from trainer.parallel import des_plan
-from trainer.parallel.apply import build_parallel_model
+from trainer.parallel.apply import build_des, build_parallel_model
 from trainer.parallel.comm import Collectives
-from trainer.parallel.des import DESEmbeddings
 from trainer.parallel.env import ParallelEnv
 from trainer.parallel.plan import ParallelConfig, build_sharding_plan
 from trainer.parallel.reshard import merge_shards
@@ -97,32 +96,32 @@ def rank_job(env: ParallelEnv, cases: list[DESCase]) -> dict:
         model, plan = build_parallel_model(
             _model_cfg(case.arch), layout(), env, pcfg, seed=0, dtype=DTYPE, meta=meta
         )
+        coll = model.embeddings
         if isinstance(case.des, tuple):  # an explicit subset (what auto may pick)
-            coll = model.embeddings.coll
-            object.__setattr__(model, "embeddings", DESEmbeddings(coll, model, case.des, meta))
-        des = model.embeddings
+            coll.use_des(build_des(model, coll, case.des, meta))
         opt = build_optimizers(case.ref.optim_cfg(), model)
         owned = plan.owned_ids(env.rank)
         rec: dict = {"logits": [], "losses": [], "dense": [], "rows": [], "comm": []}
         for s in range(STEPS):
             batch = global_batch(s, env.world_size, env.rank)
             env.comm_stats(reset=True)
-            rows = des.lookup(batch.ids, batch.inverse)
+            sparse = coll.lookup(batch)
             with torch.no_grad():
-                rec["logits"].append(model(rows, batch.inverse, batch.dense.to(DTYPE)))
-            loss, _ = outer_loss(model, rows, batch, meta, env.normalizer(batch.episode_mask.sum()))
-            loss.backward()
-            des.backward(rows)
+                rec["logits"].append(model(sparse, batch.dense.to(DTYPE)))
+            loss, _ = outer_loss(
+                model, sparse, batch, meta, env.normalizer(batch.episode_mask.sum())
+            )
+            loss.backward()  # the DES return trip included
             env.reduce_dense_grads(model.parameters())
             rec["dense"].append({n: _grad(p) for n, p in model.dense_half.named_parameters()})
-            got = des.last_row_gradients()
+            got = coll.des.owner_gradients()
             rec["rows"].append(None if got is None else (owned[got[0]], got[1].clone()))
-            opt.step(batch.ids, rows)
+            opt.step()
             rec["losses"].append(float(loss.detach()))
             rec["comm"].append(env.comm_stats(reset=True))
-        rec["emb"] = des.state_dict()
+        rec["emb"] = coll.state_dict()
         rec["dense_state"] = model.state_dict()
-        rec["ops"] = des.ops
+        rec["ops"] = coll.des.ops
         out[case.name] = rec
     return out
 
@@ -139,15 +138,17 @@ def reference(case: DESCase, world_size: int) -> dict:
     rec: dict = {"logits": [], "losses": [], "dense": [], "rows": []}
     for s in range(STEPS):
         batch = global_batch(s, world_size, None)
-        rows = model.embeddings.lookup(batch.ids)
+        sparse = model.embeddings.lookup(batch)
+        rows = model.embeddings.rows
         with torch.no_grad():
-            rec["logits"].append(model(rows, batch.inverse, batch.dense.to(DTYPE)))
-        loss, _ = outer_loss(model, rows, batch, meta)
+            rec["logits"].append(model(sparse, batch.dense.to(DTYPE)))
+        loss, _ = outer_loss(model, sparse, batch, meta)
         loss.backward()
         rec["dense"].append({n: _grad(p) for n, p in model.dense_half.named_parameters()})
         g = [rows.emb.grad] + ([rows.linear.grad] if rows.linear is not None else [])
-        rec["rows"].append((batch.ids.clone(), torch.cat(g, 1).clone(), rows.trainable.clone()))
-        opt.step(batch.ids, rows)
+        trainable = ~model.embeddings.is_null(batch.ids)
+        rec["rows"].append((batch.ids.clone(), torch.cat(g, 1).clone(), trainable))
+        opt.step()
         rec["losses"].append(float(loss.detach()))
     rec["emb"] = {k: v.clone() for k, v in model.embeddings.state_dict().items()}
     rec["dense_state"] = model.state_dict()
@@ -237,17 +238,17 @@ def _des(arch: str, mode: str = "maml", adapt: str = "head", des="on", head_laye
         arch=arch, embedding_dim=4, mlp=(8, 4), bottom_mlp=(4,), head_layers=head_layers
     )
     plan = build_sharding_plan(layout(), 1, cfg, ParallelConfig())
-    coll = ShardedEmbeddingCollection(plan, Collectives(0, 1))
+    coll = ShardedEmbeddingCollection(plan, Collectives(0, 1), layout().slot_feature)
     model = build_model(cfg, layout(), embeddings=coll)
-    return DESEmbeddings(coll, model, des, MetaConfig(mode=mode, adapt=adapt))
+    return build_des(model, coll, des, MetaConfig(mode=mode, adapt=adapt))
 
 
 def test_operators_that_apply_to_each_model() -> None:
     assert _des("deepfm").ops == ("lr", "fm", "first")
     assert _des("wide_deep").ops == ("lr", "first")
     assert _des("melu").ops == ("first",)
-    assert _des("deepfm").spec.first_layer == "deep.first.fields"
-    assert _des("melu").spec.first_layer == "decision.first.fields"
+    assert _des("deepfm").spec.first_layer == "deep.first.from_fields"
+    assert _des("melu").spec.first_layer == "decision.first.from_fields"
     assert _des("deepfm").spec.split_fields == (3,)  # "tags": 3 slots, row-wise
     with pytest.raises(ValueError, match="dlrm: no operator is a sum over fields"):
         _des("dlrm")
@@ -255,7 +256,7 @@ def test_operators_that_apply_to_each_model() -> None:
 
 
 def test_substituted_operators_adapt_only_in_the_outer_loop() -> None:
-    with pytest.raises(ValueError, match=r"adapts the first layer \(deep.first.fields\)"):
+    with pytest.raises(ValueError, match=r"adapts the first layer \(deep.first.from_fields\)"):
         _des("deepfm", adapt="dense")
     with pytest.raises(ValueError, match="adapts the first layer"):
         _des("melu", head_layers=3)  # MeLU's classic setting adapts every decision layer
@@ -280,7 +281,7 @@ def _model(arch: str, dim: int, hidden: int, split: int = 0) -> des_plan.DESMode
         8,
         hidden,
         arch in ("deepfm", "wide_deep"),
-        "deep.first.fields",
+        "deep.first.from_fields",
         tuple(range(split)),
     )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -59,13 +60,16 @@ def _empty_rank(env: ParallelEnv) -> dict:
     plan = build_sharding_plan(
         layout(), env.world_size, ModelConfig(arch="deepfm", embedding_dim=4)
     )
-    coll = ShardedEmbeddingCollection(plan, env.comm, seed=1)
+    coll = ShardedEmbeddingCollection(plan, env.comm, layout().slot_feature, seed=1)
     ids = torch.arange(10) if env.rank == 0 else torch.zeros(0, dtype=torch.int64)
-    before = coll.lookup(ids)
-    ones = {"emb": torch.ones(len(ids), 4), "linear": torch.ones(len(ids), 1)}
-    coll.apply_gradients(ids, ones, 0.1)
-    after = coll.lookup(ids)
-    return {"shape": tuple(before.emb.shape), "moved": (after.emb - before.emb.detach()).tolist()}
+    batch = SimpleNamespace(ids=ids, inverse=torch.zeros(0, 1, 6, dtype=torch.int64))
+    coll.lookup(batch)
+    before = coll.rows
+    before.emb.grad, before.linear.grad = torch.ones(len(ids), 4), torch.ones(len(ids), 1)
+    coll.apply_gradients(0.1)
+    coll.lookup(batch)
+    after = coll.rows
+    return {"shape": tuple(before.emb.shape), "moved": (after.emb - before.emb).tolist()}
 
 
 def _without_vsi(batch: EpisodeBatch) -> EpisodeBatch:
@@ -109,11 +113,11 @@ def _evaluation(env: ParallelEnv) -> dict:
 
 def _scores(model, batch: EpisodeBatch) -> tuple[np.ndarray, ...]:
     """Query labels, logits before and after adaptation, task ids of the real query samples."""
-    rows = model.embeddings.lookup(batch.ids)
+    sparse = model.embeddings.read(batch)
     K = batch.k_support
     mask = batch.query_mask & batch.episode_mask[:, None]
-    logits0 = predict(model, rows, batch)
-    logits1 = predict(model, rows, batch, adapt(model, rows, batch, EVAL_CASE.meta_cfg()))
+    logits0 = predict(model, sparse, batch)
+    logits1 = predict(model, sparse, batch, adapt(model, sparse, batch, EVAL_CASE.meta_cfg()))
     tasks = batch.task_ids[:, None].expand_as(mask)
     return tuple(t[mask].numpy() for t in (batch.click[:, K:], logits0, logits1, tasks))
 

@@ -18,7 +18,6 @@ import torch
 from tests.trainer.run_helpers import tiny_overrides
 from trainer.config import load_trainer_config
 from trainer.data.reader import EpisodeReader
-from trainer.evaluate import lookup_rows
 from trainer.meta import adapt, predict
 from trainer.parallel.env import ParallelEnv
 from trainer.parallel.launch import spawn_local
@@ -72,12 +71,12 @@ def reference_scores(
                     torch.cumsum(batch.episode_mask.long(), 0) <= limit - done
                 )
                 batch.episode_mask = keep
-                rows = lookup_rows(model.embeddings, batch, False)
+                sparse = model.embeddings.read(batch)
                 K = batch.k_support
                 mask = batch.query_mask & keep[:, None]
                 parts["labels"].append(batch.click[:, K:][mask].numpy())
-                parts["before"].append(predict(model, rows, batch)[mask].numpy())
-                after = predict(model, rows, batch, adapt(model, rows, batch, meta_cfg))
+                parts["before"].append(predict(model, sparse, batch)[mask].numpy())
+                after = predict(model, sparse, batch, adapt(model, sparse, batch, meta_cfg))
                 parts["after"].append(after[mask].numpy())
                 done += int(keep.sum())
         return {k: np.concatenate(v) for k, v in parts.items()}, trainer.evaluate()[split]

@@ -1,0 +1,84 @@
+"""Meta learning's inner-loop trick: per-episode adaptation of linear layers as low-rank offsets,
+applied through forward hooks so that the models stay plain (``trainer/meta.py`` uses it).
+
+One SGD step on a support set of ``K`` samples with inputs ``x_k`` and output gradients ``delta_k``
+moves a layer's weight by ``-lr * sum_k x_k^T delta_k`` and its bias by ``-lr * sum_k delta_k``: a
+rank-``K`` offset ``A^T B`` with ``A = [x_k]`` and ``B = [-lr * delta_k]``. The adapted layer
+computes ``x @ W + b + (x @ A^T + 1) @ B`` (the ``+ 1`` applies the bias offset; absent without a
+bias), so no per-episode copy of ``W`` is ever formed: ``K x (in + out)`` numbers per episode
+instead of ``in x out``, and the shared ``x @ W`` stays one matmul over all episodes. Exact, not an
+approximation; each inner step appends ``K`` rows to ``A`` and ``B``.
+
+The inner loop gets ``delta_k`` by differentiating with respect to the layer's outputs: for a layer
+with a bias, with respect to a per-sample expanded view of the bias (passed as a parameter through
+``functional_call``: no extra pass); without a bias, with respect to a zero ``offset`` added to the
+outputs. It gets ``x_k`` from the hook, which records every adapted layer's input.
+
+    adaptation = LowRankAdaptation({"deep.over_arch.layers.1": layer, ...})
+    with adaptation.active(factors, offsets) as inputs:   # hooks installed for the block only
+        logits = functional_call(model.dense_half, params, (sparse, dense))
+    inputs["deep.over_arch.layers.1"]                     # that layer's input in this forward
+
+Works under ``vmap`` and ``torch.func.grad``: the hooks are plain Python around the layers' calls,
+and the factors they read are whatever (batched) tensors the block was given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from torch import Tensor, nn
+
+Factors = dict[str, tuple[Tensor, Tensor]]
+"""Per adapted layer name: ``A`` ``(R, in)`` and ``B`` ``(R, out)`` (per episode)."""
+
+
+class LowRankAdaptation:
+    """Low-rank offsets for the linear ``layers`` (name -> module with ``weight`` ``(in, out)``
+    and an optional ``bias``), installed as forward hooks by :meth:`active`."""
+
+    def __init__(self, layers: Mapping[str, nn.Module]) -> None:
+        self.layers = dict(layers)
+
+    @contextmanager
+    def active(
+        self, factors: Factors, offsets: Mapping[str, Tensor] | None = None
+    ) -> Iterator[dict[str, Tensor]]:
+        """Within the block, every adapted layer adds ``offsets[name]`` (``(n, out)``) and its
+        low-rank term ``(x @ A^T [+ 1]) @ B`` to its output; yields the layers' inputs ``x`` as
+        the forward records them."""
+        inputs: dict[str, Tensor] = {}
+        offsets = offsets or {}
+        handles = [
+            module.register_forward_hook(_hook(name, factors.get(name), offsets.get(name), inputs))
+            for name, module in self.layers.items()
+        ]
+        try:
+            yield inputs
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def _hook(
+    name: str,
+    factor: tuple[Tensor, Tensor] | None,
+    offset: Tensor | None,
+    inputs: dict[str, Tensor],
+) -> Any:
+    def hook(module: nn.Module, args: tuple[Tensor, ...], y: Tensor) -> Tensor:
+        x = args[0]
+        inputs[name] = x
+        if offset is not None:
+            y = y + offset
+        if factor is not None:
+            a, b = factor
+            g = x @ a.transpose(-1, -2)  # (n, R)
+            if module.bias is not None:
+                g = g + 1.0
+            y = y + g @ b
+        return y
+
+    return hook

@@ -106,8 +106,8 @@ class RunCheckpoints:
 
     def save(self, step: int, reader_position: dict[str, int]) -> Path:
         """Checkpoint ``step`` (``reader_position``: where the next step's batch comes from)."""
-        state = state_dict(self.parts, step, reader_position)
-        return self.checkpointer.save(step, state, meta=checkpoint_meta(self.identity))
+        state = _state_dict(self.parts, step, reader_position)
+        return self.checkpointer.save(step, state, meta=_checkpoint_meta(self.identity))
 
     def restore(self) -> int:
         """Resume the run's latest checkpoint, else warm start when configured; returns the step.
@@ -239,7 +239,7 @@ def checkpoint_problems(
     return problems
 
 
-def state_dict(parts: RunParts, step: int, reader_position: dict[str, int]) -> dict[str, Any]:
+def _state_dict(parts: RunParts, step: int, reader_position: dict[str, int]) -> dict[str, Any]:
     """The checkpoint state of a run at ``step`` (see the module docstring)."""
     rng: dict[str, Any] = {"torch": torch.get_rng_state()}
     if parts.device.type == "cuda":
@@ -254,7 +254,7 @@ def state_dict(parts: RunParts, step: int, reader_position: dict[str, int]) -> d
     }
 
 
-def checkpoint_meta(run: RunIdentity) -> dict[str, Any]:
+def _checkpoint_meta(run: RunIdentity) -> dict[str, Any]:
     """``meta.json`` content: config, data identity, feature spec and embedding placement."""
     m = run.manifest
     return {

@@ -230,8 +230,7 @@ def _finish(spark, staging, config: EtlConfig, listing, observation, frame) -> M
     """Tidy the written files, count what they hold, check the accounting, write the manifest."""
     import pyarrow as pa
 
-    from components.etl.encode import UNIT_BITS
-    from trainer.data.hashing import HASH_CONTRACT
+    from components.etl.encode import hash_contract as hash_contract_of
 
     episode_files = load.describe_files(staging, load.tidy(staging, "", one_per_folder=True))
     quarantine_files = load.describe_files(
@@ -264,13 +263,7 @@ def _finish(spark, staging, config: EtlConfig, listing, observation, frame) -> M
              "max_t": counted["max_t"]}  # fmt: skip
 
     load.write_json(staging, f"{QUARANTINE_DIR}/{load.REASONS_NAME}", stats["reasons"])
-    hash_contract = {
-        **HASH_CONTRACT,
-        "task_id": "signed_hash('task', task_key)",
-        "split": f"test_cold if pmod(signed_hash('split', task_key), 2^{UNIT_BITS}) / 2^{UNIT_BITS} < cold_fraction",
-        "bucket": "pmod(murmur3_x86_32(utf8(task_key), seed=42), num_buckets): Spark's hash()",
-        "num_buckets": config.num_buckets,
-    }
+    hash_contract = hash_contract_of(config.num_buckets)
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
         interval={"id": config.interval_id, "start": iso(config.start), "end": iso(config.end)},

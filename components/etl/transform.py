@@ -134,7 +134,7 @@ def transform(raw, fmt: str, config: EtlConfig, observation=None):
     task_key = F.col("_pk")
     return g.select(
         task_key.alias("task_key"),
-        encode.signed_hash("task", task_key).alias("task_id"),
+        encode.signed_hash(encode.TASK_SALT, task_key).alias("task_id"),
         F.col("_c").alias("episode"),
         "n_support",
         "n_query",

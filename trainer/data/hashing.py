@@ -10,9 +10,9 @@ Spark computes the same thing with built-in expressions (``xxhash64`` uses XXH64
 the UTF-8 bytes of a string, ``pmod`` is the non-negative modulo), so no Python UDF runs in the
 ETL and this module is its bit-for-bit twin (``tests/components/test_hash_parity.py`` checks it).
 
-Values are strings. Raw logs may carry integer ids as JSON numbers: the ETL reads every
-categorical field as a string, so a JSON integer ``123`` hashes as ``"123"``, and a JSON boolean as
-``"true"``/``"false"``; :func:`canonical_value` applies the same rule on the Python side.
+Values are texts. Which text a raw JSON value hashes from (a string's characters, ``true`` /
+``false``, an integer's decimal digits; nothing else) is a raw-row rule, defined once in
+``components/raw_rules.py`` (``id_text``) for the ETL and the scorer alike.
 
 Example:
     >>> feature_id("campaign_id", "c-42", buckets=1_000)   # doctest: +SKIP
@@ -23,13 +23,13 @@ Example:
 
 from __future__ import annotations
 
-import math
-
 import xxhash
 
 HASH_SEED = 42
 SEPARATOR = "\x1f"  # ASCII unit separator: cannot occur in a feature name
 NULL_ID = 0
+UNIT_BITS = 20
+""":func:`unit_interval` keeps this many bits of the hash: values are multiples of 2^-20."""
 HASH_CONTRACT = {
     "algorithm": "xxhash64",
     "seed": HASH_SEED,
@@ -42,48 +42,19 @@ _U64 = 1 << 64
 _I63 = 1 << 63
 
 
-def canonical_value(value: object) -> str | None:
-    """Return the string a raw value hashes as, following the ETL's JSON-to-string rule.
-
-    Args:
-        value: a raw field value: ``None``, ``str``, ``bool`` or ``int`` (floats are accepted when
-            they are whole numbers, as JSON parsers may produce them).
-
-    Returns:
-        The string to hash, or ``None`` for a missing value.
-
-    Raises:
-        ValueError: for values the ETL would not read as a categorical (lists, dicts, NaN, 1.5).
-    """
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return str(int(value))
-    raise ValueError(
-        f"categorical value {value!r} of type {type(value).__name__} has no canonical string form; "
-        "raw logs must carry categorical fields as strings or integers"
-    )
-
-
 def signed_hash(feature: str, value: str) -> int:
     """XXH64 (seed 42) of ``feature + "\\x1f" + value`` as Spark's signed ``xxhash64`` returns it."""
     h = xxhash.xxh64_intdigest((feature + SEPARATOR + value).encode("utf-8"), seed=HASH_SEED)
     return h - _U64 if h >= _I63 else h
 
 
-def feature_id(feature: str, value: object, buckets: int) -> int:
+def feature_id(feature: str, value: str | None, buckets: int) -> int:
     """Map one raw value of ``feature`` to its row id in a table of ``buckets`` rows.
 
     Args:
         feature: the feature name (part of the hash input, so equal values of different features
             land on unrelated rows).
-        value: the raw value (see :func:`canonical_value`).
+        value: the value's text (``components.raw_rules.id_text``), or ``None`` if missing.
         buckets: rows of the feature's table, row 0 included; must be at least 2.
 
     Returns:
@@ -93,14 +64,18 @@ def feature_id(feature: str, value: object, buckets: int) -> int:
         raise ValueError(
             f"feature {feature!r}: buckets must be >= 2 (row 0 is reserved), got {buckets}"
         )
-    text = canonical_value(value)
-    if text is None:
+    if value is None:
         return NULL_ID
+    if not isinstance(value, str):
+        raise TypeError(
+            f"feature {feature!r}: hash the value's text, not {type(value).__name__} {value!r} "
+            "(components.raw_rules.id_text says which text a raw JSON value hashes from)"
+        )
     # Python's % with a positive divisor is Spark's pmod.
-    return 1 + signed_hash(feature, text) % (buckets - 1)
+    return 1 + signed_hash(feature, value) % (buckets - 1)
 
 
-def feature_ids(feature: str, values: list[object], buckets: int, slots: int) -> list[int]:
+def feature_ids(feature: str, values: list[str | None], buckets: int, slots: int) -> list[int]:
     """Encode a multi-valued field into exactly ``slots`` ids: the first ``slots`` values, 0-padded."""
     ids = [feature_id(feature, v, buckets) for v in (values or [])[:slots]]
     return ids + [NULL_ID] * (slots - len(ids))
@@ -109,6 +84,6 @@ def feature_ids(feature: str, values: list[object], buckets: int, slots: int) ->
 def unit_interval(salt: str, key: str) -> float:
     """A stable number in [0, 1) from a key, used to assign tasks to splits (Spark twin in the ETL).
 
-    Computed as ``pmod(signed_hash(salt, key), 2**20) / 2**20``.
+    Computed as ``pmod(signed_hash(salt, key), 2**UNIT_BITS) / 2**UNIT_BITS``.
     """
-    return (signed_hash(salt, key) % (1 << 20)) / float(1 << 20)
+    return (signed_hash(salt, key) % (1 << UNIT_BITS)) / float(1 << UNIT_BITS)

@@ -39,6 +39,9 @@ from components.demo.progress import DemoStopped, Progress, TrainOutput, recorde
 from components.demo.settings import CONFIG_FILE, MODES, DemoConfig
 
 log = logging.getLogger("metarec.demo")
+STAGES = ("generate", "validate-raw", "etl", "validate-episodes", "train-meta", "export", "evaluate",
+          "gate", "promote", "train-plain", "export-plain", "cold-start", "score", "airflow",
+          "report")  # fmt: skip
 
 
 def generator_config(config: DemoConfig):  # -> components.generate.GeneratorConfig
@@ -93,6 +96,7 @@ def _stop_spark() -> None:
 
 
 def _train(cfg, interval, etl, config: DemoConfig, mode: str, force: bool):
+    """The training step, its output relayed by :class:`TrainOutput` (``logs/train-<mode>.log``)."""
     from components.steps import training
 
     log_file = config.paths()["logs"] / f"train-{mode}.log"
@@ -107,7 +111,7 @@ def _score(config: DemoConfig, episodes: Path, model_dir: Path) -> dict[str, Any
     out = config.paths()["score"]
     tasks = cold_tasks(episodes)
     events = write_cold_events(config.paths()["raw"], tasks, "campaign_id", out)
-    return {**events, **score_cold(model_dir, out, "campaign_id")}
+    return {"model": str(model_dir), **events, **score_cold(model_dir, out, "campaign_id")}
 
 
 def run_demo(config: DemoConfig, spark=None, fresh: bool = False) -> dict[str, Any]:
@@ -143,14 +147,16 @@ def run_demo(config: DemoConfig, spark=None, fresh: bool = False) -> dict[str, A
     cfgs = load_configs(config)
     cfg, layout = cfgs["meta"], RunLayout.of(cfgs["meta"].run_root)
     interval = Interval(config.start, config.end)
-    progress = Progress(total=14 + config.airflow)
+    progress = Progress(total=len(STAGES) - (not config.airflow))
     run = progress.run
     r: dict[str, Any] = {}  # each stage's result, as JSON (step results: to_dict())
 
-    r["generate"] = run("generate", lambda: recorded(
-        layout, interval, "demo_generate", _settings(generator_config(config)),
-        lambda: _generate(config), force=fresh, outputs=(p["raw"] / "_generation.json",)),
-        DESCRIBE["generate"])  # fmt: skip
+    def generate():
+        settings, marker = _settings(generator_config(config)), p["raw"] / "_generation.json"
+        return recorded(layout, interval, "demo_generate", settings, lambda: _generate(config),
+                        force=fresh, outputs=(marker,))  # fmt: skip
+
+    r["generate"] = run("generate", generate, DESCRIBE["generate"])
 
     def validate_raw():
         status = data.check_raw(cfg, interval)
@@ -198,23 +204,28 @@ def run_demo(config: DemoConfig, spark=None, fresh: bool = False) -> dict[str, A
     r["train"] = {m: t.to_dict() for m, t in train.items()}
     r["export"] = {m: e.to_dict() for m, e in exports.items()}
 
-    cold_file = p["evaluation"] / "cold_start.json"
-    versions = {m: Path(exports[m].model_dir) for m in MODES}
-    r["cold_start"] = run("cold-start", lambda: recorded(
-        layout, interval, "demo_cold_start",
-        {"models": {m: str(v) for m, v in versions.items()}, "data": etl.content_hash},
-        lambda: evaluate_exports(versions, Path(etl.episodes_dir),
-                                 {m: train[m].evaluation for m in MODES}, cold_file),
-        force=fresh, outputs=(cold_file,)), DESCRIBE["cold_start"])  # fmt: skip
+    def cold_start():
+        out, models = p["evaluation"] / "cold_start.json", {m: exports[m].model_dir for m in MODES}
+        evals = {m: train[m].evaluation for m in MODES}
+        return recorded(
+            layout, interval, "demo_cold_start", {"models": models, "data": etl.content_hash},
+            lambda: evaluate_exports({m: Path(d) for m, d in models.items()},
+                                     Path(etl.episodes_dir), evals, out),
+            force=fresh, outputs=(out,),
+        )  # fmt: skip
 
+    r["cold_start"] = run("cold-start", cold_start, DESCRIBE["cold_start"])
     if promoted.champion is None:
         raise DemoStopped(f"the gate promoted no model, so nothing is scored: {gate.reason}")
     champion = layout.models_root / cfg.model_name / promoted.champion
-    r["score"] = run("score", lambda: recorded(
-        layout, interval, "demo_score", {"model": str(champion), "data": etl.content_hash},
-        lambda: _score(config, Path(etl.episodes_dir), champion), force=fresh,
-        outputs=(p["score"] / "predictions.parquet",)), DESCRIBE["score"])  # fmt: skip
-    r["score"]["model"] = str(champion)
+
+    def score():
+        inputs = {"model": str(champion), "data": etl.content_hash}
+        return recorded(layout, interval, "demo_score", inputs,
+                        lambda: _score(config, Path(etl.episodes_dir), champion), force=fresh,
+                        outputs=(p["score"] / "predictions.parquet",))  # fmt: skip
+
+    r["score"] = run("score", score, DESCRIBE["score"])
 
     r["delivery"] = None
     if config.airflow:

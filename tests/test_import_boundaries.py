@@ -29,8 +29,6 @@ TORCH_FREE = ["trainer/data/contract.py", "trainer/data/hashing.py", "trainer/da
 PACKAGES = ("trainer", "components", "dags", "pipelines", "bench")
 PENDING_CYCLES = {
     ("components.steps.config", "components.steps.dag_policy"): "helper B, issue 13: [airflow]",
-    ("trainer.parallel.des", "trainer.parallel.sharded_embeddings"): "helper A, issue 13",
-    ("trainer.parallel.reshard", "trainer.parallel.sharded_embeddings"): "helper A, issue 13",
 }
 """Import cycles whose owner is breaking them: each one's test below fails (strict xfail) once it
 is gone, so that its entry is deleted with the cycle."""

@@ -19,27 +19,10 @@ from __future__ import annotations
 
 from components.etl.config import DenseConfig, FeatureConfig
 from trainer.data.contract import UNKNOWN_LABEL
-from trainer.data.hashing import HASH_CONTRACT, HASH_SEED, SEPARATOR, UNIT_BITS
+from trainer.data.hashing import SEPARATOR, UNIT_BITS
 
 TASK_SALT = "task"
 """An episode's ``task_id`` is ``signed_hash(TASK_SALT, task_key)``."""
-
-
-def hash_contract(num_buckets: int) -> dict:
-    """The manifest's ``hash`` entry: :data:`~trainer.data.hashing.HASH_CONTRACT` plus how the ETL
-    derives task ids, splits and buckets, written from the constants its expressions use."""
-    from components.etl.splits import SPLIT_SALT
-
-    unit = f"pmod(signed_hash({SPLIT_SALT!r}, task_key), 2^{UNIT_BITS}) / 2^{UNIT_BITS}"
-    return {
-        **HASH_CONTRACT,
-        "task_id": f"signed_hash({TASK_SALT!r}, task_key)",
-        "split": f"test_cold if {unit} < cold_fraction",
-        # Spark's hash() is Murmur3 with seed 42, the seed of its xxhash64 too
-        "bucket": f"pmod(murmur3_x86_32(utf8(task_key), seed={HASH_SEED}), num_buckets): "
-        "Spark's hash()",
-        "num_buckets": num_buckets,
-    }
 
 
 def signed_hash(name: str, value):

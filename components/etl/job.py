@@ -230,7 +230,7 @@ def _finish(spark, staging, config: EtlConfig, listing, observation, frame) -> M
     """Tidy the written files, count what they hold, check the accounting, write the manifest."""
     import pyarrow as pa
 
-    from components.etl.encode import hash_contract as hash_contract_of
+    from components.etl.transform import hash_contract as hash_contract_of
 
     episode_files = load.describe_files(staging, load.tidy(staging, "", one_per_folder=True))
     quarantine_files = load.describe_files(

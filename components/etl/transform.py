@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from components.etl import dedup, encode, episodes, rows, splits
 from components.etl.config import EtlConfig, epoch_ms
 from trainer.data.contract import EPISODE_COLUMNS
+from trainer.data.hashing import HASH_CONTRACT, HASH_SEED, UNIT_BITS
 
 OBSERVED = ("rows_read", "blank_lines")
 
@@ -45,6 +46,21 @@ class Transformed:
     """DataFrame: one row per chunk (see the module docstring)."""
     observation: object
     """``pyspark.sql.Observation`` with ``rows_read`` and ``blank_lines`` (after the first action)."""
+
+
+def hash_contract(num_buckets: int) -> dict:
+    """The manifest's ``hash`` entry: :data:`~trainer.data.hashing.HASH_CONTRACT` plus how the ETL
+    derives task ids, splits and buckets, written from the constants its expressions use."""
+    unit = f"pmod(signed_hash({splits.SPLIT_SALT!r}, task_key), 2^{UNIT_BITS}) / 2^{UNIT_BITS}"
+    return {
+        **HASH_CONTRACT,
+        "task_id": f"signed_hash({encode.TASK_SALT!r}, task_key)",
+        "split": f"test_cold if {unit} < cold_fraction",
+        # Spark's hash() is Murmur3 with seed 42, the seed of its xxhash64 too
+        "bucket": f"pmod(murmur3_x86_32(utf8(task_key), seed={HASH_SEED}), num_buckets): "
+        "Spark's hash()",
+        "num_buckets": num_buckets,
+    }
 
 
 def parse(raw, fmt: str, config: EtlConfig, observation=None):

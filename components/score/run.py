@@ -42,6 +42,7 @@ from components.raw_rules import DUPLICATE
 from components.raw_schema import DEFAULT_TASK_KEY, TASK_KEYS, validate_task_key
 from components.score.encode import Encoded, check_spec, encode, validate
 from components.score.events import RawBatch, read_events, total_bytes
+from trainer.durable import write_json_atomic
 
 log = logging.getLogger(__name__)
 PREDICTIONS = pa.schema([("event_id", pa.string()), ("task_key", pa.string()),
@@ -159,15 +160,6 @@ def load_support(model: Any, uri: str, task_key: str, batch_rows: int) -> tuple[
     return sets, accounting
 
 
-def _jsonable(value: Any) -> Any:
-    """``value`` with NaN/inf (e.g. the AUC of one-class labels) as null: strict JSON."""
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
-
-
 def _metrics(labels: list[np.ndarray], logits: list[np.ndarray]) -> dict[str, Any] | None:
     from trainer.metrics import auc, logloss
 
@@ -263,10 +255,7 @@ def score_events(
     assert summary.rows_read == summary.rows_scored + sum(summary.reasons.values())
     for key, path in (("out", out), ("rejected", paths["rejected"])):
         os.replace(tmp[key], path)
-    summary_tmp = paths["summary"].with_name(paths["summary"].name + ".tmp")
-    body = json.dumps(_jsonable(summary.to_dict()), indent=2, sort_keys=True, allow_nan=False)
-    summary_tmp.write_text(body + "\n")
-    os.replace(summary_tmp, paths["summary"])
+    write_json_atomic(paths["summary"], summary.to_dict())  # NaN (one-class AUC) -> null
     log.info("%s: %d rows read -> %d scored (%d adapted to %d tasks), %d rejected (%s); %.1f s, "
              "%.0f rows/s", out, summary.rows_read, summary.rows_scored, summary.rows_adapted,
              summary.tasks_adapted, summary.rows_rejected,

@@ -218,21 +218,31 @@ def _jsonl_block(lines: list[str], lines_no: list[int]) -> pa.Table:
         return _finish_jsonl(_parse_lines(lines), lines_no)
 
 
+def _damaged(f: EventFile, where: str, e: BaseException) -> ValueError:
+    """The error that names a file that cannot be read to its end."""
+    return ValueError(f"{f.rel}: damaged, unreadable after {where} ({type(e).__name__}: {e}); "
+                      "restore the file or move it out of the input")  # fmt: skip
+
+
 def _read_jsonl(fs: Any, f: EventFile, batch_rows: int) -> Iterator[RawBatch]:
     lines, numbers = [], []
     with fs.open_input_file(f.path) as raw:
         stream = pa.CompressedInputStream(raw, "gzip") if f.fmt == "jsonl.gz" else raw
         # newline=None: LF, CR and CRLF end a line (raw_rules), each read as "\n"
         text = io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline=None)
-        for n, line in enumerate(text, 1):
-            line = line.rstrip("\n")
-            if not line.strip(JSON_WHITESPACE):
-                continue  # a blank line is not a row (the ETL's definition)
-            lines.append(line)
-            numbers.append(n)
-            if len(lines) == batch_rows:
-                yield RawBatch(_jsonl_block(lines, numbers), f.rel, lines, raw.tell())
-                lines, numbers = [], []
+        n = 0
+        try:
+            for n, line in enumerate(text, 1):
+                line = line.rstrip("\n")
+                if not line.strip(JSON_WHITESPACE):
+                    continue  # a blank line is not a row (the ETL's definition)
+                lines.append(line)
+                numbers.append(n)
+                if len(lines) == batch_rows:
+                    yield RawBatch(_jsonl_block(lines, numbers), f.rel, lines, raw.tell())
+                    lines, numbers = [], []
+        except (OSError, EOFError, pa.ArrowException) as e:  # e.g. a truncated .jsonl.gz
+            raise _damaged(f, f"line {n}", e) from None
         if lines:
             yield RawBatch(_jsonl_block(lines, numbers), f.rel, lines, f.size)
 
@@ -269,7 +279,14 @@ def _read_parquet(fs: Any, f: EventFile, batch_rows: int) -> Iterator[RawBatch]:
             raise ValueError(f"{f.rel} is not a readable Parquet file ({e})") from None
         names = [c for c in JSON_SCHEMA.names if c in pfile.schema_arrow.names]
         start, total = 0, max(pfile.metadata.num_rows, 1)
-        for batch in pfile.iter_batches(batch_size=batch_rows, columns=names):
+        batches = pfile.iter_batches(batch_size=batch_rows, columns=names)
+        while True:
+            try:
+                batch = next(batches, None)
+            except (OSError, pa.ArrowException) as e:  # e.g. a damaged data page
+                raise _damaged(f, f"row {start}", e) from None
+            if batch is None:
+                return
             n = batch.num_rows
             cols = {x.name if x.name != "event_time" else "_t": _parquet_column(batch, x.name, f.rel)
                     for x in RAW_FIELDS}  # fmt: skip

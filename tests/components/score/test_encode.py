@@ -57,6 +57,7 @@ BAD = [
     ("bad_type:ad_tags", r(23, ad_tags=["a", 1.5])),
     ("malformed_record", json.dumps(r(24)) + json.dumps(r(25))),  # two objects on one line
     ("malformed_record", '{"event_id": "\\ud800"}'),  # a lone surrogate escape
+    ("malformed_record", '{"event_id": "x", "y": ' + "[" * 10_000 + "]" * 10_000 + "}"),  # deep
 ]
 
 
@@ -164,3 +165,24 @@ def test_models_of_non_raw_features_are_refused():
     with pytest.raises(ValueError, match="not an id column"):
         check_spec(FEATURES, DENSE, "user_gender")
     check_spec(FEATURES, DENSE, "campaign_id")
+
+
+def test_damaged_files_are_named(tmp_path):
+    """A truncated .jsonl.gz or a damaged Parquet page stops the read with the file and where."""
+    import gzip
+
+    import pyarrow.parquet as pq
+
+    data = gzip.compress("".join(json.dumps(r(i)) + "\n" for i in range(3000)).encode())
+    (tmp_path / "part.jsonl.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"part\.jsonl\.gz: damaged, unreadable after line \d+"):
+        list(events.read_events(str(tmp_path / "part.jsonl.gz"), 500))
+    path = rawdata.write_parquet(tmp_path / "raw", 0, [r(i) for i in range(3000)])
+    table = pq.read_table(path)
+    pq.write_table(table, path, row_group_size=1000)
+    damaged = bytearray(path.read_bytes())
+    middle = len(damaged) // 2
+    damaged[middle : middle + 200] = bytes(b ^ 0x5A for b in damaged[middle : middle + 200])
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match=rf"{path.name}: damaged, unreadable after row \d+"):
+        list(events.read_events(str(path), 500))

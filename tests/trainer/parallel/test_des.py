@@ -221,6 +221,7 @@ def test_des_equals_the_unsubstituted_computation_at_world_size_2(case, world2) 
 
 
 @pytest.mark.multiprocess
+@pytest.mark.slow
 @pytest.mark.parametrize("case", WORLD4, ids=lambda c: c.name)
 def test_des_equals_the_unsubstituted_computation_at_world_size_4(case, world4) -> None:
     _check(world4, case, 4)

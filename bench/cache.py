@@ -77,7 +77,7 @@ def _cache(fraction: float, policy: str) -> MixCache:
     store = HostStore(
         FIELDS * BUCKETS, [("emb.weight", DIM), ("emb.adagrad_sum", 1)], torch.float32
     )
-    return MixCache(store, CacheSpec(segs, prefetch=False), torch.arange(FIELDS) * BUCKETS, "cpu")
+    return MixCache(store, CacheSpec(segs, prefetch=False), "cpu")
 
 
 def replay(stream: np.ndarray, fraction: float, policy: str) -> dict[str, Any]:

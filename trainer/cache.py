@@ -2,18 +2,22 @@
 memory; a device cache of configurable capacity holds the rows the current steps use.
 
     spec = plan.cache_spec(rank)                            # per-table capacity and policy (plan.py)
-    coll = ShardedEmbeddingCollection(plan, comm, cache=spec)   # or EmbeddingCollection(..., cache=)
-    rows = coll.lookup(batch.ids)        # waits for the prefetch of this step, returns device rows
-    coll.prefetch(next_batch.ids)        # stage t+1: misses fetched while step t computes
+    coll = ShardedEmbeddingCollection(plan, comm, slot_feature, cache=spec)  # any world size
+    sparse = coll.lookup(batch)          # waits for the prefetch of this step, reads device rows
+    coll.prefetch(next_batch)            # stage t+1: misses fetched while step t computes
     ...backward, apply_gradients: the owners update the cached rows in place (marked dirty)...
     coll.cache_stats()                   # {"cache.hits": ..., "cache.misses": ..., ...} of the step
+
+:class:`CachedRows` is the row store a collection holds (``trainer.embeddings.RowStore``): the
+MixCache plus the translation of local rows to slots, in one place.
 
 Layout. The host store is ONE packed tensor, a row per embedding row: ``[emb (D) | linear (1) |
 emb Adagrad sum (1) | linear Adagrad sum (1)]`` (linear columns only when the model has the linear
 table), pinned when CUDA is present, or a memory-mapped file (``torch.from_file``) for shards larger
-than RAM. The device cache has the same columns, one row per *slot*; a collection indexes the cache
-with slots exactly as it indexes a device-resident table with rows, so the Adagrad arithmetic is
-the same and a run with the cache gives bit-identical parameters to a run without it.
+than RAM. The device cache has the same columns, one row per *slot*; :class:`CachedRows` indexes
+it with slots and runs the same Adagrad function (``trainer.embeddings.rowwise_adagrad_``) as the
+device-resident store runs with rows, so a run with the cache gives bit-identical parameters to a
+run without it.
 
 Each table of the store (a contiguous row range) is one :class:`CacheSegment` with its own slot
 range, capacity and policy. Per step ``s``, for the unique rows of the step:
@@ -56,6 +60,14 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+
+from trainer.embeddings import (
+    RowSpec,
+    check_grad_tables,
+    load_row_state,
+    rowwise_adagrad_,
+    table_names,
+)
 
 log = logging.getLogger(__name__)
 COUNTERS = ("lookups", "hits", "misses", "evictions", "h2d_bytes", "d2h_bytes")
@@ -215,13 +227,10 @@ class MixCache:
     Args:
         store: the host rows (initialised by the caller).
         spec: segments (table row ranges, capacity, policy) and whether to prefetch.
-        null_rows: store rows that are null/padding rows (flagged per slot for the collections).
         device: where the cache lives (``cpu`` exercises the same mechanism without a GPU).
     """
 
-    def __init__(
-        self, store: HostStore, spec: CacheSpec, null_rows: Tensor, device: torch.device | str
-    ) -> None:
+    def __init__(self, store: HostStore, spec: CacheSpec, device: torch.device | str) -> None:
         self.store, self.spec, self.device = store, spec, torch.device(device)
         starts = [s.start for s in spec.segments]
         if starts != sorted(starts) or spec.segments[-1].stop != store.rows or starts[0] != 0:
@@ -230,8 +239,6 @@ class MixCache:
         self.slot_start = torch.tensor([0] + [s.capacity for s in spec.segments]).cumsum(0)
         self.seg_row_start = torch.tensor(starts, dtype=torch.int64)
         self.buf = torch.zeros(self.capacity, store.width, dtype=store.data.dtype, device=device)
-        self.null = torch.zeros(self.capacity, dtype=torch.bool, device=device)
-        self.null_rows = null_rows.to(torch.int64).cpu()
         # Host metadata: int32 row -> slot map (4 bytes per row of the shard), per-slot state.
         self.row_slot = torch.full((store.rows,), _FREE, dtype=torch.int32)
         self.slot_row = torch.full((self.capacity,), _FREE, dtype=torch.int64)
@@ -412,7 +419,6 @@ class MixCache:
         if slots.numel():  # reload the resident rows (restoring, not counted as traffic)
             dev = slots.to(self.device)
             self.buf.index_copy_(0, dev, self.store.data.index_select(0, rows).to(self.device))
-            self.null.index_copy_(0, dev, torch.isin(rows, self.null_rows).to(self.device))
         p_rows = state["cache.pending_rows"]
         if p_rows.numel():
             self.step += 1
@@ -556,10 +562,7 @@ class MixCache:
             values = host.to(self.device, non_blocking=True)
         else:
             values = self.store.data.index_select(0, rows)
-        dev_slots = slots.to(self.device, non_blocking=True)
-        self.buf.index_copy_(0, dev_slots, values)
-        null = torch.isin(rows, self.null_rows).to(self.device, non_blocking=True)
-        self.null.index_copy_(0, dev_slots, null)
+        self.buf.index_copy_(0, slots.to(self.device, non_blocking=True), values)
         counts["h2d_bytes"] += int(rows.numel()) * self.store.row_bytes
 
 
@@ -604,50 +607,29 @@ def build_store_columns(dim: int, linear: bool) -> list[tuple[str, int]]:
 
 
 class CachedRows:
-    """A shard's rows ``0..n-1`` and their Adagrad state in a :class:`HostStore` behind a
-    :class:`MixCache`: the same methods as :class:`trainer.embeddings.DeviceRows`, taking LOCAL
-    rows. The device tables are indexed by SLOT; :meth:`read` and :meth:`update` translate rows to
-    slots (``MixCache.lookup`` / ``slots``) and are the only code that indexes them.
-
-    Args:
-        spec: the cache's segments, capacity and policy (``ShardingPlan.cache_spec(rank)``).
-        owned, null, total_rows, dim, linear, init_std, seed, adagrad_eps: as ``DeviceRows``;
-            the rows are drawn chunk by chunk straight into the host store.
-        device, dtype: where the device cache lives; the rows' dtype.
+    """A shard's rows ``0..n-1`` (``rows``: a :class:`~trainer.embeddings.RowSpec`, drawn chunk by
+    chunk straight into the host store) and their Adagrad state in a :class:`HostStore` behind a
+    :class:`MixCache` (``cache``: ``ShardingPlan.cache_spec(rank)``), on ``device``. The same
+    methods as :class:`trainer.embeddings.DeviceRows`, taking LOCAL rows. The device tables are
+    indexed by SLOT; :meth:`read` and :meth:`update` translate rows to slots (``MixCache.lookup``
+    / ``slots``) and are the only code that indexes them.
     """
 
     def __init__(
-        self,
-        spec: CacheSpec,
-        owned: Tensor | None,
-        null: Tensor,
-        total_rows: int,
-        dim: int,
-        *,
-        linear: bool,
-        init_std: float,
-        seed: int,
-        adagrad_eps: float,
-        device: torch.device | str | None,
-        dtype: torch.dtype,
+        self, cache: CacheSpec, rows: RowSpec, device: torch.device | str | None, dtype: torch.dtype
     ) -> None:
-        from trainer.embeddings import draw_initial_rows, table_names
-
         dev = torch.device(device or "cpu")
-        store = HostStore(
-            null.numel(), build_store_columns(dim, linear), dtype, path=spec.mmap_path,
-            pin=dev.type == "cuda",
-        )  # fmt: skip
+        columns = build_store_columns(rows.dim, rows.linear)
+        store = HostStore(rows.rows, columns, dtype, path=cache.mmap_path, pin=dev.type == "cuda")
         store.data.zero_()
-        draw_initial_rows(store.column("emb.weight"), owned, total_rows, init_std, seed)
-        store.column("emb.weight")[null] = 0.0
-        self.cache = MixCache(store, spec, null.nonzero().squeeze(1), dev)
-        names = table_names(linear)
+        rows.draw(store.column("emb.weight"))
+        self.cache = MixCache(store, cache, dev)
+        names = table_names(rows.linear)
         self._slot_weights = {k: self.cache.table(f"{k}.weight") for k in names}
         self._slot_accum = {k: self.cache.table(f"{k}.adagrad_sum") for k in names}
-        self.null = null.to(dev)
+        self.null = rows.null.to(dev)
         """``(n,)`` bool per local row."""
-        self.adagrad_eps = adagrad_eps
+        self.adagrad_eps = rows.adagrad_eps
 
     @property
     def tables(self) -> tuple[str, ...]:
@@ -674,8 +656,6 @@ class CachedRows:
 
     def update(self, rows: Tensor, grads: dict[str, Tensor | None], lr: float) -> None:
         """Row-wise Adagrad on unique local ``rows`` of this step (resident since :meth:`read`)."""
-        from trainer.embeddings import check_grad_tables, rowwise_adagrad_
-
         check_grad_tables(grads, self.tables)
         slots = self.cache.slots(rows)
         keep = ~self.null.index_select(0, rows)
@@ -684,6 +664,10 @@ class CachedRows:
         )
         if any(g is not None for g in grads.values()):
             self.cache.mark_dirty(rows.masked_select(keep))
+
+    @property
+    def prefetches(self) -> bool:
+        return self.cache.spec.prefetch
 
     def prefetch(self, rows: Tensor) -> None:
         """Stage the next step's unique local ``rows`` in the background."""
@@ -701,8 +685,6 @@ class CachedRows:
         return {**self.row_state(), **cache_state}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        from trainer.embeddings import load_row_state
-
         load_row_state(
             self.row_state(), {k: v for k, v in state.items() if not k.startswith("cache.")}
         )

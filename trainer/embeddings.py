@@ -34,6 +34,8 @@ This module never imports ``torch.distributed``.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -142,41 +144,90 @@ def load_row_state(mine: dict[str, Tensor], state: dict[str, Tensor]) -> None:
 # Device-resident rows
 
 
-class DeviceRows:
-    """Rows ``0..n-1`` (a whole table or a shard) and their Adagrad state as device tensors.
+@dataclass(frozen=True)
+class RowSpec:
+    """Which rows a store holds, how they start and how they are updated (every store's input)."""
 
-    Args:
-        owned: the global ids of the local rows, ascending (None: all ``total_rows``).
-        null: ``(n,)`` bool, the null rows (zero, never updated).
-        total_rows, dim, linear, init_std, seed: the table; rows are drawn as one full table.
-        adagrad_eps: the ``eps`` of the row-wise Adagrad update.
-        device, dtype: where the rows live.
-    """
+    owned: Tensor | None
+    """Global ids of the local rows, ascending (None: all ``total_rows``, the whole table)."""
+    null: Tensor
+    """``(n,)`` bool per local row: the null rows (zero, never updated)."""
+    total_rows: int
+    dim: int
+    linear: bool
+    """Also a 1-wide ``linear`` table (zero at the start)."""
+    init_std: float
+    seed: int
+    """``emb`` is drawn as one full table of ``total_rows`` with this seed (any sharding)."""
+    adagrad_eps: float
+
+    @property
+    def rows(self) -> int:
+        return self.null.numel()
+
+    def draw(self, out: Tensor) -> None:
+        """The initial ``emb`` rows into ``out`` ``(rows, dim)`` (null rows zero)."""
+        draw_initial_rows(out, self.owned, self.total_rows, self.init_std, self.seed)
+        out[self.null] = 0.0
+
+
+class RowStore(Protocol):
+    """Rows ``0..n-1`` of a table or shard and their Adagrad state, addressed by LOCAL row
+    (:class:`DeviceRows`, ``trainer.cache.CachedRows``)."""
+
+    null: Tensor
+    """``(n,)`` bool per local row."""
+
+    @property
+    def tables(self) -> tuple[str, ...]: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None): ...
+
+    def read(self, rows: Tensor) -> dict[str, Tensor]:
+        """Values of unique local ``rows`` per table."""
+        ...
+
+    def update(self, rows: Tensor, grads: dict[str, Tensor | None], lr: float) -> None:
+        """Row-wise Adagrad on unique local ``rows`` (null rows never move)."""
+        ...
+
+    @property
+    def prefetches(self) -> bool:
+        """Whether :meth:`prefetch` stages anything (a cache with its prefetch stage)."""
+        ...
+
+    def prefetch(self, rows: Tensor) -> None: ...
+
+    def state_dict(self) -> dict[str, Tensor]: ...
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None: ...
+
+    def stats(self, reset: bool = True) -> dict[str, float]: ...
+
+    def close(self) -> None: ...
+
+
+class DeviceRows:
+    """Rows ``0..n-1`` (a whole table or a shard, ``spec``) and their Adagrad state as tensors on
+    ``device``."""
 
     def __init__(
-        self,
-        owned: Tensor | None,
-        null: Tensor,
-        total_rows: int,
-        dim: int,
-        *,
-        linear: bool,
-        init_std: float,
-        seed: int,
-        adagrad_eps: float,
-        device: torch.device | str | None,
-        dtype: torch.dtype,
+        self, spec: RowSpec, device: torch.device | str | None, dtype: torch.dtype
     ) -> None:
-        n = null.numel()
-        emb = torch.empty(n, dim, dtype=dtype)
-        draw_initial_rows(emb, owned, total_rows, init_std, seed)
-        emb[null] = 0.0
+        emb = torch.empty(spec.rows, spec.dim, dtype=dtype)
+        spec.draw(emb)
         self.weights = {"emb": emb.to(device)}
-        if linear:
-            self.weights["linear"] = torch.zeros(n, 1, dtype=dtype, device=device)
-        self.accum = {k: torch.zeros(n, dtype=dtype, device=device) for k in self.weights}
-        self.null = null.to(device)
-        self.adagrad_eps = adagrad_eps
+        if spec.linear:
+            self.weights["linear"] = torch.zeros(spec.rows, 1, dtype=dtype, device=device)
+        self.accum = {k: torch.zeros(spec.rows, dtype=dtype, device=device) for k in self.weights}
+        self.null = spec.null.to(device)
+        self.adagrad_eps = spec.adagrad_eps
 
     @property
     def tables(self) -> tuple[str, ...]:
@@ -207,6 +258,10 @@ class DeviceRows:
         keep = ~self.null.index_select(0, rows)
         rowwise_adagrad_(self.weights, self.accum, rows, grads, keep, lr, self.adagrad_eps)
 
+    @property
+    def prefetches(self) -> bool:
+        return False
+
     def prefetch(self, rows: Tensor) -> None:
         """Nothing to stage: every row is resident."""
 
@@ -232,10 +287,48 @@ class DeviceRows:
 
 
 # ---------------------------------------------------------------------------------------------
-# The plain collection
+# The collections
 
 
-class PlainEmbeddingCollection:
+class RowCollection:
+    """What every collection over a row store shares: the table's sizes, the store
+    (:class:`DeviceRows` or ``trainer.cache.CachedRows``), the pooling, and what delegates to
+    them. Subclasses set ``dim``, ``total_rows``, ``store`` and ``pooling``."""
+
+    dim: int
+    total_rows: int
+    store: RowStore
+    pooling: Pooling
+
+    @property
+    def has_linear(self) -> bool:
+        return "linear" in self.store.tables
+
+    @property
+    def device(self) -> torch.device:
+        return self.store.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.store.dtype
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        """Move the rows and their state (``dtype`` applies to floating tensors); returns
+        ``self``."""
+        self.store.to(device, dtype)
+        self.pooling.to(device)
+        return self
+
+    def cache_stats(self, reset: bool = True) -> dict[str, float]:
+        """The cache's counters since the last call (``{}`` without a cache)."""
+        return self.store.stats(reset)
+
+    def close(self) -> None:
+        """Stop the store's threads (a cache's prefetch; idempotent)."""
+        self.store.close()
+
+
+class PlainEmbeddingCollection(RowCollection):
     """The stacked embedding table (plus an optional 1-wide linear table) of one process, its
     optimizer state and the pooling: the reference implementation of
     :class:`~trainer.sparse.EmbeddingCollection`.
@@ -289,34 +382,12 @@ class PlainEmbeddingCollection:
         self.dim, self.total_rows = dim, total_rows
         null = torch.zeros(total_rows, dtype=torch.bool)
         null[offsets] = True
-        self.store = DeviceRows(
-            None, null, total_rows, dim, linear=linear, init_std=init_std, seed=seed,
-            adagrad_eps=adagrad_eps, device=device, dtype=dtype,
-        )  # fmt: skip
+        spec = RowSpec(None, null, total_rows, dim, linear, init_std, seed, adagrad_eps)
+        self.store = DeviceRows(spec, device, dtype)
         sf = range(offsets.numel()) if slot_feature is None else slot_feature
         self.pooling = Pooling(sf, offsets.numel()).to(device)
         self.rows: LookedUpRows | None = None
         """The last lookup's rows (autograd leaves), until :meth:`apply_gradients`."""
-
-    @property
-    def has_linear(self) -> bool:
-        return "linear" in self.store.tables
-
-    @property
-    def device(self) -> torch.device:
-        return self.store.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.store.dtype
-
-    def to(
-        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> PlainEmbeddingCollection:
-        """Move tables and state (``dtype`` applies to floating tensors); returns ``self``."""
-        self.store.to(device, dtype)
-        self.pooling.to(device)
-        return self
 
     def lookup(self, batch: Batch) -> SparseOut:
         """Rows of ``batch.ids`` as fresh leaves (kept for :meth:`apply_gradients`), pooled."""
@@ -347,9 +418,6 @@ class PlainEmbeddingCollection:
             raise ValueError("apply_gradients needs a lookup first (one lookup, one apply)")
         self.store.update(rows.ids, rows.grads(), lr)
 
-    def cache_stats(self, reset: bool = True) -> dict[str, float]:
-        return {}
-
     def state_dict(self) -> dict[str, Tensor]:
         """Weights and optimizer state as plain tensors (``torch.load(weights_only=True)``-safe)."""
         return self.store.state_dict()
@@ -357,6 +425,3 @@ class PlainEmbeddingCollection:
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         """Restore ``state_dict()`` output; the table layout must match exactly."""
         self.store.load_state_dict(state)
-
-    def close(self) -> None:
-        """Nothing to stop."""

@@ -36,11 +36,11 @@ ROW_BYTES = (4 + 1 + 1 + 1) * 4  # emb(4) | linear | two Adagrad sums, float32
 
 
 def _tiny_cache(capacity: int, policy: str, rows: int = 10, prefetch: bool = False) -> MixCache:
-    """One 2-wide table of ``rows`` rows whose values are the row numbers; row 0 is null."""
+    """One 2-wide table of ``rows`` rows whose values are the row numbers."""
     store = HostStore(rows, [("emb.weight", 2)], torch.float32)
     store.data[:] = torch.arange(rows, dtype=torch.float32)[:, None]
     spec = CacheSpec((CacheSegment("t", 0, rows, capacity, policy),), prefetch=prefetch)
-    return MixCache(store, spec, torch.tensor([0]), "cpu")
+    return MixCache(store, spec, "cpu")
 
 
 def _resident(cache: MixCache) -> set[int]:
@@ -115,10 +115,9 @@ def test_dirty_rows_are_written_back_on_eviction_and_flush_clean_rows_are_not() 
     assert cache.evict() == 2 and _resident(cache) == set()
 
 
-def test_the_null_flag_follows_the_row_into_its_slot() -> None:
+def test_a_row_is_loaded_into_its_slot() -> None:
     cache = _tiny_cache(3, "lru")
     slots = _step(cache, [0, 4])
-    assert cache.null[slots].tolist() == [True, False]
     assert torch.equal(cache.table("emb.weight")[slots], torch.tensor([[0.0, 0.0], [4.0, 4.0]]))
 
 

@@ -85,6 +85,8 @@ class ModelConfig:
 class RecModel(nn.Module):
     """Dense half + injected embeddings (see the module docstring)."""
 
+    embeddings: EmbeddingCollection
+
     def __init__(
         self, cfg: ModelConfig, dense_half: nn.Module, embeddings: EmbeddingCollection
     ) -> None:

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from trainer.cache import CachedRows, CacheSpec
-from trainer.embeddings import DeviceRows
+from trainer.embeddings import DeviceRows, RowCollection, RowSpec, RowStore
 from trainer.parallel.comm import Collectives
 from trainer.parallel.plan import ShardingPlan
 from trainer.sparse import Batch, LookedUpRows, Pooling, SparseOut
@@ -125,7 +125,7 @@ class _Route:
     inverse: Tensor
 
 
-class ShardedEmbeddingCollection:
+class ShardedEmbeddingCollection(RowCollection):
     """This rank's shard of the stacked table (+ linear table), its row-wise Adagrad state and the
     pooling (see the module docstring).
 
@@ -166,15 +166,14 @@ class ShardedEmbeddingCollection:
         owned = plan.owned_ids(self.rank)
         # int32 requests halve the id bytes on the wire while every shard has < 2**31 rows.
         self._id_dtype = torch.int32 if max(plan.rows_per_rank) < 2**31 else torch.int64
-        kw = dict(
-            linear=plan.linear, init_std=init_std, seed=seed, adagrad_eps=adagrad_eps,
-            device=device, dtype=dtype,
+        rows = RowSpec(
+            owned, plan.is_null(owned), plan.total_rows, plan.dim, plan.linear, init_std, seed,
+            adagrad_eps,
         )  # fmt: skip
-        null = plan.is_null(owned)
-        self.store: DeviceRows | CachedRows = (
-            DeviceRows(owned, null, plan.total_rows, plan.dim, **kw)
+        self.store: RowStore = (
+            DeviceRows(rows, device, dtype)
             if cache is None
-            else CachedRows(cache, owned, null, plan.total_rows, plan.dim, **kw)
+            else CachedRows(cache, rows, device, dtype)
         )
         sf = range(len(plan.tables)) if slot_feature is None else slot_feature
         self.pooling = Pooling(sf, len(plan.tables)).to(self.device)
@@ -189,26 +188,6 @@ class ShardedEmbeddingCollection:
     def use_des(self, des: Substitution) -> None:
         """Substitute operators with DES from the next lookup on (``des`` is built over ``self``)."""
         self.des = des
-
-    @property
-    def has_linear(self) -> bool:
-        return "linear" in self.store.tables
-
-    @property
-    def device(self) -> torch.device:
-        return self.store.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.store.dtype
-
-    def to(
-        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> ShardedEmbeddingCollection:
-        """Move the shard and its state (``dtype`` applies to floating tensors); returns ``self``."""
-        self.store.to(device, dtype)
-        self.pooling.to(device)
-        return self
 
     def is_null(self, ids: Tensor) -> Tensor:
         return self.plan.is_null(ids.to(self.device))
@@ -277,21 +256,13 @@ class ShardedEmbeddingCollection:
         """With a prefetching cache: exchange the NEXT step's ids now and stage the rows the other
         ranks will ask for (DES: its request). A collective when it does anything (every rank
         calls it, each with its next batch); a no-op without a prefetching cache."""
-        if not isinstance(self.store, CachedRows) or not self.store.cache.spec.prefetch:
+        if not self.store.prefetches:
             return
         if self.des is not None and self.des.prefetch(batch):
             return
         route = self._exchange_ids(batch.ids.to(self.device))
         self.store.prefetch(route.unique)
         self._next = route
-
-    def cache_stats(self, reset: bool = True) -> dict[str, float]:
-        """The cache's counters since the last call (``{}`` without a cache)."""
-        return self.store.stats(reset)
-
-    def close(self) -> None:
-        """Stop the cache's thread (idempotent)."""
-        self.store.close()
 
     # ------------------------------------------------------------------------------- optimizer
     @torch.no_grad()

@@ -185,10 +185,10 @@ class _Episodes:
                 self.rows_d0["linear"] = self.rows_d0["emb"].new_zeros(T, M, 1)
             trainable = ~emb.is_null(batch.ids)
             self.row_mask = (task_rows_mask & trainable[task_rows]).to(dtype)
-        support = sparse.side(slice(0, K))
-        self.support = self._side(
-            batch, support.detach() if detach_support else support, slice(0, K), self.s_mask, tinv
-        )
+        # Each side pooled from the rows on its own (SparseOut.side); FOMAML's support side from
+        # detached rows (no graph).
+        support = (sparse.detach() if detach_support else sparse).side(slice(0, K))
+        self.support = self._side(batch, support, slice(0, K), self.s_mask, tinv)
         self.query = self._side(
             batch, sparse.side(slice(K, None)), slice(K, None), self.q_mask, tinv
         )
@@ -223,7 +223,7 @@ def _episode_logits(model: RecModel, params: dict, rows_d: dict, side: dict) -> 
     if "emb" in rows_d:  # task-local copies of the rows: rows + offset, pooled linearly
         pooling = model.embeddings.pooling
         lin = rows_d.get("linear")
-        sparse = sparse.plus(
+        sparse = sparse.with_row_offsets(
             pooling.fields(rows_d["emb"], side["tinv"]),
             None if lin is None else pooling.lr(lin, side["tinv"]),
         )

@@ -16,7 +16,7 @@ pooled fields. The dense half (``trainer/models/``) reads a :class:`SparseOut` t
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
@@ -38,6 +38,10 @@ class SparseOut:
       ``e_f`` and of ``|e_f|^2`` (DES only; otherwise the FM term is computed from ``fields``);
     * ``h1`` ``(..., H)``: the first deep layer's field part, ``concat(fields) @ W1`` without bias
       (DES only).
+
+    ``source``: the rows it was pooled from (set by :class:`Pooling`), so that :meth:`side` pools
+    a side from the rows again instead of slicing: the backward then scatters straight into the
+    rows, without a zero-filled full-size gradient, and a detached side has no graph at all.
     """
 
     fields: Tensor | None = None
@@ -45,6 +49,7 @@ class SparseOut:
     fm_sum: Tensor | None = None
     fm_sq: Tensor | None = None
     h1: Tensor | None = None
+    source: PooledRows | None = field(default=None, repr=False, compare=False)
 
     def fm_term(self) -> Tensor:
         """FM second order ``sum_{i<j} <e_i, e_j>`` = ``0.5 (|sum_f e_f|^2 - sum_f |e_f|^2)``."""
@@ -71,29 +76,33 @@ class SparseOut:
 
     def side(self, positions: slice) -> SparseOut:
         """The samples at ``positions`` of each episode (e.g. the support side)."""
+        if self.source is not None:
+            return self.source.pool(positions)
         return self.apply(lambda t: t[:, positions])
 
     def detach(self) -> SparseOut:
-        return self.apply(Tensor.detach)
+        out = self.apply(Tensor.detach)
+        out.source = None if self.source is None else self.source.detach()
+        return out
 
     def apply(self, fn: Callable[[Tensor], Tensor]) -> SparseOut:
-        """``fn`` on every present entry."""
+        """``fn`` on every present entry (the result has no ``source``)."""
         return SparseOut(**{k: fn(v) for k, v in self.as_dict().items()})
 
     def as_dict(self) -> dict[str, Tensor]:
         """The present entries (a pytree ``vmap`` maps; :meth:`from_dict` rebuilds)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {k: getattr(self, k) for k in ("fields", "lr", "fm_sum", "fm_sq", "h1")}
         return {k: v for k, v in out.items() if v is not None}
 
     @classmethod
     def from_dict(cls, entries: dict[str, Tensor]) -> SparseOut:
         return cls(**entries)
 
-    def plus(self, fields_offset: Tensor, lr_offset: Tensor | None) -> SparseOut:
+    def with_row_offsets(self, fields_offset: Tensor, lr_offset: Tensor | None) -> SparseOut:
         """Add pooled task-local row offsets (meta learning's ``dense+emb``): pooling is linear,
         so pooling ``rows + offset`` equals ``pooled rows + pooled offset``."""
         lr = self.lr if lr_offset is None else self.lr + lr_offset
-        return replace(self, fields=self.pooled() + fields_offset, lr=lr)
+        return replace(self, fields=self.pooled() + fields_offset, lr=lr, source=None)
 
 
 class Pooling(nn.Module):
@@ -144,7 +153,26 @@ class Pooling(nn.Module):
     def forward(self, emb: Tensor, linear: Tensor | None, inverse: Tensor) -> SparseOut:
         """Pooled fields (and the LR term when there is a linear table) of ``inverse``."""
         lr = None if linear is None else self.lr(linear, inverse)
-        return SparseOut(fields=self.fields(emb, inverse), lr=lr)
+        source = PooledRows(self, emb, linear, inverse)
+        return SparseOut(fields=self.fields(emb, inverse), lr=lr, source=source)
+
+
+@dataclass
+class PooledRows:
+    """Rows and the samples' ``inverse`` into them: what a pooled :class:`SparseOut` came from."""
+
+    pooling: Pooling
+    emb: Tensor
+    linear: Tensor | None
+    inverse: Tensor
+
+    def pool(self, positions: slice) -> SparseOut:
+        """The samples at ``positions`` of each episode, pooled from the rows."""
+        return self.pooling(self.emb, self.linear, self.inverse[:, positions])
+
+    def detach(self) -> PooledRows:
+        lin = None if self.linear is None else self.linear.detach()
+        return PooledRows(self.pooling, self.emb.detach(), lin, self.inverse)
 
 
 @dataclass

@@ -205,7 +205,7 @@ def throughput(stream: np.ndarray, variant: str, warmup: int) -> dict[str, Any]:
         "step_ms_median": 1e3 * statistics.median(times),
         "samples_per_s": EPISODES * SAMPLES / statistics.median(times),
     }
-    if coll.cache is not None:
+    if variant != "device_table":
         for key in ("cache.hit_rate", "cache.h2d_bytes", "cache.d2h_bytes"):
             out[key.removeprefix("cache.") + "_mean"] = statistics.mean(s[key] for s in stats)
     return out

@@ -135,7 +135,7 @@ class RecModel(nn.Module):
 def build_embeddings(
     cfg: ModelConfig, layout: Any, *, seed: int = 0, device: torch.device | str | None = None
 ) -> PlainEmbeddingCollection:
-    """The plain (single-process, uncached) collection for ``cfg`` over ``layout``'s tables."""
+    """The plain (single-process reference) collection for ``cfg`` over ``layout``'s tables."""
     return PlainEmbeddingCollection(
         layout.table_offsets,
         layout.total_rows,

@@ -196,9 +196,12 @@ class _Episodes:
     def _side(
         self, batch: Any, sparse: SparseOut, sl: slice, mask: Tensor, tinv: Tensor | None
     ) -> dict[str, Any]:
-        side: dict[str, Any] = {"sparse": sparse.as_dict(), "dense": batch.dense[:, sl]}
-        side["dense"] = side["dense"].to(self.y.dtype)
-        side["y"], side["m"] = self.y[:, sl], mask
+        side: dict[str, Any] = {
+            "sparse": sparse.as_dict(),
+            "dense": batch.dense[:, sl].to(self.y.dtype),
+            "y": self.y[:, sl],
+            "m": mask,
+        }
         if tinv is not None:
             side["tinv"] = tinv[:, sl]
             side["row_mask"] = self.row_mask

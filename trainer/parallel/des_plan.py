@@ -63,6 +63,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from trainer.parallel.plan import ShardingPlan
+
 OPERATORS = ("lr", "fm", "first")
 APPLICABLE = {
     "deepfm": ("lr", "fm", "first"),
@@ -110,7 +112,10 @@ class DESModel:
 
 
 def describe_model(
-    arch: str, plan: Any, slots_per_field: Sequence[int], first_layer: tuple[str, int] | None
+    arch: str,
+    plan: ShardingPlan,
+    slots_per_field: Sequence[int],
+    first_layer: tuple[str, int] | None,
 ) -> DESModel:
     """:class:`DESModel` of a model of ``arch`` under a ``ShardingPlan``; ``first_layer``: the
     module name and width of the first deep layer's field part (``RecModel.first_field_layer``),

@@ -25,9 +25,8 @@ and the factors they read are whatever (batched) tensors the block was given.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
 
 from torch import Tensor, nn
 
@@ -67,7 +66,7 @@ def _hook(
     factor: tuple[Tensor, Tensor] | None,
     offset: Tensor | None,
     inputs: dict[str, Tensor],
-) -> Any:
+) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor]:
     def hook(module: nn.Module, args: tuple[Tensor, ...], y: Tensor) -> Tensor:
         x = args[0]
         inputs[name] = x

@@ -200,6 +200,22 @@ def test_maml_differs_from_fomaml_and_conversion_label_masks_unknowns():
     assert diff > 1e-6  # the second-order term is really there
 
 
+def test_the_low_rank_hooks_live_only_during_the_inner_loop_and_adapted_forward():
+    """``trainer.lowrank`` installs forward hooks on the adapted layers for the block only: after
+    a meta step, an adaptation and a prediction no hook is left and the plain forward is plain."""
+    model = tiny_model("melu")
+    batch = random_batch(LAYOUT, 4, seed=5)
+    cfg = MetaConfig(mode="maml", inner_steps=2, inner_lr=0.3, adapt="dense")
+    sparse = model.embeddings.lookup(batch)
+    loss, _ = outer_loss(model, sparse, batch, cfg)
+    adapted = predict(model, sparse, batch, adapt(model, sparse, batch, cfg))
+    assert not any(m._forward_hooks for m in model.dense_half.modules())
+    plain = predict(model, sparse, batch)
+    assert not torch.allclose(adapted, plain)  # the adaptation was applied while it was active
+    loss.backward()
+    assert all(p.grad is not None for p in model.dense_half.parameters())
+
+
 def _flat_params(model):
     return list(model.dense_half.parameters())
 

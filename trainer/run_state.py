@@ -224,7 +224,7 @@ def checkpoint_problems(
     ckpt = Path(ckpt)
     saved = _require(read_meta(ckpt), ckpt)
     current = _spec_meta(cfg, manifest)
-    problems = compatibility_problems(saved, current)
+    problems = _compatibility_problems(saved, current)
     if not resume:
         return problems
     if saved["data"]["content_hash"] != manifest.content_hash:
@@ -285,7 +285,7 @@ def _as_list(v: Any) -> Any:
     return list(v) if isinstance(v, list | tuple) else v
 
 
-def compatibility_problems(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+def _compatibility_problems(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Why a checkpoint with metadata ``saved`` cannot load into a run with metadata ``current``
     (model shape and feature spec; empty when it can)."""
     problems = []

@@ -5,7 +5,7 @@ scores and task ids are gathered (a few MB even for millions of query samples) a
 the exact metrics of :mod:`trainer.metrics` on the union::
 
     for batch in reader:                                  # EpisodeReader(rank=, world_size=)
-        rows = model.embeddings.lookup(batch.ids)         # collective: all ranks, same batch count
+        sparse = model.embeddings.read(batch)             # collective: all ranks, same batch count
         ...collect labels, logits, task ids of the real query samples...
     m = global_binary_metrics(env, labels, logits, tasks) # equal to the single-process metrics
 

@@ -43,7 +43,7 @@ from trainer.data.hashing import HASH_CONTRACT
 from trainer.models import RecModel, build_model
 from trainer.parallel.reshard import merge_shards
 from trainer.parallel.sharded_embeddings import PLAN_KEY
-from trainer.run_state import compatibility_problems
+from trainer.run_state import checkpoint_problems
 from trainer.serving.artifact import (
     FEATURES_FILE,
     FORMAT,
@@ -254,15 +254,7 @@ def export_checkpoint(
             raise CheckpointError(f"{ckpt} was not written by the metarec trainer")
         cfg = build(TrainerConfig, meta["config"])
         man = _manifest(manifest or cfg.data.path, meta)
-        current = {
-            "config": meta["config"],
-            "features": [
-                {k: getattr(f, k) for k in ("name", "kind", "buckets", "slots")}
-                for f in man.features
-            ],
-            "dense_features": [d.name for d in sorted(man.dense_features, key=lambda d: d.index)],
-        }
-        problems = compatibility_problems(meta, current)
+        problems = checkpoint_problems(ckpt, cfg, man)
         if problems:
             raise ValueError(f"{ckpt} does not fit its manifest: " + "; ".join(problems))
         fingerprint = hashlib.sha256((ckpt / META).read_bytes()).hexdigest()

@@ -6,11 +6,15 @@
 - `trainer/data/{contract,hashing,synthetic}.py` stay torch-free so the Spark side can import them.
 - DAG files and KFP component modules import only the standard library and their framework at top level.
 - No two modules of the project import each other (at top level, in a function or for type hints).
+- Layers point down: `components` imports neither `dags` nor `pipelines`.
+- The model code (`trainer/models/`) does not even mention DES or the cache: they live behind the
+  embedding collection (`trainer/sparse.py`).
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -25,7 +29,14 @@ NO_DISTRIBUTED = [
     "trainer/models",
     "trainer/data",
 ]
-TORCH_FREE = ["trainer/data/contract.py", "trainer/data/hashing.py", "trainer/data/synthetic.py"]
+TORCH_FREE = [
+    "trainer/data/contract.py",
+    "trainer/data/hashing.py",
+    "trainer/data/synthetic.py",
+    "trainer/durable.py",
+    "trainer/config_loader.py",
+    "components/raw_rules.py",
+]
 PACKAGES = ("trainer", "components", "dags", "pipelines", "bench")
 PENDING_CYCLES = {
     ("components.steps.config", "components.steps.dag_policy"): "helper B, issue 13: [airflow]",
@@ -68,6 +79,19 @@ def test_trainer_imports_no_pipeline_frameworks(path: Path) -> None:
 )
 def test_model_meta_data_modules_never_import_torch_distributed(path: Path) -> None:
     assert not _hits(_imports(path), ("torch.distributed", "trainer.parallel"))
+
+
+@pytest.mark.parametrize("path", _py_files("components"), ids=lambda p: str(p.relative_to(REPO)))
+def test_components_import_no_orchestration_layer(path: Path) -> None:
+    assert not _hits(_imports(path), ("dags", "pipelines"))
+
+
+@pytest.mark.parametrize(
+    "path", _py_files("trainer/models"), ids=lambda p: str(p.relative_to(REPO))
+)
+def test_model_code_never_mentions_des_or_the_cache(path: Path) -> None:
+    text = path.read_text()
+    assert not re.findall(r"\b(?:DES|des)\b|cache|Cache|MixCache", text)
 
 
 @pytest.mark.parametrize("rel", TORCH_FREE)

@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     from components.etl.extract import check_input
 
     check_input(config)  # a wrong --input fails in a second, not after the JVM's start
-    from components.etl import run_etl
+    from components.etl.job import run_etl
     from components.etl.session import build_spark
 
     spark = build_spark("metarec-etl", master=args.master, conf=conf)

@@ -47,7 +47,8 @@ class EtlRunParams:
     """Interval start, UTC hour (``2026-11-01T00``), inclusive."""
     end: str
     extra_args: tuple[str, ...] = ()
-    """More ``metarec etl`` options (``--task-key``, ``--k``, ``--features`` ...)."""
+    """More ``metarec etl`` arguments: options (``--task-key``, ``--k``, ``--features`` ...) or
+    ``key=value`` settings (how the delivery flow passes its ``[etl]`` section)."""
     namespace: str = "metarec"
     image: str | None = None
     """``registry/metarec-components:tag``; None keeps the overlay's."""

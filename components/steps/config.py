@@ -1,7 +1,7 @@
 """``DeliveryConfig``: what the continuous-delivery flow reads, runs and writes, from one file.
 
-Standard library only: the Airflow DAG files read it at parse time (the schedule), so it must be
-cheap. Airflow and KFP pass the same config; the backend (local or kubernetes) is a field, not a
+Standard library only (with the sections' own modules, torch- and Spark-free): the Airflow DAG
+files read it at parse time (the schedule), so it must be cheap. Airflow and KFP pass the same config; the backend (local or kubernetes) is a field, not a
 different DAG or pipeline. Load order: the file named by ``$METAREC_DELIVERY_CONFIG`` (TOML or
 JSON), else the defaults below (a laptop run under ``out/delivery``). The Airflow DAGs take no
 defaults: :func:`load_dag_config` requires the file and absolute roots. Example::

@@ -14,25 +14,9 @@ from types import SimpleNamespace
 import pytest
 from kfp import dsl
 
+from tests.pipelines.flow_inputs import ETL, INTERVAL, TRAINER, write_inputs
+
 pytestmark = pytest.mark.spark
-INTERVAL = "interval=20261101T00-20261101T01"
-TRAINER = [
-    "train.log_every=2",
-    "data.batch_episodes=16",
-    "model.mlp=[16, 8]",
-    "model.bottom_mlp=[8]",
-    "eval.max_episodes=64",
-    "checkpoint.every=0",
-]
-ETL = {
-    "k_support": 4,
-    "q_query": 4,
-    "min_support": 2,
-    "min_query": 2,
-    "num_buckets": 2,
-    "shuffle_partitions": 4,
-    "cold_fraction": 0.3,
-}
 
 
 def _artifact(kind: type[dsl.Artifact], root: Path, task: str, name: str) -> dsl.Artifact:
@@ -45,7 +29,6 @@ def _artifact(kind: type[dsl.Artifact], root: Path, task: str, name: str) -> dsl
 def flow(spark, tmp_path_factory) -> SimpleNamespace:
     """The pipeline's components in its order (the local backend, the gate promoting the first
     model), each given the previous ones' outputs as the pipeline wires them."""
-    from components.generate import GeneratorConfig, generate
     from pipelines.ops.evaluate import evaluate
     from pipelines.ops.export_model import export_model
     from pipelines.ops.gate import gate
@@ -59,21 +42,13 @@ def flow(spark, tmp_path_factory) -> SimpleNamespace:
 
     tmp = tmp_path_factory.mktemp("components")
     arts = tmp / "artifacts"
-    generate(
-        GeneratorConfig(
-            out=str(tmp / "raw"), rows=8000, hours=1, num_users=600, num_campaigns=60, seed=4
-        )
-    )
-    delivery_config = tmp / "delivery.json"
-    delivery_config.write_text(
-        json.dumps({"etl": ETL, "trainer_overrides": TRAINER, "gate": {"max_episodes": 64}})
-    )
+    raw, delivery_config = write_inputs(tmp)
     f = SimpleNamespace(run=tmp / "run", artifacts=arts)
     # The explicit interval (a backfill) wins over the scheduled time, which is weeks later.
     f.spec = resolve_run.python_func(
         schedule_time="2026-12-24T10:00:00Z",
         interval_hours=1,
-        raw_root=str(tmp / "raw"),
+        raw_root=str(raw),
         run_root=str(f.run),
         backend="local",
         nproc=1,

@@ -1,7 +1,7 @@
 """The training pipeline runs end to end with ``kfp.local`` (SubprocessRunner in this virtualenv)
-on one hourly interval of generated ad logs, and produces its artifacts. One run (they are slow)
-that also checks that every kind of parameter reaches its step: the typed ones, the model ones
-(trainer overrides) and the ``delivery_config`` file's settings."""
+on one hourly interval of generated ad logs, and produces its artifacts. One run (slow: the default tier calls the same components in
+process, test_components.py) that also checks that every kind of parameter reaches its step: the
+typed ones, the model ones (trainer overrides) and the ``delivery_config`` file's settings."""
 
 from __future__ import annotations
 
@@ -10,43 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.pipelines.flow_inputs import ETL, INTERVAL, write_inputs
+
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
-INTERVAL = "interval=20261101T00-20261101T01"
-TRAINER = [
-    "train.log_every=2",
-    "data.batch_episodes=16",
-    "model.mlp=[16, 8]",
-    "model.bottom_mlp=[8]",
-    "eval.max_episodes=64",
-    "checkpoint.every=0",
-]
-ETL = {
-    "k_support": 4,
-    "q_query": 4,
-    "min_support": 2,
-    "min_query": 2,
-    "num_buckets": 2,
-    "shuffle_partitions": 4,
-    "cold_fraction": 0.3,
-}
 
 
 def test_pipeline_runs_locally_and_promotes_the_first_model(tmp_path):
     from kfp import local
 
-    from components.generate import GeneratorConfig, generate
     from pipelines.local import scheduled_at
     from pipelines.training_pipeline import training_pipeline
 
-    generate(
-        GeneratorConfig(
-            out=str(tmp_path / "raw"), rows=8000, hours=1, num_users=600, num_campaigns=60, seed=4
-        )
-    )
-    delivery_config = tmp_path / "delivery.json"
-    delivery_config.write_text(
-        json.dumps({"etl": ETL, "trainer_overrides": TRAINER, "gate": {"max_episodes": 64}})
-    )
+    raw, delivery_config = write_inputs(tmp_path)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
 
     # kfp.local cannot leave an Optional parameter unset: every one is given here. The explicit
@@ -55,7 +30,7 @@ def test_pipeline_runs_locally_and_promotes_the_first_model(tmp_path):
         training_pipeline(
             interval_start="2026-11-01T00",
             interval_end="2026-11-01T01",
-            raw_root=str(tmp_path / "raw"),
+            raw_root=str(raw),
             run_root=str(tmp_path / "run"),
             trainer_config="debug",
             model_name="ctr-local",

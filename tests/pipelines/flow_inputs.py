@@ -1,0 +1,43 @@
+"""The inputs of the pipeline runs in tests: one hourly interval of generated ad logs and a
+``delivery_config`` file with small ETL, trainer and gate settings (test_components.py runs the
+components in process, test_local_run.py with ``kfp.local``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+INTERVAL = "interval=20261101T00-20261101T01"
+TRAINER = [
+    "train.log_every=2",
+    "data.batch_episodes=16",
+    "model.mlp=[16, 8]",
+    "model.bottom_mlp=[8]",
+    "eval.max_episodes=64",
+    "checkpoint.every=0",
+]
+ETL = {
+    "k_support": 4,
+    "q_query": 4,
+    "min_support": 2,
+    "min_query": 2,
+    "num_buckets": 2,
+    "shuffle_partitions": 4,
+    "cold_fraction": 0.3,
+}
+
+
+def write_inputs(root: Path) -> tuple[Path, Path]:
+    """Generate the interval's raw logs under ``root/raw`` and write ``root/delivery.json``;
+    returns both paths."""
+    from components.generate import GeneratorConfig, generate
+
+    raw = root / "raw"
+    generate(
+        GeneratorConfig(out=str(raw), rows=8000, hours=1, num_users=600, num_campaigns=60, seed=4)
+    )
+    delivery_config = root / "delivery.json"
+    delivery_config.write_text(
+        json.dumps({"etl": ETL, "trainer_overrides": TRAINER, "gate": {"max_episodes": 64}})
+    )
+    return raw, delivery_config

@@ -25,6 +25,8 @@ from components import raw_rules as rules
 from components.raw_schema import RAW_FIELDS, fields_of
 
 CORRUPT_COL = "_corrupt_record"
+JSON_OPTIONS = {"mode": "PERMISSIVE", "allowSingleQuotes": "false"}
+"""``from_json`` options: strict JSON quoting, as Python's parser (``raw_rules``)."""
 
 # Columns of the canonical frame, in order (``event_time`` is carried as ``_t``, epoch ms).
 DATA_COLUMNS = tuple("_t" if f.name == "event_time" else f.name for f in RAW_FIELDS)
@@ -74,9 +76,10 @@ def java(pattern: str) -> str:
 
 
 def _first_reason(*rules_in_order):
-    """One CASE expression: the reason of the first ``(condition, code)`` that holds.
+    """One CASE expression: the code of the first condition that holds.
 
-    Each argument is a dict ``{code: condition}`` (a rule, fields in schema order).
+    Each argument is one rule, a dict ``{code: condition}`` with fields in schema order; rules in
+    the precedence of ``raw_rules.PRECEDENCE``.
     """
     from pyspark.sql import functions as F
 
@@ -91,24 +94,64 @@ def _blank(c):
     return c.isNull() | (c == "")
 
 
-def line_reason(value):
-    """Column: ``line_too_long``, ``malformed_record`` or null by the shape of the line alone —
-    :func:`components.raw_rules.line_reason` as Spark expressions."""
+def with_line_reason(df):
+    """``df`` (a ``value`` column of lines) with ``_line_reason``: ``line_too_long``,
+    ``malformed_record`` or null by the shape of the line alone —
+    :func:`components.raw_rules.line_reason` as Spark expressions.
+
+    Each step is its own projection over a working column ``_s`` (Spark evaluates a column once
+    per row, where a nested expression used twice would be evaluated twice); a step whose
+    required substring is absent is skipped, which changes nothing (``raw_rules.LINE_STEPS``).
+    """
     from pyspark.sql import functions as F
 
-    text, refused = value, F.lit(False)
-    for op, pattern in rules.LINE_STEPS:
+    s = F.col("_s")
+    df = df.withColumn("_plain", _plain_object())
+    df = df.withColumn("_s", F.when(~F.col("_plain"), F.col("value"))).withColumn(
+        "_bad", F.lit(False)
+    )
+    for op, pattern, needs in rules.LINE_STEPS:
         if op == "remove":
-            text = F.regexp_replace(text, java(pattern), "")
-        elif op == "refuse":
-            refused = refused | text.rlike(java(pattern))
-        else:  # "shape": the whole text
-            refused = refused | ~text.rlike(java(f"^({pattern})$"))
-    inner = text.substr(F.lit(2), F.length(text) - 2)
+            step = F.regexp_replace(s, java(pattern), "")
+            df = df.withColumn("_s", step if needs is None else F.when(s.contains(needs), step)
+                               .otherwise(s))  # fmt: skip
+        else:
+            fails = s.rlike(java(pattern)) if op == "refuse" else ~s.rlike(java(f"^({pattern})$"))
+            fails = fails if needs is None else s.contains(needs) & fails
+            df = df.withColumn("_bad", F.col("_bad") | fails)
+    df = df.withColumn("_s", s.substr(F.lit(2), F.length(s) - 2))  # inside the outer braces
+    deep = s
     for _ in range(rules.MAX_DEPTH - 1):
-        inner = F.regexp_replace(inner, java(rules.EMPTY_PAIR), "")
-    return F.when(F.length(value) > rules.MAX_LINE_CHARS, F.lit(rules.LINE_TOO_LONG)).when(
-        refused | (inner != ""), F.lit(rules.MALFORMED)
+        deep = F.regexp_replace(deep, java(rules.EMPTY_PAIR), "")
+    flat = s.rlike(java(f"^({rules.EMPTY_PAIR})*$"))  # most records: "[][]", one pass is enough
+    df = df.withColumn("_s", F.when(flat, F.lit("")).otherwise(deep))
+    reason = (
+        F.when(F.length("value") > rules.MAX_LINE_CHARS, F.lit(rules.LINE_TOO_LONG))
+        .when(F.col("_plain"), F.lit(None))
+        .when(F.col("_bad") | (s != ""), F.lit(rules.MALFORMED))
+    )
+    return df.withColumn("_line_reason", reason).drop("_plain", "_s", "_bad")
+
+
+def _plain_object():
+    """Column: a cheap test of ``value`` that passes most records and implies the line rule
+    holds whenever the JSON parser (``from_json``, single quotes off) accepts the line: ``{`` is
+    the first character and the only one, the first ``}`` is the last character (so the object
+    ends at the end of the line), no list inside a list (depth 2), no long digit run, no ``INF``
+    or ``Infinity``, no surrogate escape. Lines that fail it take the rule's steps; the verdict
+    is the same either way (``tests/components/test_raw_rules_parity.py``)."""
+    from pyspark.sql import functions as F
+
+    value = F.col("value")
+    return (
+        value.startswith("{")
+        & (F.instr(value, "}") == F.length(value))
+        & (F.locate("{", value, 2) == 0)
+        & ~value.contains("INF")
+        & ~value.contains("Infinity")
+        & ~(value.contains("\\u") & value.rlike(java(r"\\u[dD][89a-fA-F]")))
+        & ~value.rlike(java(r"\[[^\]]*\["))
+        & ~value.rlike(java(f"[0-9]{{{rules.MAX_DIGITS + 1}}}"))
     )
 
 
@@ -122,38 +165,42 @@ def _variant_ok(v, text):
     return kind.isin("STRING", "BOOLEAN", "VOID") | (integer & text.rlike(java("^-?[0-9]+$")))
 
 
-def _not_id_text(df):
-    """``{field: condition}``: an id, categorical or list field holds a value that is not an id
-    text (``raw_rules.id_text``). Read into a string, such a value looks like
-    ``raw_rules.RENDERED_NOT_TEXT``, and so can a string; only those rows are parsed again with
-    the fields as variants, which keep the JSON type."""
+def _with_probe(df):
+    """``df`` (with ``j``, the record read with strings) with ``_probe``: for the rows where an id,
+    categorical or list field reads like ``raw_rules.RENDERED_NOT_TEXT`` (a string can too), those
+    fields read again as variants, which keep their JSON type; null on other rows."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    looks = java(rules.RENDERED_NOT_TEXT)
     fields = fields_of(*rules.TEXT_KINDS, "multi")
-    gate = {}
+    gate = F.lit(False)
     for f in fields:
         c = F.col(f"j.{f.name}")
-        gate[f.name] = (
-            F.array_join(c, "\n").rlike(java("(?m)" + rules.RENDERED_NOT_TEXT))
-            if f.kind == "multi"
-            else c.rlike(looks)
-        )
-    any_gate = F.lit(False)
-    for g in gate.values():
-        any_gate = any_gate | F.coalesce(g, F.lit(False))
+        if f.kind == "multi":
+            looks = F.array_join(c, "\n").rlike(java("(?m)" + rules.RENDERED_NOT_TEXT))
+        else:  # cheap tests first: an id seldom starts with [ { " or holds a "."
+            number_like = c.contains(".") & c.rlike(java(rules.RENDERED_NOT_TEXT))
+            looks = c.startswith("[") | c.startswith("{") | c.startswith('"') | number_like
+        gate = gate | F.coalesce(looks, F.lit(False))
     schema = T.StructType([T.StructField(f.name, T.VariantType()) for f in fields])
-    probe = F.when(any_gate, F.from_json("value", schema, {"mode": "PERMISSIVE"}))
+    return df.withColumn("_probe", F.when(gate, F.from_json("value", schema, JSON_OPTIONS)))
+
+
+def _not_id_text():
+    """``{field: condition}``: an id, categorical or list field holds a value that is not an id
+    text (``raw_rules.id_text``), judged from ``_probe`` (:func:`_with_probe`)."""
+    from pyspark.sql import functions as F
+
     out = {}
-    for f in fields:
-        v, text = probe.getField(f.name), F.col(f"j.{f.name}")
+    for f in fields_of(*rules.TEXT_KINDS, "multi"):
+        v, text = F.col(f"_probe.{f.name}"), F.col(f"j.{f.name}")
         if f.kind == "multi":
             items = F.try_variant_get(v, "$", "array<variant>")
             ok = ~F.array_contains(F.zip_with(items, text, _variant_ok), False)
         else:
             ok = _variant_ok(v, text)
-        out[f.name] = F.coalesce(gate[f.name], F.lit(False)) & ~F.coalesce(ok, F.lit(False))
+        ok = v.isNull() | F.coalesce(ok, F.lit(False))  # absent: fine (a missing rule's business)
+        out[f.name] = F.col("_probe").isNotNull() & ~ok
     return out
 
 
@@ -164,15 +211,15 @@ def parse_jsonl(df):
     """
     from pyspark.sql import functions as F
 
-    df = df.select("value", "dt", "hr", "_file", line_reason(F.col("value")).alias("_line"))
-    opts = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT_COL}
-    j = F.when(F.col("_line").isNull(), F.from_json("value", jsonl_read_schema(), opts))
+    df = with_line_reason(df.select("value", "dt", "hr", "_file"))
+    opts = {**JSON_OPTIONS, "columnNameOfCorruptRecord": CORRUPT_COL}
+    j = F.when(F.col("_line_reason").isNull(), F.from_json("value", jsonl_read_schema(), opts))
     df = df.select("*", j.alias("j"))
     # A bad list value makes Spark flag the whole record (keeping the other fields); re-parse only
     # those rows with lists as text to tell "not a JSON object" from "a list that is not a list".
     corrupt = F.col(f"j.{CORRUPT_COL}").isNotNull()
-    relaxed = F.when(corrupt, F.from_json("value", _string_schema(), {"mode": "PERMISSIVE"}))
-    df = df.withColumn("_relaxed", relaxed)
+    relaxed = F.when(corrupt, F.from_json("value", _string_schema(), JSON_OPTIONS))
+    df = _with_probe(df.withColumn("_relaxed", relaxed))
     multi = [f.name for f in fields_of("multi")]
     bad_list = {
         m: corrupt & F.col(f"_relaxed.{m}").isNotNull() & F.col(f"j.{m}").isNull() for m in multi
@@ -180,8 +227,8 @@ def parse_jsonl(df):
     any_bad_list = F.lit(False)
     for cond in bad_list.values():
         any_bad_list = any_bad_list | cond
-    malformed = F.col("_line").isNotNull() | (corrupt & ~any_bad_list)
-    not_text = _not_id_text(df)
+    malformed = F.col("_line_reason").isNotNull() | (corrupt & ~any_bad_list)
+    not_text = _not_id_text()
 
     def s(name):  # raw text of a scalar field
         return F.col(f"j.{name}")
@@ -221,7 +268,7 @@ def parse_jsonl(df):
         else:
             columns.append(s(f.name).alias(f.name))
     reason = F.coalesce(
-        F.col("_line"), _first_reason({rules.MALFORMED: malformed}, missing, bad_type)
+        F.col("_line_reason"), _first_reason({rules.MALFORMED: malformed}, missing, bad_type)
     )
     return df.select(*columns, reason.alias("_reason"), F.col("value").alias("_raw"), *_meta(df))
 

@@ -109,8 +109,10 @@ CASES: list[tuple[str, str, str | None]] = [
 ]
 
 
-def _etl(spark, lines: list[str]) -> dict[int, tuple[str | None, list[int] | None]]:
-    """``{line number: (reason, ids)}`` through the ETL's row path (ids of good rows only)."""
+def etl_verdicts(spark, lines: list[str]) -> dict[int, tuple[str | None, list[int] | None]]:
+    """``{line number: (reason, ids)}`` through the ETL's row path (ids of the rows that pass the
+    row rules; ``event_time_out_of_range``, an interval rule the scorer does not apply, reads as
+    ``None``)."""
     from pyspark.sql import functions as F
 
     from components.etl import encode, rows
@@ -122,7 +124,8 @@ def _etl(spark, lines: list[str]) -> dict[int, tuple[str | None, list[int] | Non
     parsed = rows.validate_rows(
         rows.parse_jsonl(rows.drop_blank_lines(df)), START_MS, START_MS + 86_400_000, 3_600_000
     )
-    ids = F.when(F.col("_reason").isNull(), encode.sparse_ids(FEATURES))
+    passed = F.col("_reason").isNull() | (F.col("_reason") == rules.OUT_OF_RANGE)
+    ids = F.when(passed, encode.sparse_ids(FEATURES))
     out = {}
     for r in parsed.select("_file", "_reason", ids.alias("ids")).collect():
         reason = None if r["_reason"] == rules.OUT_OF_RANGE else r["_reason"]
@@ -130,7 +133,7 @@ def _etl(spark, lines: list[str]) -> dict[int, tuple[str | None, list[int] | Non
     return out
 
 
-def _scorer(lines: list[str], tmp_path) -> dict[int, tuple[str | None, list[int] | None]]:
+def scorer_verdicts(lines: list[str], tmp_path) -> dict[int, tuple[str | None, list[int] | None]]:
     """``{line number: (reason, ids)}`` through the scorer's reader, validation and encoder."""
     from components.score.encode import encode, validate
     from components.score.events import read_events
@@ -154,7 +157,7 @@ def _scorer(lines: list[str], tmp_path) -> dict[int, tuple[str | None, list[int]
 
 def test_hostile_lines_get_one_verdict_and_one_id(spark, tmp_path) -> None:
     lines = [line for _, line, _ in CASES]
-    etl, scorer = _etl(spark, lines), _scorer(lines, tmp_path)
+    etl, scorer = etl_verdicts(spark, lines), scorer_verdicts(lines, tmp_path)
     assert sorted(etl) == sorted(scorer) == list(range(1, len(lines) + 1))  # every line one row
     for n, (name, _, expected) in enumerate(CASES, 1):
         assert etl[n][0] == expected, (name, "ETL", etl[n][0])
@@ -168,7 +171,7 @@ def test_integer_ids_hash_from_their_decimal_text(spark, tmp_path) -> None:
              (_line(2, user_id="-0"), _line(2, user_id='"0"')),
              (_line(3, region="false"), _line(3, region='"false"'))]  # fmt: skip
     lines = [x for pair in pairs for x in pair]
-    etl, scorer = _etl(spark, lines), _scorer(lines, tmp_path)
+    etl, scorer = etl_verdicts(spark, lines), scorer_verdicts(lines, tmp_path)
     for k in range(0, len(lines), 2):
         assert etl[k + 1] == etl[k + 2] == scorer[k + 1] == scorer[k + 2]
         assert etl[k + 1][0] is None

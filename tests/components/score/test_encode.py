@@ -186,3 +186,12 @@ def test_damaged_files_are_named(tmp_path):
     path.write_bytes(bytes(damaged))
     with pytest.raises(ValueError, match=rf"{path.name}: damaged, unreadable after row \d+"):
         list(events.read_events(str(path), 500))
+
+
+def test_the_vectorised_line_check_is_the_line_rule():
+    """The fast path's check (RE2, whole blocks) says what ``raw_rules.line_reason`` says."""
+    from components import raw_rules
+    from tests.components.test_raw_rules_parity import CASES
+
+    for name, line, _ in CASES:
+        assert events._lines_pass([line]) == (raw_rules.line_reason(line) is None), name

@@ -134,10 +134,10 @@ def test_feature_spec_files(tmp_path):
     bad.write_text('[[features]]\nname = "user_id"\nbucket = 10\n')
     with pytest.raises(ValueError, match=r"unknown config key\(s\) bucket in \[features\[0\]\]"):
         load_feature_spec(bad)
-    with pytest.raises(ValueError, match="missing required config key.* features"):
+    with pytest.raises(ValueError, match=r"missing required config key.* features"):
         (tmp_path / "x.json").write_text("{}")
         load_feature_spec(tmp_path / "x.json")
-    with pytest.raises(ValueError, match="feature spec .*missing.toml: no such file"):
+    with pytest.raises(ValueError, match=r"feature spec .*missing\.toml: no such file"):
         load_feature_spec(tmp_path / "missing.toml")
 
 

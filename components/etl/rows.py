@@ -100,8 +100,8 @@ def with_line_reason(df):
     :func:`components.raw_rules.line_reason` as Spark expressions.
 
     Each step is its own projection over a working column ``_s`` (Spark evaluates a column once
-    per row, where a nested expression used twice would be evaluated twice); a step whose
-    required substring is absent is skipped, which changes nothing (``raw_rules.LINE_STEPS``).
+    per row, where a nested expression used twice would be evaluated twice). Most lines pass
+    :func:`_plain_object` and skip the steps (``_s`` is null for them).
     """
     from pyspark.sql import functions as F
 
@@ -110,14 +110,11 @@ def with_line_reason(df):
     df = df.withColumn("_s", F.when(~F.col("_plain"), F.col("value"))).withColumn(
         "_bad", F.lit(False)
     )
-    for op, pattern, needs in rules.LINE_STEPS:
+    for op, pattern, _ in rules.LINE_STEPS:  # each step reads _s once: no plan blow-up
         if op == "remove":
-            step = F.regexp_replace(s, java(pattern), "")
-            df = df.withColumn("_s", step if needs is None else F.when(s.contains(needs), step)
-                               .otherwise(s))  # fmt: skip
+            df = df.withColumn("_s", F.regexp_replace(s, java(pattern), ""))
         else:
             fails = s.rlike(java(pattern)) if op == "refuse" else ~s.rlike(java(f"^({pattern})$"))
-            fails = fails if needs is None else s.contains(needs) & fails
             df = df.withColumn("_bad", F.col("_bad") | fails)
     df = df.withColumn("_s", s.substr(F.lit(2), F.length(s) - 2))  # inside the outer braces
     deep = s

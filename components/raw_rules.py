@@ -96,21 +96,20 @@ or tabs around), ``inf``/``infinity``/``nan`` in any case, or a non-finite JSON 
 Spark's ``from_json`` renders it into a string (``"NaN"`` with its quotes)."""
 
 # The line rule, as steps that every engine runs in this order on the raw line (Java regex in
-# Spark, ``re`` in Python; the patterns mean the same in both). ``("remove", p, _)`` deletes every
-# match of ``p``; ``("refuse", p, _)`` makes the line malformed if ``p`` matches anywhere;
-# ``("shape", p, _)`` makes it malformed unless ``p`` matches the whole remaining text. The third
-# item, when set, is a substring without which the step cannot match (an engine may skip it).
+# Spark, ``re`` in Python, RE2 in pyarrow; the patterns mean the same in all). ``("remove", p)``
+# deletes every match of ``p``; ``("refuse", p)`` makes the line malformed if ``p`` matches
+# anywhere; ``("shape", p)`` makes it malformed unless ``p`` matches the whole remaining text.
 _WS = " \\t\\r\\n"
-LINE_STEPS: tuple[tuple[str, str, str | None], ...] = (
-    ("remove", r"\\\\", "\\"),  # escaped backslashes, so that "\\ud800" is text, not an escape
-    ("remove", r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}", "\\u"),  # pairs
-    ("refuse", r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}", "\\u"),  # a lone surrogate escape
-    ("remove", r"(?s)\\.", "\\"),  # every other escape
-    ("remove", r'"[^"]*"', '"'),  # strings (keys and values)
-    ("refuse", f"[0-9]{{{MAX_DIGITS + 1}}}", None),  # a number too long
-    ("remove", r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?|true|false|null|NaN|-?Infinity", None),
-    ("shape", rf"[{_WS}]*\{{[{{}}\[\],:{_WS}]*\}}[{_WS}]*", None),  # one object, punctuation left
-    ("remove", r"[^{}\[\]]", None),  # the bracket skeleton, e.g. "{[][]}"
+LINE_STEPS: tuple[tuple[str, str], ...] = (
+    ("remove", r"\\\\"),  # escaped backslashes, so that "\\ud800" is text, not an escape
+    ("remove", r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"),  # pairs
+    ("refuse", r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}"),  # a lone surrogate escape
+    ("remove", r"(?s)\\."),  # every other escape
+    ("remove", r'"[^"]*"'),  # strings (keys and values)
+    ("refuse", f"[0-9]{{{MAX_DIGITS + 1}}}"),  # a number too long
+    ("remove", r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?|true|false|null|NaN|-?Infinity"),
+    ("shape", rf"[{_WS}]*\{{[{{}}\[\],:{_WS}]*\}}[{_WS}]*"),  # one object, punctuation left
+    ("remove", r"[^{}\[\]]"),  # the bracket skeleton, e.g. "{[][]}"
 )
 """After these steps the text is the line's bracket skeleton; the line holds exactly one object iff
 it is "{" + a balanced sequence of depth < :data:`MAX_DEPTH` + "}" (:data:`EMPTY_PAIR` removed
@@ -159,7 +158,7 @@ NUMBER_KINDS = ("dense", "label")
 
 # ------------------------------------------------------------------------- compiled to Python
 
-_LINE_STEPS = tuple((op, re.compile(p), needs) for op, p, needs in LINE_STEPS)
+_LINE_STEPS = tuple((op, re.compile(p)) for op, p in LINE_STEPS)
 _EMPTY_PAIR = re.compile(EMPTY_PAIR)
 _NUMBER_TEXT = re.compile(NUMBER_TEXT)
 _ISO_8601 = re.compile(ISO_8601)
@@ -179,7 +178,7 @@ def line_reason(line: str) -> str | None:
     if len(line) > MAX_LINE_CHARS:
         return LINE_TOO_LONG
     text = line
-    for op, pattern, _ in _LINE_STEPS:
+    for op, pattern in _LINE_STEPS:
         if op == "remove":
             text = pattern.sub("", text)
         elif not (pattern.fullmatch(text) if op == "shape" else not pattern.search(text)):

@@ -110,7 +110,7 @@ def with_line_reason(df):
     df = df.withColumn("_s", F.when(~F.col("_plain"), F.col("value"))).withColumn(
         "_bad", F.lit(False)
     )
-    for op, pattern, _ in rules.LINE_STEPS:  # each step reads _s once: no plan blow-up
+    for op, pattern in rules.LINE_STEPS:  # each step reads _s once: no plan blow-up
         if op == "remove":
             df = df.withColumn("_s", F.regexp_replace(s, java(pattern), ""))
         else:

@@ -119,7 +119,7 @@ def _lines_pass(lines: list[str]) -> bool:
     text = pa.array(lines, pa.string())
     if len(text) and pc.max(pc.utf8_length(text)).as_py() > rules.MAX_LINE_CHARS:
         return False
-    for op, pattern, _ in rules.LINE_STEPS:
+    for op, pattern in rules.LINE_STEPS:
         if op == "remove":
             text = pc.replace_substring_regex(text, pattern, "")
         elif op == "refuse":

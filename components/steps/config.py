@@ -35,7 +35,7 @@ Every section is a dataclass with its defaults, stated once: ``[etl]`` is
 :class:`~components.validation.suites.Thresholds`, ``[gate]`` :class:`GateSettings`,
 ``[kubernetes]`` :class:`KubernetesSettings` (read only with ``backend = "kubernetes"``; its unset
 job settings keep ``TrainRunParams``/``EtlRunParams``'s defaults), ``[airflow]``
-:class:`~components.steps.dag_policy.AirflowSettings`. The file is read by the project's one
+:class:`AirflowSettings`. The file is read by the project's one
 config loader (``trainer.config_loader``): an unknown key or a wrong type is refused with its
 dotted name (``delivery config: unknown config key(s) k_suport in [etl]; ...``).
 """
@@ -44,13 +44,12 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from components.etl.config import EtlSettings
 from components.promotion.gate import GatePolicy
-from components.steps.dag_policy import AirflowSettings
 from components.validation.suites import Thresholds
 from trainer.config_loader import build, read_file, to_dict
 
@@ -135,6 +134,38 @@ class KubernetesSettings:
     def _set(self, keys: dict[str, str]) -> dict[str, object]:
         pairs = {**keys, "data_mount": "data_mount"}.items()
         return {param: getattr(self, k) for k, param in pairs if getattr(self, k) is not None}
+
+
+@dataclass(frozen=True)
+class AirflowSettings:
+    """The ``[airflow]`` section of the delivery config (module docstring)."""
+
+    spark_pool: str = "metarec_spark"
+    """Pool of the Spark tasks (its slots bound the Spark jobs running at once)."""
+    training_pool: str = "metarec_training"
+    """Pool of the training task (its slots bound the training runs at once)."""
+    spark_timeout_s: int = 3 * 3600
+    """``execution_timeout`` of each Spark task (raw validation, ETL, episode validation)."""
+    training_timeout_s: int = 12 * 3600
+    """``execution_timeout`` of the training task."""
+    task_timeout_s: int = 3600
+    """``execution_timeout`` of every other task (export, evaluation, gate, promotion, ...)."""
+    dagrun_timeout_s: int = 24 * 3600
+    """``dagrun_timeout``: a run still going after this long fails."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith("_pool"):
+                if not (isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,256}", value)):
+                    raise ValueError(
+                        f"delivery config: [airflow] {f.name} {value!r} is no pool name"
+                    )
+            elif not (isinstance(value, int) and value > 0):
+                raise ValueError(
+                    f"delivery config: [airflow] {f.name} must be a whole number of seconds > 0, "
+                    f"got {value!r}"
+                )
 
 
 @dataclass(frozen=True, kw_only=True)

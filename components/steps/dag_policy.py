@@ -1,7 +1,7 @@
 """What every metarec Airflow task gets: retries, timeouts, pools and the failure callback.
 
 Standard library only: the DAG files call these at parse time. The numbers come from the delivery
-config's ``[airflow]`` section (every key optional; :class:`AirflowSettings` has the defaults)::
+config's ``[airflow]`` section (every key optional; :class:`~components.steps.config.AirflowSettings` has the defaults)::
 
     [airflow]
     spark_pool = "metarec_spark"        # the Spark tasks: raw and episode validation, the ETL
@@ -30,7 +30,6 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,45 +37,13 @@ from typing import TYPE_CHECKING, Any
 from components.steps.layout import Interval, RunLayout
 from trainer.durable import write_json_atomic
 
-if TYPE_CHECKING:  # the config's [airflow] section is AirflowSettings below
+if TYPE_CHECKING:
     from components.steps.config import DeliveryConfig
 
 log = logging.getLogger(__name__)
 OWNER = "ml-platform"
 RETRIES = 2
 FAILURE_FORMAT = "metarec.failure"
-
-
-@dataclass(frozen=True)
-class AirflowSettings:
-    """The ``[airflow]`` section of the delivery config (module docstring)."""
-
-    spark_pool: str = "metarec_spark"
-    """Pool of the Spark tasks (its slots bound the Spark jobs running at once)."""
-    training_pool: str = "metarec_training"
-    """Pool of the training task (its slots bound the training runs at once)."""
-    spark_timeout_s: int = 3 * 3600
-    """``execution_timeout`` of each Spark task (raw validation, ETL, episode validation)."""
-    training_timeout_s: int = 12 * 3600
-    """``execution_timeout`` of the training task."""
-    task_timeout_s: int = 3600
-    """``execution_timeout`` of every other task (export, evaluation, gate, promotion, ...)."""
-    dagrun_timeout_s: int = 24 * 3600
-    """``dagrun_timeout``: a run still going after this long fails."""
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name.endswith("_pool"):
-                if not (isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,256}", value)):
-                    raise ValueError(
-                        f"delivery config: [airflow] {f.name} {value!r} is no pool name"
-                    )
-            elif not (isinstance(value, int) and value > 0):
-                raise ValueError(
-                    f"delivery config: [airflow] {f.name} must be a whole number of seconds > 0, "
-                    f"got {value!r}"
-                )
 
 
 def task_defaults(cfg: DeliveryConfig, retry_delay: timedelta) -> dict[str, Any]:

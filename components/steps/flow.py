@@ -4,7 +4,7 @@
     outcome["promote"]["champion"]
 
 The Airflow DAG and the KFP pipeline call the same steps one task at a time; this runs them in
-one process (``python -m components.steps deliver``, the demo, a backfill loop).
+one process (``python -m components.steps deliver``, a backfill loop).
 """
 
 from __future__ import annotations

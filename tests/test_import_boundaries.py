@@ -35,7 +35,6 @@ TORCH_FREE = [
     "trainer/data/synthetic.py",
     "trainer/durable.py",
     "trainer/config_loader.py",
-    "components/raw_rules.py",
 ]
 PACKAGES = ("trainer", "components", "dags", "pipelines", "bench")
 PENDING_CYCLES: dict[tuple[str, str], str] = {}

@@ -24,8 +24,8 @@ plans the identical exchange and reuses it (``ReusedExchange``; a test checks th
 from __future__ import annotations
 
 from components.etl.rows import DATA_COLUMNS
-from components.raw_rules import DUPLICATE
 
+DUPLICATE = "duplicate_event_id"
 PAYLOAD = ("_sparse", "_dense", "_click", "_conversion")
 """Encoded sample columns: set for valid rows, null for rejected ones (see transform.compact)."""
 

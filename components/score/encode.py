@@ -1,9 +1,9 @@
 """Validate canonical raw rows and encode them exactly as the ETL encodes episode samples.
 
-Validation gives each bad row ONE reason code by the rules and the precedence of
-:mod:`components.raw_rules` (which the ETL compiles to Spark): the line's reason
-(``line_too_long``, ``malformed_record``), then ``missing:<field>``, ``bad_type:<field>``,
-``bad_value:<field>`` (:data:`~components.raw_rules.VALUE_RULES`), fields in raw-schema order.
+Validation gives each bad row ONE reason code with the ETL's rules and order
+(:mod:`components.etl.rows`): ``malformed_record``, then ``missing:<field>`` (a required field
+absent, null or an empty string), then ``bad_type:<field>``, then ``bad_value:<field>`` (NaN,
+infinities, outside the raw schema's bounds; labels other than 0/1), fields in raw-schema order.
 Scoring differs in one rule only: the ``click`` label may be missing on events to score (serving
 traffic has no label yet); support events, which adaptation learns from, need it. Time-window
 rules (``event_time_out_of_range``) are interval rules of the ETL and do not apply here.
@@ -25,11 +25,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from components import raw_rules as rules
 from components.etl.config import DERIVED_SOURCES
 from components.raw_schema import FIELDS_BY_NAME, RAW_FIELDS
 from trainer.data.contract import UNKNOWN_LABEL, DenseSpec, FeatureSpec
 from trainer.data.hashing import feature_id
+
+MALFORMED = "malformed_record"
+DUPLICATE = "duplicate_event_id"
 
 
 def check_spec(features: Sequence[FeatureSpec], dense: Sequence[DenseSpec], task_key: str) -> None:
@@ -72,40 +74,38 @@ def validate(table: pa.Table, labels_required: bool) -> np.ndarray:
         mask = np.asarray(mask, dtype=bool) & np.equal(reason, None)
         reason[mask] = code[mask] if isinstance(code, np.ndarray) else code
 
-    line = _np(table.column("_line_reason").combine_chunks().fill_null("")).astype(object)
-    flag(line != "", line)
+    flag(_np(table.column("_malformed").combine_chunks()), MALFORMED)
     bad = table.column("_bad_type").combine_chunks().fill_null("")
     for f in RAW_FIELDS:
         if not f.required or (f.kind == "label" and not labels_required):
             continue
         col = table.column("_t" if f.kind == "time" else f.name).combine_chunks()
         missing = _np(pc.is_null(col))
-        if f.kind in rules.TEXT_KINDS:
+        if f.kind in ("id", "categorical"):
             missing |= _np(pc.fill_null(pc.equal(col, ""), False))
         present_but_wrong = _np(pc.match_substring(bad, f",{f.name},"))
-        flag(missing & ~present_but_wrong, rules.missing(f.name))
+        flag(missing & ~present_but_wrong, f"missing:{f.name}")
     # the first field with a type error, in schema order (the reader lists them in that order)
     kinds = pc.dictionary_encode(bad)
     firsts = [
-        rules.bad_type(b.strip(",").split(",")[0]) if b else ""
-        for b in kinds.dictionary.to_pylist()
+        f"bad_type:{b.strip(',').split(',')[0]}" if b else "" for b in kinds.dictionary.to_pylist()
     ]
     codes = np.array(firsts, dtype=object)[_np(kinds.indices)]
     flag(codes != "", codes)
-    for rule in rules.VALUE_RULES:  # raw_rules.ValueRule.ok, vectorised
-        col = table.column(rule.field).combine_chunks()
-        present = _np(pc.is_valid(col))
-        x = _np(col.fill_null(0.0)).astype(np.float64)
-        with np.errstate(invalid="ignore"):
-            if rule.allowed is not None:
-                wrong = ~np.isin(x, rule.allowed)
-            else:
-                wrong = ~np.isfinite(x) if rule.finite else np.zeros(len(x), bool)
-                if rule.min_value is not None:
-                    wrong |= x < rule.min_value
-                if rule.max_value is not None:
-                    wrong |= x > rule.max_value
-        flag(present & wrong, rules.bad_value(rule.field))
+    for f in RAW_FIELDS:
+        if f.kind not in ("dense", "label"):
+            continue
+        x = _np(table.column(f.name).combine_chunks().fill_null(0.0)).astype(np.float64)
+        if f.kind == "dense":
+            with np.errstate(invalid="ignore"):
+                wrong = ~np.isfinite(x)
+                if f.min_value is not None:
+                    wrong |= x < f.min_value
+                if f.max_value is not None:
+                    wrong |= x > f.max_value
+        else:
+            wrong = (x != 0.0) & (x != 1.0)
+        flag(wrong, f"bad_value:{f.name}")
     return reason
 
 

@@ -5,24 +5,23 @@ No Spark: numpy + pyarrow only, so ``metarec score`` runs in the trainer image. 
 and categoricals as strings, lists of strings, dense and labels as float64) with the event time
 as epoch milliseconds ``_t``, plus
 
-    _line         the row's line (JSONL, 1-based, blank lines counted) or row number (Parquet)
-    _line_reason  ``line_too_long`` or ``malformed_record`` when the line is not one record
-    _bad_type     ",f1,f2," the fields present but not of their type, in raw-schema order (or null)
+    _line       the row's line (JSONL, 1-based, blank lines counted) or row number (Parquet)
+    _malformed  the line is not a JSON object
+    _bad_type   ",f1,f2," the fields present but not of their type, in raw-schema order (or null)
 
-JSONL follows the rules of :mod:`components.raw_rules`, which the ETL compiles to Spark: lines end
-at LF, CR or CRLF; a line holds exactly one JSON object; ids and categoricals are strings,
-booleans or integers, read as their text (:func:`~components.raw_rules.id_text`); dense values and
-labels are numbers or numeric strings; ``event_time`` is ISO-8601 text (naive = UTC); unknown keys
-are ignored; blank lines are not rows. A block is parsed by pyarrow's JSON reader when every line
-passes the line rule (checked vectorised, with the same patterns) and every value has its expected
-JSON type (the common case, ~1M lines/s); any other block is read line by line with
-:func:`components.raw_rules.read_line`.
+JSONL follows the ETL's reading rules: ids and categoricals accept any JSON scalar as its text
+(``123`` -> ``"123"``, ``true`` -> ``"true"``), dense values and labels accept numbers and numeric
+strings, ``event_time`` must be ISO-8601 text (naive = UTC), unknown keys are ignored, blank lines
+are not rows. A block is parsed by pyarrow's JSON reader when every value has its expected JSON
+type (the common case, ~1M lines/s); a block it refuses is parsed line by line in Python.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,14 +30,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from components import raw_rules as rules
 from components.etl.extract import filesystem, format_of
+from components.etl.rows import ISO_8601
 from components.raw_schema import FIELDS_BY_NAME, JSON_WHITESPACE, RAW_FIELDS
 
 log = logging.getLogger(__name__)
 _TYPES = {"id": pa.string(), "time": pa.string(), "categorical": pa.string(),
           "multi": pa.list_(pa.string()), "dense": pa.float64(), "label": pa.float64()}  # fmt: skip
 JSON_SCHEMA = pa.schema([(f.name, _TYPES[f.kind]) for f in RAW_FIELDS])
+_NUMBER = re.compile(r"\s*[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|nan|inf|infinity)\s*", re.I)
 _ZONE = r"(Z|[+-]\d{2}(:?\d{2})?)$"
 
 
@@ -98,46 +98,60 @@ def list_event_files(uri: str) -> tuple[Any, list[EventFile]]:
 # ------------------------------------------------------------------------------------- JSONL
 
 
+def _text(v: Any) -> str | None:
+    """A categorical's text as Spark reads a JSON value into a string column."""
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return json.dumps(v, separators=(",", ":"), ensure_ascii=False)  # objects, arrays
+
+
+def _number(v: Any) -> tuple[float | None, bool]:
+    """``(value, ok)`` of a dense/label value: numbers (kept as text by the parser) and numeric
+    strings; anything else is a type error."""
+    if v is None:
+        return None, True
+    if isinstance(v, str) and _NUMBER.fullmatch(v):
+        return float(v), True
+    return None, False
+
+
 def _parse_lines(lines: list[str]) -> dict[str, list]:
-    """The canonical columns of ``lines``, one line at a time (the exact path):
-    :func:`components.raw_rules.read_line` of each."""
+    """The canonical columns of ``lines``, one line at a time (the slow, exact path)."""
     cols: dict[str, list] = {f.name: [] for f in RAW_FIELDS}
-    line_reasons, bad = [], []
+    malformed, bad = [], []
     for line in lines:
-        reason, values, wrong = rules.read_line(line)
-        line_reasons.append(reason)
+        try:  # numbers stay text: a JSON 1.0 id hashes as "1.0", as in the ETL
+            obj = json.loads(line, parse_int=str, parse_float=str, parse_constant=str)
+        except ValueError:
+            obj = None
+        ok = isinstance(obj, dict)
+        malformed.append(not ok)
+        obj = obj if ok else {}
+        wrong = []
         for f in RAW_FIELDS:
-            cols[f.name].append(values.get(f.name))
+            v = obj.get(f.name)
+            if f.kind in ("dense", "label"):
+                v, good = _number(v)
+            elif f.kind == "multi":
+                good = v is None or isinstance(v, list)
+                v = [_text(x) for x in v] if good and v is not None else None
+            else:
+                v, good = _text(v), True
+            cols[f.name].append(v)
+            if not good:
+                wrong.append(f.name)
         bad.append("," + ",".join(wrong) + "," if wrong else None)
-    cols["_line_reason"], cols["_bad_type"] = line_reasons, bad
+    cols["_malformed"], cols["_bad_type"] = malformed, bad
     return cols
-
-
-def _lines_pass(lines: list[str]) -> bool:
-    """Whether every line passes :func:`components.raw_rules.line_reason`, vectorised (RE2 runs
-    the rule's patterns as Python's ``re`` does)."""
-    text = pa.array(lines, pa.string())
-    if len(text) and pc.max(pc.utf8_length(text)).as_py() > rules.MAX_LINE_CHARS:
-        return False
-    for op, pattern in rules.LINE_STEPS:
-        if op == "remove":
-            text = pc.replace_substring_regex(text, pattern, "")
-        elif op == "refuse":
-            if pc.any(pc.match_substring_regex(text, pattern)).as_py():
-                return False
-        elif not pc.all(pc.match_substring_regex(text, f"^(?:{pattern})$")).as_py():
-            return False
-    inner = pc.utf8_slice_codeunits(text, 1, -1)
-    for _ in range(rules.MAX_DEPTH - 1):
-        inner = pc.replace_substring_regex(inner, rules.EMPTY_PAIR, "")
-    return not len(inner) or pc.max(pc.utf8_length(inner)).as_py() == 0
 
 
 def _event_ms(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """``(epoch ms, valid)`` of ISO-8601 event times; naive times are UTC."""
     n = len(text)
     ms = np.zeros(n, np.int64)
-    valid = pc.fill_null(pc.match_substring_regex(text, rules.ISO_8601), False).to_numpy(
+    valid = pc.fill_null(pc.match_substring_regex(text, ISO_8601), False).to_numpy(
         zero_copy_only=False
     )
     zoned = pc.fill_null(pc.match_substring_regex(text, _ZONE), False).to_numpy(
@@ -164,17 +178,11 @@ def _event_ms(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return ms, valid
 
 
-def _with_event_time(bad: str | None) -> str:
-    """``_bad_type`` with event_time added, fields kept in raw-schema order."""
-    names = {*(bad or ",").strip(",").split(","), "event_time"} - {""}
-    return "," + ",".join(f.name for f in RAW_FIELDS if f.name in names) + ","
-
-
 def _finish_jsonl(cols: dict[str, Any], lines_no: list[int]) -> pa.Table:
     """Typed table from parsed columns: event time to ``_t``, its type errors into ``_bad_type``."""
     table = cols if isinstance(cols, pa.Table) else pa.table(
         {**{f.name: pa.array(cols[f.name], _TYPES[f.kind]) for f in RAW_FIELDS},
-         "_line_reason": pa.array(cols["_line_reason"], pa.string()),
+         "_malformed": pa.array(cols["_malformed"], pa.bool_()),
          "_bad_type": pa.array(cols["_bad_type"], pa.string())})  # fmt: skip
     text = table.column("event_time").combine_chunks()
     ms, valid = _event_ms(text)
@@ -184,8 +192,8 @@ def _finish_jsonl(cols: dict[str, Any], lines_no: list[int]) -> pa.Table:
         & ~valid
         & (pc.fill_null(pc.not_equal(text, ""), True).to_numpy(zero_copy_only=False))
     )
-    bad = [_with_event_time(b) if bt else b
-           for b, bt in zip(table.column("_bad_type").to_pylist(), bad_time, strict=True)]  # fmt: skip
+    bad = table.column("_bad_type").to_pylist()
+    bad = [(",event_time" + (b or ",")) if bt else b for b, bt in zip(bad, bad_time, strict=True)]
     i = table.schema.get_field_index("event_time")
     table = table.set_column(i, "_t", pa.array(ms, pa.int64(), mask=~valid))
     table = table.set_column(
@@ -197,8 +205,6 @@ def _finish_jsonl(cols: dict[str, Any], lines_no: list[int]) -> pa.Table:
 def _jsonl_block(lines: list[str], lines_no: list[int]) -> pa.Table:
     import pyarrow.json as pj
 
-    if not _lines_pass(lines):
-        return _finish_jsonl(_parse_lines(lines), lines_no)
     data = "\n".join(lines).encode("utf-8", errors="replace")
     try:
         table = pj.read_json(
@@ -211,38 +217,27 @@ def _jsonl_block(lines: list[str], lines_no: list[int]) -> pa.Table:
         if table.num_rows != len(lines):
             raise pa.ArrowInvalid("row count differs from the line count")
         table = table.select(JSON_SCHEMA.names)
-        table = table.append_column("_line_reason", pa.nulls(len(lines), pa.string()))
+        table = table.append_column("_malformed", pa.array(np.zeros(len(lines), bool)))
         table = table.append_column("_bad_type", pa.nulls(len(lines), pa.string()))
         return _finish_jsonl(table, lines_no)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return _finish_jsonl(_parse_lines(lines), lines_no)
 
 
-def _damaged(f: EventFile, where: str, e: BaseException) -> ValueError:
-    """The error that names a file that cannot be read to its end."""
-    return ValueError(f"{f.rel}: damaged, unreadable after {where} ({type(e).__name__}: {e}); "
-                      "restore the file or move it out of the input")  # fmt: skip
-
-
 def _read_jsonl(fs: Any, f: EventFile, batch_rows: int) -> Iterator[RawBatch]:
     lines, numbers = [], []
     with fs.open_input_file(f.path) as raw:
         stream = pa.CompressedInputStream(raw, "gzip") if f.fmt == "jsonl.gz" else raw
-        # newline=None: LF, CR and CRLF end a line (raw_rules), each read as "\n"
-        text = io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline=None)
-        n = 0
-        try:
-            for n, line in enumerate(text, 1):
-                line = line.rstrip("\n")
-                if not line.strip(JSON_WHITESPACE):
-                    continue  # a blank line is not a row (the ETL's definition)
-                lines.append(line)
-                numbers.append(n)
-                if len(lines) == batch_rows:
-                    yield RawBatch(_jsonl_block(lines, numbers), f.rel, lines, raw.tell())
-                    lines, numbers = [], []
-        except (OSError, EOFError, pa.ArrowException) as e:  # e.g. a truncated .jsonl.gz
-            raise _damaged(f, f"line {n}", e) from None
+        text = io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="\n")
+        for n, line in enumerate(text, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip(JSON_WHITESPACE):
+                continue  # a blank line is not a row (the ETL's definition)
+            lines.append(line)
+            numbers.append(n)
+            if len(lines) == batch_rows:
+                yield RawBatch(_jsonl_block(lines, numbers), f.rel, lines, raw.tell())
+                lines, numbers = [], []
         if lines:
             yield RawBatch(_jsonl_block(lines, numbers), f.rel, lines, f.size)
 
@@ -279,18 +274,11 @@ def _read_parquet(fs: Any, f: EventFile, batch_rows: int) -> Iterator[RawBatch]:
             raise ValueError(f"{f.rel} is not a readable Parquet file ({e})") from None
         names = [c for c in JSON_SCHEMA.names if c in pfile.schema_arrow.names]
         start, total = 0, max(pfile.metadata.num_rows, 1)
-        batches = pfile.iter_batches(batch_size=batch_rows, columns=names)
-        while True:
-            try:
-                batch = next(batches, None)
-            except (OSError, pa.ArrowException) as e:  # e.g. a damaged data page
-                raise _damaged(f, f"row {start}", e) from None
-            if batch is None:
-                return
+        for batch in pfile.iter_batches(batch_size=batch_rows, columns=names):
             n = batch.num_rows
             cols = {x.name if x.name != "event_time" else "_t": _parquet_column(batch, x.name, f.rel)
                     for x in RAW_FIELDS}  # fmt: skip
-            cols["_line_reason"] = pa.nulls(n, pa.string())
+            cols["_malformed"] = pa.array(np.zeros(n, bool))
             cols["_bad_type"] = pa.nulls(n, pa.string())
             cols["_line"] = pa.array(np.arange(start + 1, start + n + 1, dtype=np.int64))
             start += n

@@ -38,9 +38,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components.raw_rules import DUPLICATE
 from components.raw_schema import DEFAULT_TASK_KEY, TASK_KEYS, validate_task_key
-from components.score.encode import Encoded, check_spec, encode, validate
+from components.score.encode import DUPLICATE, Encoded, check_spec, encode, validate
 from components.score.events import RawBatch, read_events, total_bytes
 from trainer.durable import write_json_atomic
 
@@ -85,7 +84,7 @@ def _reject_rows(batch: RawBatch, rows: np.ndarray, reasons: np.ndarray) -> pa.T
         raw = [batch.raw[i] for i in rows]
     else:  # Parquet: render the typed row
         raw = [json.dumps(r, default=str, sort_keys=True) for r in t.drop_columns(
-            ["_line_reason", "_bad_type", "_line"]).to_pylist()]  # fmt: skip
+            ["_malformed", "_bad_type", "_line"]).to_pylist()]  # fmt: skip
     return pa.table({"source_file": pa.array([batch.source] * len(rows), pa.string()),
                      "line": t.column("_line"), "event_id": t.column("event_id"),
                      "reason": pa.array(reasons[rows].tolist(), pa.string()),

@@ -10,9 +10,8 @@ Spark computes the same thing with built-in expressions (``xxhash64`` uses XXH64
 the UTF-8 bytes of a string, ``pmod`` is the non-negative modulo), so no Python UDF runs in the
 ETL and this module is its bit-for-bit twin (``tests/components/test_hash_parity.py`` checks it).
 
-Values are texts. Which text a raw JSON value hashes from (a string's characters, ``true`` /
-``false``, an integer's decimal digits; nothing else) is a raw-row rule, defined once in
-``components/raw_rules.py`` (``id_text``) for the ETL and the scorer alike.
+Values are texts: the ETL reads every raw id as a string, and the scorer hands over the same
+text (``components/score/events.py``).
 
 Example:
     >>> feature_id("campaign_id", "c-42", buckets=1_000)   # doctest: +SKIP
@@ -54,7 +53,7 @@ def feature_id(feature: str, value: str | None, buckets: int) -> int:
     Args:
         feature: the feature name (part of the hash input, so equal values of different features
             land on unrelated rows).
-        value: the value's text (``components.raw_rules.id_text``), or ``None`` if missing.
+        value: the value's text, or ``None`` if missing.
         buckets: rows of the feature's table, row 0 included; must be at least 2.
 
     Returns:
@@ -68,8 +67,7 @@ def feature_id(feature: str, value: str | None, buckets: int) -> int:
         return NULL_ID
     if not isinstance(value, str):
         raise TypeError(
-            f"feature {feature!r}: hash the value's text, not {type(value).__name__} {value!r} "
-            "(components.raw_rules.id_text says which text a raw JSON value hashes from)"
+            f"feature {feature!r}: hash the value's text, not {type(value).__name__} {value!r}"
         )
     # Python's % with a positive divisor is Spark's pmod.
     return 1 + signed_hash(feature, value) % (buckets - 1)

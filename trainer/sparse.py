@@ -206,7 +206,7 @@ class EmbeddingCollection(Protocol):
     Implementations: :class:`trainer.embeddings.PlainEmbeddingCollection` (one process, no cache:
     the reference), :class:`trainer.parallel.sharded_embeddings.ShardedEmbeddingCollection`
     (rows owned by ranks; optionally MixCache and DES; world size 1 included), and the read-only
-    :class:`trainer.serving.model.TableEmbeddings` (``read`` only).
+    :class:`trainer.exported.model.TableEmbeddings` (``read`` only).
     """
 
     dim: int

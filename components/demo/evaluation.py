@@ -1,7 +1,7 @@
 """Cold-start evaluation of the two exports: per-task AUC on ``test_cold``, before and after
 adapting to each episode's support set.
 
-The scores come from the exported models (:func:`trainer.serving.evaluation.score_episodes`, the
+The scores come from the exported models (:func:`trainer.exported.evaluation.score_episodes`, the
 trainer's evaluation loop on the export), so the aggregate AUCs here must equal the trainer's own
 ``eval.json``; the demo records the difference as a parity check. Per task, the AUC is over all
 query samples of the task's episodes; tasks whose query samples hold one class only have no AUC
@@ -53,9 +53,9 @@ def evaluate_exports(
         What ``cold_start.json`` holds but the per-task table (NaN as None).
     """
     from trainer.durable import jsonable, write_json_atomic
+    from trainer.exported.evaluation import score_episodes
+    from trainer.exported.model import load_exported
     from trainer.metrics import binary_metrics
-    from trainer.serving.evaluation import score_episodes
-    from trainer.serving.model import load_exported
 
     models: dict[str, Any] = {}
     columns: dict[str, dict[int, float]] = {}

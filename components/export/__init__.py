@@ -1,2 +1,2 @@
 """``metarec export``: a training checkpoint -> a versioned, checksummed model directory
-(:mod:`trainer.serving.export`)."""
+(:mod:`trainer.exported.export`)."""

@@ -34,7 +34,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.serving.export import export_checkpoint
+    from trainer.exported.export import export_checkpoint
 
     result = export_checkpoint(args.checkpoint, args.out, name=args.name,
                                manifest=args.manifest, graph=not args.no_graph)  # fmt: skip

@@ -4,7 +4,7 @@ Standard library only. A :class:`Candidate` is an export plus an evaluation in t
 trainer's ``eval.json`` (``{"splits": {split: {"before": {...}, "after": {...}, ...}}}``) and the
 content hash of the data that evaluation ran on: the training run's own ``eval.json`` (data hash
 from the export's lineage), or an evaluation of the export on other episodes
-(``trainer.serving.evaluation.evaluate_exported``, which records the hash it read).
+(``trainer.exported.evaluation.evaluate_exported``, which records the hash it read).
 
 :func:`decide` returns one :class:`Verdict` with a reason:
 
@@ -30,7 +30,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from trainer.serving.artifact import (
+from trainer.exported.artifact import (
     LINEAGE_FILE,
     METRICS_FILE,
     ExportError,

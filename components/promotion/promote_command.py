@@ -63,7 +63,7 @@ def add_expect_argument(parser: argparse.ArgumentParser, unset: str) -> None:
 
 def parse_expect(text: str) -> str | None:
     """``--expect``: a version name, or ``none`` for "nothing promoted yet"."""
-    from trainer.serving.artifact import VERSION_RE
+    from trainer.exported.artifact import VERSION_RE
 
     if text.lower() == "none":
         return None
@@ -79,7 +79,7 @@ def existing_model(models: str, name: str) -> Path:
         FileNotFoundError: no such model (no exported version); names the models there.
     """
     from components.promotion import registry
-    from trainer.serving.artifact import list_versions
+    from trainer.exported.artifact import list_versions
 
     mdir = registry.model_dir(models, name)
     if list_versions(mdir):
@@ -95,7 +95,7 @@ def existing_model(models: str, name: str) -> Path:
 def _evaluate(version_dir: Path, args: argparse.Namespace, split: str) -> Any:
     """A gate candidate evaluated on ``--evaluate-on`` (a damaged export fails validation)."""
     from components.promotion.gate import Candidate, load_candidate
-    from trainer.serving import ExportError, evaluate_exported, load_exported
+    from trainer.exported import ExportError, evaluate_exported, load_exported
 
     try:
         model = load_exported(version_dir)
@@ -109,7 +109,7 @@ def _evaluate(version_dir: Path, args: argparse.Namespace, split: str) -> Any:
 def run(args: argparse.Namespace) -> int:
     from components.promotion import registry
     from components.promotion.gate import GatePolicy, decide, load_candidate
-    from trainer.serving.artifact import list_versions
+    from trainer.exported.artifact import list_versions
 
     mdir = existing_model(args.models, args.name)
     pointer = registry.read_champion(args.models, args.name)

@@ -1,6 +1,6 @@
 """The serving pointer of a model: which version is champion, promotion, rollback and history.
 
-Standard library only. Per model, beside its versions (``trainer/serving/artifact.py``)::
+Standard library only. Per model, beside its versions (``trainer/exported/artifact.py``)::
 
     <models root>/<name>/
       v1/ v2/ v3/             immutable exports
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.durable import fsync_dir
-from trainer.serving.artifact import CHECKSUMS_FILE, VERSION_RE, check_name, locked
+from trainer.exported.artifact import CHECKSUMS_FILE, VERSION_RE, check_name, locked
 
 CHAMPION = "CHAMPION"
 HISTORY = "HISTORY.jsonl"

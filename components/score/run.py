@@ -128,7 +128,7 @@ class _Accounting:
 
 def load_support(model: Any, uri: str, task_key: str, batch_rows: int) -> tuple[dict, dict]:
     """The support set of every task in ``uri`` (module docstring) and its accounting."""
-    from trainer.serving.scoring import SupportSet
+    from trainer.exported.scoring import SupportSet
 
     acc = _Accounting(None)
     parts: list[Encoded] = []
@@ -189,8 +189,8 @@ def score_events(
         ValueError: a tampered or incomplete model, a model not trained on raw-log features, an
             unknown task key, an unreadable input file; the message says what to do.
     """
-    from trainer.serving.model import load_exported
-    from trainer.serving.scoring import score_samples, score_tasks
+    from trainer.exported.model import load_exported
+    from trainer.exported.scoring import score_samples, score_tasks
 
     t0 = time.perf_counter()
     model = load_exported(model_dir)

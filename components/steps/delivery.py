@@ -7,7 +7,7 @@ SAME episodes, gate, promote atomically; plus rollback and the run report.
     p = promote_step(cfg, interval, g)                # the CHAMPION pointer, one os.replace
 
 The challenger is exported before the gate so that both sides are scored by the same serving code
-(``trainer.serving.evaluate_exported``); an export is only a candidate until the pointer moves.
+(``trainer.exported.evaluate_exported``); an export is only a candidate until the pointer moves.
 Idempotence: export is keyed by the checkpoint's fingerprint (same checkpoint, same version);
 evaluation, gate and promotion are recorded per interval and challenger, so rerunning an old
 interval returns the decision made then and never moves the pointer again (``force`` re-decides
@@ -106,7 +106,7 @@ def export_step(
 ) -> ExportStepResult:
     """Export the run's final checkpoint as ``models/<name>/v<N>`` (the same version again when
     that checkpoint was exported before)."""
-    from trainer.serving.export import export_checkpoint
+    from trainer.exported.export import export_checkpoint
 
     if not train.checkpoint:
         raise ValueError(f"{interval.id}: the training step produced no checkpoint (a dry run?)")
@@ -156,8 +156,8 @@ def evaluate_step(
     from components.promotion import registry
     from components.promotion.gate import metric_value
     from trainer.durable import write_json_atomic
-    from trainer.serving import evaluate_exported, load_exported
-    from trainer.serving.evaluation import score_episodes
+    from trainer.exported import evaluate_exported, load_exported
+    from trainer.exported.evaluation import score_episodes
 
     layout = RunLayout.of(cfg.run_root)
     metric = cfg.gate.metric

@@ -75,8 +75,8 @@ def choose_warm_start(cfg: DeliveryConfig, interval: Interval, episodes_dir: str
     from trainer.checkpoint import CheckpointError
     from trainer.config import load_trainer_config
     from trainer.data.contract import load_manifest
+    from trainer.exported.artifact import LINEAGE_FILE, read_json
     from trainer.run_state import checkpoint_problems
-    from trainer.serving.artifact import LINEAGE_FILE, read_json
 
     if not cfg.warm_start:
         return WarmStart(None, "warm starts are off (warm_start = false)")
@@ -178,7 +178,7 @@ def train_step(
 
 
 def _finished(run_dir: Path, ws: WarmStart, backend: str) -> TrainStepResult:
-    from trainer.serving.export import resolve_checkpoint
+    from trainer.exported.export import resolve_checkpoint
 
     ckpt = resolve_checkpoint(run_dir)
     evaluation = (

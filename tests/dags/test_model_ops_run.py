@@ -12,7 +12,7 @@ import pytest
 
 from components.promotion import registry
 from tests.dags.conftest import DAGS, DELIVERY
-from trainer.serving.artifact import write_checksums
+from trainer.exported.artifact import write_checksums
 
 NAME = "ctr-dlrm"
 

@@ -2,7 +2,7 @@
 root. Container and manifest hardening (non-root, read-only root filesystem, no secrets, Secrets by
 name, least-privilege RBAC) is tested in ``tests/manifests/`` (see README.md here); the planted
 pickle in a bare checkpoint shard and in an export are in ``tests/trainer/test_checkpoint.py`` and
-``tests/trainer/serving/test_integrity.py``. Added here: a static scan of every load call in the
+``tests/trainer/exported/test_integrity.py``. Added here: a static scan of every load call in the
 code, the planted payload through the trainer's own resume and warm-start paths, and path checks.
 """
 
@@ -35,7 +35,7 @@ def unsafe_loads(source: str) -> list[str]:
     """Calls in ``source`` that can unpickle: ``torch.load`` without ``weights_only=True``,
     ``numpy.load`` without ``allow_pickle=False``, any ``pickle``/``marshal``/``dill``/``joblib``
     load, ``yaml.load`` / ``yaml.unsafe_load``; and ``torch.export.load`` (unpickles unless its
-    archive was checked first: allowed only in ``trainer/serving/tensors.py``)."""
+    archive was checked first: allowed only in ``trainer/exported/tensors.py``)."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if not isinstance(node, ast.Call):
@@ -60,7 +60,7 @@ def test_no_code_path_can_unpickle() -> None:
         for path in sorted((REPO / folder).rglob("*.py")):
             rel = str(path.relative_to(REPO))
             found = unsafe_loads(path.read_text())
-            if rel == "trainer/serving/tensors.py":  # loads the graph only after checking it
+            if rel == "trainer/exported/tensors.py":  # loads the graph only after checking it
                 found = [f for f in found if not f.startswith("torch.export.load")]
             if found:
                 problems[rel] = found

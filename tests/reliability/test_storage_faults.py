@@ -4,7 +4,7 @@ the partial one invisible; damaged checkpoint files are reported, never half-loa
 Already covered elsewhere (not repeated here): an exception at the checkpoint's commit rename and a
 truncated / bit-flipped shard (``tests/trainer/test_checkpoint.py``), a truncated checkpoint at
 resume (``tests/trainer/test_main.py``), an export killed mid-write and a failing publish
-(``tests/trainer/serving/test_export.py``), tampered exports (``test_integrity.py``), an ETL crash
+(``tests/trainer/exported/test_export.py``), tampered exports (``test_integrity.py``), an ETL crash
 before the swap and byte-identical reruns (``tests/components/etl/test_job.py``), promotion-pointer
 crashes (``tests/components/promotion/test_registry.py``). Added here: a REAL kill (SIGKILL, no
 cleanup) at each point of a checkpoint save, damaged ``meta.json`` / ``latest`` / missing shards,

@@ -27,7 +27,7 @@ def champion(tmp_path_factory) -> tuple[DeliveryConfig, Path, Path]:
     """A run root whose champion v1 was trained on DAY; returns (its delivery config, its
     checkpoint, the root of the data dirs)."""
     from components.promotion import registry
-    from trainer.serving.export import export_checkpoint
+    from trainer.exported.export import export_checkpoint
 
     tmp = tmp_path_factory.mktemp("warm")
     overrides = [o for o in tiny_overrides(tmp, tmp) if not o.startswith(("data.", "train.output"))]

@@ -10,9 +10,9 @@ import pytest
 
 from components.cli import main
 from components.promotion import registry
+from tests.trainer.exported.runs import train
 from tests.trainer.run_helpers import write_episodes
-from tests.trainer.serving.runs import train
-from trainer.serving import evaluate_exported, export_checkpoint, load_exported
+from trainer.exported import evaluate_exported, export_checkpoint, load_exported
 
 NAME = "click-dlrm"
 

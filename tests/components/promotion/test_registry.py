@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from components.promotion import registry
-from trainer.serving.artifact import write_checksums
+from trainer.exported.artifact import write_checksums
 
 NAME = "click-dlrm"
 CTX = mp.get_context("spawn")

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer.serving.runs import train
+from tests.trainer.exported.runs import train
 from trainer.data.contract import MANIFEST_NAME
 from trainer.data.synthetic import write_synthetic_episodes
-from trainer.serving import export_checkpoint
+from trainer.exported import export_checkpoint
 
 RAW_FEATURES = [("user_id", 101, 1), ("ad_id", 53, 1), ("campaign_id", 31, 1),
                 ("hour_of_day", 29, 1), ("user_interests", 37, 3), ("ad_tags", 17, 2)]  # fmt: skip

@@ -20,11 +20,11 @@ import pytest
 
 from components.score.encode import encode, validate
 from components.score.events import read_events
-from tests.trainer.serving.runs import train
+from tests.trainer.exported.runs import train
 from trainer.data.contract import SPLITS, load_manifest
-from trainer.serving import export_checkpoint, load_exported
-from trainer.serving.evaluation import score_episodes
-from trainer.serving.scoring import SupportSet, score_samples, score_tasks
+from trainer.exported import export_checkpoint, load_exported
+from trainer.exported.evaluation import score_episodes
+from trainer.exported.scoring import SupportSet, score_samples, score_tasks
 
 pytestmark = [pytest.mark.spark, pytest.mark.timeout(600)]
 K, Q = 8, 8

@@ -18,7 +18,7 @@ from components.steps.delivery import (
     rollback_step,
 )
 from components.steps.layout import Interval, RunLayout
-from trainer.serving.artifact import write_checksums
+from trainer.exported.artifact import write_checksums
 
 HASH = "c0ffee" * 10
 I1, I2 = Interval.parse("2026-11-01T00/1h"), Interval.parse("2026-11-01T01/1h")

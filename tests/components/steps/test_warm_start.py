@@ -26,7 +26,7 @@ def champion(tmp_path_factory) -> tuple[DeliveryConfig, Path, Path]:
     next interval's episodes)."""
     from components.launchers.local import train_locally
     from components.promotion import registry
-    from trainer.serving.export import export_checkpoint
+    from trainer.exported.export import export_checkpoint
 
     tmp = tmp_path_factory.mktemp("warm")
     first, second = write_episodes(tmp / "day1"), write_episodes(tmp / "day2", seed=1)

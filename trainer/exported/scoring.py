@@ -24,7 +24,7 @@ import torch
 from trainer.data.batch import EpisodeBatch
 from trainer.data.hashing import signed_hash
 from trainer.data.vsi import TaskLocalRows, UniqueInverse
-from trainer.serving.model import ExportedModel
+from trainer.exported.model import ExportedModel
 
 QUERY_CHUNK = 1024
 """Query samples per episode when scoring a task (its support set is repeated per chunk)."""

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.trainer.exported.runs import train
 from tests.trainer.run_helpers import write_episodes
-from tests.trainer.serving.runs import train
 
 
 @pytest.fixture(scope="session")

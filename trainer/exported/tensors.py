@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from trainer.durable import fsync_write
-from trainer.serving.artifact import ExportError
+from trainer.exported.artifact import ExportError
 
 _SAFE_DTYPES = {"float32", "float64", "int64", "int32", "bool"}
 # Entries of a plain torch.export archive (after its top folder), and nothing else.

@@ -22,8 +22,8 @@ import torch
 
 from trainer.data.contract import Manifest, load_manifest
 from trainer.data.reader import EpisodeReader
+from trainer.exported.model import ExportedModel
 from trainer.metrics import binary_metrics, grouped_auc
-from trainer.serving.model import ExportedModel
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
     result = export_checkpoint("out/train/run/checkpoints/step-00000200", "out/models",
                                name="ctr-campaign", manifest="out/episodes/interval=...")
 
-What it does (layout in :mod:`trainer.serving.artifact`):
+What it does (layout in :mod:`trainer.exported.artifact`):
 
 1. resolves the checkpoint (a run directory, its ``checkpoints`` directory or one step directory)
    and reads ``meta.json``: the resolved config, the data identity and the feature spec;
@@ -40,11 +40,7 @@ from trainer.config import TrainerConfig
 from trainer.config_loader import build, to_dict
 from trainer.data.contract import ContractError, Manifest, load_manifest
 from trainer.data.hashing import HASH_CONTRACT
-from trainer.models import RecModel, build_model
-from trainer.parallel.reshard import merge_shards
-from trainer.parallel.sharded_embeddings import PLAN_KEY
-from trainer.run_state import checkpoint_problems
-from trainer.serving.artifact import (
+from trainer.exported.artifact import (
     FEATURES_FILE,
     FORMAT,
     FORMAT_VERSION,
@@ -60,8 +56,12 @@ from trainer.serving.artifact import (
     verify_checksums,
     write_json,
 )
-from trainer.serving.model import DenseGraph, TableEmbeddings, layout_of
-from trainer.serving.tensors import save_array, save_graph
+from trainer.exported.model import DenseGraph, TableEmbeddings, layout_of
+from trainer.exported.tensors import save_array, save_graph
+from trainer.models import RecModel, build_model
+from trainer.parallel.reshard import merge_shards
+from trainer.parallel.sharded_embeddings import PLAN_KEY
+from trainer.run_state import checkpoint_problems
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]

@@ -16,9 +16,9 @@ import torch
 from tests.trainer.parallel.loop_reference import checkpoint_shards
 from trainer.data.contract import load_manifest
 from trainer.data.hashing import HASH_CONTRACT
+from trainer.exported import ExportError, export_checkpoint, load_exported
+from trainer.exported.artifact import list_versions, publish, verify_checksums
 from trainer.parallel.reshard import merge_shards
-from trainer.serving import ExportError, export_checkpoint, load_exported
-from trainer.serving.artifact import list_versions, publish, verify_checksums
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -130,13 +130,13 @@ def test_a_crash_mid_export_leaves_no_version(single_run, tmp_path):
     root = tmp_path / "models"
     code = (
         "import os, sys\n"
-        "import trainer.serving.tensors as t\n"
+        "import trainer.exported.tensors as t\n"
         "real = t.save_graph\n"
         "def crash(path, program):\n"
         "    real(path, program)\n"
         "    os._exit(17)\n"
         "t.save_graph = crash\n"
-        "import trainer.serving.export as e\n"
+        "import trainer.exported.export as e\n"
         "e.save_graph = crash\n"
         f"e.export_checkpoint({str(single_run)!r}, {str(root)!r})\n"
     )

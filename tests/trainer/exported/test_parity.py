@@ -3,7 +3,7 @@ them, without and after adaptation, from a one-process checkpoint and from a 2-r
 
 The reference is the trainer's evaluation loop on the run's parameters in one process
 (``runs.reference_scores``), itself checked against :meth:`Trainer.evaluate` and the run's
-``eval.json``; the exported side is :func:`trainer.serving.evaluation.score_episodes` on the
+``eval.json``; the exported side is :func:`trainer.exported.evaluation.score_episodes` on the
 loaded export (the ``torch.export`` graph for unadapted scores, the rebuilt model +
 ``meta.adapt`` for adapted ones).
 """
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.trainer.serving.runs import RUN, reference_scores, run_eval
+from tests.trainer.exported.runs import RUN, reference_scores, run_eval
 from trainer.data.reader import EpisodeReader
-from trainer.serving import evaluate_exported, export_checkpoint, load_exported
-from trainer.serving.evaluation import score_episodes
+from trainer.exported import evaluate_exported, export_checkpoint, load_exported
+from trainer.exported.evaluation import score_episodes
 
 BATCH, LIMIT = RUN["data.batch_episodes"], RUN["eval.max_episodes"]
 RUNS = {

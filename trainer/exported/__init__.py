@@ -1,9 +1,10 @@
-"""Serving side of a trained model: export, verified loading, scoring and evaluation.
+"""The exported model: writing it from a checkpoint, loading it verified, scoring and evaluating with
+it (no server: a model server would load these exports).
 
-    from trainer.serving import export_checkpoint, load_exported
+    from trainer.exported import export_checkpoint, load_exported
     result = export_checkpoint("out/train/run", "out/models")          # out/models/click-dlrm/v1
     model = load_exported(result.path)                                 # checksums first, no pickle
-    logits = score_samples(model, sparse, dense)                       # trainer.serving.scoring
+    logits = score_samples(model, sparse, dense)                       # trainer.exported.scoring
 
 - ``artifact.py``: the directory layout, ``CHECKSUMS``, atomic versioned publication (stdlib only,
   so the promotion gate can verify an export without torch);
@@ -14,7 +15,7 @@
 - ``evaluation.py``: metrics on ETL episodes, the same as the trainer's evaluation.
 
 Everything here needs only torch, numpy, pyarrow and the standard library (the trainer image).
-Imports are lazy so that ``trainer.serving.artifact`` stays importable without torch.
+Imports are lazy so that ``trainer.exported.artifact`` stays importable without torch.
 """
 
 from __future__ import annotations
@@ -22,16 +23,16 @@ from __future__ import annotations
 from typing import Any
 
 _EXPORTS = {
-    "ExportError": "trainer.serving.artifact",
-    "verify_checksums": "trainer.serving.artifact",
-    "export_checkpoint": "trainer.serving.export",
-    "ExportResult": "trainer.serving.export",
-    "load_exported": "trainer.serving.model",
-    "ExportedModel": "trainer.serving.model",
-    "score_samples": "trainer.serving.scoring",
-    "score_tasks": "trainer.serving.scoring",
-    "SupportSet": "trainer.serving.scoring",
-    "evaluate_exported": "trainer.serving.evaluation",
+    "ExportError": "trainer.exported.artifact",
+    "verify_checksums": "trainer.exported.artifact",
+    "export_checkpoint": "trainer.exported.export",
+    "ExportResult": "trainer.exported.export",
+    "load_exported": "trainer.exported.model",
+    "ExportedModel": "trainer.exported.model",
+    "score_samples": "trainer.exported.scoring",
+    "score_tasks": "trainer.exported.scoring",
+    "SupportSet": "trainer.exported.scoring",
+    "evaluate_exported": "trainer.exported.evaluation",
 }
 __all__ = sorted(_EXPORTS)
 

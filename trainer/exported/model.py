@@ -35,9 +35,7 @@ from trainer import meta
 from trainer.config_loader import build
 from trainer.data.batch import EpisodeBatch, FeatureLayout
 from trainer.data.contract import DenseSpec, FeatureSpec
-from trainer.meta import MetaConfig
-from trainer.models import ModelConfig, RecModel, build_model
-from trainer.serving.artifact import (
+from trainer.exported.artifact import (
     FEATURES_FILE,
     FORMAT,
     FORMAT_VERSION,
@@ -49,7 +47,9 @@ from trainer.serving.artifact import (
     read_json,
     verify_checksums,
 )
-from trainer.serving.tensors import load_array, load_graph
+from trainer.exported.tensors import load_array, load_graph
+from trainer.meta import MetaConfig
+from trainer.models import ModelConfig, RecModel, build_model
 from trainer.sparse import Batch, Pooling, SparseOut
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,7 @@ def _check_graph(model: ExportedModel) -> None:
 
 
 def load_exported(path: str | Path, *, mmap: bool = True, graph: bool = True) -> ExportedModel:
-    """Load an export after verifying it; never unpickles (see :mod:`trainer.serving.tensors`).
+    """Load an export after verifying it; never unpickles (see :mod:`trainer.exported.tensors`).
 
     Args:
         path: the version directory (``<root>/<name>/v<N>``).

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.serving import ExportError, export_checkpoint, load_exported
-from trainer.serving.artifact import write_checksums
+from trainer.exported import ExportError, export_checkpoint, load_exported
+from trainer.exported.artifact import write_checksums
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -167,7 +167,7 @@ import sys
 events = []
 sys.addaudithook(lambda ev, args: events.append(args[:2]) if ev == "pickle.find_class" else None)
 from trainer.data.reader import EpisodeReader
-from trainer.serving import load_exported
+from trainer.exported import load_exported
 model = load_exported(sys.argv[1])
 with EpisodeReader(sys.argv[2], "valid", 8, shuffle=False, epochs=1, prefetch=0) as reader:
     batch = next(iter(reader))

@@ -6,7 +6,7 @@ Points (in the order a save passes them):
   shard    half of the rank's shard bytes are on disk (``torch.save`` cut short);
   meta     the shards are complete, half of ``meta.json`` is written in the staging directory;
   commit   ``step-00000002`` has been renamed into place, ``latest`` still names step 1;
-  pointer  half of ``latest.tmp`` is written, ``latest`` not yet replaced.
+  pointer  half of ``latest``'s temporary file is written, ``latest`` not yet replaced.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 import trainer.checkpoint as ck
+import trainer.durable as durable
 
 
 def state(v: float) -> dict:
@@ -51,13 +52,19 @@ def main(root: str, point: str) -> None:
             _half(Path(path), buf.getvalue())
 
         ck.torch.save = cut_save  # type: ignore[assignment]
-    elif point in ("meta", "pointer"):
-        name = ck.META if point == "meta" else ck.LATEST + ".tmp"
+    elif point == "meta":
 
         def cut_write(path: Path, data: bytes) -> None:
-            (_half if path.name == name else real_write)(path, data)
+            (_half if path.name == ck.META else real_write)(path, data)
 
         ck.fsync_write = cut_write  # type: ignore[assignment]
+    elif point == "pointer":  # latest is replaced by trainer.durable.write_atomic
+
+        def cut_pointer(path: Path, data: bytes) -> None:
+            pointer = path.name.startswith(f".{ck.LATEST}.tmp")
+            (_half if pointer else real_write)(path, data)
+
+        durable.fsync_write = cut_pointer  # type: ignore[assignment]
     elif point == "commit":
 
         def replace_then_die(src: str, dst: str) -> None:

@@ -13,21 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.pipelines.flow_inputs import ETL  # the small ETL settings of every flow test
+
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
 WORK = Path(tempfile.mkdtemp(prefix="metarec-airflow-"))
 atexit.register(shutil.rmtree, WORK, True)  # also when no test here used it
 RAW, RUN = WORK / "raw", WORK / "run"
 START = "2026-11-01T00"
-ETL = {
-    "k_support": 4,
-    "q_query": 4,
-    "min_support": 2,
-    "min_query": 2,
-    "num_buckets": 2,
-    "shuffle_partitions": 4,
-    "cold_fraction": 0.3,
-}
 TRAINER = [
     "train.steps=4",
     "train.log_every=2",

@@ -27,6 +27,28 @@ ETL = {
 }
 
 
+def pipeline_arguments(raw: Path, run: Path, delivery_config: Path) -> dict[str, object]:
+    """The pipeline parameters both runs give (kfp.local cannot leave an Optional one unset):
+    an explicit interval (a backfill), small model and training settings."""
+    return {
+        "interval_start": "2026-11-01T00",
+        "interval_end": "2026-11-01T01",
+        "raw_root": str(raw),
+        "run_root": str(run),
+        "trainer_config": "debug",
+        "model_name": "ctr-local",
+        "spark_master": "local[2]",
+        "gate_metric": "test_cold.after.logloss",
+        "model_arch": "dlrm",
+        "embedding_dim": 4,
+        "meta_mode": "fomaml",
+        "inner_steps": 2,
+        "inner_lr": 0.05,
+        "train_steps": 4,
+        "delivery_config": str(delivery_config),
+    }
+
+
 def write_inputs(root: Path) -> tuple[Path, Path]:
     """Generate the interval's raw logs under ``root/raw`` and write ``root/delivery.json``;
     returns both paths."""

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 from kfp import dsl
 
-from tests.pipelines.flow_inputs import ETL, INTERVAL, TRAINER, write_inputs
+from tests.pipelines.flow_inputs import ETL, INTERVAL, TRAINER, pipeline_arguments, write_inputs
 
 pytestmark = pytest.mark.spark
 
@@ -48,24 +48,10 @@ def flow(spark, tmp_path_factory) -> SimpleNamespace:
     f.spec = resolve_run.python_func(
         schedule_time="2026-12-24T10:00:00Z",
         interval_hours=1,
-        raw_root=str(raw),
-        run_root=str(f.run),
         backend="local",
         nproc=1,
-        trainer_config="debug",
-        model_name="ctr-local",
-        spark_master="local[2]",
-        gate_metric="test_cold.after.logloss",
         gate_tolerance=0.001,
-        interval_start="2026-11-01T00",
-        interval_end="2026-11-01T01",
-        model_arch="dlrm",
-        embedding_dim=4,
-        meta_mode="fomaml",
-        inner_steps=2,
-        inner_lr=0.05,
-        train_steps=4,
-        delivery_config=str(delivery_config),
+        **pipeline_arguments(raw, f.run, delivery_config),
     )
     f.raw_report = _artifact(dsl.Markdown, arts, "validate-raw", "report")
     f.raw_metrics = _artifact(dsl.Metrics, arts, "validate-raw", "metrics")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipelines.flow_inputs import ETL, INTERVAL, write_inputs
+from tests.pipelines.flow_inputs import ETL, INTERVAL, pipeline_arguments, write_inputs
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -27,23 +27,7 @@ def test_pipeline_runs_locally_and_promotes_the_first_model(tmp_path):
     # kfp.local cannot leave an Optional parameter unset: every one is given here. The explicit
     # interval (a backfill) wins over the scheduled time, which is weeks later.
     with scheduled_at("2026-12-24T10:00:00Z"):
-        training_pipeline(
-            interval_start="2026-11-01T00",
-            interval_end="2026-11-01T01",
-            raw_root=str(raw),
-            run_root=str(tmp_path / "run"),
-            trainer_config="debug",
-            model_name="ctr-local",
-            spark_master="local[2]",
-            gate_metric="test_cold.after.logloss",
-            model_arch="dlrm",
-            embedding_dim=4,
-            meta_mode="fomaml",
-            inner_steps=2,
-            inner_lr=0.05,
-            train_steps=4,
-            delivery_config=str(delivery_config),
-        )
+        training_pipeline(**pipeline_arguments(raw, tmp_path / "run", delivery_config))
 
     run = tmp_path / "run"
     found = {

@@ -42,7 +42,7 @@ from trainer.data.batch import EpisodeBatch
 from trainer.data.contract import Manifest
 from trainer.data.reader import EpisodeReader
 from trainer.meta import adapt, predict
-from trainer.metrics import binary_metrics, grouped_auc
+from trainer.metrics import split_metrics
 from trainer.models import RecModel
 from trainer.parallel.env import ParallelEnv
 from trainer.parallel.metrics_sync import gather_arrays
@@ -169,11 +169,9 @@ def evaluate(
         for k, v in parts.items()
     }
     g = gather_arrays(env, local)
-    metrics = {}
-    for when in ("before", "after"):
-        metrics[when] = binary_metrics(g["labels"], g[when], g["groups"]).to_dict()
-        metrics[when]["episode_gauc"] = grouped_auc(g["labels"], g[when], g["episodes"])[0]
-    m0, m1 = metrics["before"], metrics["after"]
+    m0, m1 = (
+        split_metrics(g["labels"], g[w], g["groups"], g["episodes"]) for w in ("before", "after")
+    )
     log.info(
         "eval %s: %d episodes, %d query samples in %.1fs | AUC %.4f -> %.4f after adaptation | "
         "GAUC %.4f -> %.4f",

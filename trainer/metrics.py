@@ -1,8 +1,23 @@
-"""Evaluation metrics: AUC, logloss and GAUC, exact and vectorised (numpy, no per-task Python loop).
+"""Evaluation metrics, exact and vectorised (numpy, no per-task Python loop): ranking (AUC, GAUC)
+apart from calibration (predicted / observed positives, ECE), plus logloss and normalized entropy.
 
-AUC is the Mann-Whitney statistic with ties counted as one half. GAUC is the per-task AUC averaged
-with weights equal to the task's sample count, over the tasks that have both classes (a task with
-only clicks or only non-clicks has no AUC and is skipped; the number skipped is reported).
+- ``auc``: pooled ROC AUC, the Mann-Whitney statistic with ties counted as one half. Across tasks
+  it rewards getting each task's base rate right as much as ranking within a task.
+- ``gauc``: the per-task AUC averaged with weights equal to the task's sample count (impressions),
+  over the tasks that have both classes (a task with only clicks or only non-clicks has no AUC and
+  is skipped; the number skipped is reported). Ranking within tasks only.
+- ``logloss``: mean binary cross-entropy; ``ne`` (normalized entropy): logloss divided by the
+  entropy of the observed positive rate (1.0 = no better than predicting the base rate; NaN when
+  every label is the same).
+- ``calibration``: predicted / observed positives, ``sum(p) / sum(y)`` (1.0 = calibrated overall,
+  > 1 over-predicts; NaN without positives). ``task_calibration_error``: the same per task, as
+  ``sum_t |sum(p_t) - sum(y_t)| / sum(y)``: the share of the observed positives that are
+  mispredicted task by task (0 = every task's predicted count equals its observed count; an
+  over-predicted task does not offset an under-predicted one).
+- ``ece``: expected calibration error over ``ECE_BINS`` **equal-mass** bins of the predicted
+  probability, ``sum_b n_b / n * |mean(p_b) - mean(y_b)|``. Sample ``i`` goes to bin
+  ``floor(ECE_BINS * r_i / n)`` where ``r_i`` is the number of samples with a strictly smaller
+  probability, so tied probabilities share a bin and the result does not depend on sample order.
 """
 
 from __future__ import annotations
@@ -12,6 +27,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 _EPS = 1e-7
+ECE_BINS = 10
+"""Equal-mass bins of :func:`ece` (module docstring)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +44,14 @@ class BinaryMetrics:
     """Tasks with both classes (those GAUC averages over)."""
     tasks_skipped: int
     """Tasks with a single class, excluded from GAUC."""
+    ne: float
+    """Normalized entropy: logloss / entropy of the observed positive rate."""
+    calibration: float
+    """Predicted / observed positives over all samples."""
+    task_calibration_error: float
+    """Sum over tasks of |predicted - observed positives| / observed positives."""
+    ece: float
+    """Expected calibration error over ``ECE_BINS`` equal-mass bins."""
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -109,8 +134,50 @@ def grouped_auc(
     return gauc, int(valid.sum()), int(n_groups - valid.sum())
 
 
+def normalized_entropy(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Logloss divided by the entropy of the observed positive rate; NaN for a single class."""
+    y = np.asarray(labels, dtype=np.float64)
+    rate = float(y.mean()) if len(y) else float("nan")
+    if not 0.0 < rate < 1.0:
+        return float("nan")
+    entropy = -(rate * np.log(rate) + (1.0 - rate) * np.log1p(-rate))
+    return logloss(y, probs) / entropy
+
+
+def calibration(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Predicted / observed positives: ``sum(p) / sum(y)``; NaN without positives."""
+    positives = float(np.sum(labels, dtype=np.float64))
+    return float(np.sum(probs, dtype=np.float64)) / positives if positives > 0 else float("nan")
+
+
+def task_calibration_error(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray) -> float:
+    """``sum_t |sum(p_t) - sum(y_t)| / sum(y)`` over the tasks ``groups``; NaN without positives."""
+    y = np.asarray(labels, dtype=np.float64)
+    positives = float(y.sum())
+    if positives <= 0:
+        return float("nan")
+    _, task = np.unique(np.asarray(groups), return_inverse=True)
+    diff = np.bincount(task, weights=np.asarray(probs, dtype=np.float64) - y)
+    return float(np.abs(diff).sum() / positives)
+
+
+def ece(labels: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Expected calibration error over ``bins`` equal-mass bins (module docstring); NaN if empty."""
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    n = len(p)
+    if n == 0:
+        return float("nan")
+    smaller = np.searchsorted(np.sort(p), p, side="left")  # ties get the same count
+    b = smaller * bins // n
+    count = np.bincount(b, minlength=bins)
+    gap = np.bincount(b, weights=p - y, minlength=bins)  # n_b * (mean p_b - mean y_b)
+    return float(np.abs(gap[count > 0]).sum() / n)
+
+
 def binary_metrics(labels: np.ndarray, logits: np.ndarray, groups: np.ndarray) -> BinaryMetrics:
-    """AUC, logloss and GAUC of logits against 0/1 labels, grouped by task id for GAUC."""
+    """Every metric of the module docstring for logits against 0/1 labels, grouped by task id
+    for GAUC and the per-task calibration."""
     labels = np.asarray(labels, dtype=np.float64)
     logits = np.asarray(logits, dtype=np.float64)
     probs = 1.0 / (1.0 + np.exp(-logits))
@@ -123,4 +190,18 @@ def binary_metrics(labels: np.ndarray, logits: np.ndarray, groups: np.ndarray) -
         positives=int(labels.sum()),
         tasks=used,
         tasks_skipped=skipped,
+        ne=normalized_entropy(labels, probs),
+        calibration=calibration(labels, probs),
+        task_calibration_error=task_calibration_error(labels, probs, groups),
+        ece=ece(labels, probs),
     )
+
+
+def split_metrics(
+    labels: np.ndarray, logits: np.ndarray, tasks: np.ndarray, episodes: np.ndarray
+) -> dict[str, float | int]:
+    """:func:`binary_metrics` as a dict plus ``episode_gauc`` (GAUC grouped by episode instead of
+    task): the metrics of one set of query scores in ``eval.json``."""
+    out = binary_metrics(labels, logits, tasks).to_dict()
+    out["episode_gauc"] = grouped_auc(labels, logits, episodes)[0]
+    return out

@@ -6,7 +6,9 @@ without torch. One export is one immutable directory::
     <models root>/<name>/
       v1/  v2/  ...           one directory per export, never overwritten
       CHAMPION                the serving pointer (``components/promotion/registry.py``)
-      .tmp-<id>/              an export being written (ignored by readers; renamed into place)
+      .tmp-<id>/              an export being written (ignored by readers; renamed into place);
+                              its writer holds an ``flock`` on it, so the next export removes
+                              the ones whose writer died (:func:`remove_stale_temps`)
 
     <models root>/<name>/v3/
       model.json              what to rebuild: model config, feature layout, adaptation settings,
@@ -20,7 +22,8 @@ without torch. One export is one immutable directory::
       CHECKSUMS               ``sha256sum`` format, written LAST: its presence marks completeness
 
 Writing goes to ``.tmp-<id>/`` and ends with one ``rename`` to the next free ``v<N>`` under a lock,
-so a crash leaves either no version or a complete one. ``sha256sum -c CHECKSUMS`` run inside a
+so a crash leaves either no version or a complete one (and a temp folder that the next export
+removes). A version may be a delta on an earlier one (:mod:`trainer.exported.delta`). ``sha256sum -c CHECKSUMS`` run inside a
 version directory checks it by hand.
 """
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -50,6 +54,7 @@ GRAPH_FILE = "dense/graph.pt2"
 REQUIRED_FILES = (MODEL_FILE, FEATURES_FILE, LINEAGE_FILE)
 VERSION_RE = re.compile(r"^v(\d+)$")
 LOCK_FILE = ".lock"
+log = logging.getLogger(__name__)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -186,15 +191,57 @@ def locked(model_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+TMP_PREFIX = ".tmp-"
+
+
+def _lock_dir(path: Path, block: bool) -> int | None:
+    """An open descriptor of directory ``path`` holding an exclusive ``flock`` on it, or None when
+    another live process holds it (``block=False``). The kernel drops the lock when the holder
+    dies, which is how a dead export's temp folder is told from a live one."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def remove_stale_temps(model_dir: Path) -> list[str]:
+    """Remove the ``.tmp-*`` folders of exports that died (no process holds their ``flock``);
+    call with :func:`locked` held. Returns the names removed."""
+    removed = []
+    for path in sorted(model_dir.glob(f"{TMP_PREFIX}*")):
+        if path.is_symlink() or not path.is_dir():
+            continue
+        fd = _lock_dir(path, block=False)
+        if fd is None:
+            continue  # a live export is writing it
+        try:
+            shutil.rmtree(path)
+            removed.append(path.name)
+        finally:
+            os.close(fd)
+    return removed
+
+
 def publish(model_dir: Path, write: Callable[[Path], None]) -> Path:
     """Write a new version with ``write(tmp_dir)`` and rename it to the next free ``v<N>``.
 
     ``write`` must leave every file in ``tmp_dir``; ``CHECKSUMS`` is added here, last. On any
-    error the temporary directory is removed and no version appears.
+    error the temporary directory is removed and no version appears. The temp folders of exports
+    that were killed (their ``flock`` is gone) are removed first.
     """
     model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
+    with locked(model_dir):
+        for name in remove_stale_temps(model_dir):
+            log.warning("%s: removed %s, left by an export that died", model_dir, name)
+        tmp = model_dir / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+        tmp.mkdir()
+        fd = _lock_dir(tmp, block=True)
     try:
         write(tmp)
         write_checksums(tmp)
@@ -210,3 +257,6 @@ def publish(model_dir: Path, write: Callable[[Path], None]) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if fd is not None:
+            os.close(fd)

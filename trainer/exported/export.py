@@ -18,6 +18,11 @@ What it does (layout in :mod:`trainer.exported.artifact`):
    batch and row counts) and checks it against the rebuilt model;
 5. writes everything into a temporary directory, ``CHECKSUMS`` last, and renames it to the next
    ``v<N>``. Re-exporting the same checkpoint returns the version that already holds it.
+
+With ``delta=True`` an export after the first writes only the embedding rows that changed since
+the newest version (plus the dense parameters and the graph), naming that version as its base
+(:mod:`trainer.exported.delta`); loading applies the chain and scores bit for bit as a full export
+of the same checkpoint.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from trainer.config import TrainerConfig
 from trainer.config_loader import build, to_dict
 from trainer.data.contract import ContractError, Manifest, load_manifest
 from trainer.data.hashing import HASH_CONTRACT
+from trainer.exported import delta as deltas
 from trainer.exported.artifact import (
     FEATURES_FILE,
     FORMAT,
@@ -78,6 +84,8 @@ class ExportResult:
     """False when this checkpoint had been exported already (``path`` is that version)."""
     bytes: int
     seconds: float
+    base: str | None = None
+    """The version this export is a delta on (None: a full export)."""
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -230,6 +238,7 @@ def export_checkpoint(
     name: str | None = None,
     manifest: str | None = None,
     graph: bool = True,
+    delta: bool = False,
 ) -> ExportResult:
     """Export ``checkpoint`` under ``<models_root>/<name>/v<N>`` (see the module docstring).
 
@@ -239,6 +248,9 @@ def export_checkpoint(
         name: model name (default ``<label>-<arch>``, e.g. ``click-dlrm``).
         manifest: ETL output directory the run trained on (default: the config's ``data.path``).
         graph: also export the ``torch.export`` dense graph.
+        delta: write only the rows changed since the newest version of the model (its base),
+            unless there is none, it does not fit (another model config or feature spec) or its
+            chain is :data:`~trainer.exported.delta.FULL_EVERY` long: then a full export.
 
     Raises:
         FileNotFoundError: no checkpoint at ``checkpoint``.
@@ -301,6 +313,13 @@ def export_checkpoint(
         "exported_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
+    arrays = {"emb": emb} if lin is None else {"emb": emb, "linear": lin}
+    tables = {key: f"tables/{key}.npy" for key in arrays}
+    plan = None
+    if delta:
+        plan = deltas.plan_delta(model_dir, arrays, {"model": to_dict(cfg.model), "tables": tables},
+                                 spec)  # fmt: skip
+
     def write(tmp: Path) -> None:
         index: dict[str, Any] = {}
         params = {}
@@ -308,11 +327,12 @@ def export_checkpoint(
             rel = f"dense/{key}.npy"
             index[rel] = {"name": key, **save_array(tmp / rel, value.detach().float().numpy())}
             params[key] = rel
-        tables = {"emb": "tables/emb.npy"}
-        index["tables/emb.npy"] = save_array(tmp / "tables/emb.npy", emb)
-        if lin is not None:
-            tables["linear"] = "tables/linear.npy"
-            index["tables/linear.npy"] = save_array(tmp / "tables/linear.npy", lin)
+        delta_entry = None
+        if plan is None:
+            for key, rel in tables.items():
+                index[rel] = save_array(tmp / rel, arrays[key])
+        else:
+            delta_entry = deltas.write_delta(tmp, plan, arrays, index)
         if program is not None:
             save_graph(tmp / GRAPH_FILE, program)
         inputs = ["emb (rows, dim) float32", "inverse (samples, slots) int64",
@@ -328,7 +348,7 @@ def export_checkpoint(
                 "output": "logits (samples,) float32; score = sigmoid(logit)",
                 "rows": "emb/linear rows of the sorted unique global ids (table offset + local "
                         "id); inverse indexes them per slot"},
-            "label": cfg.model.label,
+            "label": cfg.model.label, "delta": delta_entry,
         })  # fmt: skip
         write_json(tmp / FEATURES_FILE, spec)
         if metrics is not None:
@@ -338,5 +358,7 @@ def export_checkpoint(
     final = publish(model_dir, write)
     seconds = time.perf_counter() - t0
     size = _size(final)
-    log.info("exported %s -> %s (%.1f MB in %.1f s)", ckpt, final, size / 1e6, seconds)
-    return ExportResult(final, name, final.name, True, size, seconds)
+    base = None if plan is None else plan.base.name
+    log.info("exported %s -> %s (%.1f MB in %.1f s%s)", ckpt, final, size / 1e6, seconds,
+             "" if plan is None else f", {len(plan.rows)} rows changed since {base}")  # fmt: skip
+    return ExportResult(final, name, final.name, True, size, seconds, base)

@@ -42,11 +42,10 @@ from trainer.exported.artifact import (
     GRAPH_FILE,
     LINEAGE_FILE,
     METRICS_FILE,
-    MODEL_FILE,
     ExportError,
     read_json,
-    verify_checksums,
 )
+from trainer.exported.delta import chain, materialize
 from trainer.exported.tensors import load_array, load_graph
 from trainer.meta import MetaConfig
 from trainer.models import ModelConfig, RecModel, build_model
@@ -227,27 +226,33 @@ def load_exported(path: str | Path, *, mmap: bool = True, graph: bool = True) ->
     """Load an export after verifying it; never unpickles (see :mod:`trainer.exported.tensors`).
 
     Args:
-        path: the version directory (``<root>/<name>/v<N>``).
-        mmap: memory-map the embedding tables (only looked-up rows are read into memory).
+        path: the version directory (``<root>/<name>/v<N>``); a delta export is loaded with its
+            chain of base versions (:mod:`trainer.exported.delta`), every link verified first.
+        mmap: memory-map the embedding tables (only looked-up rows are read into memory); the
+            tables of a delta export are built in memory.
         graph: also load the ``torch.export`` graph (the rebuilt model serves when False).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ExportError: incomplete (no ``CHECKSUMS``), a file missing, extra or modified, an unsafe
-            payload, or an unknown format; the message names the file.
+            payload, an unknown format, or a broken delta chain; the message names the file.
     """
     path = Path(path)
-    sums = verify_checksums(path)
-    desc = read_json(path / MODEL_FILE)
-    if desc.get("format") != FORMAT or desc.get("format_version") != FORMAT_VERSION:
-        raise ExportError(
-            f"{path}: format {desc.get('format')!r} v{desc.get('format_version')} is not "
-            f"{FORMAT!r} v{FORMAT_VERSION}; load it with a matching metarec version"
-        )
+    if not path.is_dir():
+        raise FileNotFoundError(f"exported model {path} does not exist or is not a directory")
+    links = chain(path)  # verifies every version down to the full export
+    for link in links:
+        fmt = (link.desc.get("format"), link.desc.get("format_version"))
+        if fmt != (FORMAT, FORMAT_VERSION):
+            raise ExportError(
+                f"{link.path}: format {fmt[0]!r} v{fmt[1]} is not {FORMAT!r} v{FORMAT_VERSION}; "
+                "load it with a matching metarec version"
+            )
+    desc, sums = links[-1].desc, links[-1].sums
     spec = read_json(path / FEATURES_FILE)
     layout = layout_of(spec)
     index = desc["tensors"]
-    tables = {k: load_array(path / f, index[f], mmap=mmap) for k, f in desc["tables"].items()}
+    tables = materialize(links, mmap=mmap)
     params = {
         name: torch.from_numpy(np.array(load_array(path / f, index[f])))
         for name, f in desc["dense_params"].items()

@@ -16,6 +16,18 @@ from the export's lineage), or an evaluation of the export on other episodes
                         refused, since an AUC of another interval is not comparable
     better / worse      the metric moved by more than ``tolerance`` in its good direction / against
     equal               within ``tolerance``: promoted only with ``promote_on_equal``
+    regressed           better (or equal and promotable) on the metric, but a guard failed:
+                        ranking (GAUC) or calibration got worse than the champion's beyond its
+                        tolerance; refused, the reason names the guard
+
+The guards read the metric's split and adaptation (``test_cold.after.auc`` ->
+``test_cold.after.gauc`` and ``test_cold.after.calibration``; a lift metric reads ``after``):
+GAUC may drop by at most ``gauc_tolerance``; the calibration error ``|predicted / observed
+positives - 1|`` may grow by at most ``calibration_tolerance``. A pooled AUC can rise while
+ranking within tasks falls (it rewards each task's base rate as much as ranking), and a CTR
+model's scores set bids, so either regression blocks promotion. A guard that cannot be checked
+(a side has no finite value, e.g. an old ``eval.json`` without calibration) is recorded as
+unchecked and does not block. Every guard's values are in :attr:`Decision.guards`.
 
 Metrics are named ``<split>.<before|after>.<metric>`` (``test_cold.after.auc``, the cold-start
 AUC after adaptation) or ``<split>.<auc_lift|gauc_lift>``; ``logloss`` is lower-is-better, the
@@ -49,6 +61,7 @@ class Verdict(StrEnum):
     ALREADY_CHAMPION = "already_champion"
     DIFFERENT_DATA = "different_data"
     FAILED_VALIDATION = "failed_validation"
+    REGRESSED = "regressed"
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,12 @@ class GatePolicy:
     """Differences within it are ``equal``."""
     promote_on_equal: bool = False
     """Promote an ``equal`` challenger (fresher data, same quality); default keeps the champion."""
+    gauc_tolerance: float = 0.002
+    """Refuse a challenger whose GAUC (the metric's split and adaptation) is below the champion's
+    by more than this (``inf``: no ranking guard)."""
+    calibration_tolerance: float = 0.05
+    """Refuse a challenger whose calibration error ``|predicted / observed positives - 1|`` exceeds
+    the champion's by more than this (``inf``: no calibration guard)."""
 
     def __post_init__(self) -> None:
         parts = self.metric.split(".")
@@ -71,10 +90,22 @@ class GatePolicy:
             )
         if not (self.tolerance >= 0 and math.isfinite(self.tolerance)):
             raise ValueError(f"--tolerance must be a finite number >= 0, got {self.tolerance}")
+        for name in ("gauc_tolerance", "calibration_tolerance"):
+            if not getattr(self, name) >= 0:  # NaN fails too
+                raise ValueError(f"gate {name} must be >= 0 (inf: off), got {getattr(self, name)}")
 
     @property
     def higher_is_better(self) -> bool:
         return self.metric.rsplit(".", 1)[-1] not in LOWER_IS_BETTER
+
+    def guard_metrics(self) -> dict[str, tuple[str, float]]:
+        """Guard name -> (dotted metric it reads, tolerance); see the module docstring."""
+        parts = self.metric.split(".")
+        prefix = f"{parts[0]}.{parts[1] if len(parts) == 3 else 'after'}"
+        return {
+            "gauc": (f"{prefix}.gauc", self.gauc_tolerance),
+            "calibration": (f"{prefix}.calibration", self.calibration_tolerance),
+        }
 
 
 @dataclass(frozen=True)
@@ -99,6 +130,9 @@ class Decision:
     champion: float | None = None
     delta: float | None = None
     """Change of the metric in its good direction (positive = better)."""
+    guards: tuple[dict[str, Any], ...] = ()
+    """Each guard checked against a champion: name, metric, both values, the change in the good
+    direction, tolerance and ``passed`` (None: not checked, with a ``note``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "verdict": str(self.verdict)}
@@ -170,4 +204,37 @@ def decide(challenger: Candidate, champion: Candidate | None, policy: GatePolicy
         verdict, promote = Verdict.EQUAL, policy.promote_on_equal
     reason = (f"{m}: challenger {challenger.version} {new:.6f} vs champion {champion.version} "
               f"{old:.6f} ({verdict}, tolerance {policy.tolerance})")  # fmt: skip
-    return Decision(verdict, promote, reason, m, new, old, delta)
+    guards = tuple(_guard(name, metric, tol, challenger, champion)
+                   for name, (metric, tol) in policy.guard_metrics().items())  # fmt: skip
+    failed = [g for g in guards if g["passed"] is False]
+    if promote and failed:
+        verdict, promote = Verdict.REGRESSED, False
+        reason += "; refused: " + "; ".join(g["note"] for g in failed)
+    return Decision(verdict, promote, reason, m, new, old, delta, guards)
+
+
+def _guard(
+    name: str, metric: str, tolerance: float, challenger: Candidate, champion: Candidate
+) -> dict[str, Any]:
+    """One guard's record (module docstring): ``delta`` is the change in the good direction."""
+    new, old = (
+        metric_value(challenger.evaluation, metric),
+        metric_value(champion.evaluation, metric),
+    )
+    out: dict[str, Any] = {"name": name, "metric": metric, "challenger": new, "champion": old,
+                           "tolerance": tolerance, "delta": None, "passed": None}  # fmt: skip
+    if new is None or old is None:
+        side = "challenger" if new is None else "champion"
+        out["note"] = f"{metric} not checked: the {side}'s evaluation has no finite value"
+        return out
+    if name == "calibration":  # the error |ratio - 1| must not grow
+        out["delta"] = abs(old - 1.0) - abs(new - 1.0)
+        what = (
+            f"calibration error |{metric} - 1| grew from {abs(old - 1):.4f} to {abs(new - 1):.4f}"
+        )
+    else:
+        out["delta"] = new - old
+        what = f"{metric} fell from {old:.6f} to {new:.6f}"
+    out["passed"] = out["delta"] >= -tolerance
+    out["note"] = f"{what} (tolerance {tolerance})" if not out["passed"] else f"{metric} ok"
+    return out

@@ -65,7 +65,8 @@ BACKENDS = get_args(Backend)
 
 @dataclass(frozen=True, kw_only=True)
 class GateSettings(GatePolicy):
-    """``[gate]``: the gate's policy (metric, tolerance, promote_on_equal) and its evaluation."""
+    """``[gate]``: the gate's policy (metric, tolerance, promote_on_equal, and the guards
+    gauc_tolerance and calibration_tolerance: ``components.promotion.gate``) and its evaluation."""
 
     batch_episodes: int = 64
     """Episodes per batch when the challenger and the champion are evaluated."""
@@ -74,7 +75,7 @@ class GateSettings(GatePolicy):
 
     def policy(self) -> GatePolicy:
         """The policy alone (what ``gate.decide`` reads and the gate's record keeps)."""
-        return GatePolicy(self.metric, self.tolerance, self.promote_on_equal)
+        return GatePolicy(**{f.name: getattr(self, f.name) for f in fields(GatePolicy)})
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -39,6 +39,7 @@ def _cli(capsys, *args: str) -> tuple[int, dict]:
 def test_gate_promotion_rollback_end_to_end(setup, capsys, tmp_path):
     models, data_a = setup
     base = ["promote", "--models", str(models), "--name", NAME, "--tolerance", "0"]
+    base += ["--gauc-tolerance", "inf", "--calibration-tolerance", "inf"]  # the primary verdicts
     evaluate = ["--evaluate-on", str(data_a), "--batch-episodes", "8"]
 
     code, out = _cli(capsys, *base, "--version", "v1")  # no metrics of its own

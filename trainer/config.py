@@ -200,12 +200,20 @@ class TrainerConfig:
     """Evaluation splits and adaptation."""
 
     def eval_meta(self) -> MetaConfig:
-        """The inner-loop settings of evaluation: ``eval.*`` where set, else ``meta.*``."""
+        """The inner-loop settings of evaluation: ``eval.*`` where set, else ``meta.*``. Meta-SGD's
+        learned step sizes apply unless ``eval.adapt_lr`` or another ``eval.adapt`` is set (they
+        exist only for the trained scope; a set step size means plain fine-tuning)."""
+        adapt = self.eval.adapt or self.meta.adapt
+        learned = self.meta.learn_inner_lr
+        if self.eval.adapt_lr or adapt != self.meta.adapt:
+            learned = "off"
         return MetaConfig(
             mode=self.meta.mode,
             inner_steps=self.eval.adapt_steps or self.meta.inner_steps,
             inner_lr=self.eval.adapt_lr or self.meta.inner_lr,
-            adapt=self.eval.adapt or self.meta.adapt,
+            adapt=adapt,
+            learn_inner_lr=learned,
+            film_hidden=self.meta.film_hidden,
         )
 
     def wants_task_local_rows(self) -> bool:

@@ -42,7 +42,7 @@ This module never imports ``torch.distributed``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -50,20 +50,23 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
 
+from trainer.film import Modulation, modulated, support_features
 from trainer.lowrank import Factors, LowRankAdaptation
 from trainer.models.build import RecModel
 from trainer.sparse import SparseOut
 
-MODES = ("maml", "fomaml", "plain")
+MODES = ("maml", "fomaml", "plain", "film")
 ADAPTS = ("head", "dense", "dense+emb")
+LEARNED_LRS = ("off", "layer", "parameter")
 
 
 @dataclass
 class MetaConfig:
     """How the outer step learns. Validated on construction."""
 
-    mode: Literal["maml", "fomaml", "plain"] = "maml"
-    """``maml`` (second order), ``fomaml`` (first order) or ``plain`` (no inner loop)."""
+    mode: Literal["maml", "fomaml", "plain", "film"] = "maml"
+    """``maml`` (second order), ``fomaml`` (first order), ``plain`` (no inner loop) or ``film``
+    (no inner loop: a support-set encoder modulates the dense layers, :mod:`trainer.film`)."""
     inner_steps: int = 1
     """SGD steps on each episode's support set (also used by evaluation-time adaptation)."""
     inner_lr: float = 0.1
@@ -71,12 +74,30 @@ class MetaConfig:
     adapt: Literal["head", "dense", "dense+emb"] = "dense"
     """What the inner loop adapts: ``head`` (last layers), ``dense`` (all dense parameters) or
     ``dense+emb`` (plus task-local copies of the episode's embedding rows)."""
+    learn_inner_lr: Literal["off", "layer", "parameter"] = "off"
+    """Meta-SGD (:mod:`trainer.metasgd`): learn the inner step sizes with the outer loss, one per
+    adapted layer and table (``layer``) or one per adapted parameter entry (``parameter``), all
+    starting at ``inner_lr``; ``maml`` and ``fomaml`` only. Evaluation adapts with them."""
+    film_hidden: int = 32
+    """``mode = "film"``: width of the support-set encoder's per-sample embedding."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"meta.mode {self.mode!r} is not one of {', '.join(MODES)}")
         if self.adapt not in ADAPTS:
             raise ValueError(f"meta.adapt {self.adapt!r} is not one of {', '.join(ADAPTS)}")
+        if self.learn_inner_lr not in LEARNED_LRS:
+            raise ValueError(
+                f"meta.learn_inner_lr {self.learn_inner_lr!r} is not one of {', '.join(LEARNED_LRS)}"
+            )
+        if self.learn_inner_lr != "off" and self.mode not in ("maml", "fomaml"):
+            raise ValueError(
+                f"meta.learn_inner_lr = {self.learn_inner_lr!r} learns the inner loop's step sizes, "
+                f"but meta.mode = {self.mode!r} has no inner loop: use mode 'maml' or 'fomaml', "
+                "or learn_inner_lr = 'off'"
+            )
+        if self.film_hidden < 1:
+            raise ValueError(f"meta.film_hidden must be >= 1, got {self.film_hidden}")
         if self.inner_steps < 1:
             raise ValueError(
                 f"meta.inner_steps must be >= 1, got {self.inner_steps} (use mode='plain' for no adaptation)"
@@ -104,10 +125,15 @@ class Adapted:
     """Per-episode adaptation from :func:`adapt`, as offsets from the shared parameters:
     ``dense`` maps the adapted layers to their low-rank factors ``A`` ``(T, R, in)`` and ``B``
     ``(T, R, out)`` (:mod:`trainer.lowrank`); ``rows`` maps ``emb``/``linear`` to ``(T, M, width)``
-    offsets of the task-local rows (``dense+emb`` only)."""
+    offsets of the task-local rows (``dense+emb`` only); ``weights`` maps parameter names to
+    per-episode values ``(T, ...)`` replacing the shared ones (Meta-SGD per parameter, whose
+    update is not low-rank); ``film`` maps modulated layers to per-episode ``gamma``/``beta``
+    ``(T, H)`` (``mode = "film"``)."""
 
     dense: Factors
     rows: dict[str, Tensor]
+    weights: dict[str, Tensor] = field(default_factory=dict)
+    film: Modulation = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,6 +279,7 @@ def _inner_loop(
     model: RecModel,
     cfg: MetaConfig,
     params: dict[str, Tensor],
+    lrs: dict[str, Tensor],
     adaptation: LowRankAdaptation,
     rows_d: dict[str, Tensor],
     support: dict[str, Any],
@@ -260,48 +287,121 @@ def _inner_loop(
 ) -> tuple[Factors, dict, Tensor]:
     """``inner_steps`` SGD steps on one episode's support loss.
 
-    Returns the low-rank factors per adapted layer, the row offsets and the support loss before
-    adaptation.
+    Returns the accumulated negative gradients, before the step sizes: per adapted layer the
+    low-rank factors ``A`` (inputs) and ``B`` (minus the output gradients), and the task-local
+    rows' sums; then the support loss before adaptation. :func:`_stepped` applies the step sizes
+    (``cfg.inner_lr``, or Meta-SGD's learned ``lrs``).
     """
-    lr = cfg.inner_lr
     if first_order:  # no outer graph through the inner gradients
-        params, support = _detach(params), _detach(support)
+        params, support, lrs = _detach(params), _detach(support), _detach(lrs)
     n = support["y"].shape[-1]
     layers = adaptation.layers
 
-    # The gradient of -lr * loss is the SGD step itself, so B needs no extra scaling pass.
-    def neg_lr_loss(var: dict, params: dict, factors: Factors, support: dict):
+    def neg_loss(var: dict, params: dict, factors: Factors, support: dict):
         # Layers with a bias get the output gradient as the gradient of a per-sample copy of the
         # bias (an expanded view: no extra pass over the outputs, unlike adding a zero offset).
         p = {**params, **{f"{layer}.bias": b for layer, b in var["b"].items()}}
         with adaptation.active(factors, var["z"]) as inputs:
             loss = _episode_loss(model, p, var["rows_d"], support)
-        return loss * -lr, {layer: inputs[layer] for layer in layers}
+        return -loss, {layer: inputs[layer] for layer in layers}
 
-    step_fn = grad_and_value(neg_lr_loss, has_aux=True)
-    factors: Factors = {}
+    step_fn = grad_and_value(neg_loss, has_aux=True)
+    raw: Factors = {}
+    raw_rows = rows_d
     loss0 = None
+    p, factors = params, {}
     for _ in range(cfg.inner_steps):
         var: dict[str, dict[str, Tensor]] = {"z": {}, "b": {}, "rows_d": rows_d}
         for layer, m in layers.items():
             if m.bias is not None:
-                var["b"][layer] = params[f"{layer}.bias"].expand(n, -1)
+                var["b"][layer] = p[f"{layer}.bias"].expand(n, -1)
             else:
                 var["z"][layer] = support["y"].new_zeros(n, m.weight.shape[1])
-        step, (loss, x) = step_fn(var, params, factors, support)
-        loss0 = loss / -lr if loss0 is None else loss0
+        step, (neg, x) = step_fn(var, p, factors, support)
+        loss0 = -neg if loss0 is None else loss0
         for layer in layers:
             a, b = x[layer], (step["b"] if layer in step["b"] else step["z"])[layer]
-            if layer in factors:
-                a, b = torch.cat([factors[layer][0], a], -2), torch.cat([factors[layer][1], b], -2)
-            factors[layer] = (a, b)
+            if layer in raw:
+                a, b = torch.cat([raw[layer][0], a], -2), torch.cat([raw[layer][1], b], -2)
+            raw[layer] = (a, b)
         # Null rows and padding entries of the task-local rows never move.
-        rows_d = {
-            k: v + step["rows_d"][k] * support["row_mask"].unsqueeze(-1) for k, v in rows_d.items()
+        raw_rows = {
+            k: v + step["rows_d"][k] * support["row_mask"].unsqueeze(-1)
+            for k, v in raw_rows.items()
         }
         if first_order:
-            factors, rows_d = _detach(factors), _detach(rows_d)
-    return factors, rows_d, loss0.detach()
+            raw, raw_rows = _detach(raw), _detach(raw_rows)
+        weights, factors, rows_d = _stepped(cfg, params, lrs, adaptation, raw, raw_rows)
+        p = {**params, **weights}
+    return raw, raw_rows, loss0.detach()
+
+
+def _stepped(
+    cfg: MetaConfig,
+    params: dict[str, Tensor],
+    lrs: dict[str, Tensor],
+    adaptation: LowRankAdaptation,
+    raw: Factors,
+    raw_rows: dict[str, Tensor],
+) -> tuple[dict[str, Tensor], Factors, dict[str, Tensor]]:
+    """The adapted parameters from :func:`_inner_loop`'s sums, as (per-episode parameters
+    replacing shared ones, low-rank factors, row offsets). A step size that is one number per layer
+    (``inner_lr``, Meta-SGD per layer) scales ``B``; Meta-SGD per parameter scales every entry of
+    the weight's update ``A^T B`` on its own, which is not low-rank: the weight is formed."""
+    if not lrs:
+        lr = cfg.inner_lr
+        return {}, {k: (a, b * lr) for k, (a, b) in raw.items()}, _scaled(raw_rows, {}, lr)
+    weights: dict[str, Tensor] = {}
+    factors: Factors = {}
+    for layer, (a, b) in raw.items():
+        w, bias = f"{layer}.weight", f"{layer}.bias"
+        if lrs[w].dim() == 0:
+            factors[layer] = (a, b * lrs[w])
+            continue
+        weights[w] = params[w] + lrs[w] * (a.transpose(-1, -2) @ b)
+        if adaptation.layers[layer].bias is not None:
+            weights[bias] = params[bias] + lrs[bias] * b.sum(-2)
+    return weights, factors, _scaled(raw_rows, lrs, cfg.inner_lr)
+
+
+def _scaled(raw_rows: dict[str, Tensor], lrs: dict[str, Tensor], lr: float) -> dict[str, Tensor]:
+    return {k: v * (lrs[k] if lrs else lr) for k, v in raw_rows.items()}
+
+
+def _step_sizes(model: RecModel, cfg: MetaConfig) -> dict[str, Tensor]:
+    """Meta-SGD's learned step sizes of ``model`` for ``cfg`` (empty without Meta-SGD)."""
+    if cfg.learn_inner_lr == "off":
+        return {}
+    lrs = model.inner_lrs
+    tables = ["emb", "linear"] if cfg.adapt == "dense+emb" else []
+    tables = tables if model.embeddings.has_linear else tables[:1]
+    if (
+        lrs is None
+        or lrs.granularity != cfg.learn_inner_lr
+        or not lrs.covers(model.adapted_layers(cfg.adapt), tables)
+    ):
+        raise ValueError(
+            f"meta.learn_inner_lr = {cfg.learn_inner_lr!r} with adapt = {cfg.adapt!r} needs the "
+            "model's learned step sizes for exactly that setting: build the model with "
+            "build_model(..., meta=<that MetaConfig>), or adapt with learn_inner_lr = 'off' and a "
+            "fixed inner_lr"
+        )
+    return lrs.step_sizes()
+
+
+def _film(model: RecModel, sparse: SparseOut, dense: Tensor, y: Tensor, mask: Tensor) -> Modulation:
+    """FiLM parameters per episode from its support samples (``(T, K, ...)``; ``mask`` ``(T, K)``)."""
+    if model.task_encoder is None:
+        raise ValueError(
+            "meta.mode = 'film' needs the model's support-set encoder: build the model with "
+            "build_model(..., meta=<the MetaConfig>)"
+        )
+    if sparse.fields is None:
+        raise ValueError(
+            "meta.mode = 'film' encodes the support samples from their pooled field embeddings, "
+            "which this embedding collection substitutes (parallel.des): set parallel.des = 'off'"
+        )
+    return model.task_encoder(support_features(sparse.pooled(), dense, y), mask)
 
 
 def _adaptation(model: RecModel, adapt: str) -> LowRankAdaptation:
@@ -311,6 +411,23 @@ def _adaptation(model: RecModel, adapt: str) -> LowRankAdaptation:
 
 # ---------------------------------------------------------------------------------------------
 # Public API
+
+
+def export_refusal(cfg: MetaConfig) -> str | None:
+    """Why a model trained with ``cfg`` cannot be exported yet (None: it can). The exported
+    model adapts with one fixed step size and has no support-set encoder."""
+    if cfg.mode == "film":
+        return (
+            "meta.mode = 'film': the exported model cannot carry the support-set encoder yet; "
+            "evaluate the checkpoint with the trainer (eval.json), or train with another meta.mode"
+        )
+    if cfg.learn_inner_lr != "off":
+        return (
+            f"meta.learn_inner_lr = {cfg.learn_inner_lr!r}: the exported model cannot carry the "
+            "learned inner step sizes yet (it adapts with one fixed step size); evaluate the "
+            "checkpoint with the trainer (eval.json), or train with learn_inner_lr = 'off'"
+        )
+    return None
 
 
 def outer_loss(
@@ -341,21 +458,38 @@ def outer_loss(
         per_episode = _masked_mean(per_sample, torch.cat([ep.s_mask, ep.q_mask], 1))
         s_loss = _masked_mean(per_sample[:, :K].detach(), ep.s_mask)
         q_loss = _masked_mean(per_sample[:, K:].detach(), ep.q_mask)
+    elif cfg.mode == "film":
+        ep = _Episodes(model, sparse, batch, None)
+        K = batch.k_support
+        dense = batch.dense.to(dtype)
+        film = _film(model, sparse.side(slice(0, K)), dense[:, :K], ep.y[:, :K], ep.s_mask)
+        with modulated(model.dense_half, film):
+            logits = model.dense_half(sparse.side(slice(K, None)), dense[:, K:])
+        per_episode = _masked_mean(_bce(logits, ep.y[:, K:]), ep.q_mask)
+        q_loss = per_episode.detach()
+        with torch.no_grad():  # the support loss of the unconditioned (empty support) model
+            empty = _film(model, sparse.side(slice(0, K)), dense[:, :K], ep.y[:, :K], ep.s_mask * 0)
+            with modulated(model.dense_half, empty):
+                s_logits = model.dense_half(sparse.side(slice(0, K)), dense[:, :K])
+            s_loss = _masked_mean(_bce(s_logits, ep.y[:, :K]), ep.s_mask)
     else:
         first_order = cfg.mode == "fomaml"
         ep = _Episodes(model, sparse, batch, cfg.adapt, detach_support=first_order)
         adaptation = _adaptation(model, cfg.adapt)
         params = dict(model.dense_half.named_parameters())
 
-        def episode(params: dict, rows_d: dict, sup: dict, qry: dict) -> tuple[Tensor, Tensor]:
-            factors, rows_d, s_loss = _inner_loop(
-                model, cfg, params, adaptation, rows_d, sup, first_order
+        def episode(
+            params: dict, lrs: dict, rows_d: dict, sup: dict, qry: dict
+        ) -> tuple[Tensor, Tensor]:
+            raw, raw_rows, s_loss = _inner_loop(
+                model, cfg, params, lrs, adaptation, rows_d, sup, first_order
             )
+            weights, factors, rows_d = _stepped(cfg, params, lrs, adaptation, raw, raw_rows)
             with adaptation.active(factors):
-                return _episode_loss(model, params, rows_d, qry), s_loss
+                return _episode_loss(model, {**params, **weights}, rows_d, qry), s_loss
 
-        per_episode, s_loss = vmap(episode, in_dims=(None, 0, 0, 0))(
-            params, ep.rows_d0, ep.support, ep.query
+        per_episode, s_loss = vmap(episode, in_dims=(None, None, 0, 0, 0))(
+            params, _step_sizes(model, cfg), ep.rows_d0, ep.support, ep.query
         )
         q_loss = per_episode.detach()
     loss = (per_episode * ep.valid).sum() / norm
@@ -370,25 +504,38 @@ def outer_loss(
 
 
 def adapt(model: RecModel, sparse: SparseOut, batch: Any, cfg: MetaConfig) -> Adapted:
-    """Adapt every episode on its support set (``cfg.inner_steps`` x ``cfg.inner_lr`` on
-    ``cfg.adapt``; ``cfg.mode`` is ignored, so a plain-trained model can be fine-tuned too).
+    """Adapt every episode on its support set: ``cfg.inner_steps`` SGD steps on ``cfg.adapt`` of
+    ``cfg.inner_lr`` or, with ``cfg.learn_inner_lr``, of the model's learned step sizes (Meta-SGD;
+    other ``cfg.mode`` values are ignored, so a plain-trained model can be fine-tuned too). A model
+    with a support-set encoder (``mode = "film"``) adapts by encoding the support set: one forward
+    pass, no gradient step (``inner_steps``/``inner_lr``/``adapt`` do not apply).
 
     Evaluation only (``sparse`` from ``model.embeddings.read``): runs without an outer graph and
     returns detached per-episode offsets.
     """
+    if model.task_encoder is not None:
+        ep = _Episodes(model, sparse, batch, None)
+        K = batch.k_support
+        dense = batch.dense[:, :K].to(_dtype(sparse))
+        with torch.no_grad():
+            film = _film(model, sparse.detach().side(slice(0, K)), dense, ep.y[:, :K], ep.s_mask)
+        return Adapted({}, {}, film=film)
     ep = _Episodes(model, sparse.detach(), batch, cfg.adapt)
     adaptation = _adaptation(model, cfg.adapt)
     params = _detach(dict(model.dense_half.named_parameters()))
+    lrs = _detach(_step_sizes(model, cfg))
 
-    def episode(params: dict, rows_d: dict, sup: dict) -> tuple[Factors, dict]:
-        factors, rows_d, _ = _inner_loop(
-            model, cfg, params, adaptation, rows_d, sup, first_order=True
+    def episode(params: dict, lrs: dict, rows_d: dict, sup: dict) -> tuple[dict, Factors, dict]:
+        raw, raw_rows, _ = _inner_loop(
+            model, cfg, params, lrs, adaptation, rows_d, sup, first_order=True
         )
-        return factors, rows_d
+        return _stepped(cfg, params, lrs, adaptation, raw, raw_rows)
 
     with torch.enable_grad():
-        dense, rows_d = vmap(episode, in_dims=(None, 0, 0))(params, ep.rows_d0, ep.support)
-    return Adapted(_detach(dense), _detach(rows_d))
+        weights, dense, rows_d = vmap(episode, in_dims=(None, None, 0, 0))(
+            params, lrs, ep.rows_d0, ep.support
+        )
+    return Adapted(_detach(dense), _detach(rows_d), _detach(weights))
 
 
 @torch.no_grad()
@@ -396,10 +543,16 @@ def predict(
     model: RecModel, sparse: SparseOut, batch: Any, adapted: Adapted | None = None
 ) -> Tensor:
     """Query logits ``(T, Q)``, at the shared parameters or, given :func:`adapt` output, at each
-    episode's adapted parameters. Mask with ``batch.query_mask`` (and known labels)."""
+    episode's adapted parameters. Mask with ``batch.query_mask`` (and known labels). A model with
+    a support-set encoder (``mode = "film"``) predicts without adaptation as for an empty support
+    set (the encoder's output for no samples)."""
     K = batch.k_support
     query = sparse.detach().side(slice(K, None))
     dense = batch.dense[:, K:].to(_dtype(query))
+    if adapted is None and model.task_encoder is not None:
+        T = dense.shape[0]
+        nothing = dense.new_zeros(T, 1, model.task_encoder.embed.in_features)
+        adapted = Adapted({}, {}, film=model.task_encoder(nothing, dense.new_zeros(T, 1)))
     if adapted is None:
         return model(query, dense)
     side: dict[str, Any] = {"sparse": query.as_dict(), "dense": dense}
@@ -410,8 +563,12 @@ def predict(
         {name: model.dense_half.get_submodule(name) for name in adapted.dense}
     )
 
-    def episode(params: dict, factors: Factors, rows_d: dict, side: dict) -> Tensor:
-        with adaptation.active(factors):
-            return _episode_logits(model, params, rows_d, side)
+    def episode(
+        params: dict, weights: dict, factors: Factors, rows_d: dict, film: Modulation, side: dict
+    ) -> Tensor:
+        with adaptation.active(factors), modulated(model.dense_half, film):
+            return _episode_logits(model, {**params, **weights}, rows_d, side)
 
-    return vmap(episode, in_dims=(None, 0, 0, 0))(params, adapted.dense, adapted.rows, side)
+    return vmap(episode, in_dims=(None, 0, 0, 0, 0, 0))(
+        params, adapted.weights, adapted.dense, adapted.rows, adapted.film, side
+    )

@@ -178,7 +178,10 @@ class Trainer:
         plan = build_sharding_plan(self.layout, 1, cfg.model, cfg.parallel)
         log.info("embedding placement:\n%s", plan)
         embeddings = build_embeddings(cfg.model, self.layout, seed=seed + 1, device=self.device)
-        return build_model(cfg.model, self.layout, embeddings, seed=seed, device=self.device), plan
+        model = build_model(
+            cfg.model, self.layout, embeddings, seed=seed, device=self.device, meta=cfg.meta
+        )
+        return model, plan
 
     # ----------------------------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:

@@ -64,6 +64,7 @@ from trainer.exported.artifact import (
 )
 from trainer.exported.model import DenseGraph, TableEmbeddings, layout_of
 from trainer.exported.tensors import save_array, save_graph
+from trainer.meta import export_refusal
 from trainer.models import RecModel, build_model
 from trainer.parallel.reshard import merge_shards
 from trainer.parallel.sharded_embeddings import PLAN_KEY
@@ -265,6 +266,9 @@ def export_checkpoint(
         if not all(k in meta for k in ("config", "data", "features", "dense_features")):
             raise CheckpointError(f"{ckpt} was not written by the metarec trainer")
         cfg = build(TrainerConfig, meta["config"])
+        refusal = export_refusal(cfg.meta)
+        if refusal:
+            raise CheckpointError(refusal)
         man = _manifest(manifest or cfg.data.path, meta)
         problems = checkpoint_problems(ckpt, cfg, man)
         if problems:

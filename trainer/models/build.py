@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from trainer.embeddings import PlainEmbeddingCollection
+from trainer.film import TaskEncoder
+from trainer.metasgd import InnerLearningRates
 from trainer.models.common import FieldLinear, Linear
 from trainer.models.deepfm import DeepFMDense
 from trainer.models.dlrm import DLRMDense
@@ -83,9 +85,14 @@ class ModelConfig:
 
 
 class RecModel(nn.Module):
-    """Dense half + injected embeddings (see the module docstring)."""
+    """Dense half + injected embeddings (see the module docstring), and the parameters of the
+    meta-learning method when it has some (``build_model(..., meta=)``): ``inner_lrs``
+    (Meta-SGD, :mod:`trainer.metasgd`) and ``task_encoder`` (FiLM, :mod:`trainer.film`), None
+    otherwise. They are submodules, so Adam, the dense all-reduce and checkpoints carry them."""
 
     embeddings: EmbeddingCollection
+    inner_lrs: InnerLearningRates | None
+    task_encoder: TaskEncoder | None
 
     def __init__(
         self, cfg: ModelConfig, dense_half: nn.Module, embeddings: EmbeddingCollection
@@ -93,6 +100,8 @@ class RecModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.dense_half = dense_half
+        self.inner_lrs = None
+        self.task_encoder = None
         object.__setattr__(self, "embeddings", embeddings)  # never a submodule (see docstring)
 
     def forward(self, sparse: SparseOut, dense: Tensor) -> Tensor:
@@ -131,6 +140,40 @@ class RecModel(nn.Module):
             assert own <= set(names), f"{layer}: a layer adapts all its parameters or none"
         return layers
 
+    def modulated_layers(self) -> dict[str, int]:
+        """The main-path layers that FiLM modulates (module name in ``dense_half`` -> output
+        width), input to output: one per layer of ``layer_names()``; a deep tower's first layer is
+        its ``FieldLinear`` (whose output sums the field and dense parts, DES or not)."""
+        out = {}
+        for names in self.dense_half.layer_names():
+            name = names[0].rsplit(".", 1)[0]
+            parent = name.rsplit(".", 1)[0]
+            if isinstance(self.dense_half.get_submodule(parent), FieldLinear):
+                name = parent
+            bias = next(n for n in names if n.endswith(".bias"))
+            out[name] = int(self.dense_half.get_parameter(bias).numel())
+        return out
+
+
+def build_meta_modules(model: RecModel, meta: Any, layout: Any, *, seed: int = 0) -> None:
+    """Give ``model`` the parameters of ``meta``'s method (a ``MetaConfig``): Meta-SGD's step
+    sizes (``meta.learn_inner_lr``) and FiLM's support-set encoder (``meta.mode = "film"``,
+    initialised from ``seed`` without touching the global RNG state)."""
+    cfg = model.cfg
+    if meta.learn_inner_lr != "off":
+        layers = {n: model.dense_half.get_submodule(n) for n in model.adapted_layers(meta.adapt)}
+        tables = {}
+        if meta.adapt == "dense+emb":
+            tables["emb"] = cfg.embedding_dim
+            if model.embeddings.has_linear:
+                tables["linear"] = 1
+        model.inner_lrs = InnerLearningRates(layers, tables, meta.learn_inner_lr, meta.inner_lr)
+    if meta.mode == "film":
+        width = len(layout.table_offsets) * cfg.embedding_dim + int(layout.dense_width) + 1
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model.task_encoder = TaskEncoder(width, meta.film_hidden, model.modulated_layers())
+
 
 def build_embeddings(
     cfg: ModelConfig, layout: Any, *, seed: int = 0, device: torch.device | str | None = None
@@ -155,13 +198,15 @@ def build_model(
     *,
     seed: int = 0,
     device: torch.device | str | None = None,
+    meta: Any | None = None,
 ) -> RecModel:
     """Build ``cfg.arch`` for a ``FeatureLayout`` (``slot_feature``, ``table_offsets``,
     ``total_rows``, ``dense_width``).
 
     ``embeddings``: the collection to inject (default: a plain collection seeded with
     ``seed + 1``). Dense parameters are initialised from ``seed`` without touching the global
-    RNG state.
+    RNG state. ``meta``: the ``MetaConfig`` whose method has parameters of its own
+    (:func:`build_meta_modules`; None: none).
 
     Raises:
         ValueError: the layout or the injected collection does not fit the config.
@@ -207,4 +252,6 @@ def build_model(
             f"layout has {num_fields}"
         )
     model = RecModel(cfg, dense_half, embeddings)
+    if meta is not None:
+        build_meta_modules(model, meta, layout, seed=seed + 2)
     return model.to(device=embeddings.device, dtype=embeddings.dtype)

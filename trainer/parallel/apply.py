@@ -88,7 +88,7 @@ def build_parallel_model(
     if env.is_main:
         log.info("embedding placement:\n%s", plan)
     embeddings = build_sharded_embeddings(model, plan, env, layout, seed=seed + 1, dtype=dtype)
-    net = build_model(model, layout, embeddings=embeddings, seed=seed)
+    net = build_model(model, layout, embeddings=embeddings, seed=seed, meta=meta)
     broadcast_parameters(net, env.comm)
     if plan.des != "off":
         embeddings.use_des(build_des(net, embeddings, plan.des, meta))

@@ -9,10 +9,12 @@ reason code; see ``accounting.py``), reported in ``<out>/_adapter.json``, writte
 
 Sources (``metarec adapt <source> --help`` for files, download links and the field mapping):
     movielens       MovieLens-100K (u.data, u.user, u.item); task = user
+    movielens-1m    MovieLens-1M (ratings.dat, users.dat, movies.dat); task = user
     taobao          Taobao display ads, Tianchi layout (raw_sample + ad_feature + user_profile)
     taobao-fuxictr  Taobao display ads, FuxiCTR joined CSV (with the click sequence)
     taobao-dmr      Taobao display ads, PaddleRec DMR 267-column rows (no timestamps)
     aliccp          Ali-CCP click + purchase, torch-rechub CSVs (no timestamps)
+    talkingdata     TalkingData AdTracking clicks, label = download; task = app or channel
 
 Python API:
     from components.adapters import AdapterConfig, adapt
@@ -26,17 +28,29 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from components.adapters.run import AdapterConfig, AdapterSummary, Source
 
-SOURCE_NAMES = ("movielens", "taobao", "taobao-fuxictr", "taobao-dmr", "aliccp")
+SOURCE_NAMES = (
+    "movielens",
+    "movielens-1m",
+    "taobao",
+    "taobao-fuxictr",
+    "taobao-dmr",
+    "aliccp",
+    "talkingdata",
+)
 
 
 def sources() -> dict[str, Source]:
     """The adapters by name (imports pyarrow, hence a function)."""
     from components.adapters.aliccp import ALICCP
     from components.adapters.movielens import MOVIELENS
+    from components.adapters.movielens_1m import MOVIELENS_1M
+    from components.adapters.talkingdata import TALKINGDATA
     from components.adapters.taobao import FUXICTR, TIANCHI
     from components.adapters.taobao_dmr import DMR
 
-    table = {s.name: s for s in (MOVIELENS, TIANCHI, FUXICTR, DMR, ALICCP)}
+    table = {
+        s.name: s for s in (MOVIELENS, MOVIELENS_1M, TIANCHI, FUXICTR, DMR, ALICCP, TALKINGDATA)
+    }
     assert tuple(table) == SOURCE_NAMES
     return table
 

@@ -9,6 +9,7 @@ rows in = rows written + rows rejected.
 examples:
   metarec adapt movielens --src ml-100k --out data/raw-ml
   metarec adapt taobao --src tianchi-56/ --out data/raw-taobao --format jsonl
+  metarec adapt talkingdata --src talkingdata/ --out data/raw-td --task channel
   metarec adapt movielens --help      # files expected, download link, field mapping
 """
 
@@ -61,6 +62,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
             help="do not write empty part files for hours without events between the "
             "first and the last event (then run the ETL with --allow-missing)",
         )
+        if source.tasks:
+            choices = [value for value, _ in source.tasks]
+            p.add_argument(
+                "--task",
+                choices=choices,
+                default=None,
+                help="what a task is, for the printed next steps (the ETL's --task-key): "
+                + ", ".join(f"{value} -> {column}" for value, column in source.tasks)
+                + f" (default: {choices[0]})",
+            )
         if source.derived_time:
             p.add_argument(
                 "--base-time",
@@ -118,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         fill_empty_hours=args.fill_empty_hours,
         base_time=getattr(args, "base_time", None),
         time_step_ms=getattr(args, "time_step_ms", 1000),
+        task=getattr(args, "task", None),
         block_bytes=args.block_mb << 20,
         flush_rows=args.flush_rows,
         max_open_files=args.max_open_files,

@@ -23,7 +23,8 @@ Mapping (u.data row -> raw record):
   ad_brand        release year (from release_date), null when absent
   ad_tags         the genre names, as a list
   click           rating >= 4      (the MeLU/RecBole-MetaRec convention): 55 % of the ratings,
-                  so the next steps validate with --ctr-min 0.1 --ctr-max 0.9, not an ad log's band
+                  so the next steps validate with MovieLens' bounds (SOURCE_THRESHOLDS in
+                  components/validation/suites.py), not an ad log's
   conversion      rating == 5      (a "strong like": the deeper funnel event)
   not mapped      device_type, creative_type, user_interests, bid_price, item_price,
                   user_hist_ctr (null)
@@ -58,10 +59,6 @@ from components.adapters.reading import SourceFile, load_side_table, locate_file
 from components.adapters.run import AdapterConfig, Source
 
 DOWNLOAD = "https://files.grouplens.org/datasets/movielens/ml-100k.zip (unzip; --src ml-100k)"
-CLICK_RATE = (0.1, 0.9)
-"""Click rates (rating >= 4) to expect over an interval: 55.4 % over the whole dataset, but 17 to
-81 % over single days with >= 200 ratings (a few users dominate each day, each with their own
-taste), so the band only catches a broken label rule (all 0 or all 1), as the ad-log band does."""
 GENRES = (
     "unknown",
     "Action",
@@ -259,5 +256,5 @@ MOVIELENS = Source(
     locate=locate,
     read=read,
     describe=describe,
-    click_rate=CLICK_RATE,
+    bounds="movielens",
 )

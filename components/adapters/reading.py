@@ -221,6 +221,56 @@ def _np_bool(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
+LINE_DELIMITER = "\x1f"
+"""ASCII unit separator: no text line of these datasets holds one, so a line is one field."""
+
+
+def read_separated(
+    fs: pafs.FileSystem,
+    src: SourceFile,
+    acct: Accounting,
+    *,
+    names: Sequence[str],
+    separator: str,
+    encoding: str = "utf8",
+    block_bytes: int = 16 << 20,
+) -> Iterator[Block]:
+    """Stream a header-less file whose fields are separated by a multi-character ``separator``
+    (MovieLens-1M's ``::``), with the accounting of :func:`read_delimited`.
+
+    Each line is read whole, then split; a line with another number of fields than ``names`` is
+    rejected as ``wrong_field_count``. A field may not contain ``separator`` (the format has no
+    quoting), so a title holding ``:`` is fine and one holding ``::`` is a wrong field count.
+
+    Yields:
+        :class:`Block` objects with whitespace-trimmed string columns named as in ``names``.
+    """
+    for block in read_delimited(
+        fs,
+        src,
+        acct,
+        names=("line",),
+        include=("line",),
+        delimiter=LINE_DELIMITER,
+        has_header=False,
+        encoding=encoding,
+        block_bytes=block_bytes,
+    ):
+        parts = pc.split_pattern(block.columns["line"], separator)
+        ok = pc.equal(pc.list_value_length(parts), len(names))
+        block = acct.drop(src.label, block, ~_np_bool(ok), "wrong_field_count")
+        if block.num_rows == 0:
+            continue
+        parts = pc.split_pattern(block.columns["line"], separator)
+        yield Block(
+            {
+                name: pc.utf8_trim_whitespace(pc.list_element(parts, i))
+                for i, name in enumerate(names)
+            },
+            block.lines,
+        )
+
+
 def load_side_table(
     fs: pafs.FileSystem,
     src: SourceFile,
@@ -233,24 +283,28 @@ def load_side_table(
     encoding: str = "utf8",
 ) -> Block:
     """Read a whole lookup table (users, items, ads): same accounting, one concatenated block."""
-    blocks = list(
-        read_delimited(
-            fs,
-            src,
-            acct,
-            names=names,
-            include=include,
-            delimiter=delimiter,
-            has_header=has_header,
-            encoding=encoding,
-        )
+    blocks = read_delimited(
+        fs,
+        src,
+        acct,
+        names=names,
+        include=include,
+        delimiter=delimiter,
+        has_header=has_header,
+        encoding=encoding,
     )
+    return concat_blocks(blocks, include)
+
+
+def concat_blocks(blocks: Iterator[Block], columns: Sequence[str]) -> Block:
+    """One block of every row of ``blocks`` (a whole lookup table), ``columns`` kept."""
+    blocks = list(blocks)
     if not blocks:
         return Block(
-            {name: pa.array([], pa.string()) for name in include}, np.zeros(0, dtype=np.int64)
+            {name: pa.array([], pa.string()) for name in columns}, np.zeros(0, dtype=np.int64)
         )
     return Block(
-        {name: pa.concat_arrays([b.columns[name] for b in blocks]) for name in include},
+        {name: pa.concat_arrays([b.columns[name] for b in blocks]) for name in columns},
         np.concatenate([b.lines for b in blocks]),
     )
 

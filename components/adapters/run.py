@@ -54,6 +54,9 @@ class AdapterConfig:
     """Sources without timestamps: event time of row 0 (ISO-8601 UTC); None = source default."""
     time_step_ms: int = 1000
     """Sources without timestamps: milliseconds between consecutive rows."""
+    task: str | None = None
+    """Sources with a choice of task (``Source.tasks``, e.g. TalkingData's ``app`` or
+    ``channel``): which one the next steps key the ETL by; None = the source's default."""
     block_bytes: int = 16 << 20
     """Bytes of source text parsed per block (bounds memory together with ``flush_rows``)."""
     flush_rows: int = 500_000
@@ -93,10 +96,30 @@ class Source:
     """The mapping, label rules and event-time origin, for ``_adapter.json``."""
     derived_time: bool = False
     """True when the source has no timestamps and event_time comes from row order."""
-    click_rate: tuple[float, float] | None = None
-    """The band of click rates this source's label rule gives over an interval, passed to
-    ``metarec validate`` (--ctr-min/--ctr-max) by the next steps; None for real ad logs, whose
-    rate the validator's default band (``Thresholds``) is made for."""
+    bounds: str = "ad_log"
+    """The validation bounds of this kind of source (a key of
+    ``components.validation.suites.SOURCE_THRESHOLDS``: click-rate band, row-count ratio),
+    passed to ``metarec validate`` by the next steps; ``ad_log`` (the defaults) for real ad logs."""
+    tasks: tuple[tuple[str, str], ...] = ()
+    """Sources with a choice of task: ``(option value, raw task column)`` pairs for ``--task``,
+    the first the default (``task_key`` is then the first's column)."""
+
+    def task_key_for(self, config: AdapterConfig) -> str:
+        """The ETL task key of ``config.task`` (a value of :attr:`tasks`), else :attr:`task_key`."""
+        if config.task is None:
+            return self.task_key
+        choices = dict(self.tasks)
+        if config.task not in choices:
+            raise ValueError(
+                f"{self.name}: unknown --task {config.task!r}: choose one of "
+                f"{', '.join(choices) or '(none: this source has one task key)'}"
+            )
+        return choices[config.task]
+
+    def thresholds(self):  # -> components.validation.suites.Thresholds
+        from components.validation.suites import SOURCE_THRESHOLDS
+
+        return SOURCE_THRESHOLDS[self.bounds]
 
 
 @dataclass
@@ -162,6 +185,7 @@ def prepare_output(fs: pafs.FileSystem, root: str, overwrite: bool) -> None:
 def adapt(source: Source, config: AdapterConfig) -> AdapterSummary:
     """Run one adapter end to end; see the module docstring."""
     started = time.perf_counter()
+    task_key = source.task_key_for(config)
     src_fs, src_root = resolve(config.src)
     files = source.locate(src_fs, src_root)
     out_fs, out_root = resolve(config.out)
@@ -215,7 +239,7 @@ def adapt(source: Source, config: AdapterConfig) -> AdapterSummary:
         },
         "accounting": acct.as_dict(),
         "labels": {
-            "expected_click_rate": source.click_rate,
+            "expected_click_rate": [source.thresholds().ctr_min, source.thresholds().ctr_max],
             "clicks": clicks,
             "conversions": conversions if conversions_known else None,
             "rows_with_conversion_label": conversions_known,
@@ -234,7 +258,8 @@ def adapt(source: Source, config: AdapterConfig) -> AdapterSummary:
                 "end_hour_exclusive": hour_label(stats.last_hour + 1),
             },
         },
-        "task_key": source.task_key,
+        "task_key": task_key,
+        "validation_bounds": source.bounds,
         **source.describe(config),
     }
     report["next_steps"] = next_steps(
@@ -251,17 +276,15 @@ def next_steps(source: Source, config: AdapterConfig, start: str, end: str) -> l
     """The commands that take the output to validated episodes, runnable as printed once
     ``OUT_PLACEHOLDER`` is replaced by the output path (``_adapter.json`` keeps the placeholder:
     the directory stays relocatable and reruns identical). The episodes go next to the output,
-    in ``<out>-episodes``; the source's click-rate band goes to both validations."""
+    in ``<out>-episodes``; the source's validation bounds go to both validations."""
     from components.etl.config import EtlConfig
 
     raw, episodes = OUT_PLACEHOLDER, f"{OUT_PLACEHOLDER}-episodes"
     interval = EtlConfig(input=raw, output=episodes, start=start, end=end).interval_id
-    band = ""
-    if source.click_rate:
-        band = f" --ctr-min {source.click_rate[0]:g} --ctr-max {source.click_rate[1]:g}"
+    band = "".join(f" {flag}" for flag in source.thresholds().flags())
     etl = (
         f"metarec etl --input {raw} --output {episodes} --start {start} --end {end} "
-        f"--task-key {source.task_key}"
+        f"--task-key {source.task_key_for(config)}"
     )
     validate_episodes = f"metarec validate episodes {episodes}/{interval}{band}"
     if not config.fill_empty_hours:  # hours without events are missing: raw validation fails them

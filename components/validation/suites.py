@@ -37,8 +37,8 @@ class Thresholds:
     """Lowest plausible click rate (valid click labels, whole interval)."""
     ctr_max: float = 0.5
     """Highest plausible click rate. Ad logs sit at 0.5-10 %. A dataset whose label rule is not an
-    ad click (MovieLens: rating >= 4, 55 % of the ratings) brings its own band: the adapter's
-    printed next steps pass it as --ctr-min/--ctr-max (``components.adapters.run.Source``)."""
+    ad click (MovieLens: rating >= 4, 55 % of the ratings) brings its own band: see
+    :data:`SOURCE_THRESHOLDS`."""
     row_count_ratio: float = 3.0
     """Rows (raw) or episodes must lie within [previous / ratio, previous * ratio] of the previous
     interval's; the check is skipped, and the report says so, when there is no previous interval."""
@@ -62,6 +62,41 @@ class Thresholds:
         return math.ceil(previous / self.row_count_ratio), math.floor(
             previous * self.row_count_ratio
         )
+
+    def flags(self) -> list[str]:
+        """The ``metarec validate`` options that give these bounds: each one that differs from
+        the default (an ad log's), e.g. ``["--ctr-min", "0.1", "--ctr-max", "0.9"]``."""
+        default, out = Thresholds(), []
+        for name in ("row_count_ratio", "max_bad_fraction", "ctr_min", "ctr_max"):
+            if getattr(self, name) != getattr(default, name):
+                out += [f"--{name.replace('_', '-')}", f"{getattr(self, name):g}"]
+        return out
+
+
+SOURCE_THRESHOLDS: dict[str, Thresholds] = {
+    "ad_log": Thresholds(),
+    "movielens": Thresholds(ctr_min=0.1, ctr_max=0.9, row_count_ratio=1000.0),
+    "talkingdata": Thresholds(ctr_min=0.0002, ctr_max=0.05),
+}
+"""The bounds of each kind of source, selected by the adapter that wrote it (``metarec adapt``
+prints them in its next steps as ``metarec validate`` options; ``Thresholds.flags``):
+
+``ad_log``
+    Impression logs (the generator, Taobao, Ali-CCP): the defaults of :class:`Thresholds`.
+``movielens``
+    MovieLens ratings (100K and 1M; click = rating >= 4). Click rate 55 % (100K) and 57.5 % (1M)
+    overall, 17 to 81 % over single days of MovieLens-100K with >= 200 ratings (a few users
+    dominate each day, each with their own taste), so the band [0.1, 0.9] only catches a broken
+    label rule (all 0 or all 1), as the ad-log band does. Volume follows a few users' sessions,
+    not traffic: MovieLens-100K's days hold 1 to 3,550 ratings and consecutive days differ by
+    2.2x (median) to 727x (most), so the row-count ratio is 1000 (only an empty or absurd
+    interval fails), against 3 for an ad log's steady traffic.
+``talkingdata``
+    TalkingData AdTracking (every row a click; click = is_attributed, the app download): 0.25 %
+    of the clicks of the full train.csv, 0.23 % of train_sample.csv; the band [0.0002, 0.05]
+    (the ad-log floor 0.001 is too close to the mean for single hours). Row volume is steady
+    ad traffic: the ad-log ratio stays.
+"""
 
 
 def _param(name: str) -> dict[str, str]:

@@ -11,7 +11,9 @@ Layout (``trainer/data/contract.py``)::
 Steps: Spark writes into ``<output>/_staging/<interval>.<token>/`` (zstd, ``parquet.block.size`` =
 the row-group target); the part files are renamed to deterministic names and Hadoop's
 ``.crc``/``_SUCCESS`` files removed; rows inside a file are ordered by (task_key, episode) (and
-quarantine rows by reason, file, event id), so a rerun of the same interval writes the same bytes.
+quarantine rows by reason, file, event id), and each footer's encodings lists are sorted
+(:func:`pin_footer`: parquet-mr writes them in an order that changes with every JVM), so a rerun of
+the same interval writes the same bytes, in this process or another.
 Then every file is hashed (sha256), the manifest (no wall-clock time in it) is written last, and
 the staging folder is swapped into place: the previous version of THIS interval is moved aside
 and deleted; other intervals are never touched. A crash before the swap leaves the previous
@@ -29,6 +31,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from components.etl import footer
 from components.etl.extract import filesystem, join, spark_uri
 
 log = logging.getLogger(__name__)
@@ -145,13 +148,42 @@ def tidy(staging: Staging, sub: str, one_per_folder: bool) -> list[str]:
     return sorted(out)
 
 
+def pin_footer(fs, path: str) -> None:
+    """Write the file's footer in its canonical order (:mod:`components.etl.footer` says why):
+    patched in place on a local disk, rewritten through a sibling file elsewhere."""
+    import pyarrow.fs as pafs
+
+    size = fs.get_file_info(path).size
+    with fs.open_input_file(path) as f:
+        offset, length = footer.footer_span(size, f.read_at(8, size - 8))
+        old = f.read_at(length, offset)
+    new = footer.sort_encodings(old)
+    if new == old:
+        return
+    if isinstance(fs, pafs.LocalFileSystem):
+        with open(path, "r+b") as f:
+            f.seek(offset)
+            f.write(new)
+        return
+    with fs.open_input_stream(path) as src, fs.open_output_stream(path + ".pinned") as dst:
+        left = offset
+        while left:
+            chunk = src.read(min(left, 8 << 20))
+            dst.write(chunk)
+            left -= len(chunk)
+        dst.write(new + src.read()[length:])
+    fs.move(path + ".pinned", path)
+
+
 def describe_files(staging: Staging, rel_paths: list[str]) -> list[WrittenFile]:
-    """sha256, rows, row groups and bytes of each file (streamed: memory stays flat)."""
+    """sha256, rows, row groups and bytes of each file (streamed: memory stays flat), after
+    :func:`pin_footer`, so the same rows give the same bytes in any JVM."""
     import pyarrow.parquet as pq
 
     out = []
     for rel in rel_paths:
         path = join(staging.path, rel)
+        pin_footer(staging.fs, path)
         digest, size = hashlib.sha256(), 0
         with staging.fs.open_input_stream(path) as f:
             while chunk := f.read(8 << 20):

@@ -6,8 +6,10 @@ Spark an explicit file list. Parsing and validation are in :mod:`components.etl.
 
 What it checks, before Spark reads anything:
 
-- every hour of ``[start, end)`` has its ``dt=YYYY-MM-DD/hr=HH`` folder (else an error listing the
-  missing hours, unless ``allow_missing``: then they are recorded in the manifest);
+- every hour of ``[start, end)`` has LANDED: its ``dt=YYYY-MM-DD/hr=HH`` folder holds a data file
+  or an explicit ``_SUCCESS`` marker (an hour without traffic). An absent or empty folder is a
+  missing hour: an error listing them, unless ``allow_missing`` (then they are recorded in the
+  manifest). The sensor (``components.steps.data.check_raw``) uses this same rule;
 - file formats: ``auto`` takes the format from the names (``.jsonl``, ``.jsonl.gz``, ``.parquet``)
   and refuses a mix; files whose names start with ``_`` or ``.`` (``_generation.json``, ``.crc``)
   are skipped; other unknown names are listed in the manifest as ignored;
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SUFFIXES = (("jsonl.gz", ".jsonl.gz"), ("jsonl", ".jsonl"), ("parquet", ".parquet"))
+SUCCESS_MARKER = "_SUCCESS"
+"""An hourly partition with this file has landed, data files or not (an hour without traffic)."""
 
 
 @dataclass
@@ -97,7 +101,7 @@ def partition_dir(hour: datetime) -> str:
 
 def check_input(config: EtlConfig) -> tuple[pafs.FileSystem, str, list[str]]:
     """The cheap checks, run before Spark starts (``metarec etl`` calls it before the JVM):
-    the input root is a listable directory and every hourly partition folder exists.
+    the input root is a listable directory and every hourly partition has :func:`landed`.
 
     Returns:
         ``(filesystem, root path, missing partition folders)``; missing ones only with
@@ -105,8 +109,8 @@ def check_input(config: EtlConfig) -> tuple[pafs.FileSystem, str, list[str]]:
 
     Raises:
         FileNotFoundError: the input root does not exist or is not a directory.
-        ValueError: partitions are missing (without ``allow_missing``), or the URI names a
-            filesystem pyarrow cannot open.
+        ValueError: partitions are missing or have not landed (without ``allow_missing``), or
+            the URI names a filesystem pyarrow cannot open.
     """
     import pyarrow.fs as pafs
 
@@ -118,15 +122,47 @@ def check_input(config: EtlConfig) -> tuple[pafs.FileSystem, str, list[str]]:
         )
     rels = [partition_dir(hour) for hour in config.hours]
     infos = fs.get_file_info([join(base, rel) for rel in rels])
-    missing = [rel for rel, i in zip(rels, infos, strict=True) if i.type != pafs.FileType.Directory]
+    absent = [rel for rel, i in zip(rels, infos, strict=True) if i.type != pafs.FileType.Directory]
+    empty = [rel for rel in rels if rel not in absent and not landed(fs, join(base, rel))]
+    missing = [rel for rel in rels if rel in absent or rel in empty]
+    span = f"[{config.start:%Y-%m-%dT%H}, {config.end:%Y-%m-%dT%H})"
     if missing and not config.allow_missing:
+        if not absent and len(empty) == len(rels):
+            raise ValueError(
+                f"{config.input}: the interval {span} is empty: no data files (.jsonl, .jsonl.gz, "
+                ".parquet) and no _SUCCESS marker in its partitions; wait for them to land"
+            )
+        note = (
+            f"{len(empty)} of them are empty folders (an hour has landed when its folder holds a "
+            "data file or a _SUCCESS marker). "
+            if empty
+            else ""
+        )
         raise ValueError(
-            f"{config.input}: {len(missing)} of {len(config.hours)} hourly partitions of "
-            f"[{config.start:%Y-%m-%dT%H}, {config.end:%Y-%m-%dT%H}) are missing: "
-            f"{_shorten(missing)}. Wait for them to land, or pass --allow-missing to process the "
-            "interval without them (they are recorded in the manifest)."
+            f"{config.input}: {len(missing)} of {len(config.hours)} hourly partitions of {span} "
+            f"are missing: {_shorten(missing)}. {note}Wait for them to land, or pass "
+            "--allow-missing to process the interval without them (they are recorded in the "
+            "manifest)."
         )
     return fs, base, missing
+
+
+def landed(fs: pafs.FileSystem, folder: str) -> bool:
+    """Has the partition ``folder`` landed: does it hold a data file or a ``_SUCCESS`` marker?
+
+    An empty folder is what a producer leaves between ``mkdir`` and its first file, so it is not
+    an hour without traffic: that hour says so with ``_SUCCESS``.
+    """
+    import pyarrow.fs as pafs
+
+    for info in fs.get_file_info(pafs.FileSelector(folder)):
+        if info.type != pafs.FileType.File:
+            continue
+        if info.base_name == SUCCESS_MARKER or (
+            not info.base_name.startswith(("_", ".")) and format_of(info.base_name)
+        ):
+            return True
+    return False
 
 
 def list_input(config: EtlConfig) -> InputListing:
@@ -249,17 +285,23 @@ def check_parquet_files(fs, base: str, files: list[str]) -> int:
 def read_raw(spark, listing: InputListing):
     """Read the listed files; one row per JSONL line or Parquet row.
 
-    Returns a DataFrame with, for JSONL, ``value`` (the line) and for Parquet the raw columns typed
-    by :func:`components.raw_schema.arrow_schema`; plus ``dt`` (date) and ``hr`` (int) from the
-    partition folder and ``_file`` (the file name). See :mod:`components.etl.rows` for parsing.
+    JSONL is read AND parsed by :func:`components.etl.rows.read_jsonl` (the raw-record parser
+    the scorer shares; Python reads the files, so an overlong line never reaches the JVM whole):
+    the canonical frame plus ``_blank``. Parquet: the raw columns typed by
+    :func:`components.raw_schema.arrow_schema`, plus ``dt`` (date) and ``hr`` (int) from the
+    partition folder and ``_file`` (the file name), parsed by ``rows.parse_parquet``.
     """
+    import os
+
     from pyspark.sql import functions as F
 
+    from components.etl import rows
+
+    if listing.fmt != "parquet":
+        root = listing.uri if "://" in listing.uri else os.path.abspath(listing.uri)
+        return rows.read_jsonl(spark, root, listing.files)
     reader = spark.read.option("basePath", spark_uri(listing.uri))
-    if listing.fmt == "parquet":
-        df = reader.schema(spark_raw_schema()).parquet(*listing.spark_paths())
-    else:
-        df = reader.text(listing.spark_paths())
+    df = reader.schema(spark_raw_schema()).parquet(*listing.spark_paths())
     return df.withColumn("_file", F.col("_metadata.file_name"))
 
 

@@ -59,7 +59,7 @@ def test_a_data_file_lands_the_hour(raw, tmp_path) -> None:
 def test_an_interval_of_empty_folders_is_empty(tmp_path) -> None:
     for h in range(3):
         rawdata.part_dir(tmp_path, h)
-    with pytest.raises(ValueError, match="is empty: no data files .* and no _SUCCESS marker"):
+    with pytest.raises(ValueError, match=r"is empty: no data files .* and no _SUCCESS marker"):
         extract.list_input(make_config(tmp_path, tmp_path / "out"))
     status = check_raw(DeliveryConfig(raw_root=str(tmp_path)), Interval.parse("2026-11-01T00/3h"))
     assert not status.ready and status.files == 0

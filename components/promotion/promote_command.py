@@ -9,11 +9,17 @@ evaluation data (their data content hashes must match):
                           evaluation, before/after adaptation), e.g. the newest interval
 
 Verdicts: better (promoted), worse, equal (promoted with --promote-on-equal), no_champion
-(promoted), already_champion, different_data, failed_validation (checksums, missing metric).
-The CHAMPION pointer is replaced in one step and the change appended to HISTORY.jsonl, only if
-the champion is still the one the gate compared against (or --expect's): a promotion that raced
-with another change is refused (exit 2) instead of overwriting it.
-Exit code: 0 promoted (or nothing to do), 1 the gate kept the champion, 2 an error.
+(promoted), already_champion, different_data, failed_validation (checksums, missing metric),
+regressed (better on --metric, but GAUC fell by more than --gauc-tolerance or the calibration
+error grew by more than --calibration-tolerance: refused; ``inf`` turns a guard off).
+The gate decides while holding the model's lock, against the champion it locked, and the CHAMPION
+pointer is replaced in one step under the same lock, then the change appended to HISTORY.jsonl:
+two concurrent promotions are decided one after the other, the second against the first's
+outcome. With --expect the promotion is refused (exit 2) unless that version is the champion.
+Exit code: 0 promoted (or nothing to do; with --dry-run: would promote), 1 the gate kept the
+champion, 2 an error. If the history cannot be appended after the swap (a full disk), the
+promotion stands (exit 0): the output's "warning" and stderr say "promoted ...; history not
+recorded: <why>", and the next promotion or rollback writes the record from the pointer.
 
 examples:
   metarec promote --models out/models --name click-dlrm                  # latest version
@@ -39,13 +45,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metric", default="test_cold.after.auc", help="gate metric")
     parser.add_argument("--tolerance", type=float, default=0.001, help="equal within this")
     parser.add_argument("--promote-on-equal", action="store_true", help="promote an equal one")
+    for guard, what in (("gauc", "GAUC may drop"), ("calibration", "|pred/obs - 1| may grow")):
+        parser.add_argument(f"--{guard}-tolerance", type=float, default=None,
+                            help=f"{what} by this (default: the gate's; inf: off)")  # fmt: skip
     parser.add_argument("--evaluate-on", default=None, help="ETL output to evaluate both on")
     parser.add_argument("--batch-episodes", type=int, default=64, help="with --evaluate-on")
     parser.add_argument("--max-episodes", type=int, default=0, help="with --evaluate-on (0: all)")
     parser.add_argument("--reason", default="", help="note kept in the history")
     parser.add_argument("--dry-run", action="store_true", help="decide, do not promote")
     parser.add_argument("--status", action="store_true", help="print champion and history only")
-    add_expect_argument(parser, "the champion when the command starts")
+    add_expect_argument(parser, "whichever is champion when the lock is taken")
 
 
 def add_expect_argument(parser: argparse.ArgumentParser, unset: str) -> None:
@@ -108,7 +117,7 @@ def _evaluate(version_dir: Path, args: argparse.Namespace, split: str) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from components.promotion import registry
-    from components.promotion.gate import GatePolicy, decide, load_candidate
+    from components.promotion.gate import Decision, GatePolicy, decide, load_candidate
     from trainer.exported.artifact import list_versions
 
     mdir = existing_model(args.models, args.name)
@@ -121,39 +130,52 @@ def run(args: argparse.Namespace) -> int:
         return 0
     versions = list_versions(mdir)
     current = pointer.version if pointer else None
-    expect = getattr(args, "expect", current)
-    if expect != current:  # fail before evaluating; the swap checks again under the lock
-        raise registry.ChampionChanged(args.name, expect, current, "promotion")
+    expect = getattr(args, "expect", registry.ANY)
+    if expect != registry.ANY and expect != current:  # fail before evaluating; checked again
+        raise registry.ChampionChanged(args.name, expect, current, "promotion")  # under the lock
     version = versions[-1] if args.version == "latest" else args.version
     if version not in versions:
         raise ValueError(
             f"{args.name} has no version {version!r} (versions: {', '.join(versions)})"
         )
-    policy = GatePolicy(args.metric, args.tolerance, args.promote_on_equal)
+    guards = {k: v for k in ("gauc_tolerance", "calibration_tolerance")
+              if (v := getattr(args, k)) is not None}  # fmt: skip
+    policy = GatePolicy(args.metric, args.tolerance, args.promote_on_equal, **guards)
     split = args.metric.split(".")[0]
-    if args.evaluate_on:
-        challenger = _evaluate(mdir / version, args, split)
+    evaluate = _evaluate if args.evaluate_on else lambda path, *_: load_candidate(path)
+    challenger = evaluate(mdir / version, args, split)
+    decided: list[Decision] = []
+
+    def gate(locked: registry.Pointer | None) -> tuple[str, dict[str, Any]] | None:
+        """The decision against the champion the registry holds locked (None: no champion)."""
         champion = None
-        if pointer is not None:
-            champion = (
-                challenger
-                if pointer.version == version
-                else _evaluate(mdir / pointer.version, args, split)
-            )
-    else:
-        challenger = load_candidate(mdir / version)
-        champion = load_candidate(mdir / pointer.version) if pointer else None
-    decision = decide(challenger, champion, policy)
-    out: dict[str, Any] = {"decision": decision.to_dict(), "promoted": False}
-    if decision.promote and not args.dry_run:
-        details = {"decision": decision.to_dict(), "data_hash": challenger.data_hash,
+        if locked is not None and locked.version == version:
+            champion = challenger
+        elif locked is not None:
+            champion = evaluate(mdir / locked.version, args, split)
+        decided.append(decide(challenger, champion, policy))
+        d = decided[-1]
+        if not d.promote or args.dry_run:
+            return None
+        details = {"decision": d.to_dict(), "data_hash": challenger.data_hash,
                    "evaluated_on": args.evaluate_on}  # fmt: skip
-        reason = args.reason or decision.reason
-        new = registry.promote(
-            args.models, args.name, version, expect=expect, reason=reason, details=details
-        )
-        out.update(promoted=True, champion=new.version, previous=new.previous)
+        return args.reason or d.reason, details
+
+    if args.dry_run:  # decide against the champion of now; nothing is locked or written
+        gate(pointer)
+        after = pointer
     else:
-        out["champion"] = pointer.version if pointer else None
+        after = registry.promote(args.models, args.name, version, expect=expect, gate=gate)
+    decision = decided[-1]
+    promoted = decision.promote and not args.dry_run and after is not None
+    promoted = promoted and after.version == version
+    out: dict[str, Any] = {"decision": decision.to_dict(), "promoted": promoted,
+                           "champion": after.version if after else None}  # fmt: skip
+    if promoted and after is not None:
+        out["previous"] = after.previous
+        if after.history_error:
+            out["warning"] = f"promoted {version}; history not recorded: {after.history_error}"
+            sys.stderr.write(f"metarec promote: {out['warning']} (the champion pointer holds the "
+                             "record; the next promotion or rollback writes it)\n")  # fmt: skip
     sys.stdout.write(json.dumps(out, indent=2) + "\n")
     return 0 if decision.promote or decision.verdict == "already_champion" else 1

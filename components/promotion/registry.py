@@ -14,9 +14,14 @@ or the new one, never a missing or partial file. It carries the *stack* of champ
 pushes, a rollback pops back to the previous champion) and the sequence number and record of
 the last change. ``HISTORY.jsonl`` is appended after the swap; if a crash falls between the two,
 the next promotion or rollback (and every reader, :func:`read_history`) restores the missing
-record from the pointer, so the history always ends with the pointer's last change.
+record from the pointer, so the history always ends with the pointer's last change. If the append
+fails (a full disk, a read-only file), the change stands, since the pointer holds its record: the
+returned pointer says so in ``history_error`` and the next change writes the record.
 
-Every change can be guarded (compare-and-swap, under the lock): ``expect`` is the champion the
+A promotion can be decided under the lock: ``promote(..., gate=...)`` calls ``gate`` with the
+champion pointer it holds locked, and swaps only if the gate says so, so the challenger is always
+compared with the champion it replaces, never with one a concurrent promotion has replaced since.
+Every change can also be guarded (compare-and-swap, under the lock): ``expect`` is the champion the
 caller decided against (a version, or None for "no champion yet"); when the champion is another
 one by then, the change is refused with :class:`ChampionChanged`. ``key`` names the change (an
 Airflow run id, an interval and challenger); it is kept in the history record, and a change whose
@@ -64,12 +69,20 @@ class Pointer:
     previous: str | None = field(default=None)
     replayed: dict[str, Any] | None = field(default=None)
     """Set when the call changed nothing because its ``key`` was applied before: that record."""
+    history_error: str | None = field(default=None)
+    """Set when this call changed the pointer but could not append its record to the history
+    (why); the record is kept in the pointer and written by the next change."""
 
     def to_json(self) -> str:
         d = {
             k: getattr(self, k) for k in ("format", "version", "stack", "seq", "last", "updated_at")
         }
         return json.dumps(d, indent=2, sort_keys=True) + "\n"
+
+
+Gate = Callable[[Pointer | None], tuple[str, dict[str, Any]] | None]
+"""Called under the lock with the champion pointer (None: no champion): the reason and details
+to record for promoting, or None to keep the champion."""
 
 
 class ChampionChanged(ValueError):
@@ -166,9 +179,18 @@ def _reconcile(mdir: Path, pointer: Pointer | None) -> None:
         _append(mdir / HISTORY, pointer.last)
 
 
-def _change(root: str | Path, name: str, action: str, choose: Callable[[Pointer | None], list[str]],
-            reason: str, details: dict[str, Any] | None, fault: Fault | None,
-            expect: str | None, key: str | None) -> Pointer:  # fmt: skip
+@dataclass
+class _Change:
+    stack: list[str]
+    reason: str
+    details: dict[str, Any]
+
+
+def _change(root: str | Path, name: str, action: str,
+            choose: Callable[[Pointer | None], _Change | None], fault: Fault | None,
+            expect: str | None, key: str | None) -> Pointer | None:  # fmt: skip
+    """Under the lock: replay a recorded ``key``, check ``expect``, ask ``choose`` for the new
+    stack (None: nothing to change; the pointer is returned as it is), swap and record."""
     mdir = model_dir(root, name)
     fault = fault or (lambda stage: None)
     with locked(mdir):
@@ -184,12 +206,13 @@ def _change(root: str | Path, name: str, action: str, choose: Callable[[Pointer 
         current = old.version if old else None
         if expect != ANY and current != expect:
             raise ChampionChanged(name, expect, current, action)
-        stack = choose(old)
-        if old is not None and stack == old.stack:  # nothing to change (an idempotent rerun)
-            return old
+        change = choose(old)
+        if change is None or (old is not None and change.stack == old.stack):
+            return old  # nothing to change (the gate kept the champion, an idempotent rerun)
+        stack = change.stack
         seq = (old.seq if old else 0) + 1
         record = {"seq": seq, "time": _now(), "action": action, "from": current, "to": stack[-1],
-                  "reason": reason, "details": details or {}}  # fmt: skip
+                  "reason": change.reason, "details": change.details}  # fmt: skip
         if key is not None:
             record["key"] = key
         new = Pointer(stack[-1], stack, seq, record, record["time"])
@@ -202,7 +225,10 @@ def _change(root: str | Path, name: str, action: str, choose: Callable[[Pointer 
         os.replace(tmp, mdir / CHAMPION)  # the one step that changes the champion
         fsync_dir(mdir)
         fault("pointer_swapped")
-        _append(mdir / HISTORY, record)
+        try:
+            _append(mdir / HISTORY, record)
+        except OSError as e:  # the change stands: the pointer holds its record
+            new.history_error = f"cannot append to {mdir / HISTORY}: {e.strerror or e}"
         fault("history_appended")
     new.previous = stack[-2] if len(stack) > 1 else None
     return new
@@ -210,27 +236,32 @@ def _change(root: str | Path, name: str, action: str, choose: Callable[[Pointer 
 
 def promote(root: str | Path, name: str, version: str, *, expect: str | None = ANY,
             key: str | None = None, reason: str = "", details: dict[str, Any] | None = None,
-            fault: Fault | None = None) -> Pointer:  # fmt: skip
+            gate: Gate | None = None, fault: Fault | None = None) -> Pointer | None:  # fmt: skip
     """Make ``version`` the champion (pushing it on the stack). Promoting the current champion
     again changes nothing and returns the pointer (idempotent reruns); so does a promotion whose
     ``key`` is recorded already (``replayed`` set).
+
+    With ``gate``, the decision is taken under the lock: ``gate(champion pointer)`` returns the
+    ``(reason, details)`` to record, or None to keep the champion (the pointer is returned
+    unchanged, None when there is no champion); ``reason`` and ``details`` are then unused.
 
     Raises:
         FileNotFoundError: the version does not exist or is incomplete (no ``CHECKSUMS``).
         ChampionChanged: the champion is not ``expect``.
     """
     mdir = model_dir(root, name)
-    if not (mdir / version / CHECKSUMS_FILE).is_file():
-        raise FileNotFoundError(
-            f"{mdir / version} is not a complete export (no {CHECKSUMS_FILE}); export it first"
-        )
 
-    def choose(old: Pointer | None) -> list[str]:
-        if old is not None and old.version == version:
-            return old.stack
-        return [*(old.stack if old else []), version]
+    def choose(old: Pointer | None) -> _Change | None:
+        verdict = gate(old) if gate is not None else (reason, details or {})
+        if verdict is None or (old is not None and old.version == version):
+            return None
+        if not (mdir / version / CHECKSUMS_FILE).is_file():
+            raise FileNotFoundError(
+                f"{mdir / version} is not a complete export (no {CHECKSUMS_FILE}); export it first"
+            )
+        return _Change([*(old.stack if old else []), version], *verdict)
 
-    return _change(root, name, "promote", choose, reason, details, fault, expect, key)
+    return _change(root, name, "promote", choose, fault, expect, key)
 
 
 def rollback(root: str | Path, name: str, *, expect: str | None = ANY, key: str | None = None,
@@ -243,12 +274,14 @@ def rollback(root: str | Path, name: str, *, expect: str | None = ANY, key: str 
         ValueError: nothing was promoted, or the champion has no predecessor.
     """
 
-    def choose(old: Pointer | None) -> list[str]:
+    def choose(old: Pointer | None) -> _Change:
         if old is None or len(old.stack) < 2:
             raise ValueError(
                 f"model {name!r} has no previous champion to roll back to "
                 f"(champion: {old.version if old else 'none'}); promote another version instead"
             )
-        return old.stack[:-1]
+        return _Change(old.stack[:-1], reason, {})
 
-    return _change(root, name, "rollback", choose, reason, None, fault, expect, key)
+    pointer = _change(root, name, "rollback", choose, fault, expect, key)
+    assert pointer is not None, "a rollback changes an existing pointer or raises"
+    return pointer

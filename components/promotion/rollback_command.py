@@ -40,5 +40,10 @@ def run(args: argparse.Namespace) -> int:
     )
     out = {"champion": pointer.version, "rolled_back": before.version if before else None,
            "stack": pointer.stack}  # fmt: skip
+    if pointer.history_error:  # the rollback stands: the pointer holds its record
+        out["warning"] = f"rolled back to {pointer.version}; history not recorded: " + (
+            pointer.history_error
+        )
+        sys.stderr.write(f"metarec rollback: {out['warning']}\n")
     sys.stdout.write(json.dumps(out, indent=2) + "\n")
     return 0

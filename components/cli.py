@@ -38,6 +38,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "train": ("components.train.command", "meta-train and evaluate a CTR/CVR model on episodes"),
     "export": ("components.export.command", "checkpoint -> versioned, checksummed model directory"),
+    "evaluate": (
+        "trainer.evaluation.command",
+        "a checkpoint or export on any episodes: adaptation grid, baselines, ranking + calibration",
+    ),
     "score": ("components.score.command", "score raw events with an exported model (+ adaptation)"),
     "promote": ("components.promotion.promote_command", "gate a challenger, promote it atomically"),
     "rollback": ("components.promotion.rollback_command", "roll back to the previous champion"),

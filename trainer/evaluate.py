@@ -50,18 +50,28 @@ from trainer.parallel.metrics_sync import gather_arrays
 log = logging.getLogger(__name__)
 
 
-def _query_labels(model: RecModel, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+def query_labels(model: RecModel, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Query labels ``(T, Q)`` and the mask of samples to score: real query samples of valid
     episodes whose label is known (conversion is -1 where the source does not have it)."""
-    K = batch.k_support
-    mask = batch.query_mask & batch.episode_mask[:, None]
+    return _labels(model, batch, slice(batch.k_support, None), batch.query_mask)
+
+
+def support_labels(model: RecModel, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Support labels ``(T, K)`` and the mask of real support samples with a known label."""
+    return _labels(model, batch, slice(0, batch.k_support), batch.support_mask)
+
+
+def _labels(
+    model: RecModel, batch: EpisodeBatch, side: slice, real: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    mask = real & batch.episode_mask[:, None]
     if model.cfg.label == "click":
-        return batch.click[:, K:], mask
-    conv = batch.conversion[:, K:]
+        return batch.click[:, side], mask
+    conv = batch.conversion[:, side]
     return conv.clamp_min(0), mask & (conv >= 0)
 
 
-def _limit_episodes(batch: EpisodeBatch, remaining: int) -> EpisodeBatch:
+def limit_episodes(batch: EpisodeBatch, remaining: int) -> EpisodeBatch:
     """Mask out the valid episodes of ``batch`` beyond the first ``remaining``."""
     keep = batch.episode_mask & (torch.cumsum(batch.episode_mask.long(), 0) <= remaining)
     if torch.equal(keep, batch.episode_mask):
@@ -147,9 +157,9 @@ def evaluate(
         for i, batch in enumerate(reader):
             if i == steps:  # the same batch count on every rank
                 break
-            batch = _limit_episodes(batch, len(positions) - done).to(device)
+            batch = limit_episodes(batch, len(positions) - done).to(device)
             sparse = model.embeddings.read(batch)
-            y, mask = _query_labels(model, batch)
+            y, mask = query_labels(model, batch)
             logits0 = predict(model, sparse, batch)
             logits1 = predict(model, sparse, batch, adapt(model, sparse, batch, meta_cfg))
             # kept episodes are the batch's first ones (padding fills the end of a batch)

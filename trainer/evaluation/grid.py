@@ -1,0 +1,250 @@
+"""One evaluation: every row a user would compare, at the episode and the task level.
+
+Rows (``result["rows"]``, in this order; ``level`` is ``episode`` or ``task``, see
+:mod:`trainer.evaluation.episodes`):
+
+- ``no adaptation``: the shared parameters (one row: the level does not matter);
+- ``calibration only``: the model's logits shifted by each task's shrunk support rate
+  (:mod:`trainer.evaluation.baselines`);
+- ``training setting``: adapted with the run's own inner loop (``meta.inner_steps``,
+  ``meta.inner_lr``, ``meta.adapt``); for a plain model, fine-tuning with the meta runs' setting;
+- ``grid``: every cell of ``steps x lr x scope`` (a step count of 0 is ``no adaptation``);
+- ``tuned on <split>``: the grid cell with the best ``tune_metric`` on ANOTHER split (by default
+  ``valid_cold``: cold tasks held out from training and from the evaluated split), reported with
+  its metrics on the evaluated split. Without such a split the row says why it is missing.
+
+Each row holds the metrics of :func:`trainer.metrics.split_metrics` on the real query samples
+with a known label. Adaptation is :func:`trainer.meta.adapt` (evaluation: no outer graph), scoring
+:func:`trainer.meta.predict`, the same calls as the trainer's evaluation and the serving path; so
+the episode-level row of the evaluation setting equals the run's ``eval.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainer.data.batch import FeatureLayout
+from trainer.data.contract import load_manifest
+from trainer.evaluate import query_labels, support_labels
+from trainer.evaluation.baselines import PRIOR_STRENGTH, calibration_offsets, global_rate
+from trainer.evaluation.episodes import Level, read_level, split_episodes, task_level
+from trainer.evaluation.models import EvaluatedModel
+from trainer.meta import ADAPTS, MetaConfig, adapt, predict
+from trainer.metrics import split_metrics
+
+log = logging.getLogger(__name__)
+LEVELS = ("episode", "task")
+TUNE_METRICS = {"auc": True, "gauc": True, "episode_gauc": True, "logloss": False, "ne": False}
+"""Metrics a tuning may maximise (True) or minimise (False)."""
+DEFAULT_TUNE_SPLIT = "valid_cold"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one evaluation computes. Validated on construction."""
+
+    steps: tuple[int, ...] = (1, 3, 5)
+    """Inner steps of the grid (0: no adaptation)."""
+    lrs: tuple[float, ...] = (0.03, 0.1, 0.3)
+    """Inner learning rates of the grid."""
+    scopes: tuple[str, ...] = ()
+    """What adapts (``head``, ``dense``, ``dense+emb``); empty: the training run's ``meta.adapt``."""
+    levels: tuple[str, ...] = LEVELS
+    """``episode`` (each episode on its own support set) and/or ``task`` (once per task)."""
+    tune_split: str | None = None
+    """Split the tuned row is chosen on (None: ``valid_cold`` when the folder has it)."""
+    tune_metric: str = "auc"
+    """Metric the tuned row maximises (``logloss``, ``ne``: minimises)."""
+    prior_strength: float = PRIOR_STRENGTH
+    """Pseudo-samples of the calibration-only baseline's prior."""
+    batch_episodes: int = 64
+    """Episodes per batch (the episode level)."""
+    max_episodes: int = 0
+    """The first this many episodes of each split in file order (0: all)."""
+
+    def __post_init__(self) -> None:
+        if any(s < 0 for s in self.steps) or not all(lr > 0 for lr in self.lrs):
+            raise ValueError(f"--steps must be >= 0 and --lr > 0, got {self.steps}, {self.lrs}")
+        bad = [s for s in self.scopes if s not in ADAPTS]
+        if bad or not self.levels or any(v not in LEVELS for v in self.levels):
+            raise ValueError(
+                f"--scope must be among {', '.join(ADAPTS)} and --level among "
+                f"{', '.join(LEVELS)}, got {list(self.scopes)} and {list(self.levels)}"
+            )
+        if self.tune_metric not in TUNE_METRICS:
+            raise ValueError(f"--tune-metric must be one of {', '.join(TUNE_METRICS)}")
+        if not self.prior_strength > 0 or self.batch_episodes < 1 or self.max_episodes < 0:
+            raise ValueError(
+                "--prior-strength must be > 0, --batch-episodes >= 1 and --max-episodes >= 0"
+            )
+
+    def grid(self, training: MetaConfig) -> list[MetaConfig]:
+        """The grid cells with at least one step, as inner-loop settings of ``training``'s mode."""
+        scopes = self.scopes or (training.adapt,)
+        return [
+            dataclasses.replace(training, inner_steps=s, inner_lr=lr, adapt=scope)
+            for scope in scopes
+            for s in self.steps
+            if s > 0
+            for lr in self.lrs
+        ]
+
+
+def _setting(cfg: MetaConfig | None) -> dict[str, Any] | None:
+    return None if cfg is None else {"steps": cfg.inner_steps, "lr": cfg.inner_lr,
+                                     "scope": cfg.adapt}  # fmt: skip
+
+
+class _Scorer:
+    """Scores one level of one split under any adaptation (cached per setting)."""
+
+    def __init__(self, model: EvaluatedModel, level: Level, prior_strength: float) -> None:
+        self.model, self.level, self.prior_strength = model.model, level, prior_strength
+        self._cache: dict[Any, dict[str, Any]] = {}
+        self.labels = [query_labels(self.model, b) for b in level.batches]
+        self.tasks = [b.task_ids[:, None].expand(-1, b.q_query) for b in level.batches]
+
+    def metrics(self, cfg: MetaConfig | None = None, calibrate: bool = False) -> dict[str, Any]:
+        key = "calibration" if calibrate else cfg and (cfg.inner_steps, cfg.inner_lr, cfg.adapt)
+        if key not in self._cache:
+            self._cache[key] = self._score(cfg, calibrate)
+        return self._cache[key]
+
+    def _score(self, cfg: MetaConfig | None, calibrate: bool) -> dict[str, Any]:
+        offsets = self._offsets() if calibrate else None
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("y", "logit", "task", "episode")}
+        for i, batch in enumerate(self.level.batches):
+            sparse = self.model.embeddings.read(batch)
+            adapted = None if cfg is None else adapt(self.model, sparse, batch, cfg)
+            logits = predict(self.model, sparse, batch, adapted).double()
+            if offsets is not None:
+                logits = logits + offsets[i][:, None]
+            y, mask = self.labels[i]
+            for k, v in (("y", y), ("logit", logits), ("task", self.tasks[i]),
+                         ("episode", self.level.query_episode[i])):  # fmt: skip
+                parts[k].append(v[mask].numpy())
+        cat = {k: np.concatenate(v) for k, v in parts.items()}
+        return split_metrics(cat["y"], cat["logit"], cat["task"], cat["episode"])
+
+    def _offsets(self) -> list[torch.Tensor]:
+        counts = []
+        for batch in self.level.batches:
+            y, mask = support_labels(self.model, batch)
+            counts.append(((y * mask).sum(1), mask.sum(1)))
+        rate = global_rate(float(sum(k.sum() for k, _ in counts)),
+                           float(sum(n.sum() for _, n in counts)))  # fmt: skip
+        return [calibration_offsets(k, n, rate, self.prior_strength) for k, n in counts]
+
+
+def _levels(root: str, split: str, settings: Settings) -> dict[str, Level]:
+    episodes = read_level(root, split, settings.batch_episodes, settings.max_episodes)
+    out = {"episode": episodes} if "episode" in settings.levels else {}
+    if "task" in settings.levels:
+        layout = FeatureLayout.from_manifest(load_manifest(root))
+        out["task"] = task_level(episodes, layout.slot_offsets, layout.total_rows)
+    return out
+
+
+def _tune_split(root: str, split: str, settings: Settings) -> tuple[str | None, str | None]:
+    """The tuning split, or None and why there is none."""
+    if settings.tune_split == split:
+        raise ValueError(
+            f"--tune-split {split} is the evaluated split: tuning on the data it reports is no "
+            "baseline; tune on held-out cold tasks (valid_cold) or another split"
+        )
+    if settings.tune_split:
+        split_episodes(root, settings.tune_split)  # a clear error when it has none
+        return settings.tune_split, None
+    default = load_manifest(root).splits.get(DEFAULT_TUNE_SPLIT, {})
+    if split != DEFAULT_TUNE_SPLIT and default.get("episodes"):
+        return DEFAULT_TUNE_SPLIT, None
+    return None, (
+        f"{root} has no {DEFAULT_TUNE_SPLIT} split (cold tasks held out for tuning); pass "
+        "--tune-split <split> to tune on another one"
+    )
+
+
+def evaluate_model(
+    model: EvaluatedModel, root: str, split: str, settings: Settings
+) -> dict[str, Any]:
+    """Every row of the module docstring for ``model`` on ``split`` of the ETL output ``root``.
+
+    Returns ``{"model", "data", "settings", "rows", "tuning"}`` (JSON-ready): ``rows`` is a list
+    of ``{"row", "level", "setting", "metrics"}`` (``setting``: ``steps``, ``lr``, ``scope``, or
+    ``prior_strength``, or None); ``tuning`` maps each level to the tuning grid and the chosen
+    cell, or to why there was none.
+
+    Raises:
+        ValueError: the split (or the tuning split) has no episodes, or bad settings.
+    """
+    t0 = time.perf_counter()
+    split_episodes(root, split)
+    tune_split, no_tuning = _tune_split(root, split, settings)
+    grid = settings.grid(model.training)
+    levels = _levels(root, split, settings)
+    tune_levels = _levels(root, tune_split, settings) if tune_split and grid else {}
+    rows: list[dict[str, Any]] = []
+    tuning: dict[str, Any] = {}
+
+    def row(name: str, level: str, setting: Any, metrics: dict[str, Any]) -> None:
+        rows.append({"row": name, "level": level, "setting": setting, "metrics": metrics})
+
+    scorers = {lv: _Scorer(model, level, settings.prior_strength) for lv, level in levels.items()}
+    first = next(iter(scorers.values()))
+    row("no adaptation", "-", None, first.metrics())
+    for lv, scorer in scorers.items():
+        row("calibration only", lv, {"prior_strength": settings.prior_strength},
+            scorer.metrics(calibrate=True))  # fmt: skip
+        row("training setting", lv, _setting(model.training), scorer.metrics(model.training))
+        for cfg in grid:
+            row("grid", lv, _setting(cfg), scorer.metrics(cfg))
+        if not tune_levels:
+            tuning[lv] = {"skipped": no_tuning or "the grid is empty (every --steps is 0)"}
+            continue
+        tuner = _Scorer(model, tune_levels[lv], settings.prior_strength)
+        tried = [{**_setting(c), settings.tune_metric: tuner.metrics(c)[settings.tune_metric]}
+                 for c in grid]  # fmt: skip
+        best = _best(grid, tried, settings.tune_metric)
+        tuning[lv] = {"split": tune_split, "metric": settings.tune_metric, "grid": tried,
+                      "chosen": _setting(best)}  # fmt: skip
+        row(f"tuned on {tune_split}", lv, _setting(best), scorer.metrics(best))
+    manifest = load_manifest(root)
+    base = rows[0]["metrics"]
+    episodes = sum(b.num_real_episodes for b in next(iter(levels.values())).batches)
+    log.info("evaluated %s on %s/%s: %d rows in %.1f s", model.path, root, split, len(rows),
+             time.perf_counter() - t0)  # fmt: skip
+    return {
+        "model": {
+            "source": model.source,
+            "path": model.path,
+            **model.info,
+            "training_setting": _setting(model.training),
+        },
+        "data": {
+            "path": root,
+            "content_hash": manifest.content_hash,
+            "interval": manifest.interval,
+            "split": split,
+            "episodes": episodes,
+            "tasks": base["tasks"] + base["tasks_skipped"],
+            "query_samples": base["samples"],
+        },
+        "settings": {**dataclasses.asdict(settings), "tune_split": tune_split},
+        "rows": rows,
+        "tuning": tuning,
+    }
+
+
+def _best(grid: list[MetaConfig], tried: list[dict[str, Any]], metric: str) -> MetaConfig:
+    """The cell with the best finite value (the first on ties; the first cell if none is finite)."""
+    sign = 1.0 if TUNE_METRICS[metric] else -1.0
+    values = [sign * t[metric] if math.isfinite(t[metric]) else -math.inf for t in tried]
+    return grid[int(np.argmax(values))]

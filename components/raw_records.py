@@ -291,9 +291,8 @@ def _number_field(v: Any) -> float | None:
         return None
     if isinstance(v, bool) or not isinstance(v, int | float | str):
         raise _Bad("bad_type")
-    if isinstance(v, str):
-        if not _NUMBER.fullmatch(v):
-            raise _Bad("bad_type")
+    if isinstance(v, str) and not _NUMBER.fullmatch(v):
+        raise _Bad("bad_type")
     return float(v)
 
 
@@ -346,19 +345,22 @@ def _out_of_domain(kind: str, v: float, lo: float | None, hi: float | None) -> b
 NONE_ROW: tuple = (None,) * len(RAW_FIELDS)
 
 
-def parse_record(line: Line, require_labels: bool = True) -> tuple[tuple, str | None]:
-    """``(values, reason)`` of one non-blank line: the canonical value of every raw field in
-    schema order (``event_time`` as epoch ms; None where absent or not convertible) and the first
-    failing rule's code, or None for a good record (module docstring)."""
+def parse_record(line: Line) -> tuple[tuple, str | None, str | None]:
+    """``(values, reason, reason_unlabelled)`` of one non-blank line: the canonical value of every
+    raw field in schema order (``event_time`` as epoch ms; None where absent or not convertible)
+    and the first failing rule's code (None for a good record) with labels required, and without
+    (events to score carry no label yet; module docstring)."""
     obj, reason = _decode(line)
     if obj is None:
-        return NONE_ROW, reason
-    values, missing, bad = [], None, None
+        return NONE_ROW, reason, reason
+    values, missing, missing_unlabelled, bad = [], None, None, None
     for name, kind, required, convert, numeric, lo, hi in _FIELDS:
         raw = obj.get(name)
         if raw is None or raw == "":
-            if required and missing is None and (require_labels or kind != "label"):
+            if required and missing is None:
                 missing = f"missing:{name}"
+            if required and missing_unlabelled is None and kind != "label":
+                missing_unlabelled = f"missing:{name}"
             if raw is None:
                 values.append(None)
                 continue
@@ -376,21 +378,19 @@ def parse_record(line: Line, require_labels: bool = True) -> tuple[tuple, str | 
                 if bad is None and numeric and v is not None and _out_of_domain(kind, v, lo, hi):
                     bad = ("bad_value", name)
         values.append(v)
-    if missing is not None:
-        return tuple(values), missing
-    return tuple(values), (f"{bad[0]}:{bad[1]}" if bad else None)
+    rest = f"{bad[0]}:{bad[1]}" if bad else None
+    return tuple(values), missing or rest, missing_unlabelled or rest
 
 
-def parse_lines(
-    lines: Iterable[Line], require_labels: bool = True
-) -> tuple[list[tuple], list[str | None]]:
-    """:func:`parse_record` of each line: ``(values, reasons)``."""
-    values, reasons = [], []
+def parse_lines(lines: Iterable[Line]) -> tuple[list[tuple], list[str | None], list[str | None]]:
+    """:func:`parse_record` of each line: ``(values, reasons, reasons_unlabelled)``."""
+    values, reasons, unlabelled = [], [], []
     for line in lines:
-        v, r = parse_record(line, require_labels)
+        v, r, u = parse_record(line)
         values.append(v)
         reasons.append(r)
-    return values, reasons
+        unlabelled.append(u)
+    return values, reasons, unlabelled
 
 
 def arrow_columns(values: list[tuple]) -> dict[str, Any]:
@@ -405,3 +405,64 @@ def arrow_columns(values: list[tuple]) -> dict[str, Any]:
         ("_t" if f.kind == "time" else f.name): pa.array(col, types[f.kind])
         for f, col in zip(RAW_FIELDS, columns, strict=True)
     }
+
+
+@dataclass
+class ParsedBatch:
+    """Parsed non-blank lines of one stream (:func:`parse_stream`)."""
+
+    columns: dict[str, Any]
+    """:func:`arrow_columns`, plus ``_reason`` and ``_reason_unlabelled`` (string arrays)."""
+    lines: list[int]
+    """Each row's line number."""
+    raw: list[str]
+    """Each row's line (:meth:`Line.text`)."""
+    blank_lines: list[int]
+    """The blank lines read since the previous batch (not rows)."""
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+
+def _batch(lines: list[Line], reasons: list | None, blank: list[int]) -> ParsedBatch:
+    import pyarrow as pa
+
+    values, labelled, unlabelled = parse_lines(lines)
+    if reasons is not None:  # a damaged-file row
+        labelled = unlabelled = reasons
+    columns = arrow_columns(values)
+    columns["_reason"] = pa.array(labelled, pa.string())
+    columns["_reason_unlabelled"] = pa.array(unlabelled, pa.string())
+    return ParsedBatch(columns, [x.number for x in lines], [x.text() for x in lines], blank)
+
+
+def parse_stream(
+    stream: IO[bytes], batch_rows: int, quarantine_damage: bool = False
+) -> Iterator[ParsedBatch]:
+    """Parse the lines of a binary stream in batches of up to ``batch_rows`` rows.
+
+    A stream that fails mid-way (:class:`DamagedFileError`) ends, after the lines read before the
+    failure, with one row of reason :data:`DAMAGED_FILE` (its ``raw`` says what failed and from
+    which line on) when ``quarantine_damage``; otherwise the error propagates.
+    """
+    rows: list[Line] = []
+    blank: list[int] = []
+    try:
+        for line in iter_lines(stream):
+            if line.blank:
+                blank.append(line.number)
+                continue
+            rows.append(line)
+            if len(rows) == batch_rows:
+                yield _batch(rows, None, blank)
+                rows, blank = [], []
+    except DamagedFileError as e:
+        if rows or blank:
+            yield _batch(rows, None, blank)
+        if not quarantine_damage:
+            raise
+        damaged = Line(e.line, str(e).encode())
+        yield _batch([damaged], [DAMAGED_FILE], [])
+        return
+    if rows or blank:
+        yield _batch(rows, None, blank)

@@ -10,36 +10,30 @@ as epoch milliseconds ``_t``), plus
                   file ``dt=YYYY-MM-DD/hr=HH/<file>`` (see :func:`source_file`), kept in this
                   compact form because every row carries it through the shuffle
 
-Reason codes, in the order the rules are applied (the first that fails wins; within a rule,
-fields in raw-schema order):
+JSONL is read, split into lines and parsed by :mod:`components.raw_records`, THE raw-record
+parser, which the scorer uses too: one definition of lines, blank lines, record rules, reason
+codes and canonical values (its docstring lists them: line rules such as ``malformed_record``,
+``multiple_objects``, ``line_too_long``; then ``missing:<field>``, ``bad_type:<field>`` /
+``field_too_long:<field>``, ``bad_value:<field>``). It runs inside Spark through ``mapInArrow``
+over the list of files (:func:`read_jsonl`): Python reads each file, so a line longer than
+``raw_records.MAX_LINE_BYTES`` is cut while reading and never reaches the JVM whole. Parquet
+rows are typed already: :func:`parse_parquet` applies ``missing:<field>`` and
+:func:`validate_rows` the value rules, with the same codes. Then, for both formats:
 
-1. ``malformed_record``   the line is not a JSON object (garbage, truncated, a bare array...);
-2. ``missing:<field>``    a required field is absent, null or an empty string;
-3. ``bad_type:<field>``   present but not of its type: a label or dense value that is not a
-   number (``"yes"``, ``"abc"``, ``true``), an event_time that is not an ISO-8601 time
-   (``"yesterday"``, an epoch number), a list field that is not a JSON array. Ids and
-   categoricals accept any JSON scalar and are read as its text (``123`` -> ``"123"``);
-   dense values and labels accept numbers and numeric strings;
-4. ``bad_value:<field>``  a number outside its domain: NaN, +-inf, outside the raw schema's
-   [min, max] (bid_price < 0, user_hist_ctr > 1) for dense fields, not 0/1 for labels;
 5. ``event_time_out_of_range``  before ``partition hour - max_lateness``, at or after the end of
    the partition hour, or outside the interval ``[start, end)``.
 
 Later rules (``duplicate_event_id``, ``task_too_small``, ``episode_too_small``,
 ``episode_tie_overflow``) are interval-level; see :mod:`components.etl.episodes` and
-:mod:`components.etl.dedup`. Unknown JSON keys are ignored. Every function here is a pure
-DataFrame -> DataFrame transformation built from Spark expressions (no Python UDFs).
+:mod:`components.etl.dedup`. Unknown JSON keys are ignored.
 """
 
 from __future__ import annotations
 
 from components.raw_schema import RAW_FIELDS, fields_of
 
-MALFORMED = "malformed_record"
 OUT_OF_RANGE = "event_time_out_of_range"
 CORRUPT_COL = "_corrupt_record"
-ISO_8601 = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
-"""Accepted event_time text: date, time to the minute at least, optional fraction and zone (none = UTC)."""
 
 # Columns of the canonical frame, in order (``event_time`` is carried as ``_t``, epoch ms).
 DATA_COLUMNS = tuple("_t" if f.name == "event_time" else f.name for f in RAW_FIELDS)
@@ -47,7 +41,8 @@ META_COLUMNS = ("_reason", "_raw", "_hour", "_file")
 
 
 def jsonl_read_schema():
-    """Every scalar as a string and lists as arrays of strings, so wrong types are seen per field."""
+    """Every scalar as a string and lists as arrays of strings: Spark's own JSON reading of the
+    raw schema (the ETL benchmark's parse-only baseline; the ETL parses with ``raw_records``)."""
     from pyspark.sql import types as T
 
     fields = [
@@ -57,11 +52,89 @@ def jsonl_read_schema():
     return T.StructType([*fields, T.StructField(CORRUPT_COL, T.StringType())])
 
 
-def _string_schema():
-    """Like :func:`jsonl_read_schema` but lists as strings too: tells a bad list from bad JSON."""
+def parsed_schema():
+    """The Spark schema of :func:`read_jsonl`'s rows: the canonical frame plus ``_blank``."""
     from pyspark.sql import types as T
 
-    return T.StructType([T.StructField(f.name, T.StringType()) for f in fields_of("multi")])
+    types = {"id": T.StringType(), "categorical": T.StringType(), "time": T.LongType(),
+             "multi": T.ArrayType(T.StringType()), "dense": T.DoubleType(),
+             "label": T.DoubleType()}  # fmt: skip
+    fields = [
+        T.StructField(c, types[f.kind]) for c, f in zip(DATA_COLUMNS, RAW_FIELDS, strict=True)
+    ]
+    meta = [("_reason", T.StringType()), ("_raw", T.StringType()), ("_hour", T.IntegerType()),
+            ("_file", T.StringType()), ("_blank", T.BooleanType())]  # fmt: skip
+    return T.StructType(fields + [T.StructField(n, t) for n, t in meta])
+
+
+def _arrow_batch(parsed, hour: int, name: str):
+    """One ``pyarrow.RecordBatch`` of :func:`parsed_schema` from a ``raw_records.ParsedBatch``:
+    its rows, then one row per blank line (``_blank``; counted, then dropped)."""
+    import pyarrow as pa
+
+    n, blank = len(parsed), len(parsed.blank_lines)
+    columns = {}
+    for c, col in parsed.columns.items():
+        if c != "_reason_unlabelled":
+            columns[c] = pa.concat_arrays([col, pa.nulls(blank, col.type)]) if blank else col
+    columns["_raw"] = pa.array(parsed.raw + [None] * blank, pa.string())
+    columns["_hour"] = pa.array([hour] * (n + blank), pa.int32())
+    columns["_file"] = pa.array([name] * (n + blank), pa.string())
+    columns["_blank"] = pa.array([False] * n + [True] * blank, pa.bool_())
+    return pa.RecordBatch.from_pydict(columns)
+
+
+def _file_reader(root: str, batch_rows: int):
+    """The ``mapInArrow`` function: rows ``(path, _hour, _file)`` in, parsed lines out."""
+
+    def read(batches):
+        import pyarrow as pa
+
+        from components.etl.extract import filesystem, join
+        from components.raw_records import DamagedFileError, parse_stream
+
+        fs, base = filesystem(root)
+        for files in batches:
+            for rel, hour, name in zip(
+                *(files.column(i).to_pylist() for i in range(3)), strict=True
+            ):
+                with fs.open_input_file(join(base, rel)) as raw:
+                    gz = rel.endswith(".gz")
+                    stream = pa.CompressedInputStream(raw, "gzip") if gz else raw
+                    try:
+                        for parsed in parse_stream(stream, batch_rows):
+                            yield _arrow_batch(parsed, hour, name)
+                    except DamagedFileError as e:
+                        raise ValueError(
+                            f"{join(root, rel)}: {e}. The interval cannot be counted row by row: "
+                            "repair or remove this file and rerun the interval"
+                        ) from None
+
+    return read
+
+
+def read_jsonl(spark, root: str, files: list[str], batch_rows: int = 8192):
+    """Read and parse JSONL files (paths relative to ``root``, ``dt=YYYY-MM-DD/hr=HH/<name>``):
+    one row per line, the canonical frame (module docstring) plus ``_blank`` (a blank line: a
+    row only so that it can be counted). One Spark task per file.
+
+    Raises (when the job runs):
+        ValueError: a file cannot be read to its end (truncated gzip, I/O error), naming it.
+    """
+    from datetime import date
+
+    from pyspark.sql import types as T
+
+    rows = []
+    for rel in files:
+        dt, hr, name = rel.split("/", 2)
+        day = date.fromisoformat(dt.removeprefix("dt=")).toordinal() - date(1970, 1, 1).toordinal()
+        rows.append((rel, day * 24 + int(hr.removeprefix("hr=")), name))
+    schema = T.StructType([T.StructField("path", T.StringType()),
+                           T.StructField("_hour", T.IntegerType()),
+                           T.StructField("_file", T.StringType())])  # fmt: skip
+    listing = spark.createDataFrame(spark.sparkContext.parallelize(rows, max(len(rows), 1)), schema)
+    return listing.mapInArrow(_file_reader(root, batch_rows), parsed_schema())
 
 
 def _meta(df):
@@ -82,94 +155,19 @@ def source_file(hour="_hour", file="_file"):
     return F.concat(F.date_format(stamp, "'dt='yyyy-MM-dd'/hr='HH'/'"), file)
 
 
-def _first_reason(malformed, missing: dict, bad_type: dict):
-    """One CASE expression: the first rule that fails, fields in schema order."""
+def _first_missing(missing: dict):
+    """One CASE expression: ``missing:<field>`` of the first field missing, in schema order."""
     from pyspark.sql import functions as F
 
-    expr = F.when(malformed, F.lit(MALFORMED))
+    expr = None
     for name, cond in missing.items():
-        expr = expr.when(cond, F.lit(f"missing:{name}"))
-    for name, cond in bad_type.items():
-        expr = expr.when(cond, F.lit(f"bad_type:{name}"))
+        reason = F.lit(f"missing:{name}")
+        expr = F.when(cond, reason) if expr is None else expr.when(cond, reason)
     return expr
 
 
 def _blank(c):
     return c.isNull() | (c == "")
-
-
-def parse_jsonl(df):
-    """JSONL lines (``value``, ``dt``, ``hr``, ``_file``) -> canonical frame with parse reasons.
-
-    Blank lines are not rows (filter them first, see :func:`drop_blank_lines`).
-    """
-    from pyspark.sql import functions as F
-
-    opts = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT_COL}
-    j = F.from_json("value", jsonl_read_schema(), opts)
-    df = df.select("value", "dt", "hr", "_file", j.alias("j"))
-    # A bad list value makes Spark flag the whole record (keeping the other fields); re-parse only
-    # those rows with lists as text to tell "not a JSON object" from "a list that is not a list".
-    corrupt = F.col(f"j.{CORRUPT_COL}").isNotNull()
-    relaxed = F.when(corrupt, F.from_json("value", _string_schema(), {"mode": "PERMISSIVE"}))
-    df = df.withColumn("_relaxed", relaxed)
-    multi = [f.name for f in fields_of("multi")]
-    bad_list = {
-        m: corrupt & F.col(f"_relaxed.{m}").isNotNull() & F.col(f"j.{m}").isNull() for m in multi
-    }
-    any_bad_list = F.lit(False)
-    for cond in bad_list.values():
-        any_bad_list = any_bad_list | cond
-    malformed = corrupt & ~any_bad_list
-
-    def s(name):  # raw text of a scalar field
-        return F.col(f"j.{name}")
-
-    def num(name):  # JSON NaN/Infinity arrive quoted ('"NaN"'): strip the quotes first
-        return F.btrim(s(name), F.lit('"')).try_cast("double")
-
-    time_text = s("event_time")
-    t = F.when(time_text.rlike(ISO_8601), F.unix_millis(time_text.try_cast("timestamp")))
-    typed = {"event_time": t}
-    for f in fields_of("dense", "label"):
-        typed[f.name] = num(f.name)
-    missing = {
-        f.name: (_blank(s(f.name)) if f.kind != "multi" else s(f.name).isNull())
-        for f in RAW_FIELDS
-        if f.required
-    }
-    bad_type = {}
-    for f in RAW_FIELDS:
-        if f.name in typed:
-            bad_type[f.name] = s(f.name).isNotNull() & typed[f.name].isNull()
-        elif f.kind == "multi":
-            bad_type[f.name] = bad_list[f.name]
-    columns = []
-    for f in RAW_FIELDS:
-        if f.name == "event_time":
-            columns.append(t.alias("_t"))
-        elif f.name in typed:
-            columns.append(typed[f.name].alias(f.name))
-        else:
-            columns.append(s(f.name).alias(f.name))
-    return df.select(
-        *columns,
-        _first_reason(malformed, missing, bad_type).alias("_reason"),
-        F.col("value").alias("_raw"),
-        *_meta(df),
-    )
-
-
-def is_blank_line():
-    """Column: the JSONL line is empty or only JSON whitespace (``raw_schema.JSON_WHITESPACE``)."""
-    from pyspark.sql import functions as F
-
-    return F.col("value").rlike("^[ \\t\\r\\n]*$")
-
-
-def drop_blank_lines(df):
-    """Blank JSONL lines (:func:`is_blank_line`) carry no record: they are not rows."""
-    return df.where(~is_blank_line())
 
 
 def parse_parquet(df):
@@ -194,7 +192,7 @@ def parse_parquet(df):
     }
     return df.select(
         *columns,
-        _first_reason(F.lit(False), missing, {}).alias("_reason"),
+        _first_missing(missing).alias("_reason"),
         F.lit(None).cast("string").alias("_raw"),
         *_meta(df),
     )

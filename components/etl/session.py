@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 DEFAULT_CONF: dict[str, str] = {
     "spark.sql.session.timeZone": "UTC",
@@ -65,6 +66,8 @@ def build_spark(
     # glibc's per-thread malloc arenas inflate the JVM's native memory; the JVM launched below
     # inherits this environment (a user's own setting wins).
     os.environ.setdefault("MALLOC_ARENA_MAX", "2")
+    # The JSONL parse runs in Python workers (mapInArrow): this interpreter and its packages.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
     if not SparkConf().contains("spark.master"):  # not under spark-submit
         builder = builder.master(master or os.environ.get("METAREC_SPARK_MASTER", "local[*]"))

@@ -2,8 +2,9 @@
 
 The plan, and why (measured with ``bench/etl_throughput.py``, whose JSON has per-stage times):
 
-1. parse + validate (``rows.py``) and encode (``encode.py``): narrow, compiled Spark
-   expressions. A row that fails keeps flowing with its reason (``_reason``), so accounting
+1. parse + validate (``rows.py``: JSONL by the shared Python parser ``raw_records`` inside
+   ``mapInArrow``, one task per file; Parquet by Spark expressions) and encode (``encode.py``):
+   narrow, compiled Spark expressions. A row that fails keeps flowing with its reason (``_reason``), so accounting
    never loses it; valid rows are reduced to what the rest needs (``compact``: ~120 bytes);
 2. ONE full-row shuffle: ``repartition(num_buckets, task_key)``. Spark's hash partitioning puts
    task key ``k`` in partition ``pmod(hash(k), B)`` (Murmur3, seed 42) — exactly the bucket we
@@ -70,17 +71,16 @@ def parse(raw, fmt: str, config: EtlConfig, observation=None):
     if fmt == "parquet":
         metrics = [F.count(F.lit(1)).alias("rows_read"), F.lit(0).cast("long").alias("blank_lines")]
     else:
-        blank = rows.is_blank_line()
         metrics = [
-            F.count(F.when(~blank, 1)).alias("rows_read"),
-            F.count(F.when(blank, 1)).alias("blank_lines"),
+            F.count(F.when(~F.col("_blank"), 1)).alias("rows_read"),
+            F.count(F.when(F.col("_blank"), 1)).alias("blank_lines"),
         ]
     if observation is not None:
         raw = raw.observe(observation, *metrics)
     if fmt == "parquet":
         df = rows.parse_parquet(raw)
-    else:
-        df = rows.parse_jsonl(rows.drop_blank_lines(raw))
+    else:  # parsed while read (rows.read_jsonl); blank lines are not rows
+        df = raw.where(~F.col("_blank")).drop("_blank")
     return rows.validate_rows(
         df,
         start_ms=epoch_ms(config.start),
@@ -161,7 +161,12 @@ def transform(raw, fmt: str, config: EtlConfig, observation=None):
         "event_time_ms",
         (F.col("n_support") > 0).alias("_is_episode"),
         splits.assign_split(
-            task_key, F.col("_first_query_t"), config.cold_fraction, epoch_ms(config.warm_cutoff)
+            task_key,
+            F.col("_first_query_t"),
+            config.cold_fraction,
+            epoch_ms(config.warm_cutoff),
+            valid_cold_fraction=config.valid_cold_fraction,
+            cold_tasks=splits.read_cold_tasks(config.cold_tasks),
         ).alias("split"),
         F.lpad(splits.assign_bucket(task_key, config.num_buckets).cast("string"), 5, "0").alias(
             "bucket"

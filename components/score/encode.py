@@ -1,12 +1,10 @@
 """Validate canonical raw rows and encode them exactly as the ETL encodes episode samples.
 
-Validation gives each bad row ONE reason code with the ETL's rules and order
-(:mod:`components.etl.rows`): ``malformed_record``, then ``missing:<field>`` (a required field
-absent, null or an empty string), then ``bad_type:<field>``, then ``bad_value:<field>`` (NaN,
-infinities, outside the raw schema's bounds; labels other than 0/1), fields in raw-schema order.
-Scoring differs in one rule only: the ``click`` label may be missing on events to score (serving
-traffic has no label yet); support events, which adaptation learns from, need it. Time-window
-rules (``event_time_out_of_range``) are interval rules of the ETL and do not apply here.
+Validation is the reader's: every row of :mod:`components.score.events` carries the reason code
+that :mod:`components.raw_records` (the ETL's parser) gives it, with the ``click`` label required
+(support events, which adaptation learns from) or not (events to score: serving traffic has no
+label yet). Time-window rules (``event_time_out_of_range``) are interval rules of the ETL and do
+not apply here.
 
 Encoding is the Python twin of :mod:`components.etl.encode` (ids with
 :func:`trainer.data.hashing.feature_id`, per feature of the model's spec in slot order; a
@@ -26,11 +24,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from components.etl.config import DERIVED_SOURCES
-from components.raw_schema import FIELDS_BY_NAME, RAW_FIELDS
+from components.raw_schema import FIELDS_BY_NAME
 from trainer.data.contract import UNKNOWN_LABEL, DenseSpec, FeatureSpec
 from trainer.data.hashing import feature_id
 
-MALFORMED = "malformed_record"
 DUPLICATE = "duplicate_event_id"
 
 
@@ -67,46 +64,10 @@ def _np(a: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 def validate(table: pa.Table, labels_required: bool) -> np.ndarray:
-    """One reason per row (``None`` for a good row), as the ETL assigns them (module docstring)."""
-    reason = np.full(table.num_rows, None, dtype=object)
-
-    def flag(mask: np.ndarray, code: str | np.ndarray) -> None:
-        mask = np.asarray(mask, dtype=bool) & np.equal(reason, None)
-        reason[mask] = code[mask] if isinstance(code, np.ndarray) else code
-
-    flag(_np(table.column("_malformed").combine_chunks()), MALFORMED)
-    bad = table.column("_bad_type").combine_chunks().fill_null("")
-    for f in RAW_FIELDS:
-        if not f.required or (f.kind == "label" and not labels_required):
-            continue
-        col = table.column("_t" if f.kind == "time" else f.name).combine_chunks()
-        missing = _np(pc.is_null(col))
-        if f.kind in ("id", "categorical"):
-            missing |= _np(pc.fill_null(pc.equal(col, ""), False))
-        present_but_wrong = _np(pc.match_substring(bad, f",{f.name},"))
-        flag(missing & ~present_but_wrong, f"missing:{f.name}")
-    # the first field with a type error, in schema order (the reader lists them in that order)
-    kinds = pc.dictionary_encode(bad)
-    firsts = [
-        f"bad_type:{b.strip(',').split(',')[0]}" if b else "" for b in kinds.dictionary.to_pylist()
-    ]
-    codes = np.array(firsts, dtype=object)[_np(kinds.indices)]
-    flag(codes != "", codes)
-    for f in RAW_FIELDS:
-        if f.kind not in ("dense", "label"):
-            continue
-        x = _np(table.column(f.name).combine_chunks().fill_null(0.0)).astype(np.float64)
-        if f.kind == "dense":
-            with np.errstate(invalid="ignore"):
-                wrong = ~np.isfinite(x)
-                if f.min_value is not None:
-                    wrong |= x < f.min_value
-                if f.max_value is not None:
-                    wrong |= x > f.max_value
-        else:
-            wrong = (x != 0.0) & (x != 1.0)
-        flag(wrong, f"bad_value:{f.name}")
-    return reason
+    """One reason per row (``None`` for a good row): the reader's verdict
+    (:mod:`components.score.events`), with the click label required or not."""
+    column = "_reason" if labels_required else "_reason_unlabelled"
+    return np.array(table.column(column).to_pylist(), dtype=object)
 
 
 @dataclass

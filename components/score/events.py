@@ -1,27 +1,26 @@
 """Read raw events (JSONL, JSONL.gz or Parquet; a file or a ``dt=/hr=`` tree) in typed batches.
 
 No Spark: numpy + pyarrow only, so ``metarec score`` runs in the trainer image. Every batch is the
-*canonical* table of the ETL's parse step (:mod:`components.etl.rows`): the raw columns typed (ids
-and categoricals as strings, lists of strings, dense and labels as float64) with the event time
-as epoch milliseconds ``_t``, plus
+*canonical* table of the ETL's parse step: the raw columns typed (ids and categoricals as strings,
+lists of strings, dense and labels as float64) with the event time as epoch milliseconds ``_t``,
+plus
 
-    _line       the row's line (JSONL, 1-based, blank lines counted) or row number (Parquet)
-    _malformed  the line is not a JSON object
-    _bad_type   ",f1,f2," the fields present but not of their type, in raw-schema order (or null)
+    _reason             the record's reason code with a click label required (null: good)
+    _reason_unlabelled  the same with the label optional (events to score have none yet)
+    _line               the row's line (JSONL, 1-based, blank lines counted) or row number (Parquet)
 
-JSONL follows the ETL's reading rules: ids and categoricals accept any JSON scalar as its text
-(``123`` -> ``"123"``, ``true`` -> ``"true"``), dense values and labels accept numbers and numeric
-strings, ``event_time`` must be ISO-8601 text (naive = UTC), unknown keys are ignored, blank lines
-are not rows. A block is parsed by pyarrow's JSON reader when every value has its expected JSON
-type (the common case, ~1M lines/s); a block it refuses is parsed line by line in Python.
+JSONL lines are split, parsed and judged by :mod:`components.raw_records`, the ETL's own parser
+(its docstring has the rules and the codes), so the scorer and the ETL cannot disagree. A file
+that cannot be read to its end (a truncated ``.jsonl.gz``, a damaged Parquet page, a Parquet file
+without a readable footer) is named in a warning, and the rest of it becomes ONE rejected row of
+reason ``damaged_file`` (its ``raw`` says what failed, and from which line or row on): the rows
+before are scored and the run goes on with the next file, so one bad file does not stop a scoring
+run, and no row goes unaccounted (the damaged rest counts as one).
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,15 +30,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from components.etl.extract import filesystem, format_of
-from components.etl.rows import ISO_8601
-from components.raw_schema import FIELDS_BY_NAME, JSON_WHITESPACE, RAW_FIELDS
+from components.raw_records import DAMAGED_FILE, parse_stream
+from components.raw_schema import FIELDS_BY_NAME, RAW_FIELDS
 
 log = logging.getLogger(__name__)
 _TYPES = {"id": pa.string(), "time": pa.string(), "categorical": pa.string(),
           "multi": pa.list_(pa.string()), "dense": pa.float64(), "label": pa.float64()}  # fmt: skip
 JSON_SCHEMA = pa.schema([(f.name, _TYPES[f.kind]) for f in RAW_FIELDS])
-_NUMBER = re.compile(r"\s*[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|nan|inf|infinity)\s*", re.I)
-_ZONE = r"(Z|[+-]\d{2}(:?\d{2})?)$"
 
 
 @dataclass
@@ -98,148 +95,19 @@ def list_event_files(uri: str) -> tuple[Any, list[EventFile]]:
 # ------------------------------------------------------------------------------------- JSONL
 
 
-def _text(v: Any) -> str | None:
-    """A categorical's text as Spark reads a JSON value into a string column."""
-    if v is None or isinstance(v, str):
-        return v
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return json.dumps(v, separators=(",", ":"), ensure_ascii=False)  # objects, arrays
-
-
-def _number(v: Any) -> tuple[float | None, bool]:
-    """``(value, ok)`` of a dense/label value: numbers (kept as text by the parser) and numeric
-    strings; anything else is a type error."""
-    if v is None:
-        return None, True
-    if isinstance(v, str) and _NUMBER.fullmatch(v):
-        return float(v), True
-    return None, False
-
-
-def _parse_lines(lines: list[str]) -> dict[str, list]:
-    """The canonical columns of ``lines``, one line at a time (the slow, exact path)."""
-    cols: dict[str, list] = {f.name: [] for f in RAW_FIELDS}
-    malformed, bad = [], []
-    for line in lines:
-        try:  # numbers stay text: a JSON 1.0 id hashes as "1.0", as in the ETL
-            obj = json.loads(line, parse_int=str, parse_float=str, parse_constant=str)
-        except ValueError:
-            obj = None
-        ok = isinstance(obj, dict)
-        malformed.append(not ok)
-        obj = obj if ok else {}
-        wrong = []
-        for f in RAW_FIELDS:
-            v = obj.get(f.name)
-            if f.kind in ("dense", "label"):
-                v, good = _number(v)
-            elif f.kind == "multi":
-                good = v is None or isinstance(v, list)
-                v = [_text(x) for x in v] if good and v is not None else None
-            else:
-                v, good = _text(v), True
-            cols[f.name].append(v)
-            if not good:
-                wrong.append(f.name)
-        bad.append("," + ",".join(wrong) + "," if wrong else None)
-    cols["_malformed"], cols["_bad_type"] = malformed, bad
-    return cols
-
-
-def _event_ms(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """``(epoch ms, valid)`` of ISO-8601 event times; naive times are UTC."""
-    n = len(text)
-    ms = np.zeros(n, np.int64)
-    valid = pc.fill_null(pc.match_substring_regex(text, ISO_8601), False).to_numpy(
-        zero_copy_only=False
-    )
-    zoned = pc.fill_null(pc.match_substring_regex(text, _ZONE), False).to_numpy(
-        zero_copy_only=False
-    )
-    for mask, typ in (
-        (valid & zoned, pa.timestamp("ns", "UTC")),
-        (valid & ~zoned, pa.timestamp("ns")),
-    ):
-        idx = np.flatnonzero(mask)
-        if not len(idx):
-            continue
-        values = pc.take(text, pa.array(idx))
-        try:
-            ns = pc.cast(values, typ).cast(pa.int64()).to_numpy()
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # e.g. month 13: one at a time
-            ns = np.zeros(len(idx), np.int64)
-            for j, v in enumerate(values):
-                try:
-                    ns[j] = pc.cast(pa.array([v.as_py()]), typ).cast(pa.int64())[0].as_py()
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                    valid[idx[j]] = False
-        ms[idx] = np.floor_divide(ns, 1_000_000)
-    return ms, valid
-
-
-def _finish_jsonl(cols: dict[str, Any], lines_no: list[int]) -> pa.Table:
-    """Typed table from parsed columns: event time to ``_t``, its type errors into ``_bad_type``."""
-    table = cols if isinstance(cols, pa.Table) else pa.table(
-        {**{f.name: pa.array(cols[f.name], _TYPES[f.kind]) for f in RAW_FIELDS},
-         "_malformed": pa.array(cols["_malformed"], pa.bool_()),
-         "_bad_type": pa.array(cols["_bad_type"], pa.string())})  # fmt: skip
-    text = table.column("event_time").combine_chunks()
-    ms, valid = _event_ms(text)
-    present = pc.is_valid(text).to_numpy(zero_copy_only=False)
-    bad_time = (
-        present
-        & ~valid
-        & (pc.fill_null(pc.not_equal(text, ""), True).to_numpy(zero_copy_only=False))
-    )
-    bad = table.column("_bad_type").to_pylist()
-    bad = [(",event_time" + (b or ",")) if bt else b for b, bt in zip(bad, bad_time, strict=True)]
-    i = table.schema.get_field_index("event_time")
-    table = table.set_column(i, "_t", pa.array(ms, pa.int64(), mask=~valid))
-    table = table.set_column(
-        table.schema.get_field_index("_bad_type"), "_bad_type", pa.array(bad, pa.string())
-    )
-    return table.append_column("_line", pa.array(lines_no, pa.int64()))
-
-
-def _jsonl_block(lines: list[str], lines_no: list[int]) -> pa.Table:
-    import pyarrow.json as pj
-
-    data = "\n".join(lines).encode("utf-8", errors="replace")
-    try:
-        table = pj.read_json(
-            io.BytesIO(data),
-            read_options=pj.ReadOptions(block_size=max(len(data) + 1, 1 << 20)),
-            parse_options=pj.ParseOptions(
-                explicit_schema=JSON_SCHEMA, unexpected_field_behavior="ignore"
-            ),
-        )
-        if table.num_rows != len(lines):
-            raise pa.ArrowInvalid("row count differs from the line count")
-        table = table.select(JSON_SCHEMA.names)
-        table = table.append_column("_malformed", pa.array(np.zeros(len(lines), bool)))
-        table = table.append_column("_bad_type", pa.nulls(len(lines), pa.string()))
-        return _finish_jsonl(table, lines_no)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return _finish_jsonl(_parse_lines(lines), lines_no)
-
-
 def _read_jsonl(fs: Any, f: EventFile, batch_rows: int) -> Iterator[RawBatch]:
-    lines, numbers = [], []
+    """The ETL's lines and verdicts (:func:`components.raw_records.parse_stream`); a file that
+    cannot be read to its end is named, and the rest of it is one ``damaged_file`` row."""
     with fs.open_input_file(f.path) as raw:
         stream = pa.CompressedInputStream(raw, "gzip") if f.fmt == "jsonl.gz" else raw
-        text = io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="\n")
-        for n, line in enumerate(text, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip(JSON_WHITESPACE):
-                continue  # a blank line is not a row (the ETL's definition)
-            lines.append(line)
-            numbers.append(n)
-            if len(lines) == batch_rows:
-                yield RawBatch(_jsonl_block(lines, numbers), f.rel, lines, raw.tell())
-                lines, numbers = [], []
-        if lines:
-            yield RawBatch(_jsonl_block(lines, numbers), f.rel, lines, f.size)
+        for b in parse_stream(stream, batch_rows, quarantine_damage=True):
+            if not len(b):
+                continue
+            if b.columns["_reason"][-1].as_py() == DAMAGED_FILE:
+                log.warning("%s: %s; the rest of the file is rejected (%s)", f.rel, b.raw[-1],
+                            DAMAGED_FILE)  # fmt: skip
+            table = pa.table({**b.columns, "_line": pa.array(b.lines, pa.int64())})
+            yield RawBatch(table, f.rel, b.raw, raw.tell())
 
 
 # ----------------------------------------------------------------------------------- Parquet
@@ -264,25 +132,77 @@ def _parquet_column(batch: pa.RecordBatch, name: str, where: str) -> pa.Array:
                          f"schema's {kind} ({e}); fix the file or its adapter") from None  # fmt: skip
 
 
+def _parquet_reasons(cols: dict[str, pa.Array], n: int) -> tuple[pa.Array, pa.Array]:
+    """``(reason, reason_unlabelled)`` of typed rows: the record rules of
+    :mod:`components.raw_records` that typed values can break (``missing:``, ``bad_value:``)."""
+
+    def np_(a: pa.Array) -> np.ndarray:
+        return a.to_numpy(zero_copy_only=False)
+
+    missing: list[tuple[str, bool, np.ndarray]] = []
+    for f in RAW_FIELDS:
+        if f.required:
+            col = cols["_t" if f.kind == "time" else f.name]
+            gone = np_(pc.is_null(col))
+            if f.kind in ("id", "categorical"):
+                gone |= np_(pc.fill_null(pc.equal(col, ""), False))
+            missing.append((f"missing:{f.name}", f.kind == "label", gone))
+    bad: list[tuple[str, np.ndarray]] = []
+    for f in RAW_FIELDS:
+        if f.kind in ("dense", "label"):
+            x = np_(cols[f.name].fill_null(0.0)).astype(np.float64)
+            if f.kind == "dense":
+                with np.errstate(invalid="ignore"):
+                    wrong = ~np.isfinite(x)
+                    if f.min_value is not None:
+                        wrong |= x < f.min_value
+                    if f.max_value is not None:
+                        wrong |= x > f.max_value
+            else:
+                wrong = (x != 0.0) & (x != 1.0)
+            bad.append((f"bad_value:{f.name}", wrong))
+    out = []
+    for labelled in (True, False):
+        reason = np.full(n, None, dtype=object)
+        rules = [(code, m) for code, label, m in missing if labelled or not label] + bad
+        for code, mask in rules:
+            reason[mask & np.equal(reason, None)] = code
+        out.append(pa.array(reason.tolist(), pa.string()))
+    return out[0], out[1]
+
+
+def _damaged(f: EventFile, line: int, e: BaseException) -> RawBatch:
+    """One ``damaged_file`` row standing for the rest of a file that cannot be read."""
+    message = f"unreadable from row {line} on ({type(e).__name__}: {e})"
+    log.warning("%s: %s; the rest of the file is rejected (%s)", f.rel, message, DAMAGED_FILE)
+    cols = {("_t" if x.kind == "time" else x.name): pa.nulls(1, pa.int64() if x.kind == "time"
+            else _TYPES[x.kind]) for x in RAW_FIELDS}  # fmt: skip
+    reason = pa.array([DAMAGED_FILE], pa.string())
+    cols |= {"_reason": reason, "_reason_unlabelled": reason, "_line": pa.array([line], pa.int64())}
+    return RawBatch(pa.table(cols), f.rel, [message], f.size)
+
+
 def _read_parquet(fs: Any, f: EventFile, batch_rows: int) -> Iterator[RawBatch]:
+    """Typed batches; a file or a page that cannot be read is named, and the rest of the file is
+    one ``damaged_file`` row (the rows before it are scored)."""
     import pyarrow.parquet as pq
 
+    start = 0
     with fs.open_input_file(f.path) as src:
         try:
             pfile = pq.ParquetFile(src)
+            names = [c for c in JSON_SCHEMA.names if c in pfile.schema_arrow.names]
+            total = max(pfile.metadata.num_rows, 1)
+            for batch in pfile.iter_batches(batch_size=batch_rows, columns=names):
+                n = batch.num_rows
+                cols = {x.name if x.name != "event_time" else "_t":
+                        _parquet_column(batch, x.name, f.rel) for x in RAW_FIELDS}  # fmt: skip
+                cols["_reason"], cols["_reason_unlabelled"] = _parquet_reasons(cols, n)
+                cols["_line"] = pa.array(np.arange(start + 1, start + n + 1, dtype=np.int64))
+                start += n
+                yield RawBatch(pa.table(cols), f.rel, None, f.size * start // total)
         except (pa.ArrowInvalid, OSError) as e:
-            raise ValueError(f"{f.rel} is not a readable Parquet file ({e})") from None
-        names = [c for c in JSON_SCHEMA.names if c in pfile.schema_arrow.names]
-        start, total = 0, max(pfile.metadata.num_rows, 1)
-        for batch in pfile.iter_batches(batch_size=batch_rows, columns=names):
-            n = batch.num_rows
-            cols = {x.name if x.name != "event_time" else "_t": _parquet_column(batch, x.name, f.rel)
-                    for x in RAW_FIELDS}  # fmt: skip
-            cols["_malformed"] = pa.array(np.zeros(n, bool))
-            cols["_bad_type"] = pa.nulls(n, pa.string())
-            cols["_line"] = pa.array(np.arange(start + 1, start + n + 1, dtype=np.int64))
-            start += n
-            yield RawBatch(pa.table(cols), f.rel, None, f.size * start // total)
+            yield _damaged(f, start + 1, e)
 
 
 def read_events(uri: str, batch_rows: int = 65_536) -> Iterator[RawBatch]:

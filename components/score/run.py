@@ -84,7 +84,7 @@ def _reject_rows(batch: RawBatch, rows: np.ndarray, reasons: np.ndarray) -> pa.T
         raw = [batch.raw[i] for i in rows]
     else:  # Parquet: render the typed row
         raw = [json.dumps(r, default=str, sort_keys=True) for r in t.drop_columns(
-            ["_malformed", "_bad_type", "_line"]).to_pylist()]  # fmt: skip
+            ["_reason", "_reason_unlabelled", "_line"]).to_pylist()]  # fmt: skip
     return pa.table({"source_file": pa.array([batch.source] * len(rows), pa.string()),
                      "line": t.column("_line"), "event_id": t.column("event_id"),
                      "reason": pa.array(reasons[rows].tolist(), pa.string()),

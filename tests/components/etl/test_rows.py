@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import date
 
 import pytest
 
@@ -72,11 +71,17 @@ CASES = [
 ]
 
 
-def _raw(spark, lines: list[str], hour: int = HOUR):
-    return spark.createDataFrame(
-        [(text, date(2026, 11, 1), hour, "part-00000.jsonl") for text in lines],
-        "value string, dt date, hr int, _file string",
-    )
+def _parsed(spark, tmp_path, lines: list[str], hour: int = HOUR, with_blank: bool = False):
+    """``lines`` as a JSONL file of partition ``hour``, read and parsed as the ETL reads it."""
+    from pyspark.sql import functions as F
+
+    from components.etl import rows
+
+    rel = f"dt=2026-11-01/hr={hour:02d}/part-00000.jsonl"
+    (tmp_path / rel).parent.mkdir(parents=True)
+    (tmp_path / rel).write_text("".join(text + "\n" for text in lines), encoding="utf-8")
+    df = rows.read_jsonl(spark, str(tmp_path), [rel])
+    return df if with_blank else df.where(~F.col("_blank")).drop("_blank")
 
 
 def _validated(df):
@@ -85,52 +90,45 @@ def _validated(df):
     return rows.validate_rows(df, START_MS, END_MS, max_lateness_ms=3_600_000)
 
 
-def test_jsonl_reasons(spark):
+def test_jsonl_reasons(spark, tmp_path):
     from pyspark.testing import assertDataFrameEqual
 
-    from components.etl import rows
 
-    out = _validated(rows.parse_jsonl(_raw(spark, [c[1] for c in CASES])))
+    out = _validated(_parsed(spark, tmp_path, [c[1] for c in CASES]))
     expected = spark.createDataFrame(
         [(c[0], c[2]) for c in CASES], "event_id string, _reason string"
     )
     assertDataFrameEqual(out.select("event_id", "_reason"), expected)
 
 
-def test_jsonl_keeps_the_line_and_its_file(spark):
+def test_jsonl_keeps_the_line_and_its_file(spark, tmp_path):
     from components.etl import rows
 
     text = '{"event_id": "trunc", "cli'
-    df = rows.parse_jsonl(_raw(spark, [text]))
+    df = _parsed(spark, tmp_path, [text])
     row = df.select("*", rows.source_file().alias("source")).collect()[0]
     assert row["_raw"] == text
     assert row["source"] == "dt=2026-11-01/hr=05/part-00000.jsonl"
     assert row["_hour"] * 3_600_000 == START_MS + HOUR * 3_600_000
 
 
-def test_jsonl_values_are_typed(spark):
-    from components.etl import rows
-
-    r = rows.parse_jsonl(_raw(spark, [CASES[3][1], CASES[5][1]])).orderBy("event_id").collect()
+def test_jsonl_values_are_typed(spark, tmp_path):
+    r = _parsed(spark, tmp_path, [CASES[3][1], CASES[5][1]]).orderBy("event_id").collect()
     assert r[0]["user_id"] == "123" and r[0]["ad_id"] == "12345678901234567890"  # ids as text
     assert r[1]["click"] == 1.0 and r[1]["bid_price"] == 0.25  # numeric strings accepted
     assert r[0]["_t"] == START_MS + HOUR * 3_600_000 + 60 * 4 * 1000
 
 
-def test_blank_lines_are_not_rows(spark):
-    from components.etl import rows
-
-    df = rows.drop_blank_lines(_raw(spark, [line(1), "", "   ", line(2, event_id="x")]))
-    assert df.count() == 2
+def test_blank_lines_are_not_rows(spark, tmp_path):
+    df = _parsed(spark, tmp_path, [line(1), "", "   ", line(2, event_id="x")], with_blank=True)
+    assert df.where("NOT _blank").count() == 2 and df.where("_blank").count() == 2
 
 
-def test_interval_bounds(spark):
-    from components.etl import rows
-
+def test_interval_bounds(spark, tmp_path):
     # partition hour 0: an event from 23:30 the day before is within lateness but not the interval
     early = json.dumps(record(1, event_id="prev-day", event_time="2026-10-31T23:30:00.000Z"))
     ok = json.dumps(record(2, event_id="ok", hour=0))
-    out = _validated(rows.parse_jsonl(_raw(spark, [early, ok], hour=0)))
+    out = _validated(_parsed(spark, tmp_path, [early, ok], hour=0))
     got = {r["event_id"]: r["_reason"] for r in out.collect()}
     assert got == {"prev-day": "event_time_out_of_range", "ok": None}
 
@@ -166,10 +164,10 @@ def test_parquet_reasons(spark, tmp_path):
     assert sources == {"dt=2026-11-01/hr=05/part-00000.parquet"}
 
 
-def test_render_raw_is_json_of_the_row(spark):
+def test_render_raw_is_json_of_the_row(spark, tmp_path):
     from components.etl import rows
 
-    df = rows.parse_jsonl(_raw(spark, [line(1, event_id="r1")]))
+    df = _parsed(spark, tmp_path, [line(1, event_id="r1")])
     rendered = json.loads(df.select(rows.render_raw().alias("j")).collect()[0]["j"])
     assert rendered["event_id"] == "r1"
     assert rendered["event_time"].startswith("2026-11-01T05:")

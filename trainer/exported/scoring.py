@@ -70,7 +70,7 @@ def score_samples(model: ExportedModel, sparse: np.ndarray, dense: np.ndarray) -
     return out.numpy().astype(np.float32, copy=False)
 
 
-def _episode_batch(
+def episode_batch(
     model: ExportedModel, parts: list[tuple[SupportSet, np.ndarray, np.ndarray, int]]
 ) -> EpisodeBatch:
     """One batch from ``(support, query sparse, query dense, task id)`` episodes."""
@@ -153,7 +153,7 @@ def score_tasks(
         widest = len(positions[order[start]])
         count = max(1, min(EPISODES_PER_CALL, QUERY_SAMPLES_PER_CALL // widest))
         call = order[start : start + count]
-        batch = _episode_batch(model, [episodes[i] for i in call])
+        batch = episode_batch(model, [episodes[i] for i in call])
         out = model.episode_logits(batch, adapt=True).numpy()
         for t, i in enumerate(call):
             logits[positions[i]] = out[t, : len(positions[i])]

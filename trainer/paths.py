@@ -56,3 +56,42 @@ def safe_join(root: str | os.PathLike[str], relative: str, what: str = "path") -
             "remove the link or choose another output directory"
         )
     return path
+
+
+def output_file(root: str | os.PathLike[str], name: str, what: str) -> Path:
+    """``root / name`` for writing: refused when a symlink there (or on the way) leads outside
+    ``root``, or when the file itself is a symlink (a write would go through it, or replace it).
+
+    Raises:
+        ValueError: names the planted link and where it points.
+    """
+    path = safe_join(root, name, what)
+    if path.is_symlink():
+        raise ValueError(
+            f"{what} {path} is a symlink (to {os.readlink(path)}); the trainer writes its outputs "
+            "as plain files inside the run directory and never through a link: remove the link"
+        )
+    return path
+
+
+def check_apart(output: str | os.PathLike[str], source: str | os.PathLike[str],
+                out_what: str, in_what: str) -> None:  # fmt: skip
+    """Refuse an output that is, lies inside or contains an input (paths resolved, symlinks
+    followed), so a run never overwrites or re-reads what it reads.
+
+    Raises:
+        ValueError: names both paths and what to change.
+    """
+    out, src = Path(output).resolve(), Path(source).resolve()
+    if out == src:
+        how = "is"
+    elif src in out.parents:
+        how = "lies inside"
+    elif out in src.parents:
+        how = "contains"
+    else:
+        return
+    raise ValueError(
+        f"{out_what} {output} {how} {in_what} {source} (resolved: {out} and {src}): the run would "
+        f"overwrite or re-read its own input; write {out_what} outside {in_what}"
+    )

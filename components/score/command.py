@@ -14,6 +14,9 @@ unadapted.
 Outputs: <out> (event_id, task_key, score, logit, adapted, click), <out stem>.rejected.parquet
 (source_file, line, event_id, reason, raw) and <out stem>.summary.json (rows read = scored +
 rejected per reason, support sets, rows/s, AUC/logloss where events carry a click label).
+None of them may be, lie inside or contain --input or --adapt-on (resolved, symlinks followed):
+such a run is refused before anything is written. Symlinks in an input folder are followed, each
+real folder once (a link loop does not hang the listing).
 
 examples:
   metarec score --model out/models/click-dlrm/v3 --input out/raw/dt=2026-11-02 \\

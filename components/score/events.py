@@ -62,7 +62,9 @@ class EventFile:
 
 def list_event_files(uri: str) -> tuple[Any, list[EventFile]]:
     """``(pyarrow filesystem, files)`` of a file or of every data file under a directory (any
-    depth, sorted; names starting with ``_`` or ``.`` skipped, as the ETL does).
+    depth, sorted; names starting with ``_`` or ``.`` skipped, as the ETL does). A local
+    directory's symlinks are followed, but each real directory is entered once, so a link loop
+    ends the walk instead of hanging it.
 
     Raises:
         FileNotFoundError: nothing at ``uri``.
@@ -81,15 +83,45 @@ def list_event_files(uri: str) -> tuple[Any, list[EventFile]]:
             )
         return fs, [EventFile(base, info.base_name, format_of(info.base_name), info.size)]
     files = []
-    for f in fs.get_file_info(pafs.FileSelector(base, recursive=True)):
-        rel = f.path[len(base) :].lstrip("/")
-        if f.type != pafs.FileType.File or any(p.startswith(("_", ".")) for p in rel.split("/")):
+    if isinstance(fs, pafs.LocalFileSystem):
+        found = _local_files(base)
+    else:
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        found = [(f.path, f.size) for f in infos if f.type == pafs.FileType.File]
+    for path, size in found:
+        rel = path[len(base) :].lstrip("/")
+        if any(p.startswith(("_", ".")) for p in rel.split("/")):
             continue
-        if (fmt := format_of(f.base_name)) is not None:
-            files.append(EventFile(f.path, rel, fmt, f.size))
+        if (fmt := format_of(rel.rsplit("/", 1)[-1])) is not None:
+            files.append(EventFile(path, rel, fmt, size))
     if not files:
         raise ValueError(f"{uri} holds no .jsonl, .jsonl.gz or .parquet file")
     return fs, sorted(files, key=lambda f: f.rel)
+
+
+def _local_files(base: str) -> list[tuple[str, int]]:
+    """``(path, size)`` of every regular file under a local directory, following symlinks but
+    entering each real directory once (``os.walk`` alone loops forever on ``a/up -> ..``)."""
+    import os
+    import stat
+
+    found, entered = [], set()
+    for top, dirs, names in os.walk(base, followlinks=True):
+        real = os.path.realpath(top)
+        if real in entered:  # reached again through a link: a loop, or a second way in
+            dirs.clear()
+            continue
+        entered.add(real)
+        dirs.sort()  # the first way in to a directory is the same on every run
+        for name in names:
+            path = os.path.join(top, name)
+            try:
+                st = os.stat(path)
+            except OSError:  # a dangling link
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found.append((path, st.st_size))
+    return found
 
 
 # ------------------------------------------------------------------------------------- JSONL

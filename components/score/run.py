@@ -173,6 +173,24 @@ def _metrics(labels: list[np.ndarray], logits: list[np.ndarray]) -> dict[str, An
     return {"labelled_rows": int(known.sum()), "auc": auc(y, p), "logloss": logloss(y, p)}
 
 
+def output_paths(output: str | Path, inputs: dict[str, str | None]) -> tuple[Path, dict[str, Path]]:
+    """``<out>`` and its ``rejected`` / ``summary`` siblings, refused when one of them is, lies
+    inside or contains a local input (``inputs``: flag -> path or URI; symlinks followed), so a
+    scoring run never overwrites its events nor reads its own outputs on the next run."""
+    from trainer.paths import check_apart
+
+    out = Path(output)
+    stem = out.name.removesuffix(".parquet")
+    paths = {k: out.with_name(f"{stem}{s}") for k, s in
+             (("rejected", ".rejected.parquet"), ("summary", ".summary.json"))}  # fmt: skip
+    for flag, uri in inputs.items():
+        if uri is None or ("://" in uri and not uri.startswith("file://")):
+            continue  # no input, or an object store: no local path to alias
+        for what, path in (("--out", out), *((f"--out's {k} file", p) for k, p in paths.items())):
+            check_apart(path, uri.removeprefix("file://"), what, flag)
+    return out, paths
+
+
 def score_events(
     model_dir: str | Path,
     input_uri: str,
@@ -187,23 +205,21 @@ def score_events(
     Raises:
         FileNotFoundError: the model or the input does not exist.
         ValueError: a tampered or incomplete model, a model not trained on raw-log features, an
-            unknown task key, an unreadable input file; the message says what to do.
+            unknown task key, an unreadable input file, an output that is, lies inside or
+            contains an input; the message says what to do.
     """
     from trainer.exported.model import load_exported
     from trainer.exported.scoring import score_samples, score_tasks
 
     t0 = time.perf_counter()
+    out, paths = output_paths(output, {"--input": input_uri, "--adapt-on": adapt_on})
     model = load_exported(model_dir)
     spec_key = model.spec.get("task_key")
     task_key = validate_task_key(
         task_key or (spec_key if spec_key in TASK_KEYS else DEFAULT_TASK_KEY)
     )
     check_spec(model.features, model.dense_features, task_key)
-    out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    stem = out.name.removesuffix(".parquet")
-    paths = {k: out.with_name(f"{stem}{s}") for k, s in
-             (("rejected", ".rejected.parquet"), ("summary", ".summary.json"))}  # fmt: skip
     summary = ScoreSummary(f"{model.path}", input_uri, str(out), str(paths["rejected"]), task_key)
     support: dict = {}
     if adapt_on:

@@ -128,18 +128,21 @@ def run_etl(config: EtlConfig, spark=None) -> EtlResult:
     spark = spark or build_spark("metarec-etl")
     stages = _Stages(spark)
     stages.seconds["list"] = round(time.monotonic() - t0, 3)
+    # One writer per interval: a concurrent run of it stops here (IntervalBusy), touching nothing.
+    staging = load.open_staging(config.output, config.interval_id)
     overrides = {**JOB_CONF, "spark.sql.shuffle.partitions": str(config.shuffle_partitions)}
     previous = {k: spark.conf.get(k, None) for k in overrides}
-    for k, v in overrides.items():
-        spark.conf.set(k, v)
-    observation = Observation("metarec_etl_rows")
-    raw = extract.read_raw(spark, listing)
-    # DISK_ONLY: cached blocks in the heap took execution memory from the episode window, whose
-    # sorter then spilled in many small files and ran out of heap reading them back (10M rows,
-    # 1 GB heap); the cache is read twice, sequentially, so disk costs little.
-    frame = tr.transform(raw, listing.fmt, config, observation).persist(StorageLevel.DISK_ONLY)
-    staging = load.open_staging(config.output, config.interval_id)
+    frame = None
     try:
+        for k, v in overrides.items():
+            spark.conf.set(k, v)
+        observation = Observation("metarec_etl_rows")
+        raw = extract.read_raw(spark, listing)
+        # DISK_ONLY: cached blocks in the heap took execution memory from the episode window,
+        # whose sorter then spilled in many small files and ran out of heap reading them back
+        # (10M rows, 1 GB heap); the cache is read twice, sequentially, so disk costs little.
+        frame = tr.transform(raw, listing.fmt, config, observation)
+        frame = frame.persist(StorageLevel.DISK_ONLY)
         stages.start("transform")  # computes the transform once, into the cache both writes read
         chunks = frame.count()
         log.info("transform done: %d chunk rows cached", chunks)
@@ -168,7 +171,9 @@ def run_etl(config: EtlConfig, spark=None) -> EtlResult:
         load.discard(staging)
         raise
     finally:
-        frame.unpersist()
+        staging.release()
+        if frame is not None:
+            frame.unpersist()
         for k, v in previous.items():
             spark.conf.unset(k) if v is None else spark.conf.set(k, v)
     acc = manifest.accounting

@@ -19,6 +19,11 @@ the staging folder is swapped into place: the previous version of THIS interval 
 and deleted; other intervals are never touched. A crash before the swap leaves the previous
 complete version readable (and a stale staging folder that the next run of the interval removes).
 On object stores, the swap is a copy, not an atomic rename: readers must check for the manifest.
+
+One writer per interval: a run holds ``_staging/<interval>.lock`` (:mod:`components.etl.lock`)
+from :func:`open_staging` to the end of its swap; a second run of the interval meanwhile stops at
+once with ``IntervalBusy`` and touches nothing. Under the lock, leftovers of dead runs of the
+interval (staging folders; ``_trash/<interval>.*`` of a run killed inside its swap) are removed.
 """
 
 from __future__ import annotations
@@ -33,11 +38,13 @@ from typing import Any
 
 from components.etl import footer
 from components.etl.extract import filesystem, join, spark_uri
+from components.etl.lock import IntervalLock, lock_interval
 
 log = logging.getLogger(__name__)
 
 STAGING_DIR = "_staging"
 TRASH_DIR = "_trash"
+LOCK_SUFFIX = ".lock"
 REASONS_NAME = "_reasons.json"
 _PART = re.compile(r"part-(\d+)")
 
@@ -74,24 +81,52 @@ class Staging:
     final: str = ""
     uri: str = ""
     """The staging folder as Spark addresses it (``file://``, ``hdfs://host/``, ``s3a://``...)."""
+    lock: IntervalLock | None = field(default=None, repr=False)
+    """This run's lock on the interval (None on object stores: :mod:`components.etl.lock`)."""
+
+    def release(self) -> None:
+        """Let the next run of the interval in (after the swap, or after :func:`discard`)."""
+        if self.lock is not None:
+            self.lock.release()
 
 
 def open_staging(output: str, interval_id: str) -> Staging:
-    """Create an empty staging folder, removing stale ones of this interval (crashed runs)."""
+    """Lock the interval and create an empty staging folder for this run.
+
+    Under the lock, the interval's other staging folders are those of dead runs (crashed or
+    killed): they are removed. Without a lock (object stores) they are left alone, as they may
+    be a live run's.
+
+    Raises:
+        IntervalBusy: another live run holds the interval's lock.
+    """
     import pyarrow.fs as pafs
 
     fs, base = filesystem(output)
     root = join(base, STAGING_DIR)
     fs.create_dir(root, recursive=True)
-    for info in fs.get_file_info(pafs.FileSelector(root)):
-        if info.base_name.startswith(interval_id + "."):
-            log.info("removing stale staging folder %s", info.path)
-            fs.delete_dir(info.path)
-    name = f"{interval_id}.{uuid.uuid4().hex[:12]}"
-    path = join(root, name)
-    fs.create_dir(path, recursive=True)
+    lock = None
+    if fs.type_name == "local":
+        lock = lock_interval(join(root, interval_id + LOCK_SUFFIX), interval_id)
+    try:
+        for info in fs.get_file_info(pafs.FileSelector(root)):
+            if info.type == pafs.FileType.Directory and info.base_name.startswith(
+                interval_id + "."
+            ):
+                if lock is None:
+                    log.warning("leaving staging folder %s: it may be another run's", info.path)
+                    continue
+                log.info("removing stale staging folder %s", info.path)
+                fs.delete_dir(info.path)
+        name = f"{interval_id}.{uuid.uuid4().hex[:12]}"
+        path = join(root, name)
+        fs.create_dir(path, recursive=True)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     uri = spark_uri(join(join(output, STAGING_DIR), name))
-    return Staging(output, interval_id, path, fs, final=join(base, interval_id), uri=uri)
+    return Staging(output, interval_id, path, fs, final=join(base, interval_id), uri=uri, lock=lock)
 
 
 def write_parquet(df, uri: str, row_group_bytes: int, partition_by: tuple[str, ...] = ()) -> None:
@@ -221,8 +256,8 @@ def swap_into_place(staging: Staging) -> str:
 
     fs = staging.fs
     final = staging.final
+    trash_root = join(final.rsplit("/", 1)[0], TRASH_DIR)
     if fs.get_file_info(final).type != pafs.FileType.NotFound:
-        trash_root = join(final.rsplit("/", 1)[0], TRASH_DIR)
         fs.create_dir(trash_root, recursive=True)
         trash = join(trash_root, f"{staging.interval_id}.{uuid.uuid4().hex[:12]}")
         fs.move(final, trash)
@@ -230,6 +265,11 @@ def swap_into_place(staging: Staging) -> str:
         fs.delete_dir(trash)
     else:
         fs.move(staging.path, final)
+    if staging.lock is not None:  # previous versions a run killed inside its swap left behind
+        for info in fs.get_file_info(pafs.FileSelector(trash_root, allow_not_found=True)):
+            if info.base_name.startswith(staging.interval_id + "."):
+                log.info("removing %s, left by a run killed inside its swap", info.path)
+                fs.delete_dir(info.path)
     return final
 
 
@@ -251,7 +291,7 @@ def episode_stats(staging: Staging, files: list[WrittenFile], k: int) -> dict[st
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from trainer.data.contract import SPLITS
+    from trainer.data.contract import OPTIONAL_SPLITS, SPLITS
 
     keys = (
         "episodes",
@@ -262,8 +302,9 @@ def episode_stats(staging: Staging, files: list[WrittenFile], k: int) -> dict[st
         "support_samples",
         "query_samples",
     )
-    splits = {s: dict.fromkeys(keys, 0) for s in SPLITS}
-    tasks: dict[str, set] = {s: set() for s in SPLITS}
+    names = [*SPLITS, *(s for s in OPTIONAL_SPLITS if any(f.split == s for f in files))]
+    splits = {s: dict.fromkeys(keys, 0) for s in names}
+    tasks: dict[str, set] = {s: set() for s in names}
     lo, hi = None, None
     columns = ["task_key", "n_support", "n_query", "click", "conversion", "event_time_ms"]
     for f in files:
@@ -285,7 +326,7 @@ def episode_stats(staging: Staging, files: list[WrittenFile], k: int) -> dict[st
                 first, last = times[:, 0], times[np.arange(batch.num_rows), k + nq - 1]
                 lo = int(first.min()) if lo is None else min(lo, int(first.min()))
                 hi = int(last.max()) if hi is None else max(hi, int(last.max()))
-    for s in SPLITS:
+    for s in names:
         splits[s]["tasks"] = len(tasks[s])
         splits[s]["samples"] = splits[s]["support_samples"] + splits[s]["query_samples"]
         splits[s]["files"] = sum(1 for f in files if f.split == s)

@@ -41,7 +41,10 @@ def etl_command(raw: Path, out: Path, *extra: str) -> list[str]:
             *overrides, *extra]  # fmt: skip
 
 
+def environment() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
 def run_etl_process(raw: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(etl_command(raw, out, *extra), cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    return subprocess.run(etl_command(raw, out, *extra), cwd=REPO, env=environment(),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip

@@ -144,13 +144,14 @@ class _Scorer:
         return [calibration_offsets(k, n, rate, self.prior_strength) for k, n in counts]
 
 
-def _levels(root: str, split: str, settings: Settings) -> dict[str, Level]:
+def _levels(root: str, split: str, settings: Settings) -> tuple[dict[str, Level], int]:
+    """The requested levels of ``split`` and its evaluated episodes."""
     episodes = read_level(root, split, settings.batch_episodes, settings.max_episodes)
     out = {"episode": episodes} if "episode" in settings.levels else {}
     if "task" in settings.levels:
         layout = FeatureLayout.from_manifest(load_manifest(root))
         out["task"] = task_level(episodes, layout.slot_offsets, layout.total_rows)
-    return out
+    return out, sum(b.num_real_episodes for b in episodes.batches)
 
 
 def _tune_split(root: str, split: str, settings: Settings) -> tuple[str | None, str | None]:
@@ -189,8 +190,8 @@ def evaluate_model(
     split_episodes(root, split)
     tune_split, no_tuning = _tune_split(root, split, settings)
     grid = settings.grid(model.training)
-    levels = _levels(root, split, settings)
-    tune_levels = _levels(root, tune_split, settings) if tune_split and grid else {}
+    levels, episodes = _levels(root, split, settings)
+    tune_levels = _levels(root, tune_split, settings)[0] if tune_split and grid else {}
     rows: list[dict[str, Any]] = []
     tuning: dict[str, Any] = {}
 
@@ -218,7 +219,6 @@ def evaluate_model(
         row(f"tuned on {tune_split}", lv, _setting(best), scorer.metrics(best))
     manifest = load_manifest(root)
     base = rows[0]["metrics"]
-    episodes = sum(b.num_real_episodes for b in next(iter(levels.values())).batches)
     log.info("evaluated %s on %s/%s: %d rows in %.1f s", model.path, root, split, len(rows),
              time.perf_counter() - t0)  # fmt: skip
     return {

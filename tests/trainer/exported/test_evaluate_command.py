@@ -206,3 +206,21 @@ def test_clear_errors(case, message, single_run, tmp_path, capsys) -> None:
         args += ["--tune-split", "test_cold"]
     assert main(["evaluate", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.multiprocess
+@pytest.mark.timeout(300)
+def test_sharded_checkpoint_equals_its_export(sharded_run, episodes, tmp_path) -> None:
+    """A 2-rank checkpoint (one shard per rank, rows merged on load) and its export."""
+    settings = Settings(steps=(1,), lrs=(0.1,), batch_episodes=8, max_episodes=40)
+    export = export_checkpoint(sharded_run, tmp_path / "models").path
+    ck, ex = (
+        evaluate_model(load_model(path, str(episodes)), str(episodes), "test_cold", settings)
+        for path in (sharded_run, export)
+    )
+    for a, b in zip(ck["rows"], ex["rows"], strict=True):
+        assert a["metrics"] == pytest.approx(b["metrics"], abs=1e-6, nan_ok=True), a["row"]
+    want = run_eval(sharded_run)["test_cold"]["before"]  # the 2-rank run's own evaluation
+    got = _row(ck, "no adaptation", "-")
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-5, nan_ok=True), key

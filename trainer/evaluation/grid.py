@@ -113,7 +113,7 @@ class _Scorer:
         self.tasks = [b.task_ids[:, None].expand(-1, b.q_query) for b in level.batches]
 
     def metrics(self, cfg: MetaConfig | None = None, calibrate: bool = False) -> dict[str, Any]:
-        key = "calibration" if calibrate else cfg and (cfg.inner_steps, cfg.inner_lr, cfg.adapt)
+        key = "calibration" if calibrate else _setting(cfg) and tuple(_setting(cfg).values())
         if key not in self._cache:
             self._cache[key] = self._score(cfg, calibrate)
         return self._cache[key]

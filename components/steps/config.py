@@ -21,6 +21,8 @@ defaults: :func:`load_dag_config` requires the file and absolute roots. Example:
     [gate]
     metric = "test_cold.after.auc"
     tolerance = 0.001
+    gauc_tolerance = 0.002                # refuse a GAUC drop beyond this (inf: off)
+    calibration_tolerance = 0.05          # ... or a growth of |pred/obs - 1| beyond this
     [kubernetes]                          # backend = "kubernetes": the jobs (see below)
     variant = "pytorchjob-gpu"
     image = "registry.example.com/metarec-trainer:0.1.0"

@@ -31,6 +31,18 @@ gradient at the adapted parameters (``theta' = theta - lr * stopgrad(g)``); ``pl
 adaptation and takes the loss over support and query samples of each episode (same episode
 weighting, so plain and meta losses are comparable).
 
+Beyond MAML (each an option of this same step, checked against a per-task reference and the
+distributed = single-process oracle like MAML):
+
+- ``learn_inner_lr`` (Meta-SGD, :mod:`trainer.metasgd`): a flag on ``maml``/``fomaml``, since it
+  changes the inner loop's step sizes, not the order of the meta-gradient. The inner loop
+  accumulates the negative gradients (the low-rank factors and the rows' sums) and the step sizes
+  are applied afterwards (:func:`_stepped`), so the outer loss differentiates them: a per-layer step
+  size scales ``B``, a per-parameter one scales every entry of ``A^T B`` (the weight is formed).
+- ``mode = "film"`` (:mod:`trainer.film`): a mode, since it replaces the inner loop by a forward
+  pass: the support samples are encoded into per-layer scales and shifts of the main layers, and
+  the loss is the query loss under that modulation.
+
 Loss scaling: the loss is ``sum over valid episodes of the per-episode mean / normalizer``. The
 default ``normalizer`` is the number of valid episodes in this batch (a mean over episodes). A
 data-parallel trainer passes the GLOBAL number of valid episodes of the step, so that the sum over

@@ -147,6 +147,9 @@ def test_a_chain_applies_its_deltas_in_order_and_is_bounded(tmp_path, monkeypatc
     assert deltas.plan_delta(model_dir, {"emb": states[-1]}, {"model": {"arch": "x"},
                              "tables": {"emb": "tables/emb.npy"}}, {"features": []}) is None  # fmt: skip
     monkeypatch.setattr(deltas, "FULL_EVERY", 24)
+    hour = {"features": [], "interval": "2026-11-02T10"}  # the next interval: still a delta
+    assert deltas.plan_delta(model_dir, {"emb": states[-1]}, {"model": {"arch": "x"},
+                             "tables": {"emb": "tables/emb.npy"}}, hour) is not None  # fmt: skip
     other = {"model": {"arch": "y"}, "tables": {"emb": "tables/emb.npy"}}
     assert deltas.plan_delta(model_dir, {"emb": states[-1]}, other, {"features": []}) is None
 

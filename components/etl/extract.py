@@ -17,7 +17,10 @@ What it checks, before Spark reads anything:
   the wrong type) FAILS the run with an error naming every bad file. We fail rather than quarantine
   the file because its rows cannot be counted: quarantining it would lose rows silently, while
   failing lets the operator repair or remove the file and rerun the (idempotent) interval.
-- an interval with no rows at all (no data files, or only empty ones) is an error.
+- an interval with no rows at all (no data files, or only empty ones) is an error;
+- every data file lies under the input root (a symbolic link out of it is refused, by name);
+- a remote store (``gs://``, ``s3://``...) answers within ``$METAREC_STORE_TIMEOUT_S`` seconds
+  (default 10), else the run fails with a message instead of hanging (:func:`filesystem`).
 """
 
 from __future__ import annotations
@@ -66,15 +69,78 @@ def join(root: str, rel: str) -> str:
 
 
 def filesystem(uri: str):
-    """``(pyarrow FileSystem, path)`` for a local path or any URI pyarrow understands."""
+    """``(pyarrow FileSystem, path)`` for a local path or any URI pyarrow understands.
+
+    A remote store is asked about ``uri`` once before it is returned, under
+    :func:`store_timeout`: without credentials, ``gs://`` retries for minutes and ``s3://``
+    waits on an endpoint that never answers; here either fails in seconds, with a message.
+
+    Raises:
+        ValueError: the store cannot be opened, refuses the request, or does not answer in time.
+    """
+    import os
+
     import pyarrow.fs as pafs
 
     if "://" in uri and not uri.startswith("file://"):
-        return pafs.FileSystem.from_uri(uri)
+        return _open_store(uri, store_timeout())
     path = uri[len("file://") :] if uri.startswith("file://") else uri
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+STORE_TIMEOUT_ENV = "METAREC_STORE_TIMEOUT_S"
+DEFAULT_STORE_TIMEOUT_S = 10.0
+
+
+def store_timeout() -> float:
+    """Seconds a remote store may take to answer its first request: ``$METAREC_STORE_TIMEOUT_S``,
+    default 10."""
     import os
 
-    return pafs.LocalFileSystem(), os.path.abspath(path)
+    text = os.environ.get(STORE_TIMEOUT_ENV, "")
+    try:
+        value = float(text) if text else DEFAULT_STORE_TIMEOUT_S
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"${STORE_TIMEOUT_ENV} must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _open_store(uri: str, timeout: float):
+    """Open ``uri``'s filesystem and stat ``uri`` in a daemon thread, waiting at most ``timeout``
+    (a hung request cannot be cancelled; the thread is left to the store's own timeouts)."""
+    import threading
+
+    import pyarrow.fs as pafs
+
+    found: dict = {}
+
+    def probe() -> None:
+        try:
+            fs, path = pafs.FileSystem.from_uri(uri)
+            if fs.type_name == "s3":  # the S3 client's default is to wait forever per request
+                make, (options,) = fs.__reduce__()
+                if options["connect_timeout"] < 0 and options["request_timeout"] < 0:
+                    fs = make({**options, "connect_timeout": timeout, "request_timeout": timeout})
+            fs.get_file_info(path)
+            found["store"] = fs, path
+        except Exception as e:  # reported below, with the URI
+            found["error"] = e
+
+    thread = threading.Thread(target=probe, name=f"metarec-probe {uri}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise ValueError(
+            f"{uri}: the store did not answer within {timeout:g} s (unreachable, or no "
+            f"credentials: e.g. GOOGLE_APPLICATION_CREDENTIALS, AWS_* or the pod's workload "
+            f"identity); raise ${STORE_TIMEOUT_ENV} if it is only slow"
+        )
+    if "error" in found:
+        e = found["error"]
+        raise ValueError(f"{uri}: cannot open the store: {type(e).__name__}: {e}") from e
+    return found["store"]
 
 
 def spark_uri(uri: str) -> str:
@@ -196,6 +262,7 @@ def list_input(config: EtlConfig) -> InputListing:
             + (f"; ignored: {_shorten(ignored)}" if ignored else "")
         )
     chosen = sorted(files[fmt])
+    refuse_links_out(fs, base, config.input, [rel for rel, _ in chosen])
     listing = InputListing(
         uri=config.input,
         fmt=fmt,
@@ -217,6 +284,31 @@ def list_input(config: EtlConfig) -> InputListing:
             f"is empty: its {len(listing.files)} {fmt} files hold no rows"
         )
     return listing
+
+
+def refuse_links_out(fs: pafs.FileSystem, base: str, uri: str, files: list[str]) -> None:
+    """Refuse input files that resolve outside the input root (a symbolic link, to the file or a
+    folder above it): the ETL reads, and quarantines lines of, only what lives under the root.
+
+    Raises:
+        ValueError: naming each such file and where it leads.
+    """
+    import os
+
+    if fs.type_name != "local":  # object stores have no links
+        return
+    root = os.path.realpath(base)
+    outside = []
+    for rel in files:
+        target = os.path.realpath(join(base, rel))
+        if os.path.commonpath([root, target]) != root:
+            outside.append(f"{rel} -> {target}")
+    if outside:
+        raise ValueError(
+            f"{uri}: {len(outside)} input file(s) lead outside the input root {root} through a "
+            f"symbolic link: {_shorten(outside)}. The ETL reads only files under its input root: "
+            "copy or move the data under the root, or remove the link"
+        )
 
 
 def _choose_format(config: EtlConfig, files: dict[str, list]) -> str | None:

@@ -16,7 +16,8 @@ the trainer and the serving side read the same thing. Default (slot order = this
 
     dense: bid_price log1p, item_price log1p, user_hist_ctr identity
 
-Override it with a TOML or JSON file (``--features spec.toml``)::
+Its tables suit ad logs at scale; ``--feature-preset small`` picks one sized to MovieLens-size
+data (``FEATURE_PRESETS``). Or override it with a TOML or JSON file (``--features spec.toml``)::
 
     [[features]]                       # repeated, in slot order
     name = "user_id"                   # hashed as feature name + "\\x1f" + value
@@ -147,6 +148,38 @@ DEFAULT_DENSE: tuple[DenseConfig, ...] = (
     DenseConfig("item_price", "log1p"),
     DenseConfig("user_hist_ctr", "identity"),
 )
+SMALL_FEATURES: tuple[FeatureConfig, ...] = (
+    FeatureConfig("user_id", 20_011),
+    FeatureConfig("ad_id", 10_007),
+    FeatureConfig("campaign_id", 10_007),
+    FeatureConfig("advertiser_id", 101),
+    FeatureConfig("scene_id", 11),
+    FeatureConfig("user_gender", 7),
+    FeatureConfig("user_age_bucket", 17),
+    FeatureConfig("user_segment", 101),
+    FeatureConfig("device_type", 31),
+    FeatureConfig("region", 1_009),
+    FeatureConfig("ad_category", 1_009),
+    FeatureConfig("ad_brand", 211),
+    FeatureConfig("creative_type", 17),
+    FeatureConfig("hour_of_day", 29, source="event_time"),
+    FeatureConfig("user_interests", 1_009, kind="multi", slots=5),
+    FeatureConfig("ad_tags", 211, kind="multi", slots=3),
+)
+FEATURE_PRESETS: dict[str, tuple[tuple[FeatureConfig, ...], tuple[DenseConfig, ...]]] = {
+    "default": (DEFAULT_FEATURES, DEFAULT_DENSE),
+    "small": (SMALL_FEATURES, DEFAULT_DENSE),
+}
+"""Feature specs sized to the data (``--feature-preset``): the same features and slots, tables
+sized to the ids there are. The embedding tables are most of a checkpoint (rows x dim x 4 bytes,
+and as much again of optimizer state).
+
+``default``
+    Ad logs at scale (a million users, 200 k ads): 1.3 M rows, ~85 MB checkpoints at dim 16.
+``small``
+    MovieLens-size data (MovieLens-1M: 6,040 users, 3,706 rated movies; 100K: 943 and 1,682):
+    44 k rows, a few MB. Ids beyond ~20 k users or ~10 k ads collide often: use ``default``.
+"""
 
 
 def load_feature_spec(
@@ -267,12 +300,24 @@ class EtlSettings:
     valid_fraction: float = field(default=0.1, metadata=option(metavar="F"))
     """Latest share of the interval: warm tasks' episodes whose first query sample falls in it go
     to ``valid``, earlier ones to ``train``."""
+    cold_tasks: str = field(default="", metadata=option(metavar="FILE"))
+    """A file naming cold tasks, one task key per line (local path or URI; UTF-8): they go to the
+    cold splits only (``test_cold``, or ``valid_cold``), besides the ``cold_fraction`` share of
+    the tasks; with ``--cold-fraction 0`` only the named tasks are cold. Empty: none named."""
+    valid_cold_fraction: float = field(default=0.0, metadata=option(metavar="F"))
+    """Share of the cold tasks (by a second stable hash of the task key) held out as
+    ``valid_cold``: cold tasks to tune adaptation on, never trained on and never in
+    ``test_cold``. 0 (the default): no ``valid_cold`` split."""
     max_lateness: timedelta = field(
         default=timedelta(hours=1),
         metadata=option(parse=parse_duration, show=format_duration, metavar="DURATION"),
     )
     """How much older than its partition hour an event may be (late arrivals, e.g. 30m, 2h);
     older events are quarantined as event_time_out_of_range."""
+    feature_preset: str = field(default="default", metadata=option(choices=tuple(FEATURE_PRESETS)))
+    """A feature spec sized to the data (``FEATURE_PRESETS``): ``default`` for ad logs at scale
+    (~85 MB checkpoints), ``small`` for MovieLens-size data (a few MB). A ``--features`` file
+    replaces the preset (give one or the other)."""
     features: tuple[FeatureConfig, ...] = field(
         default=DEFAULT_FEATURES, metadata=option(cli=False)
     )
@@ -300,6 +345,20 @@ class EtlSettings:
         set_(self, "max_lateness", parse_duration(self.max_lateness))
         set_(self, "features", tuple(self.features))
         set_(self, "dense_features", tuple(self.dense_features))
+        if self.feature_preset not in FEATURE_PRESETS:
+            raise ValueError(
+                f"--feature-preset must be one of {', '.join(FEATURE_PRESETS)}, "
+                f"got {self.feature_preset!r}"
+            )
+        if self.feature_preset != "default":
+            preset = FEATURE_PRESETS[self.feature_preset]
+            if (self.features, self.dense_features) not in (FEATURE_PRESETS["default"], preset):
+                raise ValueError(
+                    f"both a feature spec (--features) and --feature-preset "
+                    f"{self.feature_preset} are set: give one or the other"
+                )
+            set_(self, "features", preset[0])
+            set_(self, "dense_features", preset[1])
         if self.input_format not in INPUT_FORMATS:
             raise ValueError(
                 f"--format must be one of {', '.join(INPUT_FORMATS)}, got {self.input_format!r}"
@@ -321,6 +380,16 @@ class EtlSettings:
         for name in ("cold_fraction", "valid_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.valid_cold_fraction < 1.0:
+            raise ValueError(
+                f"valid_cold_fraction must be in [0, 1) (a share of the cold tasks), got "
+                f"{self.valid_cold_fraction}"
+            )
+        if self.valid_cold_fraction > 0 and self.cold_fraction == 0 and not self.cold_tasks:
+            raise ValueError(
+                "valid_cold_fraction > 0 needs cold tasks: set cold_fraction > 0 or name them "
+                "with --cold-tasks FILE"
+            )
         if self.max_lateness < timedelta(0):
             raise ValueError(f"--max-lateness must not be negative, got {self.max_lateness}")
         if self.row_group_bytes < (1 << 20):

@@ -24,12 +24,12 @@ if __name__ == "__main__" and __package__ in (None, ""):
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.etl import extract, load
-from components.etl.config import EtlConfig, epoch_ms, iso
+from components.etl import extract, load, splits
+from components.etl.config import EtlConfig, iso
+from components.etl.storage_errors import storage_error
 from trainer.data.contract import (
     QUARANTINE_DIR,
     SCHEMA_VERSION,
-    SPLITS,
     Manifest,
 )
 
@@ -68,13 +68,23 @@ class EtlResult:
         return self.rows_read / self.seconds if self.seconds else 0.0
 
     def summary(self) -> str:
-        splits = ", ".join(f"{s} {self.episodes.get(s, 0)}" for s in SPLITS)
+        per_split = ", ".join(f"{s} {n}" for s, n in self.episodes.items())
         reasons = ", ".join(f"{r} {n}" for r, n in sorted(self.reasons.items())) or "none"
         return (
             f"{self.output}: {self.rows_read} rows read -> {self.rows_kept} in episodes "
-            f"({splits}), {self.rows_quarantined} quarantined ({reasons}); "
+            f"({per_split}), {self.rows_quarantined} quarantined ({reasons}); "
             f"{self.seconds:.1f} s, {self.rows_per_second:,.0f} rows/s"
         )
+
+
+# What each stage writes, for the one-line error of a full disk or a refused write.
+_DOING = {
+    "transform": "caching the transform (Spark's scratch space, spark.local.dir) for",
+    "write episodes": "writing the episode files to",
+    "write quarantine": "writing the quarantine files to",
+    "manifest": "writing the manifest and checksums to",
+    "swap": "moving the new version into place at",
+}
 
 
 class _Stages:
@@ -92,6 +102,11 @@ class _Stages:
             Exception
         ):  # Spark Connect has no SparkContext; the label is optional
             self.spark.sparkContext.setJobDescription(f"metarec etl: {name}")
+
+    @property
+    def current(self) -> str | None:
+        """The stage running now (None between stages)."""
+        return self._name
 
     def stop(self) -> None:
         if self._name is not None:
@@ -111,6 +126,9 @@ def run_etl(config: EtlConfig, spark=None) -> EtlResult:
         ValueError / FileNotFoundError: bad input (missing partitions, empty interval, corrupt
             Parquet, no episode possible) — the message says what to do. The previous output of
             the interval, if any, is left untouched.
+        IntervalBusy: another run of the interval is writing it (``components.etl.lock``).
+        StorageError: a full disk or a refused write, in one line naming the path and what was
+            being written (``components.etl.storage_errors``); both are ValueErrors.
     """
     from pyspark import StorageLevel
     from pyspark.sql import Observation
@@ -129,7 +147,12 @@ def run_etl(config: EtlConfig, spark=None) -> EtlResult:
     stages = _Stages(spark)
     stages.seconds["list"] = round(time.monotonic() - t0, 3)
     # One writer per interval: a concurrent run of it stops here (IntervalBusy), touching nothing.
-    staging = load.open_staging(config.output, config.interval_id)
+    try:
+        staging = load.open_staging(config.output, config.interval_id)
+    except Exception as e:
+        if err := storage_error(e, "creating the staging folder under", config.output):
+            raise err from e
+        raise
     overrides = {**JOB_CONF, "spark.sql.shuffle.partitions": str(config.shuffle_partitions)}
     previous = {k: spark.conf.get(k, None) for k in overrides}
     frame = None
@@ -166,9 +189,13 @@ def run_etl(config: EtlConfig, spark=None) -> EtlResult:
         stages.start("swap")
         final = load.swap_into_place(staging)
         stages.stop()
-    except BaseException:
+    except BaseException as e:
+        doing = _DOING.get(stages.current or "", "writing")
+        where = staging.final if stages.current == "swap" else staging.path
         stages.stop()
         load.discard(staging)
+        if isinstance(e, Exception) and (err := storage_error(e, doing, where)):
+            raise err from e  # one line naming the path, not the JVM's stack
         raise
     finally:
         staging.release()
@@ -186,7 +213,7 @@ def run_etl(config: EtlConfig, spark=None) -> EtlResult:
         rows_kept=acc["rows_kept"],
         rows_quarantined=acc["rows_quarantined"],
         reasons=dict(acc["per_reason"]),
-        episodes={s: manifest.splits[s]["episodes"] for s in SPLITS},
+        episodes={s: counts["episodes"] for s, counts in manifest.splits.items()},
         seconds=round(time.monotonic() - t0, 3),
         stage_seconds=stages.seconds,
     )
@@ -300,15 +327,7 @@ def _finish(spark, staging, config: EtlConfig, listing, observation, frame) -> M
             },
             "quarantine": {"dir": QUARANTINE_DIR, "files": [f.entry() for f in quarantine_files]},
         },
-        split_rule={
-            "cold": "tasks with unit_interval('split', task_key) < cold_fraction -> test_cold",
-            "valid": "other tasks' episodes whose first query sample is at or after warm_cutoff",
-            "train": "the rest",
-            "cold_fraction": config.cold_fraction,
-            "valid_fraction": config.valid_fraction,
-            "warm_cutoff": iso(config.warm_cutoff),
-            "warm_cutoff_ms": epoch_ms(config.warm_cutoff),
-        },
+        split_rule=splits.describe_rule(config, splits.read_cold_tasks(config.cold_tasks)),
         producer={
             "name": "components.etl",
             "metarec": _version(),

@@ -159,9 +159,10 @@ def episode_profile(episodes, manifest: Manifest):
             F.array_max(f"ids__{f.name}").alias(f"max_id__{f.name}"),
         ]
     prof = staged.select(*cols, (F.col("n_clicks") / F.col("n_samples")).alias("click_rate"))
-    # A task must live in test_cold or in train/valid, never in both (cold start must stay cold).
+    # A task must live in the cold splits or in train/valid, never in both (cold start must stay
+    # cold).
     by_task = Window.partitionBy("task_key")
-    cold = (F.col("split") == "test_cold").cast("int")
+    cold = F.col("split").isin("test_cold", "valid_cold").cast("int")
     return prof.withColumn("cold_and_warm", F.max(cold).over(by_task) != F.min(cold).over(by_task))
 
 

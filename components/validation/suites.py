@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from components.raw_schema import fields_of
-from trainer.data.contract import SPLITS, Manifest
+from trainer.data.contract import ALL_SPLITS, Manifest
 
 from .profile import LIST_COLUMNS, NOT_NULL_COLUMNS, SUMMARY_METRICS, list_widths
 
@@ -271,9 +271,9 @@ def episode_expectations(manifest: Manifest, *, with_interval: bool, with_previo
         _exp(
             "ExpectColumnValuesToBeInSet",
             "split_in_set",
-            f"split in {{{', '.join(SPLITS)}}}",
+            f"split in {{{', '.join(ALL_SPLITS)}}}",
             column="split",
-            value_set=list(SPLITS),
+            value_set=list(ALL_SPLITS),
         )
     )
     for c in LIST_COLUMNS:
@@ -364,7 +364,7 @@ def episode_expectations(manifest: Manifest, *, with_interval: bool, with_previo
         _exp(
             "ExpectColumnValuesToBeInSet",
             "cold_tasks_not_in_training",
-            "no task_key in both test_cold and train/valid",
+            "no task_key in both a cold split (test_cold, valid_cold) and train/valid",
             column="cold_and_warm",
             value_set=[False],
         ),

@@ -10,6 +10,7 @@ An ETL output directory (one data interval) looks like::
       ...                                             of a job read disjoint files
       split=valid/...        warm evaluation: later episodes of training tasks (by time)
       split=test_cold/...    cold start: tasks (by hash of the task key) never seen in training
+      split=valid_cold/...   (optional) other cold tasks, to tune adaptation on
       _quarantine/...        rejected raw rows with a reason code (not read by the trainer)
       _manifest.json         written last: its presence marks the output complete
 
@@ -40,6 +41,13 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "_manifest.json"
 QUARANTINE_DIR = "_quarantine"
 SPLITS = ("train", "valid", "test_cold")
+"""The splits of every episode output: its manifest counts each (0 when empty)."""
+OPTIONAL_SPLITS = ("valid_cold",)
+"""Splits an output has only when asked: ``valid_cold``, cold tasks held out to tune adaptation on
+(never trained on, never in ``test_cold``; the ETL's ``valid_cold_fraction``). Older outputs and
+synthetic data have none; a manifest counts it when it holds episodes, a reader takes an absent
+split as empty."""
+ALL_SPLITS = (*SPLITS, *OPTIONAL_SPLITS)
 LABELS = ("click", "conversion")
 UNKNOWN_LABEL = -1
 """Label value for a sample whose label the source does not have (e.g. conversion)."""
@@ -147,8 +155,8 @@ class Manifest:
         return offsets
 
     def files_of(self, split: str) -> list[dict[str, Any]]:
-        if split not in SPLITS:
-            raise ContractError(f"unknown split {split!r}: the splits are {', '.join(SPLITS)}")
+        if split not in ALL_SPLITS:
+            raise ContractError(f"unknown split {split!r}: the splits are {', '.join(ALL_SPLITS)}")
         return [f for f in self.files if f["split"] == split]
 
     def to_json(self) -> str:

@@ -20,17 +20,19 @@ this module stays free of ``torch.distributed``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from trainer.durable import fsync_dir, fsync_write, sha256_file, write_atomic
+from trainer.paths import output_file, safe_join
 
 LATEST = "latest"
 META = "meta.json"
@@ -54,6 +56,38 @@ def _step_name(step: int) -> str:
 
 def _noop() -> None:
     return None
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """The ``OSError`` behind ``e``: itself, or one torch's writer raised inside (``torch.save``
+    to a file object reports a failed write as ``enforce fail ... unexpected pos``, with the
+    file's own ``OSError`` as the context)."""
+    while e is not None and not isinstance(e, OSError):
+        e = e.__cause__ or e.__context__
+    return e
+
+
+@contextlib.contextmanager
+def _writing(what: str, path: Path) -> Iterator[None]:
+    """Turn a failed write (a full disk, a read-only directory, torch's ``enforce fail ...``) into
+    one :class:`CheckpointError` line naming ``path`` and what was being written."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        cause = _os_error(e)
+        if cause is None and "unexpected pos" not in str(e) and "write failed" not in str(e):
+            raise  # not a write failure
+        if cause is not None:
+            why = cause.strerror or str(cause)
+        else:  # torch wrote through its own file handle: no errno; free space tells
+            why = f"the write failed ({str(e).splitlines()[0]})"
+            with contextlib.suppress(OSError):
+                free = shutil.disk_usage(path.parent).free
+                why += f"; {free} bytes free on that filesystem"
+        raise CheckpointError(
+            f"cannot write {what} {path}: {why}; free space (or lower checkpoint.keep) or make "
+            "the run directory writable, then resume"
+        ) from e
 
 
 class Checkpointer:
@@ -86,17 +120,21 @@ class Checkpointer:
     # ----------------------------------------------------------------------------------- save
     def save(self, step: int, state: dict[str, Any], meta: dict[str, Any] | None = None) -> Path:
         """Write this rank's ``state`` for ``step``; rank 0 commits once every shard is written."""
-        final = self.root / _step_name(step)
-        tmp = self.root / (_step_name(step) + ".tmp")
+        # A symlink planted at one of these names is refused (trainer.paths), never written through.
+        final = output_file(self.root, _step_name(step), "checkpoint directory")
+        tmp = output_file(self.root, _step_name(step) + ".tmp", "checkpoint directory")
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a crashed save
-            tmp.mkdir(parents=True)
+            with _writing(f"the step {step} checkpoint directory", tmp):
+                tmp.mkdir(parents=True)
         self.barrier()
         shard = tmp / _shard_name(self.rank)
-        torch.save(state, shard)
-        with open(shard, "rb+") as f:
-            os.fsync(f.fileno())
-        fsync_write(shard.with_suffix(".sha256"), sha256_file(shard).encode())
+        with _writing(f"the step {step} checkpoint of rank {self.rank}", shard):
+            with open(shard, "wb") as f:  # a file object: a failed write keeps its OSError
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            fsync_write(shard.with_suffix(".sha256"), sha256_file(shard).encode())
         self.barrier()
         if self.rank == 0:
             shards = {}
@@ -113,12 +151,15 @@ class Checkpointer:
                 "shards": shards,
                 "meta": meta or {},
             }
-            fsync_write(tmp / META, json.dumps(body, indent=2, sort_keys=True).encode())
+            with _writing(f"the step {step} checkpoint's metadata", tmp / META):
+                fsync_write(tmp / META, json.dumps(body, indent=2, sort_keys=True).encode())
             if final.exists():  # re-saving the same step (e.g. after a resume): replace it
                 shutil.rmtree(final)
             os.replace(tmp, final)
             fsync_dir(self.root)
-            write_atomic(self.root / LATEST, final.name)
+            latest = output_file(self.root, LATEST, "checkpoint pointer")
+            with _writing("the checkpoint pointer", latest):
+                write_atomic(latest, final.name)
             self._prune()
         self.barrier()
         return final
@@ -170,8 +211,9 @@ def read_latest(root: str | os.PathLike[str]) -> Path:
     Raises:
         CheckpointError: the pointer is damaged, or names anything but a ``step-XXXXXXXX``
             directory of ``root`` (e.g. ``../other-run/step-00000001``).
+        ValueError: the pointer is a symlink leading outside ``root``.
     """
-    pointer = Path(root) / LATEST
+    pointer = safe_join(root, LATEST, "checkpoint pointer")  # a link leading out: refused
     name = pointer.read_bytes().decode("utf-8", errors="replace").strip()
     if not STEP_NAME.fullmatch(name):  # garbage, or a path leading out of the root
         raise CheckpointError(

@@ -124,7 +124,10 @@ class CheckpointConfig:
     warm_start: str = ""
     """Start from another run's weights: its checkpoint directory (``.../step-00000100``), its
     ``checkpoints`` directory or its output directory (the latest checkpoint). Fresh reader, step 0:
-    incremental training on the next interval. Ignored when this run resumes its own checkpoint."""
+    incremental training on the next interval. Ignored when this run resumes its own checkpoint.
+    In the delivery flow (``components/steps``) the flow always sets it, to the champion's
+    checkpoint or to empty (its ``warm_start = false``, or no champion that fits): a value in
+    this file never applies there."""
     warm_start_optimizer: bool = True
     """With ``warm_start``, also load the optimizer state (Adam moments and row-wise Adagrad
     accumulators); ``false`` restarts both optimizers from zero."""

@@ -13,14 +13,16 @@ Only rank 0 writes ``metrics.jsonl``; every line is one JSON object with ``kind`
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-from trainer.durable import jsonable
+from trainer.durable import jsonable, write_atomic
 
 _FORMAT = "%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s"
 
@@ -45,6 +47,9 @@ class JsonlLog:
         resume_step: the step the run (re)starts from. Records of later steps, written by an
             earlier attempt that died after its last checkpoint, are dropped so a resumed run's
             file reads as one uninterrupted run; 0 starts a new file.
+
+    The file is rewritten as a plain file (a link there is replaced, not written through) and
+    every record is appended with ``O_NOFOLLOW``: a link planted during the run is refused.
     """
 
     def __init__(self, path: Path, resume_step: int = 0) -> None:
@@ -58,11 +63,20 @@ class JsonlLog:
                     continue
                 if int(record.get("step", 0)) <= resume_step:
                     kept.append(line)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(line + "\n" for line in kept))
+        write_atomic(path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+        try:
+            fd = os.open(self.path, flags, 0o644)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            raise ValueError(
+                f"{self.path} became a symlink during the run; the trainer never writes through a "
+                "link: remove it and resume"
+            ) from None
+        with os.fdopen(fd, "a") as f:
             f.write(json.dumps(jsonable(record), sort_keys=True, allow_nan=False) + "\n")
 
 

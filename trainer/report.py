@@ -10,12 +10,15 @@ Agg backend (no display needed).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import sys
 from pathlib import Path
 
+from trainer.durable import write_atomic
 from trainer.logging_utils import read_jsonl
+from trainer.paths import output_file
 
 REPORT_NAME = "report.png"
 
@@ -26,10 +29,12 @@ def _value(metrics: dict, key: str) -> float:
 
 
 def write_report(output_dir: str | Path, path: str | Path | None = None) -> Path:
-    """Render ``<output_dir>/report.png`` (or ``path``) from the run's metrics files.
+    """Render ``<output_dir>/report.png`` (or ``path``) from the run's metrics files, written
+    atomically (``trainer.durable``), never through a link planted at ``<output_dir>/report.png``.
 
     Raises:
         FileNotFoundError: ``metrics.jsonl`` is missing (not a run directory).
+        ValueError: ``<output_dir>/report.png`` is a symlink.
     """
     import matplotlib
 
@@ -82,9 +87,11 @@ def write_report(output_dir: str | Path, path: str | Path | None = None) -> Path
     if names:
         bars.legend(fontsize=8, loc="upper center", ncol=2)
     fig.tight_layout()
-    target = Path(path) if path is not None else out / REPORT_NAME
-    fig.savefig(target)
+    target = Path(path) if path is not None else output_file(out, REPORT_NAME, "the run's report")
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
+    write_atomic(target, png.getvalue())
     return target
 
 

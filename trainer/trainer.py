@@ -61,7 +61,7 @@ from trainer.parallel.apply import build_parallel_model
 from trainer.parallel.comm import CommMeter
 from trainer.parallel.env import ParallelEnv, init_parallel
 from trainer.parallel.plan import ShardingPlan, build_sharding_plan
-from trainer.paths import safe_join
+from trainer.paths import output_file, safe_join
 from trainer.run_state import RunCheckpoints, RunIdentity, RunParts
 
 log = logging.getLogger(__name__)
@@ -144,11 +144,15 @@ class Trainer:
         if not self.env.is_main:
             return None
         self.out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.out / "config.json", self.cfg.to_dict())
+        out = self.out  # a link planted at an output's name is refused (trainer.paths)
+        write_json_atomic(output_file(out, "config.json", "the run's config"), self.cfg.to_dict())
         write_json_atomic(
-            self.out / "sharding_plan.json", {"fingerprint": plan.fingerprint, **plan.to_dict()}
+            output_file(out, "sharding_plan.json", "the run's sharding plan"),
+            {"fingerprint": plan.fingerprint, **plan.to_dict()},
         )
-        return JsonlLog(self.out / "metrics.jsonl", resume_step=self.step)
+        for name in ("eval.json", "report.png"):  # written at the end: refuse a link now
+            output_file(out, name, f"the run's {name}")
+        return JsonlLog(output_file(out, "metrics.jsonl", "the run's metrics log"), self.step)
 
     def _log_start(self) -> None:
         """One line: the model, the data, the placement and where the run starts."""
@@ -218,7 +222,8 @@ class Trainer:
         results = self.evaluate()
         self._log_eval(results)
         if self.env.is_main:
-            write_json_atomic(self.out / "eval.json", {"step": self.step, "splits": results})
+            path = output_file(self.out, "eval.json", "the run's evaluation")
+            write_json_atomic(path, {"step": self.step, "splits": results})
         return results
 
     def train_step(self, batch: EpisodeBatch, next_batch: EpisodeBatch | None = None) -> StepStats:

@@ -119,9 +119,10 @@ def _overrides(cfg: DeliveryConfig, episodes_dir: str, run_dir: Path, ws: WarmSt
             raise ValueError(f"delivery config: trainer override {o!r} is set by the flow; drop it")
     # Bare values (the trainer reads a value that is not a TOML literal as a string): the
     # Kubernetes renderer checks data.path as written and does not unquote it.
-    flow = [f"data.path={episodes_dir}", f"train.output_dir={run_dir}"]
-    if ws.checkpoint:
-        flow.append(f"checkpoint.warm_start={ws.checkpoint}")
+    # The flow decides the warm start, always: the champion's checkpoint, or none (empty), so a
+    # trainer config file's own checkpoint.warm_start never applies (warm_start = false wins).
+    flow = [f"data.path={episodes_dir}", f"train.output_dir={run_dir}",
+            f"checkpoint.warm_start={ws.checkpoint or ''}"]  # fmt: skip
     return [*cfg.trainer_overrides, *flow]
 
 

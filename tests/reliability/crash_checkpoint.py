@@ -46,10 +46,10 @@ def main(root: str, point: str) -> None:
 
     if point == "shard":
 
-        def cut_save(obj: object, path: Path) -> None:
+        def cut_save(obj: object, file: io.BufferedWriter) -> None:  # the shard's open file
             buf = io.BytesIO()
             real_save(obj, buf)
-            _half(Path(path), buf.getvalue())
+            _half(Path(file.name), buf.getvalue())
 
         ck.torch.save = cut_save  # type: ignore[assignment]
     elif point == "meta":

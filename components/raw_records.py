@@ -96,7 +96,7 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _DECODER = json.JSONDecoder()
-_CHUNK = 1 << 22
+_CHUNK = 1 << 20
 _INF = float("inf")
 
 

@@ -163,3 +163,31 @@ def test_rejects_equal_the_generators_ground_truth(fmt, raw_model, tmp_path):
     unlabelled = pq.read_table(tmp_path / "p.parquet").column("click").null_count
     labelled = summary["metrics"]["labelled_rows"]
     assert unlabelled == scored_anyway[1] == summary["rows_scored"] - labelled
+
+
+def test_hostile_events_and_a_damaged_file_do_not_stop_a_run(raw_model, tmp_path):
+    """Issue 18 item 5: a lone surrogate in an id, 10k-deep nesting, two objects on a line and a
+    truncated .jsonl.gz are each rejected with their reason (the file named) and the run goes
+    on; rows read = scored + rejected."""
+    import gzip
+
+    _traffic(tmp_path / "raw", ["c-0"], range(0, 2), 10, 0)
+    good = json.dumps(rawdata.record(5000, hour=0, campaign="c-0"))
+    hostile = [good.replace('"e-', '"\\ud800e-', 1), good[:-1] + ', "x": ' + "[" * 10_000 + "}",
+               good + good, good[:-1] + ', "n": ' + "9" * 1000 + "}"]  # fmt: skip
+    folder = tmp_path / "raw" / "dt=2026-11-01" / "hr=00"
+    (folder / "part-00001.jsonl").write_text("\n".join(hostile) + "\n")
+    whole = gzip.compress("".join(good + "\n" for _ in range(30_000)).encode(), compresslevel=1)
+    (folder / "part-00002.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    summary = _score(raw_model, tmp_path / "raw", tmp_path / "p.parquet")
+    reasons = summary["reasons"]
+    assert {k: reasons[k] for k in ("lone_surrogate", "too_deep", "multiple_objects",
+                                    "number_too_long", "damaged_file")} == {
+        "lone_surrogate": 1, "too_deep": 1, "multiple_objects": 1, "number_too_long": 1,
+        "damaged_file": 1}  # fmt: skip
+    assert summary["rows_read"] == summary["rows_scored"] + summary["rows_rejected"]
+    rejected = pq.read_table(tmp_path / "p.rejected.parquet").to_pylist()
+    damaged = [r for r in rejected if r["reason"] == "damaged_file"]
+    assert damaged[0]["source_file"] == "dt=2026-11-01/hr=00/part-00002.jsonl.gz"
+    assert "Truncated" in damaged[0]["raw"] or "unreadable" in damaged[0]["raw"]
+    assert summary["rows_scored"] >= 20  # the 20 good events of hr=00 and hr=01 at least

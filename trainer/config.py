@@ -16,6 +16,7 @@ and the offending value; an unknown key or a wrong type is refused by
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -210,13 +211,12 @@ class TrainerConfig:
         learned = self.meta.learn_inner_lr
         if self.eval.adapt_lr or adapt != self.meta.adapt:
             learned = "off"
-        return MetaConfig(
-            mode=self.meta.mode,
+        return dataclasses.replace(
+            self.meta,
             inner_steps=self.eval.adapt_steps or self.meta.inner_steps,
             inner_lr=self.eval.adapt_lr or self.meta.inner_lr,
             adapt=adapt,
             learn_inner_lr=learned,
-            film_hidden=self.meta.film_hidden,
         )
 
     def wants_task_local_rows(self) -> bool:

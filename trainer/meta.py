@@ -64,10 +64,11 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from trainer.film import Modulation, modulated, support_features
 from trainer.lowrank import Factors, LowRankAdaptation
+from trainer.metaemb import pooled_fields, with_id_embedding
 from trainer.models.build import RecModel
 from trainer.sparse import SparseOut
 
-MODES = ("maml", "fomaml", "plain", "film")
+MODES = ("maml", "fomaml", "plain", "film", "metaemb")
 ADAPTS = ("head", "dense", "dense+emb")
 LEARNED_LRS = ("off", "layer", "parameter")
 
@@ -76,9 +77,10 @@ LEARNED_LRS = ("off", "layer", "parameter")
 class MetaConfig:
     """How the outer step learns. Validated on construction."""
 
-    mode: Literal["maml", "fomaml", "plain", "film"] = "maml"
-    """``maml`` (second order), ``fomaml`` (first order), ``plain`` (no inner loop) or ``film``
-    (no inner loop: a support-set encoder modulates the dense layers, :mod:`trainer.film`)."""
+    mode: Literal["maml", "fomaml", "plain", "film", "metaemb"] = "maml"
+    """``maml`` (second order), ``fomaml`` (first order), ``plain`` (no inner loop), ``film``
+    (no inner loop: a support-set encoder modulates the dense layers, :mod:`trainer.film`) or
+    ``metaemb`` (plain training plus a generator of cold ids' embeddings, :mod:`trainer.metaemb`)."""
     inner_steps: int = 1
     """SGD steps on each episode's support set (also used by evaluation-time adaptation)."""
     inner_lr: float = 0.1
@@ -90,8 +92,17 @@ class MetaConfig:
     """Meta-SGD (:mod:`trainer.metasgd`): learn the inner step sizes with the outer loss, one per
     adapted layer and table (``layer``) or one per adapted parameter entry (``parameter``), all
     starting at ``inner_lr``; ``maml`` and ``fomaml`` only. Evaluation adapts with them."""
-    film_hidden: int = 32
-    """``mode = "film"``: width of the support-set encoder's per-sample embedding."""
+    encoder_hidden: int = 32
+    """``mode = "film"``: width of the support-set encoder's per-sample embedding; ``metaemb``:
+    the id-embedding generator's hidden width."""
+    metaemb_id: str = ""
+    """``mode = "metaemb"``: the sparse feature whose embedding is generated for unseen ids (e.g.
+    the task key's feature, ``campaign_id``)."""
+    metaemb_attributes: tuple[str, ...] = ()
+    """``mode = "metaemb"``: the sparse features describing that id, which the generator reads."""
+    metaemb_alpha: float = 0.1
+    """``mode = "metaemb"``: weight of the cold-phase loss in the generator's loss (the warm-up
+    phase gets ``1 - alpha``); the warm-up takes ``inner_steps`` steps of ``inner_lr``."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -108,8 +119,21 @@ class MetaConfig:
                 f"but meta.mode = {self.mode!r} has no inner loop: use mode 'maml' or 'fomaml', "
                 "or learn_inner_lr = 'off'"
             )
-        if self.film_hidden < 1:
-            raise ValueError(f"meta.film_hidden must be >= 1, got {self.film_hidden}")
+        if self.encoder_hidden < 1:
+            raise ValueError(f"meta.encoder_hidden must be >= 1, got {self.encoder_hidden}")
+        self.metaemb_attributes = tuple(self.metaemb_attributes)
+        if self.mode == "metaemb" and (
+            not self.metaemb_id
+            or not self.metaemb_attributes
+            or self.metaemb_id in self.metaemb_attributes
+        ):
+            raise ValueError(
+                "meta.mode = 'metaemb' needs meta.metaemb_id (the feature whose cold ids get a "
+                "generated embedding) and meta.metaemb_attributes (other features describing it), "
+                f"got {self.metaemb_id!r} and {list(self.metaemb_attributes)}"
+            )
+        if not 0.0 <= self.metaemb_alpha <= 1.0:
+            raise ValueError(f"meta.metaemb_alpha must be in [0, 1], got {self.metaemb_alpha}")
         if self.inner_steps < 1:
             raise ValueError(
                 f"meta.inner_steps must be >= 1, got {self.inner_steps} (use mode='plain' for no adaptation)"
@@ -146,6 +170,8 @@ class Adapted:
     rows: dict[str, Tensor]
     weights: dict[str, Tensor] = field(default_factory=dict)
     film: Modulation = field(default_factory=dict)
+    id_emb: Tensor | None = None
+    """``mode = "metaemb"``: the generated and warmed-up embedding of each episode's id ``(T, D)``."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,6 +447,40 @@ def _adaptation(model: RecModel, adapt: str) -> LowRankAdaptation:
     return LowRankAdaptation({name: model.dense_half.get_submodule(name) for name in layers})
 
 
+def _metaemb_phases(
+    model: RecModel, cfg: MetaConfig, sparse: SparseOut, batch: Any, ep: _Episodes, train: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """MetaEmb's cold and warm-up phases with the model held fixed (:mod:`trainer.metaemb`):
+    the per-episode support loss at the generated id embedding, the query loss after the
+    warm-up steps, and the warmed-up embedding ``(T, D)``. ``train``: keep the graph through the
+    warm-up gradients (second order, as in the paper)."""
+    gen = model.id_generator
+    if gen is None:
+        raise ValueError(
+            "meta.mode = 'metaemb' needs the model's id-embedding generator: build the model with "
+            "build_model(..., meta=<the MetaConfig>)"
+        )
+    K = batch.k_support
+    dense = batch.dense.to(ep.y.dtype)
+    params = _detach(dict(model.dense_half.named_parameters()))
+    support, query = sparse.detach().side(slice(0, K)), sparse.detach().side(slice(K, None))
+
+    def loss(e: Tensor, side: SparseOut, sl: slice, mask: Tensor) -> Tensor:
+        side = with_id_embedding(side, gen.id_field, e)
+        logits = functional_call(model.dense_half, params, (side, dense[:, sl]))
+        return _masked_mean(_bce(logits, ep.y[:, sl]), mask)
+
+    e = gen(pooled_fields(support), ep.s_mask)
+    cold = loss(e, support, slice(0, K), ep.s_mask)
+    step_loss = cold
+    for step in range(cfg.inner_steps):
+        if step:
+            step_loss = loss(e, support, slice(0, K), ep.s_mask)
+        (g,) = torch.autograd.grad(step_loss.sum(), e, create_graph=train)
+        e = e - cfg.inner_lr * g
+    return cold, loss(e, query, slice(K, None), ep.q_mask), e
+
+
 # ---------------------------------------------------------------------------------------------
 # Public API
 
@@ -428,9 +488,10 @@ def _adaptation(model: RecModel, adapt: str) -> LowRankAdaptation:
 def export_refusal(cfg: MetaConfig) -> str | None:
     """Why a model trained with ``cfg`` cannot be exported yet (None: it can). The exported
     model adapts with one fixed step size and has no support-set encoder."""
-    if cfg.mode == "film":
+    if cfg.mode in ("film", "metaemb"):
+        what = "support-set encoder" if cfg.mode == "film" else "id-embedding generator"
         return (
-            "meta.mode = 'film': the exported model cannot carry the support-set encoder yet; "
+            f"meta.mode = {cfg.mode!r}: the exported model cannot carry the {what} yet; "
             "evaluate the checkpoint with the trainer (eval.json), or train with another meta.mode"
         )
     if cfg.learn_inner_lr != "off":
@@ -470,6 +531,15 @@ def outer_loss(
         per_episode = _masked_mean(per_sample, torch.cat([ep.s_mask, ep.q_mask], 1))
         s_loss = _masked_mean(per_sample[:, :K].detach(), ep.s_mask)
         q_loss = _masked_mean(per_sample[:, K:].detach(), ep.q_mask)
+    elif cfg.mode == "metaemb":
+        ep = _Episodes(model, sparse, batch, None)
+        logits = model.dense_half(sparse, batch.dense.to(dtype))
+        per_sample = _bce(logits, ep.y)
+        plain = _masked_mean(per_sample, torch.cat([ep.s_mask, ep.q_mask], 1))
+        s_loss, q_loss, _ = _metaemb_phases(model, cfg, sparse, batch, ep, train=True)
+        a = cfg.metaemb_alpha
+        per_episode = plain + a * s_loss + (1 - a) * q_loss
+        s_loss, q_loss = s_loss.detach(), q_loss.detach()
     elif cfg.mode == "film":
         ep = _Episodes(model, sparse, batch, None)
         K = batch.k_support
@@ -525,6 +595,11 @@ def adapt(model: RecModel, sparse: SparseOut, batch: Any, cfg: MetaConfig) -> Ad
     Evaluation only (``sparse`` from ``model.embeddings.read``): runs without an outer graph and
     returns detached per-episode offsets.
     """
+    if model.id_generator is not None:
+        ep = _Episodes(model, sparse, batch, None)
+        with torch.enable_grad():
+            e = _metaemb_phases(model, cfg, sparse, batch, ep, train=False)[2]
+        return Adapted({}, {}, id_emb=e.detach())
     if model.task_encoder is not None:
         ep = _Episodes(model, sparse, batch, None)
         K = batch.k_support
@@ -561,6 +636,14 @@ def predict(
     K = batch.k_support
     query = sparse.detach().side(slice(K, None))
     dense = batch.dense[:, K:].to(_dtype(query))
+    gen = model.id_generator
+    if gen is not None:  # MetaEmb: the id's embedding generated (and warmed up when adapted)
+        if adapted is None:
+            _, q_mask = _masks(batch, None, dense.dtype)
+            emb = gen(pooled_fields(query), q_mask)
+        else:
+            emb = adapted.id_emb
+        return model(with_id_embedding(query, gen.id_field, emb), dense)
     if adapted is None and model.task_encoder is not None:
         T = dense.shape[0]
         nothing = dense.new_zeros(T, 1, model.task_encoder.embed.in_features)

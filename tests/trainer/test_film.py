@@ -17,7 +17,7 @@ from trainer.meta import MetaConfig, adapt, export_refusal, outer_loss, predict
 from trainer.models import ModelConfig, build_model
 from trainer.sparse import SparseOut
 
-FILM = MetaConfig(mode="film", film_hidden=6)
+FILM = MetaConfig(mode="film", encoder_hidden=6)
 
 
 def film_model(arch: str, randomize: bool = True):
@@ -138,7 +138,7 @@ def test_film_learns_what_the_support_set_reveals():
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     cfg = ModelConfig(arch="melu", embedding_dim=4, mlp=(16,), embedding_init_std=0.1)
-    meta = MetaConfig(mode="film", film_hidden=16)
+    meta = MetaConfig(mode="film", encoder_hidden=16)
     model = build_model(cfg, TASK_LAYOUT, seed=0, meta=meta)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(300):  # the encoder's last map starts at zero: slower to start than MAML

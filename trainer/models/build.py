@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from trainer.embeddings import PlainEmbeddingCollection
 from trainer.film import TaskEncoder
+from trainer.metaemb import IdEmbeddingGenerator
 from trainer.metasgd import InnerLearningRates
 from trainer.models.common import FieldLinear, Linear
 from trainer.models.deepfm import DeepFMDense
@@ -87,12 +88,14 @@ class ModelConfig:
 class RecModel(nn.Module):
     """Dense half + injected embeddings (see the module docstring), and the parameters of the
     meta-learning method when it has some (``build_model(..., meta=)``): ``inner_lrs``
-    (Meta-SGD, :mod:`trainer.metasgd`) and ``task_encoder`` (FiLM, :mod:`trainer.film`), None
-    otherwise. They are submodules, so Adam, the dense all-reduce and checkpoints carry them."""
+    (Meta-SGD, :mod:`trainer.metasgd`), ``task_encoder`` (FiLM, :mod:`trainer.film`) and
+    ``id_generator`` (MetaEmb, :mod:`trainer.metaemb`), None otherwise. They are submodules, so
+    Adam, the dense all-reduce and checkpoints carry them."""
 
     embeddings: EmbeddingCollection
     inner_lrs: InnerLearningRates | None
     task_encoder: TaskEncoder | None
+    id_generator: IdEmbeddingGenerator | None
 
     def __init__(
         self, cfg: ModelConfig, dense_half: nn.Module, embeddings: EmbeddingCollection
@@ -102,6 +105,7 @@ class RecModel(nn.Module):
         self.dense_half = dense_half
         self.inner_lrs = None
         self.task_encoder = None
+        self.id_generator = None
         object.__setattr__(self, "embeddings", embeddings)  # never a submodule (see docstring)
 
     def forward(self, sparse: SparseOut, dense: Tensor) -> Tensor:
@@ -157,8 +161,14 @@ class RecModel(nn.Module):
 
 def build_meta_modules(model: RecModel, meta: Any, layout: Any, *, seed: int = 0) -> None:
     """Give ``model`` the parameters of ``meta``'s method (a ``MetaConfig``): Meta-SGD's step
-    sizes (``meta.learn_inner_lr``) and FiLM's support-set encoder (``meta.mode = "film"``,
-    initialised from ``seed`` without touching the global RNG state)."""
+    sizes (``meta.learn_inner_lr``), FiLM's support-set encoder (``meta.mode = "film"``) and
+    MetaEmb's id-embedding generator (``meta.mode = "metaemb"``); the networks are initialised from
+    ``seed`` without touching the global RNG state.
+
+    Raises:
+        ValueError: ``meta.metaemb_id`` or ``meta.metaemb_attributes`` name a feature the layout
+            does not have.
+    """
     cfg = model.cfg
     if meta.learn_inner_lr != "off":
         layers = {n: model.dense_half.get_submodule(n) for n in model.adapted_layers(meta.adapt)}
@@ -172,7 +182,21 @@ def build_meta_modules(model: RecModel, meta: Any, layout: Any, *, seed: int = 0
         width = len(layout.table_offsets) * cfg.embedding_dim + int(layout.dense_width) + 1
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model.task_encoder = TaskEncoder(width, meta.film_hidden, model.modulated_layers())
+            model.task_encoder = TaskEncoder(width, meta.encoder_hidden, model.modulated_layers())
+    if meta.mode == "metaemb":
+        names = list(layout.feature_names)
+        unknown = [n for n in (meta.metaemb_id, *meta.metaemb_attributes) if n not in names]
+        if unknown:
+            raise ValueError(
+                f"meta.metaemb_id / meta.metaemb_attributes name {unknown}, which are not sparse "
+                f"features of this data (features: {', '.join(names)})"
+            )
+        attributes = [names.index(n) for n in meta.metaemb_attributes]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model.id_generator = IdEmbeddingGenerator(
+                names.index(meta.metaemb_id), attributes, cfg.embedding_dim, meta.encoder_hidden
+            )
 
 
 def build_embeddings(

@@ -47,7 +47,7 @@ class MethodCase(Case):
             inner_lr=0.3,
             adapt=self.adapt,
             learn_inner_lr=self.learn_inner_lr,
-            film_hidden=5,
+            encoder_hidden=5,
         )
 
 

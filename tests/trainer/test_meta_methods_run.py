@@ -1,6 +1,6 @@
-"""The trainer runs Meta-SGD and FiLM end to end: a crash and resume equals the uninterrupted run
-(the learned step sizes and the encoder are in the checkpoint, with their Adam state), and the
-evaluation adapts with them."""
+"""The trainer runs Meta-SGD, FiLM and MetaEmb end to end: a crash and resume equals the
+uninterrupted run (the learned step sizes, the encoder and the generator are in the checkpoint,
+with their Adam state), and the evaluation adapts with them."""
 
 from __future__ import annotations
 
@@ -22,13 +22,16 @@ def episodes(tmp_path_factory) -> Path:
     [
         {"meta.mode": "maml", "meta.learn_inner_lr": "parameter", "meta.adapt": "dense+emb"},
         {"meta.mode": "film", "model.arch": "deepfm"},
+        {"meta.mode": "metaemb", "meta.metaemb_id": "ad", "meta.metaemb_attributes": ["user"]},
     ],
-    ids=["metasgd", "film"],
+    ids=["metasgd", "film", "metaemb"],
 )
 def test_crash_and_resume_equals_uninterrupted_run(episodes: Path, tmp_path: Path, method) -> None:
     extra = {"train.steps": 6, "checkpoint.every": 3, "train.eval_every": 0, **method}
     reference = _run(tiny_config(episodes, tmp_path / "reference", **extra))
-    own = "inner_lrs." if "meta.learn_inner_lr" in method else "task_encoder."
+    own = {"film": "task_encoder.", "metaemb": "id_generator."}.get(
+        method["meta.mode"], "inner_lrs."
+    )
     assert any(k.startswith(own) for k in reference.model.state_dict())
 
     out = tmp_path / "interrupted"

@@ -73,7 +73,7 @@ def reference_loss(model, emb, lin, batch, cfg, warmed=None):
         e = F.linear(F.relu(F.linear(x, gen.hidden.weight, gen.hidden.bias)), gen.out.weight)
         e = e + gen.out.bias
 
-        def phase(e, positions):
+        def phase(e, positions, t=t, samples=samples):
             losses = []
             for p in positions:
                 fields, linear = samples[p]
@@ -147,9 +147,9 @@ def test_without_adaptation_the_id_embedding_comes_from_the_query_attributes_onl
 
 
 def test_configs_and_refusals():
-    with pytest.raises(ValueError, match="needs meta.metaemb_id"):
+    with pytest.raises(ValueError, match=r"needs meta\.metaemb_id"):
         MetaConfig(mode="metaemb", metaemb_attributes=("user",))
-    with pytest.raises(ValueError, match="needs meta.metaemb_id"):
+    with pytest.raises(ValueError, match=r"needs meta\.metaemb_id"):
         MetaConfig(mode="metaemb", metaemb_id="ad", metaemb_attributes=("ad",))
     with pytest.raises(ValueError, match=r"\['campaign'\], which are not sparse features"):
         metaemb_model("melu", metaemb_cfg(metaemb_id="campaign"))

@@ -1,6 +1,6 @@
-"""Oracle 1 of DESIGN.md §5 for the methods beyond MAML: Meta-SGD (learned inner step sizes) and
-FiLM (support-set encoder) meta-training at world size 2 (gloo, CPU, spawned) ends with the same
-dense parameters (the step sizes and the encoder included), embedding rows and Adam state as the
+"""Oracle 1 of DESIGN.md §5 for the methods beyond MAML: Meta-SGD (learned inner step sizes),
+FiLM (support-set encoder) and MetaEmb (id-embedding generator) meta-training at world size 2 (gloo, CPU, spawned) ends with the same
+dense parameters (the step sizes, the encoder and the generator included), embedding rows and Adam state as the
 single-process run over the union of the ranks' episodes."""
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ class MethodCase(Case):
             adapt=self.adapt,
             learn_inner_lr=self.learn_inner_lr,
             encoder_hidden=5,
+            metaemb_id="ad" if self.mode == "metaemb" else "",
+            metaemb_attributes=("user", "hour") if self.mode == "metaemb" else (),
         )
 
 
@@ -56,7 +58,9 @@ CASES = [
     MethodCase("dlrm", "fomaml", "dense", learn_inner_lr="layer", clip=0.05),
     MethodCase("wide_deep", "film", sharding="table_wise"),
     MethodCase("melu", "film", clip=0.05),
+    MethodCase("deepfm", "metaemb"),
 ]
+OWN = {"film": "task_encoder.", "metaemb": "id_generator."}
 
 
 def train_cases(env: ParallelEnv, cases: list[MethodCase], steps: int) -> dict:
@@ -113,7 +117,7 @@ def test_world_size_2_matches_single_process(case: MethodCase, world2: list[dict
     for res in per_rank:  # replicas are bitwise identical
         for key, value in res["dense"].items():
             assert torch.equal(value, per_rank[0]["dense"][key]), (case.name, key)
-    own = "inner_lrs." if case.learn_inner_lr != "off" else "task_encoder."
+    own = OWN.get(case.mode, "inner_lrs.")
     assert any(k.startswith(own) for k in ref["dense"]), case.name
     own_keys = [k for k in ref["dense"] if k.startswith(own)]
     assert any(not torch.equal(ref["dense"][k], ref["init"][k]) for k in own_keys)  # it trained

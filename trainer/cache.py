@@ -343,6 +343,22 @@ class MixCache:
         self._count(counts)
         return int(slots.numel())
 
+    def overwrite(self, rows: Tensor, values: dict[str, Tensor]) -> None:
+        """Set columns of unique ``rows`` (``values``: column name -> ``(n, width)``) in the host
+        store and, where a row is resident (or staged by a prefetch), in its slot too."""
+        self._settle()
+        rows = rows.detach().to("cpu", torch.int64)
+        with self._lock:
+            slots = self.row_slot.index_select(0, rows).long()
+            resident = slots >= 0
+            for name, value in values.items():
+                host = self.store.column(name)
+                value = value.reshape(-1, *host.shape[1:])
+                host[rows] = value.to("cpu", host.dtype)
+                col = self.store.column(name, self.buf)
+                col[slots[resident].to(self.device)] = value[resident.to(value.device)].to(col)
+            self.dirty.index_fill_(0, slots[resident], False)
+
     def flush(self, count: bool = True) -> int:
         """Write every dirty row back to the host store (they stay cached, now clean); returns
         the bytes written. ``count=False`` (checkpoints) keeps them out of the step counters, so
@@ -664,6 +680,14 @@ class CachedRows:
         )
         if any(g is not None for g in grads.values()):
             self.cache.mark_dirty(rows.masked_select(keep))
+
+    def reset(self, rows: Tensor, emb: Tensor) -> None:
+        """Start unique local ``rows`` afresh: ``emb`` values, ``linear`` and Adagrad state 0."""
+        zeros = emb.new_zeros(emb.shape[0], 1)
+        values = {"emb.weight": emb, **{f"{k}.adagrad_sum": zeros for k in self.tables}}
+        if "linear" in self.tables:
+            values["linear.weight"] = zeros
+        self.cache.overwrite(rows, values)
 
     @property
     def prefetches(self) -> bool:

@@ -197,6 +197,11 @@ class RowStore(Protocol):
         """Row-wise Adagrad on unique local ``rows`` (null rows never move)."""
         ...
 
+    def reset(self, rows: Tensor, emb: Tensor) -> None:
+        """Start unique local ``rows`` afresh (a dynamic table's newly admitted ids): ``emb``
+        values, ``linear`` and Adagrad state 0."""
+        ...
+
     @property
     def prefetches(self) -> bool:
         """Whether :meth:`prefetch` stages anything (a cache with its prefetch stage)."""
@@ -257,6 +262,15 @@ class DeviceRows:
         check_grad_tables(grads, self.tables)
         keep = ~self.null.index_select(0, rows)
         rowwise_adagrad_(self.weights, self.accum, rows, grads, keep, lr, self.adagrad_eps)
+
+    @torch.no_grad()
+    def reset(self, rows: Tensor, emb: Tensor) -> None:
+        """Start unique local ``rows`` afresh: ``emb`` values, ``linear`` and Adagrad state 0."""
+        self.weights["emb"].index_copy_(0, rows, emb.to(self.weights["emb"]))
+        for name, acc in self.accum.items():
+            acc.index_fill_(0, rows, 0.0)
+            if name != "emb":
+                self.weights[name].index_fill_(0, rows, 0.0)
 
     @property
     def prefetches(self) -> bool:
@@ -410,6 +424,11 @@ class PlainEmbeddingCollection(RowCollection):
 
     def prefetch(self, batch: Batch) -> None:
         """Nothing to stage (no cache)."""
+
+    def reset_rows(self, ids: Tensor, emb: Tensor) -> None:
+        """Start rows ``ids`` (unique global ids) afresh: ``emb`` values, ``linear`` and Adagrad
+        state 0 (a dynamic table's newly admitted ids, ``trainer.dynamic``)."""
+        self.store.reset(ids.to(self.device), emb)
 
     def apply_gradients(self, lr: float) -> None:
         """Row-wise Adagrad on the rows of the last :meth:`lookup` with their ``.grad``."""

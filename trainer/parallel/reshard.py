@@ -23,7 +23,12 @@ from typing import Any
 from torch import Tensor
 
 from trainer.parallel.plan import ShardingPlan
-from trainer.parallel.sharded_embeddings import PLAN_KEY, ROW_KEYS, shard_of_full
+from trainer.parallel.sharded_embeddings import (
+    PLAN_KEY,
+    ROW_KEYS,
+    replicated_entries,
+    shard_of_full,
+)
 
 
 def plan_of(shard: dict[str, Any]) -> ShardingPlan:
@@ -62,11 +67,13 @@ def merge_shards(shards: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
         ids = plan.owned_ids(r)
         for key in keys:
             full[key][ids] = shard[key].to(full[key].device)
+    full.update(replicated_entries(shards[0]))
     return full
 
 
 def reshard_states(shards: Sequence[dict[str, Any]], plan: ShardingPlan) -> list[dict[str, Any]]:
     """Every rank's shard under ``plan`` from the shards of another plan (any world sizes):
-    the same rows and the same Adagrad state, only placed differently."""
+    the same rows and the same Adagrad state, only placed differently (a dynamic table's maps,
+    held whole by every rank, unchanged)."""
     full = merge_shards(shards)
     return [shard_of_full(plan, r, full) for r in range(plan.world_size)]

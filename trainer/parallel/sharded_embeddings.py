@@ -55,6 +55,13 @@ from trainer.sparse import Batch, LookedUpRows, Pooling, SparseOut
 PLAN_KEY = "sharding.plan"
 ROW_KEYS = ("emb.weight", "linear.weight", "emb.adagrad_sum", "linear.adagrad_sum", "null_mask")
 """The per-row tensors of a collection's state (a full table's or a shard's)."""
+REPLICATED_PREFIX = "dynamic."
+
+
+def replicated_entries(state: dict[str, Any]) -> dict[str, Any]:
+    """The entries every rank holds whole (a dynamic table's id maps, ``dynamic.*``): carried
+    unchanged through merging and resharding."""
+    return {k: v for k, v in state.items() if k.startswith(REPLICATED_PREFIX)}
 
 
 def shard_metadata(plan: ShardingPlan, rank: int) -> dict[str, str | int]:
@@ -84,6 +91,7 @@ def shard_of_full(plan: ShardingPlan, rank: int, full: dict[str, Any]) -> dict[s
     out: dict[str, Any] = {
         k: full[k].index_select(0, ids.to(full[k].device)).clone() for k in ROW_KEYS if k in full
     }
+    out.update(replicated_entries(full))
     out.update(shard_metadata(plan, rank))
     return out
 
@@ -263,6 +271,13 @@ class ShardedEmbeddingCollection(RowCollection):
         route = self._exchange_ids(batch.ids.to(self.device))
         self.store.prefetch(route.unique)
         self._next = route
+
+    def reset_rows(self, ids: Tensor, emb: Tensor) -> None:
+        """Start rows ``ids`` (unique global ids, the same on every rank) afresh: this rank resets
+        those it owns (``emb`` values, ``linear`` and Adagrad state 0). No collective."""
+        owner, local = self.plan.locate(ids.to(self.device))
+        mine = owner == self.rank
+        self.store.reset(local[mine], emb.to(self.device)[mine])
 
     # ------------------------------------------------------------------------------- optimizer
     @torch.no_grad()

@@ -8,9 +8,10 @@ A step is the trainer's (``Trainer.train_step`` without the data-parallel hooks)
     loss, _ = outer_loss(model, sparse, batch, meta) # trainer/meta.py (vmap inner loop)
     loss.backward(); optimizers.step()               # Adam + row-wise Adagrad
 
-Precision variants wrap the forward (lookup and ``outer_loss``) in a context: ``tf32`` lets CUDA
-matrix products run in TF32 (``torch.set_float32_matmul_precision("high")``), ``bf16`` is
-``torch.autocast`` to bfloat16 (parameters, rows and optimizer state stay fp32). ``compile``
+Precision variants: ``tf32`` lets CUDA matrix products run in TF32 for the whole step
+(``torch.set_float32_matmul_precision("high")``, backward included); ``bf16`` runs the forward
+(lookup and ``outer_loss``) under ``torch.autocast`` to bfloat16, backward outside it as autocast
+prescribes (parameters, rows and optimizer state stay fp32). ``compile``
 runs ``torch.compile(outer_loss)``. Exactness: one step from the same initial parameters on the
 same batch, ``max |x - x_fp32|`` and ``||x - x_fp32|| / ||x_fp32||`` of the logits of every sample
 and of the dense gradients; a variant is "exact enough" when both relative errors are within its
@@ -20,6 +21,7 @@ tolerance (:data:`TOLERANCE`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -57,29 +59,38 @@ def meta_config(mode: str) -> MetaConfig:
     return MetaConfig(mode=mode, inner_steps=1, inner_lr=0.1, adapt="dense")
 
 
+_INITIAL: dict[tuple[Shape, torch.device], RecModel] = {}
+
+
 def build(shape: Shape, device: torch.device) -> RecModel:
-    """The MeLU concat-MLP at ``shape`` with the plain collection, seeded (same for every call)."""
-    cfg = ModelConfig(arch="melu", embedding_dim=shape.dim, mlp=shape.mlp)
-    return build_model(cfg, layout(shape), seed=0, device=device)
+    """The MeLU concat-MLP at ``shape`` with the plain collection, seeded: the same initial model
+    for every call (a copy of one built once: drawing 16M rows takes seconds each time)."""
+    key = (shape, device)
+    if key not in _INITIAL:
+        cfg = ModelConfig(arch="melu", embedding_dim=shape.dim, mlp=shape.mlp)
+        _INITIAL[key] = build_model(cfg, layout(shape), seed=0, device=device)
+    return copy.deepcopy(_INITIAL[key])
 
 
 @contextlib.contextmanager
-def precision(name: str, device: torch.device) -> Iterator[None]:
-    """The forward's numeric mode: ``fp32``, ``tf32`` (CUDA matrix products) or ``bf16``."""
-    if name == "bf16":
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            yield
-    elif name == "tf32":
-        if device.type != "cuda":
-            raise ValueError("TF32 is a CUDA matrix-product mode")
-        before = torch.get_float32_matmul_precision()
-        torch.set_float32_matmul_precision("high")
-        try:
-            yield
-        finally:
-            torch.set_float32_matmul_precision(before)
-    else:
+def matmul_mode(name: str, device: torch.device) -> Iterator[None]:
+    """Around a whole step: TF32 matrix products for ``tf32`` (CUDA only), else unchanged."""
+    if name != "tf32":
         yield
+        return
+    if device.type != "cuda":
+        raise ValueError("TF32 is a CUDA matrix-product mode")
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def autocast(name: str, device: torch.device) -> torch.autocast:
+    """Around the forward: bfloat16 autocast for ``bf16``, else a disabled autocast."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=name == "bf16")
 
 
 def step_fn(shape: Shape, device: torch.device, mode: str, prec: str, loss_fn=outer_loss) -> StepFn:
@@ -88,11 +99,12 @@ def step_fn(shape: Shape, device: torch.device, mode: str, prec: str, loss_fn=ou
     opt = build_optimizers(OPTIM, model)
 
     def step(batch: EpisodeBatch) -> torch.Tensor:
-        with precision(prec, device):
-            sparse = model.embeddings.lookup(batch)
-            loss, _ = loss_fn(model, sparse, batch, meta)
-        loss.backward()
-        opt.step()
+        with matmul_mode(prec, device):
+            with autocast(prec, device):
+                sparse = model.embeddings.lookup(batch)
+                loss, _ = loss_fn(model, sparse, batch, meta)
+            loss.backward()
+            opt.step()
         return loss.detach()
 
     return step
@@ -161,12 +173,13 @@ def _forward_backward(
     if backend is not None:
         loss_fn = torch.compile(outer_loss, backend=backend)
         forward = torch.compile(model, backend=backend)
-    with precision(prec, device):
-        sparse = model.embeddings.lookup(batch)
-        loss, _ = loss_fn(model, sparse, batch, meta)
-        with torch.no_grad():
-            logits = forward(sparse, batch.dense)
-    loss.backward()
+    with matmul_mode(prec, device):
+        with autocast(prec, device):
+            sparse = model.embeddings.lookup(batch)
+            loss, _ = loss_fn(model, sparse, batch, meta)
+            with torch.no_grad():
+                logits = forward(sparse, batch.dense)
+        loss.backward()
     grads = torch.cat([p.grad.reshape(-1) for p in model.dense_half.parameters()])
     return logits.float().reshape(-1), grads.float()
 
@@ -251,13 +264,56 @@ def run_steps(
             exact[f"{mode}.{prec}"] = {"status": budget.skip_reason(10)}
             continue
         exact[f"{mode}.{prec}"] = exactness(shape, device, batches[0], mode, prec, "")
+    profiled = {}
+    for name in ("plain.fp32", "fomaml.fp32"):
+        if name in fns and budget.allows(15):
+            profiled[name] = profile_step(fns[name], batches, device)
     return {
         "status": "ok",
+        "profile": profiled,
         "unique_rows_per_step": unique,
         "model_flops_per_step": model_flops(shape),
         "embedding_bytes_per_step": embedding_bytes(shape, unique, shape.dim + 1),
         "variants": variants,
         "exactness_vs_fp32": exact,
+    }
+
+
+SYNC_EVENTS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::unique",
+               "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpyAsync",
+               "cudaMemcpy")  # fmt: skip
+"""Profiler events that are (or usually imply) a host<->device round trip."""
+
+
+def profile_step(fn: StepFn, batches: list[EpisodeBatch], device: torch.device, steps: int = 3
+                 ) -> dict[str, Any]:  # fmt: skip
+    """Where one step's time goes (``torch.profiler`` over ``steps`` steps): the top operators
+    and kernels by self time, kernel launches and round-trip events per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    fn(batches[0])
+    with profile(activities=acts) as prof:
+        for i in range(steps):
+            fn(batches[i % len(batches)])
+        if cuda:
+            torch.cuda.synchronize(device)
+    events = prof.key_averages()
+    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    ranked = sorted(events, key=lambda e: getattr(e, attr, 0), reverse=True)[:15]
+    return {
+        "by": "self device time" if cuda else "self CPU time",
+        "top": [
+            {
+                "name": e.key[:120],
+                "calls_per_step": e.count / steps,
+                "self_ms_per_step": round(getattr(e, attr, 0) / 1e3 / steps, 3),
+            }
+            for e in ranked
+        ],
+        "kernel_launches_per_step": sum(e.count for e in events if "LaunchKernel" in e.key) / steps,
+        "round_trips_per_step": {e.key: e.count / steps for e in events if e.key in SYNC_EVENTS},
     }
 
 
@@ -291,13 +347,15 @@ def run_compile(
     need_s: float,
 ) -> dict[str, Any]:
     """Part 5: ``torch.compile(outer_loss)`` per mode: exactness and throughput against the fp32
-    step timed in the same rounds; a mode that fails records the reason."""
+    step timed in the same rounds, and what Dynamo made of it (graphs, graph breaks: a break
+    leaves that frame eager); a mode that fails records the reason."""
     out: dict[str, Any] = {"status": "ok", "backend": backend, "modes": {}}
     for mode in modes:
         if not budget.allows(need_s):
             out["modes"][mode] = {"status": budget.skip_reason(need_s)}
             continue
         try:
+            torch._dynamo.reset()  # each mode compiles from scratch; its own counters
             exact = exactness(shape, device, batches[0], mode, "compile", backend)
             compiled = torch.compile(outer_loss, backend=backend)
             fns = {
@@ -312,7 +370,25 @@ def run_compile(
                 "exactness_vs_fp32": exact,
                 **res,
                 "compile_vs_fp32": round(ratio, 3),
+                "dynamo": _dynamo_counters(),
             }
         except Exception as e:  # one mode's failure is a finding, not the end of the part
             out["modes"][mode] = {"status": "failed", "error": f"{type(e).__name__}: {e}"[:2000]}
     return out
+
+
+def _dynamo_counters() -> dict[str, Any]:
+    """Graphs Dynamo captured and its graph breaks since the last reset (private counters: an
+    error string where this torch has none)."""
+    try:
+        from torch._dynamo.utils import counters
+
+        breaks = counters["graph_break"]
+        reasons = sorted({r.strip().splitlines()[0][:200] for r in breaks})
+        return {
+            "unique_graphs": int(counters["stats"].get("unique_graphs", 0)),
+            "graph_breaks": int(sum(breaks.values())),
+            "graph_break_reasons": reasons[:5],
+        }
+    except Exception as e:  # private API: its absence must not fail the part
+        return {"error": f"{type(e).__name__}: {e}"[:300]}

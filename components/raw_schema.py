@@ -9,7 +9,9 @@ Storage layout: hourly Hive-style partitions, ``<root>/dt=YYYY-MM-DD/hr=HH/part-
 ``event_time`` falls in that UTC hour (late events may land in a later hour; see the ETL's
 ``max_lateness``).
 
-JSONL encoding: one JSON object per line; ``event_time`` as an ISO-8601 UTC string with
+JSONL encoding: one JSON object per line (lines end at ``\n``, ``\r\n`` or ``\r``; a line of
+only spaces and tabs is blank, not a record; :mod:`components.raw_records` is the one parser and
+lists every rule and reason code); ``event_time`` as an ISO-8601 UTC string with
 milliseconds (``"2026-11-01T05:12:33.120Z"``); ids and categoricals as strings (JSON integers are
 accepted and read as their decimal text); lists as JSON arrays of strings; labels as 0/1 integers.
 Unknown keys are ignored (forward compatibility), missing optional keys are null.
@@ -34,9 +36,6 @@ SCHEMA_VERSION = 1
 TASK_KEYS = ("campaign_id", "advertiser_id", "user_id", "scene_id", "ad_id")
 DEFAULT_TASK_KEY = "campaign_id"
 PARTITION_FORMATS = ("jsonl", "jsonl.gz", "parquet")
-JSON_WHITESPACE = " \t\r\n"
-"""A JSONL line made only of these (JSON's whitespace) is blank: not a row, in the ETL and in the
-scorer alike. Any other content, other Unicode spaces included, is a row (malformed if not JSON)."""
 
 
 @dataclass(frozen=True, slots=True)

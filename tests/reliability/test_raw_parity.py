@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -156,6 +157,32 @@ def test_a_50mb_line_is_quarantined_not_fatal(spark, tmp_path) -> None:
     assert [r[-2] for r in etl] == [None, rr.LINE_TOO_LONG, None]
     assert len(etl[1][-1]) < rr.RAW_PREVIEW_BYTES + 100
     assert [r[-2] for r in scorer_rows(tmp_path)] == [None, rr.LINE_TOO_LONG, None]
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_the_etl_finishes_with_a_50mb_line_and_every_hostile_line(spark, tmp_path) -> None:
+    """The whole ETL on an interval holding the hostile lines and a 50 MB line: it finishes,
+    every line is kept or quarantined with its reason (rows read = kept + quarantined)."""
+    import pyarrow.parquet as pq
+
+    from components.etl import run_etl
+    from tests.components.etl import rawdata
+    from tests.components.etl.test_job import make_config
+
+    rawdata.hours_of(tmp_path / "raw", range(3), rows_per_hour=40)
+    with open(rawdata.part_dir(tmp_path / "raw", 1) / "part-00001.jsonl", "wb") as f:
+        f.write(_file_bytes([text for _, text, _ in HOSTILE]))
+        f.write(line(2)[:-1] + b', "x": "' + b"y" * (50 << 20) + b'"}\n')
+    result = run_etl(make_config(tmp_path / "raw", tmp_path / "out"), spark)
+    assert result.rows_read == 3 * 40 + len(HOSTILE) + 1
+    assert result.rows_read == result.rows_kept + result.rows_quarantined
+    for _, _, reason in HOSTILE:
+        if reason is not None:
+            assert result.reasons.get(reason, 0) >= 1, (reason, result.reasons)
+    assert result.reasons[rr.LINE_TOO_LONG] == 2  # the 1 MiB one and the 50 MB one
+    q = pq.read_table(Path(result.output) / "_quarantine").to_pylist()
+    assert max(len(r["raw"]) for r in q) < rr.RAW_PREVIEW_BYTES + 100
 
 
 def test_damaged_files_are_named_and_the_scorer_goes_on(tmp_path, caplog) -> None:

@@ -97,6 +97,11 @@ class ChampionChanged(ValueError):
         )
 
 
+class PointerNotWritten(ValueError):
+    """The new pointer could not be written (full disk, permissions): the champion is unchanged.
+    A ``ValueError`` so the command line reports it as one line (exit 2)."""
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -217,10 +222,17 @@ def _change(root: str | Path, name: str, action: str,
             record["key"] = key
         new = Pointer(stack[-1], stack, seq, record, record["time"])
         tmp = mdir / f"{CHAMPION}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(new.to_json().encode())
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                f.write(new.to_json().encode())
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # a full disk, a read-only folder: nothing changed
+            tmp.unlink(missing_ok=True)
+            raise PointerNotWritten(
+                f"{action} of {name!r} failed: cannot write the champion pointer {tmp} "
+                f"({e.strerror or e}); the champion is unchanged ({current or 'none'})"
+            ) from e
         fault("pointer_written")
         os.replace(tmp, mdir / CHAMPION)  # the one step that changes the champion
         fsync_dir(mdir)

@@ -135,3 +135,23 @@ def test_a_rollback_whose_history_cannot_be_appended_says_it_rolled_back(tmp_pat
     out = json.loads(proc.stdout)
     assert out["champion"] == "v1" and "history not recorded" in out["warning"]
     assert registry.read_history(models, NAME)[-1]["action"] == "rollback"
+
+
+def test_a_pointer_that_cannot_be_written_leaves_the_champion_and_says_so(tmp_path) -> None:
+    """The model folder is read-only for the promoting user: one error line naming the pointer
+    file, exit 2, and the champion, history and folder as they were."""
+    models = _models(tmp_path)
+    mdir = models / NAME
+    before = sorted(p.name for p in mdir.iterdir())
+    mdir.chmod(0o555)
+    try:
+        proc = run_as_user(_promote(models, "v3"))
+    finally:
+        mdir.chmod(0o755)
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip()
+    assert "\n" not in line and line.startswith("metarec promote: error: promote of 'click-dlrm' ")
+    assert f"cannot write the champion pointer {mdir / registry.CHAMPION}.tmp-" in line
+    assert "Permission denied" in line and "the champion is unchanged (v1)" in line
+    assert registry.read_champion(models, NAME).version == "v1"
+    assert sorted(p.name for p in mdir.iterdir()) == before

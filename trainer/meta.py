@@ -482,6 +482,78 @@ def _metaemb_phases(
 
 
 # ---------------------------------------------------------------------------------------------
+# The outer loss of each method
+
+Losses = tuple[_Episodes, Tensor, Tensor, Tensor]
+"""The episodes, the per-episode loss (with its graph), and the detached support and query
+losses per episode (:class:`StepStats`)."""
+
+
+def _plain_losses(model: RecModel, sparse: SparseOut, batch: Any, cfg: MetaConfig) -> Losses:
+    """No adaptation: each episode's loss over its support and query samples."""
+    ep = _Episodes(model, sparse, batch, None)
+    logits = model.dense_half(sparse, batch.dense.to(_dtype(sparse)))
+    per_sample = _bce(logits, ep.y)
+    K = batch.k_support
+    per_episode = _masked_mean(per_sample, torch.cat([ep.s_mask, ep.q_mask], 1))
+    s_loss = _masked_mean(per_sample[:, :K].detach(), ep.s_mask)
+    q_loss = _masked_mean(per_sample[:, K:].detach(), ep.q_mask)
+    return ep, per_episode, s_loss, q_loss
+
+
+def _metaemb_losses(model: RecModel, sparse: SparseOut, batch: Any, cfg: MetaConfig) -> Losses:
+    """The plain loss plus the generator's (:func:`_metaemb_phases`); the statistics are the
+    cold-phase support loss and the warm-up query loss."""
+    ep, plain, _, _ = _plain_losses(model, sparse, batch, cfg)
+    cold, warm, _ = _metaemb_phases(model, cfg, sparse, batch, ep, train=True)
+    a = cfg.metaemb_alpha
+    return ep, plain + a * cold + (1 - a) * warm, cold.detach(), warm.detach()
+
+
+def _film_losses(model: RecModel, sparse: SparseOut, batch: Any, cfg: MetaConfig) -> Losses:
+    """The query loss under the modulation encoded from the support set; the support statistic
+    is the loss of the unconditioned (empty support set) model."""
+    ep = _Episodes(model, sparse, batch, None)
+    K = batch.k_support
+    dense = batch.dense.to(_dtype(sparse))
+    support, query = sparse.side(slice(0, K)), sparse.side(slice(K, None))
+    film = _film(model, support, dense[:, :K], ep.y[:, :K], ep.s_mask)
+    with modulated(model.dense_half, film):
+        logits = model.dense_half(query, dense[:, K:])
+    per_episode = _masked_mean(_bce(logits, ep.y[:, K:]), ep.q_mask)
+    with torch.no_grad():
+        empty = _film(model, support, dense[:, :K], ep.y[:, :K], ep.s_mask * 0)
+        with modulated(model.dense_half, empty):
+            s_logits = model.dense_half(support, dense[:, :K])
+        s_loss = _masked_mean(_bce(s_logits, ep.y[:, :K]), ep.s_mask)
+    return ep, per_episode, s_loss, per_episode.detach()
+
+
+def _inner_loop_losses(model: RecModel, sparse: SparseOut, batch: Any, cfg: MetaConfig) -> Losses:
+    """MAML / FOMAML (with Meta-SGD's step sizes when learned): the query loss after the inner
+    loop on the support set, all episodes at once under ``vmap``."""
+    first_order = cfg.mode == "fomaml"
+    ep = _Episodes(model, sparse, batch, cfg.adapt, detach_support=first_order)
+    adaptation = _adaptation(model, cfg.adapt)
+    params = dict(model.dense_half.named_parameters())
+
+    def episode(
+        params: dict, lrs: dict, rows_d: dict, sup: dict, qry: dict
+    ) -> tuple[Tensor, Tensor]:
+        raw, raw_rows, s_loss = _inner_loop(
+            model, cfg, params, lrs, adaptation, rows_d, sup, first_order
+        )
+        weights, factors, rows_d = _stepped(cfg, params, lrs, adaptation, raw, raw_rows)
+        with adaptation.active(factors):
+            return _episode_loss(model, {**params, **weights}, rows_d, qry), s_loss
+
+    per_episode, s_loss = vmap(episode, in_dims=(None, None, 0, 0, 0))(
+        params, _step_sizes(model, cfg), ep.rows_d0, ep.support, ep.query
+    )
+    return ep, per_episode, s_loss, per_episode.detach()
+
+
+# ---------------------------------------------------------------------------------------------
 # Public API
 
 
@@ -523,57 +595,10 @@ def outer_loss(
     valid_count = batch.episode_mask.sum()
     dtype = _dtype(sparse)
     norm = valid_count.clamp_min(1).to(dtype) if normalizer is None else normalizer
-    if cfg.mode == "plain":
-        ep = _Episodes(model, sparse, batch, None)
-        logits = model.dense_half(sparse, batch.dense.to(dtype))
-        per_sample = _bce(logits, ep.y)
-        K = batch.k_support
-        per_episode = _masked_mean(per_sample, torch.cat([ep.s_mask, ep.q_mask], 1))
-        s_loss = _masked_mean(per_sample[:, :K].detach(), ep.s_mask)
-        q_loss = _masked_mean(per_sample[:, K:].detach(), ep.q_mask)
-    elif cfg.mode == "metaemb":
-        ep = _Episodes(model, sparse, batch, None)
-        logits = model.dense_half(sparse, batch.dense.to(dtype))
-        per_sample = _bce(logits, ep.y)
-        plain = _masked_mean(per_sample, torch.cat([ep.s_mask, ep.q_mask], 1))
-        s_loss, q_loss, _ = _metaemb_phases(model, cfg, sparse, batch, ep, train=True)
-        a = cfg.metaemb_alpha
-        per_episode = plain + a * s_loss + (1 - a) * q_loss
-        s_loss, q_loss = s_loss.detach(), q_loss.detach()
-    elif cfg.mode == "film":
-        ep = _Episodes(model, sparse, batch, None)
-        K = batch.k_support
-        dense = batch.dense.to(dtype)
-        film = _film(model, sparse.side(slice(0, K)), dense[:, :K], ep.y[:, :K], ep.s_mask)
-        with modulated(model.dense_half, film):
-            logits = model.dense_half(sparse.side(slice(K, None)), dense[:, K:])
-        per_episode = _masked_mean(_bce(logits, ep.y[:, K:]), ep.q_mask)
-        q_loss = per_episode.detach()
-        with torch.no_grad():  # the support loss of the unconditioned (empty support) model
-            empty = _film(model, sparse.side(slice(0, K)), dense[:, :K], ep.y[:, :K], ep.s_mask * 0)
-            with modulated(model.dense_half, empty):
-                s_logits = model.dense_half(sparse.side(slice(0, K)), dense[:, :K])
-            s_loss = _masked_mean(_bce(s_logits, ep.y[:, :K]), ep.s_mask)
-    else:
-        first_order = cfg.mode == "fomaml"
-        ep = _Episodes(model, sparse, batch, cfg.adapt, detach_support=first_order)
-        adaptation = _adaptation(model, cfg.adapt)
-        params = dict(model.dense_half.named_parameters())
-
-        def episode(
-            params: dict, lrs: dict, rows_d: dict, sup: dict, qry: dict
-        ) -> tuple[Tensor, Tensor]:
-            raw, raw_rows, s_loss = _inner_loop(
-                model, cfg, params, lrs, adaptation, rows_d, sup, first_order
-            )
-            weights, factors, rows_d = _stepped(cfg, params, lrs, adaptation, raw, raw_rows)
-            with adaptation.active(factors):
-                return _episode_loss(model, {**params, **weights}, rows_d, qry), s_loss
-
-        per_episode, s_loss = vmap(episode, in_dims=(None, None, 0, 0, 0))(
-            params, _step_sizes(model, cfg), ep.rows_d0, ep.support, ep.query
-        )
-        q_loss = per_episode.detach()
+    losses = {"plain": _plain_losses, "metaemb": _metaemb_losses, "film": _film_losses}
+    ep, per_episode, s_loss, q_loss = losses.get(cfg.mode, _inner_loop_losses)(
+        model, sparse, batch, cfg
+    )
     loss = (per_episode * ep.valid).sum() / norm
     n = valid_count.clamp_min(1)
     stats = StepStats(

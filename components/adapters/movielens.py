@@ -29,6 +29,9 @@ Mapping (u.data row -> raw record):
   not mapped      device_type, creative_type, user_interests, bid_price, item_price,
                   user_hist_ctr (null)
 
+The next steps run the ETL with --feature-preset small: embedding tables sized to MovieLens
+(a checkpoint of a few MB instead of ~85 MB).
+
 Rejected u.data rows (first failing rule): wrong_field_count, blank_line, bad_value:user_id,
 bad_value:item_id, bad_value:rating (not 1-5), bad_value:timestamp, unknown_item (not in u.item:
 no genre, hence no advertiser). A user missing from u.user keeps the row with a null profile
@@ -257,4 +260,5 @@ MOVIELENS = Source(
     read=read,
     describe=describe,
     bounds="movielens",
+    feature_preset="small",
 )

@@ -100,6 +100,9 @@ class Source:
     """The validation bounds of this kind of source (a key of
     ``components.validation.suites.SOURCE_THRESHOLDS``: click-rate band, row-count ratio),
     passed to ``metarec validate`` by the next steps; ``ad_log`` (the defaults) for real ad logs."""
+    feature_preset: str = "default"
+    """The ETL's feature spec sized to this source (``components.etl.config.FEATURE_PRESETS``),
+    passed by the next steps as ``--feature-preset``."""
     tasks: tuple[tuple[str, str], ...] = ()
     """Sources with a choice of task: ``(option value, raw task column)`` pairs for ``--task``,
     the first the default (``task_key`` is then the first's column)."""
@@ -286,6 +289,8 @@ def next_steps(source: Source, config: AdapterConfig, start: str, end: str) -> l
         f"metarec etl --input {raw} --output {episodes} --start {start} --end {end} "
         f"--task-key {source.task_key_for(config)}"
     )
+    if source.feature_preset != "default":
+        etl += f" --feature-preset {source.feature_preset}"
     validate_episodes = f"metarec validate episodes {episodes}/{interval}{band}"
     if not config.fill_empty_hours:  # hours without events are missing: raw validation fails them
         return [f"{etl} --allow-missing", validate_episodes]

@@ -30,10 +30,12 @@ def write_ml1m(
     spread_s: int = 2 * 86_400,
     seed: int = 0,
     bad: bool = True,
+    like_rate: float | None = None,
 ) -> list[tuple[str, str, str, str]]:
     """Write ratings.dat, users.dat, movies.dat (``::``, latin-1) under ``root``; return the
-    valid ratings ``(user, movie, rating, timestamp)`` in file order. With ``bad``, the lines of
-    :data:`ML1M_BAD_RATINGS` are mixed in, plus one user missing from users.dat (user 99)."""
+    valid ratings ``(user, movie, rating, timestamp)`` in file order. Ratings are uniform in 1-5,
+    or 4-5 with probability ``like_rate``. With ``bad``, the lines of :data:`ML1M_BAD_RATINGS`
+    are mixed in, plus one user missing from users.dat (user 99)."""
     rng = random.Random(seed)
     root.mkdir(parents=True, exist_ok=True)
     ages = ("1", "18", "25", "35", "45", "50", "56")
@@ -49,9 +51,12 @@ def write_ml1m(
     valid = []
     for u in [*range(1, users + 1), *([99] if bad else [])]:
         for m in rng.sample(range(1, movies + 1), min(ratings_per_user, movies)):
-            valid.append(
-                (str(u), str(m), str(rng.randint(1, 5)), str(start + rng.randrange(spread_s)))
-            )
+            if like_rate is None:
+                rating = rng.randint(1, 5)
+            else:
+                rating = rng.choice((4, 5) if rng.random() < like_rate else (1, 2, 3))
+            when = start + rng.randrange(spread_s)
+            valid.append((str(u), str(m), str(rating), str(when)))
     lines = ["::".join(r) for r in valid]
     if bad:
         for i, (line, _) in enumerate(ML1M_BAD_RATINGS):

@@ -10,6 +10,8 @@ import pytest
 
 from tests.trainer.run_helpers import finite, tiny_config, write_episodes
 from tests.trainer.test_trainer import Crash, _assert_same_state, _run
+from trainer.exported.artifact import ExportError
+from trainer.exported.export import export_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -44,3 +46,7 @@ def test_crash_and_resume_equals_uninterrupted_run(episodes: Path, tmp_path: Pat
     cold = reference.evaluate()["test_cold"]
     assert finite(cold["after"]["auc"]) and finite(cold["after"]["logloss"])
     assert cold["after"]["logloss"] != cold["before"]["logloss"]  # the adaptation was applied
+    # the exported model cannot carry the method yet: a clear refusal, nothing written
+    with pytest.raises(ExportError, match="the exported model cannot carry"):
+        export_checkpoint(tmp_path / "reference", tmp_path / "models", graph=False)
+    assert not (tmp_path / "models").exists()

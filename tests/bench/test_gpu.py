@@ -79,9 +79,11 @@ def test_bf16_and_compiled_logits_agree_with_fp32_within_the_recorded_tolerance(
 
 
 def test_cached_step_equals_the_uncached_step(report: dict) -> None:
-    variants = report["sections"]["cache"]["variants"]
+    cache = report["sections"]["cache"]
+    variants = cache["variants"]
     base = variants["device_table"]["losses"]
-    assert len(base) == 3 and len(set(base)) == 3  # 1 warm-up + 2 timed steps, training moves
+    assert cache["warmup_steps"] > 1  # warmed up until the cache was full
+    assert len(base) == cache["warmup_steps"] + 2 and len(set(base)) == len(base)  # it trains
     for name in ("cache_10", "cache_10_no_prefetch"):
         v = variants[name]
         assert v["losses"] == base and v["loss_max_abs_diff"] == 0.0

@@ -68,9 +68,10 @@ def _os_error(e: BaseException) -> OSError | None:
 
 
 @contextlib.contextmanager
-def _writing(what: str, path: Path) -> Iterator[None]:
+def writing(what: str, path: Path, error: type[Exception] = CheckpointError) -> Iterator[None]:
     """Turn a failed write (a full disk, a read-only directory, torch's ``enforce fail ...``) into
-    one :class:`CheckpointError` line naming ``path`` and what was being written."""
+    one ``error`` line naming ``path`` and what was being written (the trainer's other outputs
+    use it with ``ValueError``: both are the trainer's one-line user errors, exit 2)."""
     try:
         yield
     except (OSError, RuntimeError) as e:
@@ -84,9 +85,9 @@ def _writing(what: str, path: Path) -> Iterator[None]:
             with contextlib.suppress(OSError):
                 free = shutil.disk_usage(path.parent).free
                 why += f"; {free} bytes free on that filesystem"
-        raise CheckpointError(
+        raise error(
             f"cannot write {what} {path}: {why}; free space (or lower checkpoint.keep) or make "
-            "the run directory writable, then resume"
+            "the run directory writable, then rerun (it resumes from its last checkpoint)"
         ) from e
 
 
@@ -125,11 +126,11 @@ class Checkpointer:
         tmp = output_file(self.root, _step_name(step) + ".tmp", "checkpoint directory")
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a crashed save
-            with _writing(f"the step {step} checkpoint directory", tmp):
+            with writing(f"the step {step} checkpoint directory", tmp):
                 tmp.mkdir(parents=True)
         self.barrier()
         shard = tmp / _shard_name(self.rank)
-        with _writing(f"the step {step} checkpoint of rank {self.rank}", shard):
+        with writing(f"the step {step} checkpoint of rank {self.rank}", shard):
             with open(shard, "wb") as f:  # a file object: a failed write keeps its OSError
                 torch.save(state, f)
                 f.flush()
@@ -151,14 +152,14 @@ class Checkpointer:
                 "shards": shards,
                 "meta": meta or {},
             }
-            with _writing(f"the step {step} checkpoint's metadata", tmp / META):
+            with writing(f"the step {step} checkpoint's metadata", tmp / META):
                 fsync_write(tmp / META, json.dumps(body, indent=2, sort_keys=True).encode())
             if final.exists():  # re-saving the same step (e.g. after a resume): replace it
                 shutil.rmtree(final)
             os.replace(tmp, final)
             fsync_dir(self.root)
             latest = output_file(self.root, LATEST, "checkpoint pointer")
-            with _writing("the checkpoint pointer", latest):
+            with writing("the checkpoint pointer", latest):
                 write_atomic(latest, final.name)
             self._prune()
         self.barrier()

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.cache import COUNTERS as CACHE_COUNTERS
-from trainer.checkpoint import Checkpointer
+from trainer.checkpoint import Checkpointer, writing
 from trainer.config import TrainerConfig
 from trainer.context import set_determinism
 from trainer.data.batch import EpisodeBatch, FeatureLayout
@@ -144,15 +144,19 @@ class Trainer:
         if not self.env.is_main:
             return None
         self.out.mkdir(parents=True, exist_ok=True)
-        out = self.out  # a link planted at an output's name is refused (trainer.paths)
-        write_json_atomic(output_file(out, "config.json", "the run's config"), self.cfg.to_dict())
-        write_json_atomic(
-            output_file(out, "sharding_plan.json", "the run's sharding plan"),
-            {"fingerprint": plan.fingerprint, **plan.to_dict()},
-        )
+        # A link planted at an output's name is refused (trainer.paths); a full disk or a
+        # read-only run directory is one error line naming the file (checkpoint.writing).
+        records = {"config.json": self.cfg.to_dict(),
+                   "sharding_plan.json": {"fingerprint": plan.fingerprint, **plan.to_dict()}}  # fmt: skip
+        for name, record in records.items():
+            path = output_file(self.out, name, f"the run's {name}")
+            with writing(f"the run's {name}", path, ValueError):
+                write_json_atomic(path, record)
         for name in ("eval.json", "report.png"):  # written at the end: refuse a link now
-            output_file(out, name, f"the run's {name}")
-        return JsonlLog(output_file(out, "metrics.jsonl", "the run's metrics log"), self.step)
+            output_file(self.out, name, f"the run's {name}")
+        path = output_file(self.out, "metrics.jsonl", "the run's metrics log")
+        with writing("the run's metrics log", path, ValueError):
+            return JsonlLog(path, self.step)
 
     def _log_start(self) -> None:
         """One line: the model, the data, the placement and where the run starts."""
@@ -223,7 +227,8 @@ class Trainer:
         self._log_eval(results)
         if self.env.is_main:
             path = output_file(self.out, "eval.json", "the run's evaluation")
-            write_json_atomic(path, {"step": self.step, "splits": results})
+            with writing("the run's evaluation", path, ValueError):
+                write_json_atomic(path, {"step": self.step, "splits": results})
         return results
 
     def train_step(self, batch: EpisodeBatch, next_batch: EpisodeBatch | None = None) -> StepStats:

@@ -3,7 +3,7 @@ written (issue 18: before, a full disk surfaced as torch's ``enforce fail at
 inline_container.cc ... unexpected pos`` and a read-only directory as a traceback).
 
 Both failures are real: a read-only directory (file modes enforced, also when the tests run as
-root: ``unprivileged.py``) and a full filesystem (a 256 KiB tmpfs mounted inside a user and
+root: ``unprivileged.py``; the trainer's own outputs too) and a full filesystem (a 256 KiB tmpfs mounted inside a user and
 mount namespace, ``unshare -rm``, which needs no root; skipped where user namespaces are off).
 """
 
@@ -17,38 +17,57 @@ import pytest
 
 from tests.reliability.unprivileged import REPO, python, run_as_user
 
-SAVE = """
-import json, sys, torch
+READ_ONLY = """
+import contextlib, io, json, sys, torch
+from tests.trainer.run_helpers import tiny_overrides
+from trainer.__main__ import main
 from trainer.checkpoint import Checkpointer, CheckpointError
+checkpoints, episodes, run = sys.argv[1:]
+out = {}
 try:
-    Checkpointer(sys.argv[1]).save(1, {"w": torch.zeros(200_000)})
+    Checkpointer(checkpoints).save(1, {"w": torch.zeros(200_000)})
 except CheckpointError as e:
-    print(json.dumps({"error": str(e)}))
-else:
-    print(json.dumps({"error": None}))
+    out["save"] = str(e)
+err = io.StringIO()
+with contextlib.redirect_stderr(err):
+    out["code"] = main(["--config", "debug", *tiny_overrides(episodes, run)])
+out["trainer"] = err.getvalue().strip().splitlines()[-1]
+print(json.dumps(out))
 """
 
 
-def test_a_read_only_checkpoint_directory_is_one_line(tmp_path) -> None:
-    root = tmp_path / "checkpoints"
-    root.mkdir()
-    root.chmod(0o555)
+def test_a_read_only_directory_is_one_line(tmp_path) -> None:
+    """A read-only checkpoints directory (the checkpoint writer) and a read-only run directory
+    (the trainer's first output, ``config.json``): one line each, naming the file."""
+    from tests.trainer.run_helpers import write_episodes
+
+    episodes = write_episodes(tmp_path / "episodes")
+    checkpoints, run = tmp_path / "checkpoints", tmp_path / "run"
+    for d in (checkpoints, run):
+        d.mkdir()
+        d.chmod(0o555)
     try:
-        proc = run_as_user(python("-c", SAVE, str(root)))
+        proc = run_as_user(python("-c", READ_ONLY, str(checkpoints), str(episodes), str(run)))
     finally:
-        root.chmod(0o755)
+        for d in (checkpoints, run):
+            d.chmod(0o755)
     assert proc.returncode == 0, proc.stderr
-    error = json.loads(proc.stdout)["error"]
-    assert error.startswith(
-        f"cannot write the step 1 checkpoint directory {root}/step-00000001.tmp: Permission denied;"
-    ), error
-    assert "\n" not in error and not list(root.iterdir())
+    out = json.loads(proc.stdout)
+    step = checkpoints / "step-00000001.tmp"
+    assert out["save"].startswith(
+        f"cannot write the step 1 checkpoint directory {step}: Permission denied;"
+    ), out["save"]
+    assert out["code"] == 2 and out["trainer"].startswith(
+        f"trainer: error: cannot write the run's config.json {run / 'config.json'}: Permission "
+        "denied;"
+    ), out["trainer"]
+    assert "\n" not in out["save"] and not list(checkpoints.iterdir()) and not list(run.iterdir())
 
 
 FULL_DISK = """
 import json, sys, torch
 from pathlib import Path
-from trainer.checkpoint import Checkpointer, CheckpointError, _writing
+from trainer.checkpoint import Checkpointer, CheckpointError, writing
 root = Path(sys.argv[1])
 out = {}
 try:
@@ -57,7 +76,7 @@ except CheckpointError as e:
     out["save"] = str(e)
 # torch writing through its own file handle (a path, not a file object): no errno to read
 try:
-    with _writing("a test shard", root / "direct.pt"):
+    with writing("a test shard", root / "direct.pt"):
         torch.save({"w": torch.zeros(200_000)}, str(root / "direct.pt"))
 except CheckpointError as e:
     out["direct"], out["torch"] = str(e), str(e.__cause__)

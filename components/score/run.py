@@ -12,7 +12,8 @@ whole and a crash leaves the previous ones):
   (sigmoid of the logit), ``logit``, ``adapted`` (scored after adapting to the task's support
   set), ``click`` (the label when the event carries one, else null);
 - ``<out stem>.rejected.parquet``: one row per rejected event: ``source_file``, ``line``,
-  ``event_id``, ``reason`` (the ETL's codes, plus ``duplicate_event_id`` for a repeated id) and
+  ``event_id``, ``reason`` (the ETL's codes, plus ``duplicate_event_id`` for a repeated id, and
+  ``damaged_file`` for the unreadable rest of a file: the run goes on with the next file) and
   the original ``raw`` line;
 - ``<out stem>.summary.json``: the accounting (rows read = scored + rejected, per reason), the
   support sets used, throughput, and AUC/logloss over the scored events that carry a click label.

@@ -185,6 +185,18 @@ def test_the_etl_finishes_with_a_50mb_line_and_every_hostile_line(spark, tmp_pat
     assert max(len(r["raw"]) for r in q) < rr.RAW_PREVIEW_BYTES + 100
 
 
+@pytest.mark.spark
+def test_the_etl_fails_on_a_truncated_gz_naming_it(spark, tmp_path) -> None:
+    """The ETL fails (as on a corrupt Parquet file: the rest of the file cannot be counted, and a
+    rerun after the repair is idempotent) with a message naming the file."""
+    folder = tmp_path / REL
+    folder.mkdir(parents=True)
+    whole = gzip.compress(b"".join(line(i) + b"\n" for i in range(20_000)), compresslevel=1)
+    (folder / "part-00000.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(Exception, match=r"part-00000\.jsonl\.gz: unreadable from line \d+ on"):
+        etl_rows(spark, tmp_path, [f"{REL}/part-00000.jsonl.gz"])
+
+
 def test_damaged_files_are_named_and_the_scorer_goes_on(tmp_path, caplog) -> None:
     """Issue 18 item 5: a truncated .jsonl.gz and a damaged Parquet file each become one
     ``damaged_file`` row after the rows read before the damage; the next file is read."""

@@ -167,8 +167,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         after = registry.promote(args.models, args.name, version, expect=expect, gate=gate)
     decision = decided[-1]
-    promoted = decision.promote and not args.dry_run and after is not None
-    promoted = promoted and after.version == version
+    promoted = bool(decision.promote and not args.dry_run and after and after.version == version)
     out: dict[str, Any] = {"decision": decision.to_dict(), "promoted": promoted,
                            "champion": after.version if after else None}  # fmt: skip
     if promoted and after is not None:

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,17 +67,24 @@ class LocalServer:
         name: str = "metarec",
         poll_seconds: float = 0.2,
         ready_timeout_s: float = 120,
+        entrypoint: Sequence[str] = (sys.executable, "-m", "components.serve"),
+        env: Mapping[str, str] | None = None,
+        cwd: Path = REPO,
     ) -> None:
+        """``entrypoint``, ``env``, ``cwd``: how to start it (default: this interpreter on the
+        source tree; the image-contract test passes an image's entry point and environment)."""
         self.model_dir, self.log_path, self.name = model_dir, log, name
         self.poll_seconds, self.ready_timeout_s = poll_seconds, ready_timeout_s
+        self.entrypoint, self.cwd = list(entrypoint), cwd
+        self.env = dict(env) if env is not None else {**os.environ, "PYTHONPATH": str(REPO)}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "components.serve", "--model_dir", str(self.model_dir),
-                "--model_name", self.name, "--http_port", str(self.port), "--enable_grpc",
-                "false", "--poll_seconds", str(self.poll_seconds)]  # fmt: skip
+        return [*self.entrypoint, "--model_dir", str(self.model_dir), "--model_name", self.name,
+                "--http_port", str(self.port), "--enable_grpc", "false", "--poll_seconds",
+                str(self.poll_seconds)]  # fmt: skip
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -84,9 +92,8 @@ class LocalServer:
     def __enter__(self) -> LocalServer:
         import httpx
 
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
         with open(self.log_path, "wb") as out:
-            self.proc = subprocess.Popen(self.command(), cwd=REPO, env=env, stdout=out,
+            self.proc = subprocess.Popen(self.command(), cwd=self.cwd, env=self.env, stdout=out,
                                          stderr=subprocess.STDOUT)  # fmt: skip
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:

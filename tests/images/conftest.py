@@ -28,6 +28,11 @@ def components_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Image
 
 
 @pytest.fixture(scope="session")
+def serve_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageEnv]:
+    yield from _image("serve", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
 def images(trainer_image: ImageEnv, components_image: ImageEnv) -> dict[str, ImageEnv]:
     """Image reference (as the compiled pipeline names it) -> its environment."""
     from pipelines.ops import COMPONENTS_IMAGE, TRAINER_IMAGE

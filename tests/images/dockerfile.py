@@ -14,6 +14,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = {"trainer": REPO / "trainer" / "Dockerfile",
                "components": REPO / "components" / "Dockerfile"}  # fmt: skip
+IMAGES = {**DOCKERFILES, "serve": REPO / "components" / "serve" / "Dockerfile"}
+"""Every image the image-contract test builds; the model server's Dockerfile (its own pins, no
+KFP step runs on it) has its static checks in tests/components/serve/test_image.py."""
 
 Step = tuple[str, str]
 _EXTRAS = re.compile(r"metarec-\*\.whl'\)\[([\w,]+)\]")

@@ -112,7 +112,7 @@ def build_wheel(stage: list[dockerfile.Step], work: Path) -> Path:
 
 def build(name: str, work: Path) -> ImageEnv:
     """Build image ``name``'s environment under ``work`` (a fresh directory)."""
-    parts = dockerfile.stages(dockerfile.instructions(dockerfile.DOCKERFILES[name]))
+    parts = dockerfile.stages(dockerfile.instructions(dockerfile.IMAGES[name]))
     final = parts["final"]
     wheel = build_wheel(parts["wheel"], work / "wheel")
     root = work / "root"

@@ -532,11 +532,17 @@ class DynamicEmbeddingCollection:
 
     def cache_stats(self, reset: bool = True) -> dict[str, float]:
         """The row collection's cache counters plus ``dynamic.admissions``, ``.evictions``,
-        ``.expirations``, ``.fallback_ids`` (since the last reset) and ``dynamic.rows_used``."""
+        ``.expirations``, ``.fallback_ids`` (ids served by a fallback row; since the last reset)
+        and ``dynamic.rows_used`` (rows held now), reported by rank 0 (0 on the others)."""
         out = dict(self.inner.cache_stats(reset))
+        # Every rank holds the same maps: rank 0 reports them, so that summing over ranks counts
+        # each decision once.
+        report = self.comm is None or self.comm.rank == 0
         for name in COUNTERS:
-            out[f"{STATE_PREFIX}{name}"] = float(sum(m.counts[name] for m in self.maps.values()))
-        out[f"{STATE_PREFIX}rows_used"] = float(sum(m.used for m in self.maps.values()))
+            count = sum(m.counts[name] for m in self.maps.values()) if report else 0
+            out[f"{STATE_PREFIX}{name}"] = float(count)
+        used = sum(m.used for m in self.maps.values()) if report else 0
+        out[f"{STATE_PREFIX}rows_used"] = float(used)
         if reset:
             for m in self.maps.values():
                 m.counts = dict.fromkeys(COUNTERS, 0)

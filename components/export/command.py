@@ -31,14 +31,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=None, help="model name (default <label>-<arch>)")
     parser.add_argument("--manifest", default=None, help="ETL output the run trained on")
     parser.add_argument("--no-graph", action="store_true", help="skip the torch.export graph")
+    parser.add_argument("--delta", action="store_true",
+                        help="write only the embedding rows changed since the newest version "
+                        "(plus the dense parameters), naming it as the base; full when none fits")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     from trainer.exported.export import export_checkpoint
 
     result = export_checkpoint(args.checkpoint, args.out, name=args.name,
-                               manifest=args.manifest, graph=not args.no_graph)  # fmt: skip
+                               manifest=args.manifest, graph=not args.no_graph,
+                               delta=args.delta)  # fmt: skip
     sys.stdout.write(json.dumps({"path": str(result.path), "name": result.name,
                                  "version": result.version, "created": result.created,
-                                 "bytes": result.bytes}, indent=2) + "\n")  # fmt: skip
+                                 "bytes": result.bytes, "base": result.base},
+                                indent=2) + "\n")  # fmt: skip
     return 0

@@ -87,7 +87,7 @@ def chain(path: Path) -> list[Link]:
         if not base.is_dir():
             raise ExportError(
                 f"{child} is a delta on {base.name}, which is missing: restore {base} or "
-                "re-export the checkpoint in full (metarec export --full)"
+                "re-export the checkpoint in full (metarec export without --delta)"
             )
         sums = verify_checksums(base)
         if sha256_file(base / CHECKSUMS_FILE) != info.get("base_checksums"):

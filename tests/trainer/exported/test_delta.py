@@ -194,3 +194,15 @@ def test_the_temp_folder_of_a_killed_export_is_removed_by_the_next_one(tmp_path)
     assert live.returncode == 0
     assert list_versions(model_dir) == ["v1", "v2"]
     assert not list(model_dir.glob(".tmp-*"))
+
+
+def test_the_export_command_writes_a_delta_on_request(single_run, tmp_path, capsys):
+    from components.cli import main
+
+    root = str(tmp_path / "models")
+    outputs = []
+    for step, extra in ((STEP2, []), (STEP4, ["--delta"])):
+        assert main(["export", "--checkpoint", str(single_run / step), "--out", root, *extra]) == 0
+        outputs.append(json.loads(capsys.readouterr().out))
+    assert [(o["version"], o["base"]) for o in outputs] == [("v1", None), ("v2", "v1")]
+    assert load_exported(outputs[1]["path"]).lineage["checkpoint"]["step"] == 4

@@ -500,7 +500,9 @@ class MixCache:
         if miss.numel() == 0:
             return out
         seg = torch.searchsorted(self.seg_row_start, miss, right=True) - 1
-        order = torch.argsort(seg, stable=True)  # already grouped when rows come sorted
+        # A step's rows come sorted (VSI), so their segments are grouped already: no sort then.
+        grouped = bool((seg[1:] >= seg[:-1]).all())
+        order = torch.arange(seg.numel()) if grouped else torch.argsort(seg, stable=True)
         counts = torch.bincount(seg, minlength=len(self.spec.segments)).tolist()
         choices, errors = [], []
         for s, k in enumerate(counts):
@@ -527,7 +529,7 @@ class MixCache:
                 if self.spec.segments[s].policy == "lfu":
                     use = self.freq.index_select(0, seg_rows.index_select(0, cand)).long()
                     key = (use << 32) + key
-                victims = cand.index_select(0, torch.argsort(key, stable=True)[:rest]) + a
+                victims = cand.index_select(0, _smallest(key, rest)) + a
                 take = torch.cat([take, victims])
             choices.append((s, take))
         if errors:
@@ -580,6 +582,19 @@ class MixCache:
             values = self.store.data.index_select(0, rows)
         self.buf.index_copy_(0, slots.to(self.device, non_blocking=True), values)
         counts["h2d_bytes"] += int(rows.numel()) * self.store.row_bytes
+
+
+def _smallest(key: Tensor, k: int) -> Tensor:
+    """Positions of the ``k`` smallest ``key`` values, ascending by (key, position): exactly
+    ``torch.argsort(key, stable=True)[:k]``, without sorting every candidate (a selection, then
+    a sort of the ``k`` chosen; at 10 % of 1M-row tables this was most of a step's staging)."""
+    if k <= 0 or k >= key.numel():
+        return torch.argsort(key, stable=True)[: max(k, 0)]
+    kth = torch.kthvalue(key, k).values
+    below = (key < kth).nonzero().squeeze(1)
+    ties = (key == kth).nonzero().squeeze(1)[: k - below.numel()]  # the lowest positions
+    pick = torch.cat([below, ties])
+    return pick.index_select(0, torch.argsort(key.index_select(0, pick), stable=True))
 
 
 def _done(staged: _Staged) -> Future[_Staged]:

@@ -332,3 +332,18 @@ def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(tmp_path) -> None
     plain = _cached_collection(None)
     plain.load_state_dict(merge_shards([state["emb"]]))
     assert torch.equal(plain.store.weights["emb"], state["emb"]["emb.weight"])
+
+
+def test_victim_selection_equals_a_stable_sort_of_every_candidate() -> None:
+    """``_smallest`` (selection, then a sort of the chosen) picks the victims that a stable
+    argsort of all candidates picks, in the same order: ties included (LRU stamps, LFU keys)."""
+    from trainer.cache import _smallest
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(2000):
+        n = int(torch.randint(1, 200, (1,), generator=g))
+        key = torch.randint(0, int(torch.randint(1, 20, (1,), generator=g)), (n,), generator=g)
+        if trial % 2:  # LFU keys: (uses << 32) + last used
+            key = (torch.randint(0, 5, (n,), generator=g) << 32) + key
+        k = int(torch.randint(0, n + 2, (1,), generator=g))
+        assert torch.equal(_smallest(key, k), torch.argsort(key, stable=True)[:k]), (key, k)

@@ -1,5 +1,6 @@
-"""The exported model: writing it from a checkpoint, loading it verified, scoring and evaluating with
-it (no server: a model server would load these exports).
+"""The exported model: writing it from a checkpoint (in full or as a delta on the previous
+version), loading it verified, scoring and evaluating with it (the KServe model server,
+``components/serve``, serves these exports).
 
     from trainer.exported import export_checkpoint, load_exported
     result = export_checkpoint("out/train/run", "out/models")          # out/models/click-dlrm/v1
@@ -10,8 +11,10 @@ it (no server: a model server would load these exports).
   so the promotion gate can verify an export without torch);
 - ``tensors.py``: ``.npy`` tensors and the ``torch.export`` graph, read without pickle;
 - ``export.py``: checkpoint (one rank or sharded) -> versioned model directory;
+- ``delta.py``: delta exports (the rows changed since the base version) and their chains;
 - ``model.py``: :func:`load_exported` and :class:`ExportedModel` (graph + rebuilt model);
 - ``scoring.py``: encoded samples -> logits, optionally adapted to their task's support set;
+- ``adaptation.py``: one task adapted once, then any candidates scored with it (server cache);
 - ``evaluation.py``: metrics on ETL episodes, the same as the trainer's evaluation.
 
 Everything here needs only torch, numpy, pyarrow and the standard library (the trainer image).

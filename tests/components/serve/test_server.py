@@ -136,3 +136,11 @@ def test_refuses_to_start_on_a_tampered_export(models, capsys):
     assert main(["--model_dir", str(models), "--enable_grpc", "false"]) == 2
     err = capsys.readouterr().err
     assert "cannot serve" in err and "tables/emb.npy does not match its checksum" in err
+
+
+def test_a_registry_without_champion_is_refused_with_what_to_do(models, capsys):
+    from components.serve.server import main
+
+    (models / "CHAMPION").unlink()
+    assert main(["--model_dir", str(models), "--enable_grpc", "false"]) == 2
+    assert "holds versions but no CHAMPION: promote one" in capsys.readouterr().err

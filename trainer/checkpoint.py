@@ -131,11 +131,15 @@ class Checkpointer:
         self.barrier()
         shard = tmp / _shard_name(self.rank)
         with writing(f"the step {step} checkpoint of rank {self.rank}", shard):
-            with open(shard, "wb") as f:  # a file object: a failed write keeps its OSError
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            fsync_write(shard.with_suffix(".sha256"), sha256_file(shard).encode())
+            try:
+                with open(shard, "wb") as f:  # a file object: a failed write keeps its OSError
+                    torch.save(state, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                fsync_write(shard.with_suffix(".sha256"), sha256_file(shard).encode())
+            except BaseException:
+                shard.unlink(missing_ok=True)  # a partial shard would keep a full disk full
+                raise
         self.barrier()
         if self.rank == 0:
             shards = {}

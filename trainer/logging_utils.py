@@ -67,17 +67,21 @@ class JsonlLog:
 
     def write(self, record: dict[str, Any]) -> None:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+        line = json.dumps(jsonable(record), sort_keys=True, allow_nan=False) + "\n"
         try:
-            fd = os.open(self.path, flags, 0o644)
-        except OSError as e:
-            if e.errno != errno.ELOOP:
-                raise
+            with os.fdopen(os.open(self.path, flags, 0o644), "a") as f:
+                f.write(line)
+        except OSError as e:  # one line naming the file (the trainer's user errors: exit 2)
+            if e.errno == errno.ELOOP:
+                raise ValueError(
+                    f"{self.path} became a symlink during the run; the trainer never writes "
+                    "through a link: remove it and resume"
+                ) from None
             raise ValueError(
-                f"{self.path} became a symlink during the run; the trainer never writes through a "
-                "link: remove it and resume"
-            ) from None
-        with os.fdopen(fd, "a") as f:
-            f.write(json.dumps(jsonable(record), sort_keys=True, allow_nan=False) + "\n")
+                f"cannot append to the run's metrics log {self.path}: {e.strerror or e}; free "
+                "space or make the run directory writable, then rerun (it resumes from its last "
+                "checkpoint)"
+            ) from e
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

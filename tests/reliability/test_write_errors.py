@@ -68,6 +68,7 @@ FULL_DISK = """
 import json, sys, torch
 from pathlib import Path
 from trainer.checkpoint import Checkpointer, CheckpointError, writing
+from trainer.logging_utils import JsonlLog
 root = Path(sys.argv[1])
 out = {}
 try:
@@ -80,6 +81,18 @@ try:
         torch.save({"w": torch.zeros(200_000)}, str(root / "direct.pt"))
 except CheckpointError as e:
     out["direct"], out["torch"] = str(e), str(e.__cause__)
+out["left"] = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+log = JsonlLog(root / "metrics.jsonl")  # an empty file: no block needed
+try:
+    with open(root / "filler", "wb") as f:  # fill what the failed writes gave back
+        while True:
+            f.write(bytes(4096))
+except OSError:
+    pass
+try:
+    log.write({"kind": "train", "step": 1})
+except ValueError as e:
+    out["metrics"] = str(e)
 print(json.dumps(out))
 """
 
@@ -107,3 +120,9 @@ def test_a_full_disk_is_one_line_naming_the_path(tmp_path) -> None:
     direct = disk / "checkpoints" / "direct.pt"
     assert out["direct"].startswith(f"cannot write a test shard {direct}: the write failed (")
     assert "bytes free on that filesystem" in out["direct"] and "\n" not in out["direct"]
+    # no partial shard is left to keep the disk full (torch's own partial file is the caller's)
+    assert out["left"] == ["direct.pt", "step-00000001.tmp"], out["left"]
+    metrics = disk / "checkpoints" / "metrics.jsonl"
+    assert out["metrics"].startswith(
+        f"cannot append to the run's metrics log {metrics}: No space left on device;"
+    ), out["metrics"]

@@ -31,6 +31,7 @@ from trainer.data.contract import (
     QUARANTINE_DIR,
     SCHEMA_VERSION,
     Manifest,
+    content_hash,
 )
 
 log = logging.getLogger("components.etl")
@@ -264,7 +265,9 @@ def _finish(spark, staging, config: EtlConfig, listing, observation, frame) -> M
 
     from components.etl.transform import hash_contract as hash_contract_of
 
-    episode_files = load.describe_files(staging, load.tidy(staging, "", one_per_folder=True))
+    episode_files = load.describe_files(
+        staging, load.tidy(staging, "", one_per_folder=True), hash_rows=True
+    )
     quarantine_files = load.describe_files(
         staging, load.tidy(staging, QUARANTINE_DIR, one_per_folder=False)
     )
@@ -309,7 +312,7 @@ def _finish(spark, staging, config: EtlConfig, listing, observation, frame) -> M
         dense_features=config.dense_specs(),
         splits=stats["splits"],
         files=[f.entry() for f in episode_files],
-        content_hash=load.content_hash(episode_files),
+        content_hash=content_hash([f.entry() for f in episode_files]),
         time_range=_time_range(stats),
         accounting={
             "rows_read": rows_read,

@@ -14,7 +14,8 @@ the row-group target); the part files are renamed to deterministic names and Had
 quarantine rows by reason, file, event id), and each footer's encodings lists are sorted
 (:func:`pin_footer`: parquet-mr writes them in an order that changes with every JVM), so a rerun of
 the same interval writes the same bytes, in this process or another.
-Then every file is hashed (sha256), the manifest (no wall-clock time in it) is written last, and
+Then every file is hashed (sha256 of its bytes; and of its rows for the content hash), the
+manifest (no wall-clock time in it) is written last, and
 the staging folder is swapped into place: the previous version of THIS interval is moved aside
 and deleted; other intervals are never touched. A crash before the swap leaves the previous
 complete version readable (and a stale staging folder that the next run of the interval removes).
@@ -39,6 +40,7 @@ from typing import Any
 from components.etl import footer
 from components.etl.extract import filesystem, join, spark_uri
 from components.etl.lock import IntervalLock, lock_interval
+from trainer.data.contract import data_sha256
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +62,16 @@ class WrittenFile:
     row_groups: int
     bytes: int
     sha256: str
+    data_sha256: str | None = None
+    """Digest of the rows (episode files), for the manifest's content hash."""
 
     def entry(self) -> dict[str, Any]:
         d = {"path": self.path, "rows": self.rows, "row_groups": self.row_groups, "bytes": self.bytes,
              "sha256": self.sha256}  # fmt: skip
         if self.split is not None:
             d.update(split=self.split, bucket=self.bucket)
+        if self.data_sha256 is not None:
+            d["data_sha256"] = self.data_sha256
         return d
 
 
@@ -210,9 +216,12 @@ def pin_footer(fs, path: str) -> None:
     fs.move(path + ".pinned", path)
 
 
-def describe_files(staging: Staging, rel_paths: list[str]) -> list[WrittenFile]:
+def describe_files(
+    staging: Staging, rel_paths: list[str], hash_rows: bool = False
+) -> list[WrittenFile]:
     """sha256, rows, row groups and bytes of each file (streamed: memory stays flat), after
-    :func:`pin_footer`, so the same rows give the same bytes in any JVM."""
+    :func:`pin_footer`, so the same rows give the same bytes in any JVM; with ``hash_rows``, also
+    the digest of the rows (``trainer.data.contract.data_sha256``) that the content hash uses."""
     import pyarrow.parquet as pq
 
     out = []
@@ -226,22 +235,15 @@ def describe_files(staging: Staging, rel_paths: list[str]) -> list[WrittenFile]:
                 size += len(chunk)
         with staging.fs.open_input_file(path) as f:
             meta = pq.ParquetFile(f).metadata
+            rows_digest = data_sha256(f) if hash_rows else None
         split = bucket = None
         m = re.match(r"split=([^/]+)/bucket=(\d+)/", rel)
         if m:
             split, bucket = m.group(1), int(m.group(2))
-        out.append(
-            WrittenFile(
-                rel, split, bucket, meta.num_rows, meta.num_row_groups, size, digest.hexdigest()
-            )
-        )
+        written = WrittenFile(rel, split, bucket, meta.num_rows, meta.num_row_groups, size,
+                              digest.hexdigest(), rows_digest)  # fmt: skip
+        out.append(written)
     return out
-
-
-def content_hash(files: list[WrittenFile]) -> str:
-    """sha256 over ``"<path>\\t<sha256>\\n"`` of the episode files sorted by path."""
-    text = "".join(f"{f.path}\t{f.sha256}\n" for f in sorted(files, key=lambda f: f.path))
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def write_json(staging: Staging, rel: str, data: Any) -> None:

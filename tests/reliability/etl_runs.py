@@ -1,10 +1,9 @@
-"""A tiny ETL interval and ``metarec etl`` in its own process (its own JVM), for the reliability
-tests of the ETL: determinism across JVMs, concurrent runs of one interval."""
+"""A tiny ETL interval and the ``metarec etl`` command that runs it in its own process (its own
+JVM), for the ETL's reliability tests: concurrent runs, reruns across JVMs, storage errors."""
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,8 +42,3 @@ def etl_command(raw: Path, out: Path, *extra: str) -> list[str]:
 
 def environment() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO)}
-
-
-def run_etl_process(raw: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(etl_command(raw, out, *extra), cwd=REPO, env=environment(),
-                          capture_output=True, text=True, timeout=300)  # fmt: skip

@@ -123,10 +123,11 @@ class Manifest:
     dense_features: list[DenseSpec]
     splits: dict[str, dict[str, int]]
     files: list[dict[str, Any]]
-    """One entry per data file: ``{path, split, bucket, rows, row_groups, bytes, sha256}``, ``path``
-    relative to the root and ``/``-separated."""
+    """One entry per data file: ``{path, split, bucket, rows, row_groups, bytes, sha256,
+    data_sha256}``, ``path`` relative to the root and ``/``-separated; ``sha256`` hashes the
+    file's bytes, ``data_sha256`` its rows (:func:`data_sha256`; absent in older manifests)."""
     content_hash: str
-    """:func:`content_hash` of ``files``."""
+    """:func:`content_hash` of ``files``: what the data is, stable across writers and reruns."""
     time_range: dict[str, str] = field(default_factory=dict)
     accounting: dict[str, Any] = field(default_factory=dict)
     split_rule: dict[str, Any] = field(default_factory=dict)
@@ -189,7 +190,7 @@ class Manifest:
 
 
 _FILE_KEYS = {"path": str, "split": str, "rows": int, "row_groups": int, "sha256": str}
-_OPTIONAL_FILE_KEYS = {"bucket": (int, type(None)), "bytes": int}
+_OPTIONAL_FILE_KEYS = {"bucket": (int, type(None)), "bytes": int, "data_sha256": str}
 
 
 def _check_types(m: Manifest) -> None:
@@ -223,11 +224,73 @@ def _check_types(m: Manifest) -> None:
 
 
 def content_hash(files: list[dict[str, Any]]) -> str:
-    """The dataset's content hash: sha256 of the lines ``"<path>\\t<sha256>\\n"`` sorted by path."""
+    """The dataset's content hash: sha256 of the lines ``"<path>\\t<data_sha256>\\n"`` sorted by
+    path, where ``data_sha256`` is each file's :func:`data_sha256`.
+
+    It names what the data IS, not the bytes a writer chose: the same episodes rewritten with
+    another compression, row-group size, encoding order or Parquet writer keep their content
+    hash, so a rerun of the ETL never orphans the checkpoints trained on the first run (their
+    resume and export compare this hash). Each file's ``sha256`` (its bytes) is still what the
+    reader's checksum verification compares.
+    """
     import hashlib
 
-    lines = "".join(f"{f['path']}\t{f['sha256']}\n" for f in sorted(files, key=lambda f: f["path"]))
+    missing = [f["path"] for f in files if "data_sha256" not in f]
+    if missing:
+        raise ContractError(f"no data_sha256 for {', '.join(missing[:3])}: cannot hash the content")
+    lines = "".join(
+        f"{f['path']}\t{f['data_sha256']}\n" for f in sorted(files, key=lambda f: f["path"])
+    )
     return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def data_sha256(source: Any) -> str:
+    """sha256 of the rows an episode Parquet file holds, whatever wrote it and however.
+
+    Decodes the file (``source``: a path or a pyarrow file) batch by batch and hashes, per column
+    in file order, separate streams: validity, list lengths, string bytes and fixed-width values
+    (with their dtype). Streams make it independent of batch and row-group boundaries; nothing
+    of the file's layout (compression, encodings, page or row-group sizes, footer) enters it.
+    """
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    streams: dict[str, Any] = {}
+
+    def feed(key: str, data: bytes) -> None:
+        streams.setdefault(key, hashlib.sha256()).update(data)
+
+    parquet = pq.ParquetFile(source)
+    for batch in parquet.iter_batches(batch_size=65_536):
+        for name, column in zip(batch.schema.names, batch.columns, strict=True):
+            _feed_array(feed, name, column)
+    text = f"rows\t{parquet.metadata.num_rows}\n" + "".join(
+        f"{key}\t{h.hexdigest()}\n" for key, h in streams.items()
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _feed_array(feed: Any, key: str, array: Any) -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    feed(f"{key}:valid", pc.is_valid(array).to_numpy(zero_copy_only=False).tobytes())
+    kind = array.type
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        lengths = pc.fill_null(pc.list_value_length(array), 0).cast(pa.int64())
+        feed(f"{key}:lengths", lengths.to_numpy().tobytes())
+        _feed_array(feed, key + "[]", pc.list_flatten(array))
+    elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        lengths = pc.fill_null(pc.binary_length(array), 0).cast(pa.int64())
+        feed(f"{key}:lengths", lengths.to_numpy().tobytes())
+        feed(f"{key}:utf8", "".join(v for v in array.to_pylist() if v).encode())
+    elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+        filled = pc.fill_null(array, pa.scalar(False if pa.types.is_boolean(kind) else 0, kind))
+        values = filled.to_numpy(zero_copy_only=False)
+        feed(f"{key}:{values.dtype}", values.tobytes())
+    else:
+        raise ContractError(f"column {key!r} of type {kind} is not an episode column type")
 
 
 def load_manifest(root: str) -> Manifest:

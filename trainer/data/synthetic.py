@@ -10,9 +10,9 @@ For tests, benchmarks and examples that need an ETL-shaped output without runnin
 writes ``out/syn/split=<split>/bucket=<bbbbb>/part-00000.parquet`` (rows ordered by task key and
 episode, ``rows_per_group`` episodes per row group, zstd) and ``_manifest.json`` last, per
 :mod:`trainer.data.contract` with the Arrow types of :mod:`trainer.data.schema`. Each manifest
-``files`` entry is ``{path, split, bucket, rows, row_groups, bytes, sha256}`` (``path`` relative to
-the root, ``/``-separated); ``content_hash`` is the sha256 of the lines ``"<path>\\t<sha256>\\n"`` over
-the files sorted by path.
+``files`` entry is ``{path, split, bucket, rows, row_groups, bytes, sha256, data_sha256}`` (``path``
+relative to the root, ``/``-separated); ``content_hash`` is
+:func:`trainer.data.contract.content_hash`, over the rows, as the ETL's.
 
 What the data looks like (all of it a pure function of the arguments and ``seed``):
 
@@ -58,6 +58,7 @@ from trainer.data.contract import (
     FeatureSpec,
     Manifest,
     content_hash,
+    data_sha256,
 )
 from trainer.data.hashing import HASH_CONTRACT, signed_hash
 from trainer.data.schema import episode_schema
@@ -363,4 +364,5 @@ def _write_file(root: Path, split: str, bucket: int, cols: dict, rows_per_group:
         "row_groups": pq.ParquetFile(path).metadata.num_row_groups,
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
+        "data_sha256": data_sha256(path),
     }

@@ -179,7 +179,8 @@ def check_episode_output(root: Path, config: EtlConfig, result) -> None:
     assert len(seen) == sum(s["episodes"] for s in manifest.splits.values())
     assert manifest.time_range["min_event_time_ms"] == str(min(kept_times))
     lines = "".join(
-        f"{e['path']}\t{e['sha256']}\n" for e in sorted(manifest.files, key=lambda e: e["path"])
+        f"{e['path']}\t{e['data_sha256']}\n"
+        for e in sorted(manifest.files, key=lambda e: e["path"])
     )
     assert manifest.content_hash == hashlib.sha256(lines.encode()).hexdigest()
 

@@ -33,7 +33,7 @@ def test_manifest_matches_the_files(small_root):
         assert f["sha256"] == hashlib.sha256(data).hexdigest()
         assert pq.read_schema(path).names == list(EPISODE_COLUMNS)
         assert pq.read_schema(path).equals(episode_schema(), check_metadata=False)
-        lines += f"{f['path']}\t{f['sha256']}\n"
+        lines += f"{f['path']}\t{f['data_sha256']}\n"
     assert m.content_hash == hashlib.sha256(lines.encode()).hexdigest()
     for split in SPLITS:
         eps = decode_direct(small_root, split)

@@ -57,7 +57,7 @@ COUNTERS = ("admissions", "evictions", "expirations", "fallback_ids")
 
 @dataclass(kw_only=True, slots=True)
 class DynamicTableConfig:
-    """One feature's dynamic table (``[[embeddings.dynamic]]`` in the trainer config)."""
+    """One feature's dynamic table (``[[parallel.dynamic]]`` in the trainer config)."""
 
     feature: str
     """The feature (its ``buckets`` in the feature spec is the id space, e.g. ``2**62 + 1``)."""
@@ -77,7 +77,7 @@ class DynamicTableConfig:
     """Counters per row of the admission count-min sketch (4 rows; used when admit_count > 1)."""
 
     def __post_init__(self) -> None:
-        where = f"embeddings.dynamic[{self.feature!r}]"
+        where = f"parallel.dynamic[{self.feature!r}]"
         if self.capacity < 1 or self.fallback_rows < 1:
             raise ValueError(
                 f"{where}: capacity and fallback_rows must be >= 1, "
@@ -293,7 +293,7 @@ def physical_layout(layout: Any, tables: Sequence[DynamicTableConfig]) -> Any:
     unknown = sorted(set(by_name) - set(names))
     if unknown or len(by_name) != len(tables):
         raise ValueError(
-            f"embeddings.dynamic names {unknown or 'a feature twice'}: each entry must name a "
+            f"parallel.dynamic names {unknown or 'a feature twice'}: each entry must name a "
             f"different feature of this layout (features: {', '.join(names)})"
         )
     buckets = [
@@ -520,7 +520,7 @@ class DynamicEmbeddingCollection:
         if f"{STATE_PREFIX}step" not in state:
             raise ValueError(
                 "this embedding state has no dynamic-table maps (dynamic.*): it was saved by a "
-                "run without embeddings.dynamic, whose hashed rows cannot be mapped to ids"
+                "run without parallel.dynamic, whose hashed rows cannot be mapped to ids"
             )
         for fi, m in self.maps.items():
             m.load(f"{STATE_PREFIX}{self.names[fi]}.", state)
@@ -547,3 +547,45 @@ class DynamicEmbeddingCollection:
             for m in self.maps.values():
                 m.counts = dict.fromkeys(COUNTERS, 0)
         return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Building a run's model
+
+
+def build_dynamic_model(
+    model: Any,
+    layout: Any,
+    env: Any,
+    parallel: Any,
+    *,
+    sharded: bool,
+    seed: int,
+    device: torch.device | str | None,
+    meta: Any | None = None,
+) -> tuple[Any, Any]:
+    """The run's model (``model``: ``ModelConfig``) over ``layout`` with ``parallel.dynamic``'s
+    tables dynamic: the rows in the plain collection, or (``sharded``) in this rank's shard with
+    its MixCache and DES as ``trainer.parallel.apply`` builds them. Seeds as ``build_model``:
+    dense layers ``seed``, rows ``seed + 1``. Returns the model and the physical layout's plan."""
+    from trainer.models.build import build_embeddings, build_model
+    from trainer.parallel.apply import build_des, build_sharded_embeddings
+    from trainer.parallel.dense_sync import broadcast_parameters
+    from trainer.parallel.plan import build_sharding_plan
+
+    phys = physical_layout(layout, parallel.dynamic)
+    plan = build_sharding_plan(phys, env.world_size if sharded else 1, model, parallel)
+    if sharded:
+        inner = build_sharded_embeddings(model, plan, env, phys, seed=seed + 1)
+    else:
+        inner = build_embeddings(model, phys, seed=seed + 1, device=device)
+    coll = DynamicEmbeddingCollection(
+        inner, layout, parallel.dynamic, init_std=model.embedding_init_std, seed=seed + 1,
+        comm=env.comm if sharded else None,
+    )  # fmt: skip
+    net = build_model(model, layout, coll, seed=seed, device=device, meta=meta)
+    if sharded:
+        broadcast_parameters(net, env.comm)
+        if plan.des != "off":
+            inner.use_des(build_des(net, inner, plan.des, meta))
+    return net, plan

@@ -51,6 +51,7 @@ from trainer.data.batch import EpisodeBatch, FeatureLayout
 from trainer.data.contract import load_manifest
 from trainer.data.reader import EpisodeReader
 from trainer.durable import write_json_atomic
+from trainer.dynamic import build_dynamic_model
 from trainer.evaluate import evaluate_splits
 from trainer.logging_utils import JsonlLog, Progress
 from trainer.meta import StepStats, outer_loss
@@ -179,6 +180,11 @@ class Trainer:
         ``self.sharded``. The plan is logged either way (rank 0)."""
         cfg, env, seed = self.cfg, self.env, self.cfg.train.seed
         self.sharded = env.world_size > 1 or cfg.parallel.cache.enabled or cfg.parallel.des != "off"
+        if cfg.parallel.dynamic:  # dynamic tables in front of either collection
+            return build_dynamic_model(
+                cfg.model, self.layout, env, cfg.parallel, sharded=self.sharded, seed=seed,
+                device=self.device, meta=cfg.meta,
+            )  # fmt: skip
         if self.sharded:
             return build_parallel_model(
                 cfg.model, self.layout, env, cfg.parallel, seed=seed, meta=cfg.meta
@@ -272,6 +278,7 @@ class Trainer:
         cache = {}
         if self.cfg.parallel.cache.enabled:  # every rank sends the same keys, rows or not
             cache = {f"cache.{k}": 0.0 for k in CACHE_COUNTERS}
+        if self.cfg.parallel.cache.enabled or self.cfg.parallel.dynamic:
             cache.update(self.model.embeddings.cache_stats(reset=True))
             cache.pop("cache.hit_rate", None)  # a ratio: recomputed from the summed counters
         total = env.reduce_sums({**{k: float(v) for k, v in sums.items()}, **comm, **cache})
@@ -286,9 +293,12 @@ class Trainer:
             per = steps * env.world_size if key.endswith(".calls") else steps
             record[key] = total[key] / per
         record["comm.bytes_per_sample"] = total["comm.bytes"] / max(total["samples"], 1.0)
-        if cache:  # MixCache counters of all ranks per step, and the hit rate
+        if cache:  # MixCache (and dynamic tables') counters of all ranks per step, hit rate
             record.update({k: total[k] / steps for k in cache})
+        if self.cfg.parallel.cache.enabled:
             record["cache.hit_rate"] = total["cache.hits"] / max(total["cache.lookups"], 1.0)
+        if self.cfg.parallel.dynamic:  # rows held now (rank 0's report), not a per-step count
+            record["dynamic.rows_used"] = total["dynamic.rows_used"]
         progress.add_samples(int(total["samples"]))
         rates = progress.update(self.step)
         log.info(

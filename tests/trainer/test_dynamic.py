@@ -10,12 +10,22 @@ import torch
 
 from tests.trainer.dynamic_fixtures import SEED, dynamic_model
 from tests.trainer.parallel.parity import DTYPE, Case, global_batch, layout, train_step
-from trainer.dynamic import DynamicTableConfig, IdMap, id_normal, physical_layout
+from tests.trainer.run_helpers import read_jsonl, tiny_overrides, write_episodes
+from trainer.config import load_trainer_config
+from trainer.dynamic import (
+    DynamicEmbeddingCollection,
+    DynamicTableConfig,
+    IdMap,
+    id_normal,
+    physical_layout,
+)
 from trainer.embeddings import PlainEmbeddingCollection
+from trainer.exported.export import ExportError, export_checkpoint
 from trainer.meta import outer_loss
 from trainer.models import build_model
 from trainer.models.build import LINEAR_ARCHS
 from trainer.optim import build_optimizers
+from trainer.trainer import Trainer
 
 STEPS = 3
 ROOMY = (  # capacity >= every id of the feature: nothing is ever evicted
@@ -216,3 +226,27 @@ def test_a_state_without_maps_is_refused_with_the_reason() -> None:
     state = model.embeddings.inner.state_dict()
     with pytest.raises(ValueError, match="no dynamic-table maps"):
         model.embeddings.load_state_dict(state)
+
+
+def test_a_run_with_dynamic_tables_counts_its_decisions_and_refuses_export(tmp_path) -> None:
+    """The training loop with dynamic tables (a count threshold on ``user``, LFU on a small ``ad``
+    table): admissions, evictions and fallbacks in ``metrics.jsonl``; the export refuses the run
+    with the reason."""
+    data = write_episodes(tmp_path / "day1")
+    dynamic = (
+        'parallel.dynamic=[{feature = "user", capacity = 30, admit_count = 2}, '
+        '{feature = "ad", capacity = 6, fallback_rows = 2, eviction = "lfu"}]'
+    )
+    overrides = [*tiny_overrides(data, tmp_path / "run", **{"train.steps": 6}), dynamic]
+    trainer = Trainer(load_trainer_config("debug", overrides)).build()
+    trainer.fit()
+    coll = trainer.model.embeddings
+    assert isinstance(coll, DynamicEmbeddingCollection)
+    assert coll.inner.total_rows == 1 + 1 + 30 + 1 + 2 + 6 + 31  # user, ad dynamic; tags hashed
+    train = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
+    assert sum(r["dynamic.admissions"] for r in train) > 0
+    assert sum(r["dynamic.evictions"] for r in train) > 0
+    assert sum(r["dynamic.fallback_ids"] for r in train) > 0
+    assert 0 < train[-1]["dynamic.rows_used"] <= 36
+    with pytest.raises(ExportError, match=r"dynamic embedding tables \(parallel.dynamic\)"):
+        export_checkpoint(tmp_path / "run", tmp_path / "models", graph=False)

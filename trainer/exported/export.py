@@ -269,6 +269,12 @@ def export_checkpoint(
         refusal = export_refusal(cfg.meta)
         if refusal:
             raise CheckpointError(refusal)
+        if cfg.parallel.dynamic:
+            raise CheckpointError(
+                "the run has dynamic embedding tables (parallel.dynamic): an export holds one row "
+                "per hashed id and cannot carry their id -> row maps yet; export a run without "
+                "parallel.dynamic"
+            )
         man = _manifest(manifest or cfg.data.path, meta)
         problems = checkpoint_problems(ckpt, cfg, man)
         if problems:

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from trainer.cache import CacheConfig, CacheSegment, CacheSpec, TableCacheConfig
+from trainer.dynamic import DynamicTableConfig
 from trainer.models.build import LINEAR_ARCHS, ModelConfig
 
 SHARDING_TYPES = ("row_wise", "table_wise")
@@ -70,9 +71,14 @@ class ParallelConfig:
     """Distributed equivalent substitution of the LR, FM and first-dense-layer operators: ``on``
     substitutes every operator that applies to the model, ``auto`` only those whose partial
     results cost fewer bytes than the rows they replace (``trainer/parallel/des.py``)."""
+    dynamic: tuple[DynamicTableConfig, ...] = ()
+    """Dynamic tables (``[[parallel.dynamic]]`` with ``feature = "..."``, ``capacity = ...``;
+    ``trainer/dynamic.py``): an id -> row map per feature with admission and eviction, in front
+    of rows sharded, cached and checkpointed like the hashed tables'."""
 
     def __post_init__(self) -> None:
         self.table_wise = tuple(self.table_wise)
+        self.dynamic = tuple(self.dynamic)
         if isinstance(self.cache, dict):
             self.cache = CacheConfig(**self.cache)
         if self.des not in DES_MODES:

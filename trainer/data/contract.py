@@ -248,15 +248,17 @@ def data_sha256(source: Any) -> str:
     """sha256 of the rows an episode Parquet file holds, whatever wrote it and however.
 
     Decodes the file (``source``: a path or a pyarrow file) batch by batch and hashes, per column
-    in file order, separate streams: validity, list lengths, string bytes and fixed-width values
-    (with their dtype). Streams make it independent of batch and row-group boundaries; nothing
-    of the file's layout (compression, encodings, page or row-group sizes, footer) enters it.
+    in file order, separate streams: null positions, list lengths, string bytes and fixed-width
+    values (with their dtype). Streams make it independent of batch and row-group boundaries;
+    nothing of the file's layout (compression, encodings, page or row-group sizes, footer)
+    enters it.
     """
     import hashlib
 
     import pyarrow.parquet as pq
 
     streams: dict[str, Any] = {}
+    seen: dict[str, int] = {}  # values fed so far per array key: where a batch's nulls lie
 
     def feed(key: str, data: bytes) -> None:
         streams.setdefault(key, hashlib.sha256()).update(data)
@@ -264,30 +266,37 @@ def data_sha256(source: Any) -> str:
     parquet = pq.ParquetFile(source)
     for batch in parquet.iter_batches(batch_size=65_536):
         for name, column in zip(batch.schema.names, batch.columns, strict=True):
-            _feed_array(feed, name, column)
+            _feed_array(feed, seen, name, column)
     text = f"rows\t{parquet.metadata.num_rows}\n" + "".join(
         f"{key}\t{h.hexdigest()}\n" for key, h in streams.items()
     )
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _feed_array(feed: Any, key: str, array: Any) -> None:
+def _feed_array(feed: Any, seen: dict[str, int], key: str, array: Any) -> None:
+    """Feed one array's streams: its nulls' positions, then lengths and values by type."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    feed(f"{key}:valid", pc.is_valid(array).to_numpy(zero_copy_only=False).tobytes())
+    start = seen.get(key, 0)
+    seen[key] = start + len(array)
     kind = array.type
+    if array.null_count:
+        nulls = np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False)) + start
+        feed(f"{key}:nulls", nulls.astype(np.int64).tobytes())
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
         lengths = pc.fill_null(pc.list_value_length(array), 0).cast(pa.int64())
         feed(f"{key}:lengths", lengths.to_numpy().tobytes())
-        _feed_array(feed, key + "[]", pc.list_flatten(array))
+        _feed_array(feed, seen, key + "[]", pc.list_flatten(array))
     elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
         lengths = pc.fill_null(pc.binary_length(array), 0).cast(pa.int64())
         feed(f"{key}:lengths", lengths.to_numpy().tobytes())
         feed(f"{key}:utf8", "".join(v for v in array.to_pylist() if v).encode())
     elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
-        filled = pc.fill_null(array, pa.scalar(False if pa.types.is_boolean(kind) else 0, kind))
-        values = filled.to_numpy(zero_copy_only=False)
+        if array.null_count:
+            array = pc.fill_null(array, pa.scalar(False if pa.types.is_boolean(kind) else 0, kind))
+        values = array.to_numpy(zero_copy_only=False)
         feed(f"{key}:{values.dtype}", values.tobytes())
     else:
         raise ContractError(f"column {key!r} of type {kind} is not an episode column type")

@@ -132,7 +132,16 @@ def test_an_untrained_encoder_leaves_the_model_unchanged_and_export_refuses():
         outer_loss(no_encoder, no_encoder.embeddings.lookup(batch), batch, FILM)
 
 
-def test_film_learns_what_the_support_set_reveals():
+@pytest.fixture
+def one_thread():
+    """Hundreds of tiny steps: one intra-op thread (several only contend on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_film_learns_what_the_support_set_reveals(one_thread):
     """Tasks differ by an unknown sign and bias that only the support labels reveal: after
     training, the encoded support set lowers the query loss against no support."""
     torch.manual_seed(0)

@@ -83,7 +83,7 @@ def test_an_object_store_that_never_answers_fails_in_time(tmp_path, monkeypatch)
 def test_gs_without_credentials_fails_with_a_message(tmp_path) -> None:
     """Through the CLI: one line on stderr, exit 2, before any JVM starts. (Without network the
     request hangs and the timeout speaks; with network but no credentials, the store's refusal.)"""
-    env = {**os.environ, "PYTHONPATH": str(REPO), extract.STORE_TIMEOUT_ENV: "2"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), extract.STORE_TIMEOUT_ENV: "1"}
     env.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
     proc = subprocess.run(
         [sys.executable, "-m", "components.cli", "etl", "--input", "gs://metarec-no-such/raw",
@@ -95,7 +95,7 @@ def test_gs_without_credentials_fails_with_a_message(tmp_path) -> None:
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert errors[0].startswith("metarec etl: error: gs://metarec-no-such/raw: ")
-    assert "did not answer within 2 s" in errors[0] or "cannot open the store" in errors[0]
+    assert "did not answer within 1 s" in errors[0] or "cannot open the store" in errors[0]
 
 
 def test_a_bad_timeout_setting_is_named(monkeypatch) -> None:

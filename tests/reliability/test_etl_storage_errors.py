@@ -43,6 +43,7 @@ def _one_line(err: BaseException) -> str:
 
 
 @pytest.mark.spark
+@pytest.mark.slow  # the default tier checks the JVM text (below) and the job's wiring (read-only)
 def test_a_full_disk_is_one_line_naming_the_path(spark, tmp_path, mount) -> None:
     from components.etl import run_etl
 

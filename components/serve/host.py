@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 CACHE_TASKS = 4096
 """Adapted task versions kept per served model (least recently used dropped first)."""
+_FUNC_TRANSFORMS = threading.Lock()
+"""Adaptation runs ``torch.func`` transforms (``vmap``, ``grad``), whose level bookkeeping is not
+safe across threads (concurrent ones fail inside functorch): one adapted request at a time; the
+unadapted ones (the exported graph) run concurrently."""
 
 
 class RequestError(ValueError):
@@ -99,7 +103,8 @@ class Served:
         if len(req.support) < int(self.model.spec.get("min_support", 1)):
             return None  # training never adapted on fewer: unadapted, as the scorer does
         try:
-            adapted = adapt_task(self.model, req.support, req.task)
+            with _FUNC_TRANSFORMS:
+                adapted = adapt_task(self.model, req.support, req.task)
         except ValueError as e:
             raise RequestError(str(e)) from None
         with self.lock:
@@ -130,7 +135,9 @@ class Served:
             return ScoreResult(
                 score_samples(self.model, req.sparse, req.dense), self.version, False
             )
-        return ScoreResult(adapted.logits(req.sparse, req.dense), self.version, True)
+        with _FUNC_TRANSFORMS:
+            logits = adapted.logits(req.sparse, req.dense)
+        return ScoreResult(logits, self.version, True)
 
 
 class ModelHost:

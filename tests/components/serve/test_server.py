@@ -89,15 +89,20 @@ def test_scores_adaptation_hot_swap_and_tamper(models, tmp_path):
                                           "data": [1]}]})  # fmt: skip
         assert r.status_code == 400 and "unknown input 'ids'" in r.text, r.text
 
-        # hot swap under concurrent requests: zero failures, each client v1 ... then v2 ...
+        # hot swap under concurrent requests, unadapted and adapted (each new model adapts anew):
+        # zero failures, each client v1 ... then v2 ...
         stop, failures = threading.Event(), []
         seen: list[list[str]] = [[] for _ in range(3)]
 
         def hammer(i: int) -> None:
             with httpx.Client() as own:
+                n = 0
                 while not stop.is_set():
+                    n += 1
+                    task = {"task": f"c-{n % 2}", "task_version": "1", "support": wire}
                     try:
-                        seen[i].append(server.infer(sparse, dense, own)["version"])
+                        got = server.infer(sparse, dense, own, **(task if n % 2 else {}))
+                        seen[i].append(got["version"])
                     except Exception as e:  # any failed request fails the test
                         failures.append(repr(e))
 

@@ -42,6 +42,9 @@ distributed = single-process oracle like MAML):
 - ``mode = "film"`` (:mod:`trainer.film`): a mode, since it replaces the inner loop by a forward
   pass: the support samples are encoded into per-layer scales and shifts of the main layers, and
   the loss is the query loss under that modulation.
+- ``mode = "metaemb"`` (:mod:`trainer.metaemb`): a mode, since its loss is another sum: the plain
+  loss, plus a cold-ID embedding generator's cold-phase and warm-up losses on the batch's (warm)
+  ids with the model held fixed.
 
 Loss scaling: the loss is ``sum over valid episodes of the per-episode mean / normalizer``. The
 default ``normalizer`` is the number of valid episodes in this batch (a mean over episodes). A

@@ -41,6 +41,7 @@ def test_a_wrong_input_fails_before_the_jvm_starts(tmp_path: Path) -> None:
     a_file.write_text("{}\n")
     one_hour = tmp_path / "raw"
     (one_hour / "dt=2026-11-01" / "hr=00").mkdir(parents=True)
+    (one_hour / "dt=2026-11-01" / "hr=00" / "_SUCCESS").write_text("")  # landed (no traffic)
 
     out = _run_etl_cli("/nonexistent/raw", f"file://{tmp_path}/nowhere", str(a_file), str(one_hour))
 

@@ -36,7 +36,6 @@ _JAVA_PATHS = (
     re.compile(r"FileNotFoundException: (\S+) \("),
     re.compile(r"Mkdirs failed to create (\S+)"),
     re.compile(r"AccessDeniedException: (\S+)"),
-    re.compile(r"(?:Failed|Unable) to (?:create|rename|write|delete) (?:file |directory )?(\S+)"),
 )
 
 

@@ -99,7 +99,9 @@ def etl_config(cfg: DeliveryConfig, interval: Interval):  # -> components.etl.Et
 
 
 def check_raw(cfg: DeliveryConfig, interval: Interval) -> RawStatus:
-    """Are all hourly partitions of ``interval`` under ``raw_root`` present with data files?"""
+    """Have all hourly partitions of ``interval`` under ``raw_root`` landed? An hour has landed
+    when its folder holds a data file or a ``_SUCCESS`` marker (an empty folder has not): the
+    ETL's own rule (``components.etl.extract.landed``), so the sensor and the ETL agree."""
     from dataclasses import replace
 
     from components.etl.extract import list_input

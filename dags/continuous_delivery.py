@@ -6,7 +6,8 @@ Every tick of the schedule (hourly or daily, from the delivery config) covers on
 would give Airflow 3 runs with no data interval):
 
 1. **wait_for_raw_partitions**: a sensor in reschedule mode until every hourly `dt=/hr=`
-   partition of the interval has data files (fails after `raw_wait_timeout_s`);
+   partition of the interval has landed: holds a data file or a `_SUCCESS` marker, the ETL's
+   rule (fails after `raw_wait_timeout_s`);
 2. **validate_raw**: the great-expectations raw-log suite (fails closed);
 3. **run_etl**: the Spark Meta-IO ETL into `<run_root>/episodes/<interval id>/`;
 4. **validate_episodes**: the episode suite; emits the `metarec_episodes` Asset on success;

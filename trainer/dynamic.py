@@ -15,7 +15,8 @@ The map (:class:`IdMap`) is exact: a row holds one id at a time and an id holds 
 admitted ids never collide, whatever the id space. Per training step, for the ids seen:
 
 * admission: an id gets a row once it has been seen ``admit_count`` times (counted in a
-  count-min sketch of fixed size, so memory stays bounded however many ids pass; an
+  count-min sketch of fixed size whose counters are halved every ``10 x width`` additions, as
+  TinyLFU ages its counts, so memory stays bounded however many ids pass and old counts fade; an
   over-estimate only admits an id early), and, with ``admit_probability < 1``, when a hash of
   (id, step) falls under that probability (deterministic: every rank decides the same);
 * eviction when the table is full: ``lru`` (least recently seen), ``lfu`` (fewest occurrences),
@@ -37,6 +38,7 @@ what one process training on the union of the batches decides (distributed = sin
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,8 +75,9 @@ class DynamicTableConfig:
     """Which row to free when the table is full (see the module docstring)."""
     ttl_steps: int = 0
     """``ttl``: free rows unseen for more than this many steps (>= 1)."""
-    sketch_width: int = 1 << 16
-    """Counters per row of the admission count-min sketch (4 rows; used when admit_count > 1)."""
+    sketch_width: int = 0
+    """Counters per row of the admission count-min sketch (4 rows of int32; used when
+    admit_count > 1). 0: ``max(1024, 4 x capacity)``."""
 
     def __post_init__(self) -> None:
         where = f"parallel.dynamic[{self.feature!r}]"
@@ -95,8 +98,8 @@ class DynamicTableConfig:
                 f"{where}: ttl_steps must be >= 1 with eviction = 'ttl' and 0 otherwise, "
                 f"got {self.ttl_steps} with {self.eviction!r}"
             )
-        if self.sketch_width < 1:
-            raise ValueError(f"{where}: sketch_width must be >= 1, got {self.sketch_width}")
+        if self.sketch_width < 0:
+            raise ValueError(f"{where}: sketch_width must be >= 0, got {self.sketch_width}")
 
     @property
     def physical_rows(self) -> int:
@@ -124,12 +127,19 @@ def _u64(values: Tensor | int) -> np.ndarray:
     return arr.astype(np.int64).view(np.uint64)
 
 
-def _hash(ids: Tensor, *salts: int) -> np.ndarray:
-    """A uint64 hash of each id and the ``salts``."""
-    h = _u64(ids)
+@functools.lru_cache(maxsize=256)
+def _salt(*salts: int) -> np.uint64:
+    """One 64-bit key from ``salts`` (SplitMix64 over Python ints)."""
+    key = 0
     for s in salts:
-        h = _mix64(h ^ _mix64(_u64(s)))
-    return _mix64(h)
+        key = int(_mix64(np.array([(key ^ s) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0])
+    return np.uint64(key)
+
+
+def _hash(ids: Tensor | np.ndarray, *salts: int) -> np.ndarray:
+    """A uint64 hash of each id and the ``salts``."""
+    arr = ids if isinstance(ids, np.ndarray) else _u64(ids)
+    return _mix64(_mix64(arr ^ _salt(*salts)))
 
 
 def _unit(h: np.ndarray) -> np.ndarray:
@@ -169,8 +179,10 @@ class IdMap:
         self.keys = torch.full((c,), -1, dtype=torch.int64)
         self.last_seen = torch.full((c,), -1, dtype=torch.int64)
         self.freq = torch.zeros(c, dtype=torch.int64)
-        width = cfg.sketch_width if cfg.admit_count > 1 else 0
-        self.sketch = torch.zeros(SKETCH_DEPTH, width, dtype=torch.int64)
+        width = (cfg.sketch_width or max(1024, 4 * c)) if cfg.admit_count > 1 else 0
+        self.sketch = torch.zeros(SKETCH_DEPTH, width, dtype=torch.int32)
+        self.sketch_adds = torch.zeros((), dtype=torch.int64)
+        """Occurrences added since the last halving."""
         self.counts = dict.fromkeys(COUNTERS, 0)
         self._reindex()
 
@@ -233,13 +245,20 @@ class IdMap:
         cfg = self.cfg
         ok = torch.ones(ids.numel(), dtype=torch.bool)
         if cfg.admit_count > 1 and ids.numel():
-            seen = torch.empty(SKETCH_DEPTH, ids.numel(), dtype=torch.int64)
+            width = self.sketch.shape[1]
+            base = _hash(ids, self.seed)
+            seen = torch.empty(SKETCH_DEPTH, ids.numel(), dtype=torch.int32)
             for d in range(SKETCH_DEPTH):
-                h = _hash(ids, self.seed, d) % np.uint64(cfg.sketch_width)
-                col = torch.from_numpy(h.astype(np.int64))
-                self.sketch[d].index_add_(0, col, counts)
+                col = torch.from_numpy(
+                    (_mix64(base ^ _salt(d)) % np.uint64(width)).astype(np.int64)
+                )
+                self.sketch[d].index_add_(0, col, counts.to(torch.int32))
                 seen[d] = self.sketch[d].index_select(0, col)
             ok &= seen.min(0).values >= cfg.admit_count
+            self.sketch_adds += counts.sum()
+            if int(self.sketch_adds) >= 10 * width:  # age: old counts fade
+                self.sketch.bitwise_right_shift_(1)
+                self.sketch_adds //= 2
         if cfg.admit_probability < 1.0 and ids.numel():
             u = torch.from_numpy(_unit(_hash(ids, self.seed, step, 0xAD)))
             ok &= u <= cfg.admit_probability
@@ -262,10 +281,11 @@ class IdMap:
             f"{prefix}last_seen": self.last_seen.clone(),
             f"{prefix}freq": self.freq.clone(),
             f"{prefix}sketch": self.sketch.clone(),
+            f"{prefix}sketch_adds": self.sketch_adds.clone(),
         }
 
     def load(self, prefix: str, state: dict[str, Any]) -> None:
-        for name in ("keys", "last_seen", "freq", "sketch"):
+        for name in ("keys", "last_seen", "freq", "sketch", "sketch_adds"):
             mine, theirs = getattr(self, name), state[f"{prefix}{name}"]
             if tuple(theirs.shape) != tuple(mine.shape):
                 raise ValueError(
@@ -482,8 +502,11 @@ class DynamicEmbeddingCollection:
         fresh_rows, fresh_ids = [], []
         for fi, m in self.maps.items():
             part = everyone[everyone[:, 0] == fi]
-            uids, inv = torch.unique(part[:, 1], return_inverse=True)
-            ucounts = torch.zeros_like(uids).index_add_(0, inv, part[:, 2])
+            if self.comm is None:  # one batch: its ids are unique and sorted already
+                uids, ucounts = part[:, 1].contiguous(), part[:, 2].contiguous()
+            else:
+                uids, inv = torch.unique(part[:, 1], return_inverse=True)
+                ucounts = torch.zeros_like(uids).index_add_(0, inv, part[:, 2])
             slots, new_slots, new_ids = m.assign(uids, ucounts, self.step)
             here = (feature == fi).nonzero().squeeze(1)
             if here.numel():

@@ -1,0 +1,332 @@
+"""Dynamic embedding tables vs a hashed table of the same memory, on a Zipf id stream with 100x
+more distinct ids than rows (issue 16 item 1; ``trainer/dynamic.py``).
+
+    python -m bench.dynamic_tables --out out/bench/dynamic_tables.json
+    python -m bench.dynamic_tables --out /tmp/dyn.json --quick
+
+Stream: an ``item`` feature over ``100 x rows`` ids, Zipf (exponent ``--zipf``) with a drifting
+popularity (every step the ranks move by ``drift`` ids, so new ids keep arriving: cold starts),
+a ``category`` feature (32 values, ``item mod 32``) and ``--fields`` context features (1,000
+uniform values each, no signal), hashed and static in both models. Click probability
+``sigmoid(w_item + w_category - 1)`` with ``w ~ normal(0, 1)``: half of the signal is the item's
+own. Batches of 64 episodes x 32 samples; a DeepFM of the project's default size (dim 16, MLP
+256-128) trained with Adam + row-wise Adagrad, plain (no meta-learning), the same batches for
+both models. ``--fields 0 --small`` times the table work alone (dim 8, MLP 64-32, two fields).
+
+Models, same rows of ``item`` (``rows = 1 + fallback + capacity``):
+- hashed: ``item`` ids hashed into ``rows`` buckets (the ETL's feature hash);
+- dynamic: ``capacity`` exact rows (admission after 2 occurrences, LRU) + ``fallback`` rows.
+
+Reported (JSON): collisions among admitted ids (distinct admitted ids sharing a row: must be 0;
+for the hashed table, the seen ids that share a row with another seen id), memory (rows x bytes,
+plus the dynamic maps), progressive-validation AUC (each batch scored before training on it, from
+step ``steps // 4`` on) overall and on cold-start samples (an item first seen at most
+``COLD_STEPS`` steps earlier), and training-step time (lookup, forward, backward, both
+optimizers; the two models alternate step by step in this process), with the ratio
+``hashed step time / dynamic step time`` (the dynamic table's throughput relative to the hashed
+one: target >= 0.8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger("bench.dynamic_tables")
+
+EPISODES, K, Q = 64, 16, 16
+CATEGORIES = 32
+CONTEXT_BUCKETS = 1000
+COLD_STEPS = 5
+
+
+@dataclass
+class Stream:
+    """The id stream and the true click model."""
+
+    universe: int
+    zipf: float
+    drift: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        rng = np.random.default_rng(self.seed)
+        p = 1.0 / np.arange(1, self.universe + 1) ** self.zipf
+        self.cdf = np.cumsum(p / p.sum())
+        self.perm = rng.permutation(self.universe) + 1  # ids 1..universe
+        self.w_item = rng.normal(size=self.universe + 1)
+        self.w_cat = rng.normal(size=CATEGORIES)
+        self.rng = rng
+
+    def batch(self, step: int, fields: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Item ids ``(T, N)``, context ids ``(T, N, fields)`` and clicks ``(T, N)``."""
+        n = EPISODES * (K + Q)
+        context = self.rng.integers(1, CONTEXT_BUCKETS, size=(EPISODES, K + Q, fields))
+        rank = np.searchsorted(self.cdf, self.rng.random(n))
+        rank = np.minimum(rank, self.universe - 1)
+        ids = self.perm[(rank + self.drift * step) % self.universe]
+        logit = self.w_item[ids] + self.w_cat[ids % CATEGORIES] - 1.0
+        click = self.rng.random(n) < 1.0 / (1.0 + np.exp(-logit))
+        return ids.reshape(EPISODES, K + Q), context, click.reshape(EPISODES, K + Q)
+
+
+def _layout(item_buckets: int, fields: int) -> Any:
+    from trainer.data.batch import FeatureLayout
+
+    buckets = (item_buckets, CATEGORIES + 1, *[CONTEXT_BUCKETS] * fields)
+    offsets = tuple(int(o) for o in np.cumsum([0, *buckets])[:-1])
+    return FeatureLayout(
+        feature_names=("item", "category", *[f"context{i}" for i in range(fields)]),
+        feature_slots=(1,) * len(buckets),
+        feature_buckets=buckets,
+        table_offsets=offsets,
+        total_rows=sum(buckets),
+        slot_feature=torch.arange(len(buckets)),
+        slot_offsets=torch.tensor(offsets),
+        dense_names=("d0",),
+        k_support=K,
+        q_query=Q,
+    )
+
+
+def _episode_batch(
+    layout: Any, item_local: np.ndarray, ids: np.ndarray, context: np.ndarray, click: np.ndarray
+) -> Any:
+    from trainer.data.batch import EpisodeBatch
+
+    local = np.concatenate([np.stack([item_local, ids % CATEGORIES + 1], -1), context], -1)
+    glob = torch.from_numpy(local).long() + layout.slot_offsets
+    uids, inverse = torch.unique(glob, return_inverse=True)
+    T, N = click.shape
+    y = torch.from_numpy(click.astype(np.float32))
+    return EpisodeBatch(
+        ids=uids, inverse=inverse, dense=torch.zeros(T, N, 1), click=y,
+        conversion=torch.zeros(T, N), n_support=torch.full((T,), K),
+        n_query=torch.full((T,), Q), task_ids=torch.arange(1, T + 1),
+        episode_mask=torch.ones(T, dtype=torch.bool), k_support=K,
+    )  # fmt: skip
+
+
+def _model(layout: Any, embeddings: Any, small: bool) -> tuple[Any, Any]:
+    from trainer.models import ModelConfig, build_model
+    from trainer.optim import OptimConfig, build_optimizers
+
+    mlp = (64, 32) if small else (256, 128)
+    cfg = ModelConfig(arch="deepfm", embedding_dim=embeddings.dim, mlp=mlp, embedding_init_std=0.05)
+    net = build_model(cfg, layout, embeddings=embeddings, seed=0)
+    return net, build_optimizers(OptimConfig(dense_lr=3e-3, sparse_lr=0.05), net)
+
+
+def _train_step(net: Any, opt: Any, batch: Any) -> float:
+    """One plain training step; returns its wall time."""
+    t0 = time.perf_counter()
+    sparse = net.embeddings.lookup(batch)
+    loss = F.binary_cross_entropy_with_logits(net(sparse, batch.dense), batch.click)
+    loss.backward()
+    opt.step()
+    return time.perf_counter() - t0
+
+
+@torch.no_grad()
+def _scores(net: Any, batch: Any) -> np.ndarray:
+    return net(net.embeddings.read(batch), batch.dense).reshape(-1).numpy()
+
+
+def run(
+    capacity: int, fallback: int, steps: int, zipf: float, drift: int, seed: int, fields: int,
+    small: bool,
+) -> dict:  # fmt: skip
+    from trainer.data.hashing import feature_id
+    from trainer.dynamic import DynamicEmbeddingCollection, DynamicTableConfig, physical_layout
+    from trainer.embeddings import PlainEmbeddingCollection
+    from trainer.metrics import auc
+
+    rows = 1 + fallback + capacity
+    universe = 100 * rows
+    stream = Stream(universe, zipf, drift, seed)
+    hashed_local = np.array(
+        [0] + [feature_id("item", str(i), rows) for i in range(1, universe + 1)], dtype=np.int64
+    )
+    hashed_layout, logical = _layout(rows, fields), _layout(universe + 1, fields)
+    dim = 8 if small else 16
+    table = DynamicTableConfig(
+        feature="item", capacity=capacity, fallback_rows=fallback, admit_count=2
+    )
+    phys = physical_layout(logical, [table])
+
+    def plain(layout: Any) -> PlainEmbeddingCollection:
+        return PlainEmbeddingCollection(
+            layout.table_offsets, layout.total_rows, dim, layout.slot_feature, linear=True,
+            init_std=0.05, seed=1,
+        )  # fmt: skip
+
+    dyn_coll = DynamicEmbeddingCollection(plain(phys), logical, [table], init_std=0.05, seed=1)
+    hashed, hashed_opt = _model(hashed_layout, plain(hashed_layout), small)
+    dynamic, dynamic_opt = _model(logical, dyn_coll, small)
+    first_seen = np.full(universe + 1, -1, dtype=np.int64)
+    scored: dict[str, dict[str, list]] = {m: {"y": [], "p": [], "cold": []} for m in ("h", "d")}
+    times: dict[str, list[float]] = {"h": [], "d": []}
+    max_rows_used = 0
+    for step in range(steps):
+        ids, context, click = stream.batch(step, fields)
+        new = first_seen[ids] < 0
+        first_seen[ids[new]] = step
+        cold = (step - first_seen[ids]) <= COLD_STEPS
+        hb = _episode_batch(hashed_layout, hashed_local[ids], ids, context, click)
+        db = _episode_batch(logical, ids, ids, context, click)
+        if step >= steps // 4:  # progressive validation: scored before training on it
+            for key, net, b in (("h", hashed, hb), ("d", dynamic, db)):
+                scored[key]["y"].append(click.reshape(-1))
+                scored[key]["p"].append(_scores(net, b))
+                scored[key]["cold"].append(cold.reshape(-1))
+        order = (("h", hashed, hashed_opt, hb), ("d", dynamic, dynamic_opt, db))
+        for key, net, opt, b in order if step % 2 == 0 else order[::-1]:
+            times[key].append(_train_step(net, opt, b))
+        max_rows_used = max(max_rows_used, dyn_coll.maps[0].used)
+        if step % 50 == 0:
+            log.info("step %d/%d", step, steps)
+
+    seen = np.nonzero(first_seen >= 0)[0]
+    # Collisions: distinct ids whose row another distinct id also holds.
+    m = dyn_coll.maps[0]
+    held = (m.keys >= 0).nonzero().squeeze(1)
+    admitted_ids = m.keys[held]
+    dyn_collisions = int(admitted_ids.numel() - held.unique().numel())
+    dyn_collisions += int(admitted_ids.numel() - admitted_ids.unique().numel())
+    _, counts = np.unique(hashed_local[seen], return_counts=True)
+    hashed_sharing = int(counts[counts > 1].sum())
+
+    def aucs(key: str) -> dict[str, float]:
+        y = np.concatenate(scored[key]["y"]).astype(np.float64)
+        p = np.concatenate(scored[key]["p"])
+        c = np.concatenate(scored[key]["cold"])
+        return {
+            "auc": auc(y, p),
+            "cold_start_auc": auc(y[c], p[c]),
+            "cold_start_share": float(c.mean()),
+        }
+
+    row_bytes = (dim + 1 + 2) * 4  # emb + linear + two Adagrad floats (float32)
+    map_bytes = sum(t.numel() * t.element_size() for t in (m.keys, m.last_seen, m.freq, m.sketch))
+    t_h = statistics.median(times["h"][steps // 10 :])
+    t_d = statistics.median(times["d"][steps // 10 :])
+    counters = dyn_coll.cache_stats(reset=True)
+    return {
+        "stream": {
+            "rows_of_item": rows,
+            "id_universe": universe,
+            "distinct_ids_seen": int(seen.size),
+            "distinct_ids_per_row": int(seen.size) / rows,
+            "zipf": zipf,
+            "drift_per_step": drift,
+            "samples_per_step": EPISODES * (K + Q),
+            "steps": steps,
+        },
+        "model": {
+            "arch": "deepfm",
+            "dim": dim,
+            "mlp": [64, 32] if small else [256, 128],
+            "fields": 2 + fields,
+        },
+        "dynamic_config": {
+            "capacity": capacity,
+            "fallback_rows": fallback,
+            "admit_count": 2,
+            "eviction": "lru",
+        },
+        "collisions": {
+            "dynamic_admitted_ids_sharing_a_row": dyn_collisions,
+            "dynamic_admitted_ids_now": int(admitted_ids.numel()),
+            "hashed_seen_ids_sharing_a_row": hashed_sharing,
+        },
+        "memory": {
+            "hashed_item_rows": rows,
+            "dynamic_item_rows": rows,
+            "dynamic_capacity": capacity,
+            "dynamic_rows_used_max": max_rows_used,
+            "within_capacity": max_rows_used <= capacity,
+            "row_bytes": row_bytes,
+            "hashed_item_bytes": rows * row_bytes,
+            "dynamic_item_bytes": rows * row_bytes,
+            "dynamic_map_bytes": map_bytes,
+        },
+        "dynamic_counters_total": counters,
+        "quality": {"hashed": aucs("h"), "dynamic": aucs("d")},
+        "throughput": {
+            "hashed_step_s_median": t_h,
+            "dynamic_step_s_median": t_d,
+            "ratio_dynamic_vs_hashed": t_h / t_d,
+            "target_ratio": 0.8,
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.dynamic_tables",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", default="out/bench/dynamic_tables.json", help="JSON report path")
+    p.add_argument("--capacity", type=int, default=1000, help="exact rows of the dynamic table")
+    p.add_argument("--fallback", type=int, default=24, help="fallback rows of the dynamic table")
+    p.add_argument("--steps", type=int, default=200, help="training steps")
+    p.add_argument("--zipf", type=float, default=1.05, help="Zipf exponent of the id stream")
+    p.add_argument("--drift", type=int, default=40, help="ids the popularity ranks move per step")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (0: torch default)")
+    p.add_argument("--fields", type=int, default=6, help="static context features")
+    p.add_argument("--small", action="store_true", help="dim 8, MLP 64-32 (table work alone)")
+    p.add_argument("--quick", action="store_true", help="capacity 200, 40 steps")
+    args = p.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.quick:
+        args.capacity, args.fallback, args.steps = 200, 8, 40
+    from trainer.durable import write_json_atomic
+
+    t0 = time.perf_counter()
+    result = {
+        "benchmark": "dynamic_tables",
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+        **run(
+            args.capacity,
+            args.fallback,
+            args.steps,
+            args.zipf,
+            args.drift,
+            args.seed,
+            args.fields,
+            args.small,
+        ),
+    }
+    result["wall_s"] = time.perf_counter() - t0
+    write_json_atomic(args.out, result)
+    q, t = result["quality"], result["throughput"]
+    log.info(
+        "collisions %d; cold-start AUC dynamic %.4f vs hashed %.4f; step time ratio %.2f; -> %s",
+        result["collisions"]["dynamic_admitted_ids_sharing_a_row"],
+        q["dynamic"]["cold_start_auc"], q["hashed"]["cold_start_auc"],
+        t["ratio_dynamic_vs_hashed"], args.out,
+    )  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

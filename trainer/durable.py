@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +48,27 @@ def fsync_dir(path: Path | str) -> None:
         os.close(fd)
 
 
+TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+"""How ``write_atomic`` opens its temp file: a new file only, never an existing one nor a link."""
+
+
 def write_atomic(path: Path | str, data: bytes | str) -> None:
     """Replace ``path`` with ``data`` (``str`` is written as UTF-8) atomically and durably; creates
     the parent directory. A crash leaves the old file or the new one, and at most a hidden
-    ``.<name>.tmp-<pid>`` beside it, never a partial ``path``."""
+    ``.<name>.tmp-<pid>-<random>`` beside it, never a partial ``path``.
+
+    Nothing is written through a planted symlink: the temp file has an unpredictable name and is
+    created new (``O_EXCL | O_NOFOLLOW``: an existing file or link there fails the open), and the
+    rename replaces a link at ``path`` itself, not the file it points to."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(8)}")
+    fd = os.open(tmp, TEMP_FLAGS, 0o644)
     try:
-        fsync_write(tmp, data.encode() if isinstance(data, str) else data)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

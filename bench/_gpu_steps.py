@@ -318,18 +318,18 @@ def profile_step(fn: StepFn, batches: list[EpisodeBatch], device: torch.device, 
 
 
 def _flops_fraction(flops_per_s: float, prec: str, ceilings: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"model_tflops": round(flops_per_s / 1e12, 4)}
+    out: dict[str, Any] = {"model_tflops": round(flops_per_s / 1e12, 6)}
     ceiling = ceilings.get(f"matmul_{prec}_tflops")
     if ceiling:
-        out["model_tflops_fraction_of_matmul_ceiling"] = round(flops_per_s / 1e12 / ceiling, 4)
+        out["model_tflops_fraction_of_matmul_ceiling"] = round(flops_per_s / 1e12 / ceiling, 6)
     return out
 
 
 def _bandwidth_fraction(bytes_per_s: float, ceilings: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"embedding_gbps": round(bytes_per_s / 1e9, 3)}
+    out: dict[str, Any] = {"embedding_gbps": round(bytes_per_s / 1e9, 6)}
     ceiling = ceilings.get("device_copy_gbps")
     if ceiling:
-        out["embedding_gbps_fraction_of_copy_ceiling"] = round(bytes_per_s / 1e9 / ceiling, 4)
+        out["embedding_gbps_fraction_of_copy_ceiling"] = round(bytes_per_s / 1e9 / ceiling, 6)
     return out
 
 

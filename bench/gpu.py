@@ -128,7 +128,7 @@ def ceilings(device: torch.device, timer, copy_mb: int, matmul_n: int) -> dict[s
             secs = timer.run(lambda _, a=a, b=b: a @ b, 2, 5 if device.type == "cpu" else 10)
         finally:
             torch.set_float32_matmul_precision(before)
-        out[f"matmul_{prec}_tflops"] = round(2 * matmul_n**3 / _median(secs) / 1e12, 4)
+        out[f"matmul_{prec}_tflops"] = round(2 * matmul_n**3 / _median(secs) / 1e12, 6)
     out["matmul_n"] = matmul_n
     return out
 

@@ -31,6 +31,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from components.etl.config import EtlConfig
+from components.inputs import refuse_links_out
 from components.raw_schema import FIELDS_BY_NAME, RAW_FIELDS
 
 if TYPE_CHECKING:
@@ -284,31 +285,6 @@ def list_input(config: EtlConfig) -> InputListing:
             f"is empty: its {len(listing.files)} {fmt} files hold no rows"
         )
     return listing
-
-
-def refuse_links_out(fs: pafs.FileSystem, base: str, uri: str, files: list[str]) -> None:
-    """Refuse input files that resolve outside the input root (a symbolic link, to the file or a
-    folder above it): the ETL reads, and quarantines lines of, only what lives under the root.
-
-    Raises:
-        ValueError: naming each such file and where it leads.
-    """
-    import os
-
-    if fs.type_name != "local":  # object stores have no links
-        return
-    root = os.path.realpath(base)
-    outside = []
-    for rel in files:
-        target = os.path.realpath(join(base, rel))
-        if os.path.commonpath([root, target]) != root:
-            outside.append(f"{rel} -> {target}")
-    if outside:
-        raise ValueError(
-            f"{uri}: {len(outside)} input file(s) lead outside the input root {root} through a "
-            f"symbolic link: {_shorten(outside)}. The ETL reads only files under its input root: "
-            "copy or move the data under the root, or remove the link"
-        )
 
 
 def _choose_format(config: EtlConfig, files: dict[str, list]) -> str | None:

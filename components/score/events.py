@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from components.etl.extract import filesystem, format_of
+from components.inputs import refuse_links_out
 from components.raw_records import DAMAGED_FILE, parse_stream
 from components.raw_schema import FIELDS_BY_NAME, RAW_FIELDS
 
@@ -64,11 +65,13 @@ def list_event_files(uri: str) -> tuple[Any, list[EventFile]]:
     """``(pyarrow filesystem, files)`` of a file or of every data file under a directory (any
     depth, sorted; names starting with ``_`` or ``.`` skipped, as the ETL does). A local
     directory's symlinks are followed, but each real directory is entered once, so a link loop
-    ends the walk instead of hanging it.
+    ends the walk instead of hanging it; a file that a link leads outside the directory is
+    refused, as the ETL does (``components.inputs.refuse_links_out``).
 
     Raises:
         FileNotFoundError: nothing at ``uri``.
-        ValueError: a file of unknown format was named, or a directory holds no data file.
+        ValueError: a file of unknown format was named, a directory holds no data file, or a
+            file lies outside it through a symbolic link.
     """
     import pyarrow.fs as pafs
 
@@ -96,6 +99,7 @@ def list_event_files(uri: str) -> tuple[Any, list[EventFile]]:
             files.append(EventFile(path, rel, fmt, size))
     if not files:
         raise ValueError(f"{uri} holds no .jsonl, .jsonl.gz or .parquet file")
+    refuse_links_out(fs, base, uri, [f.rel for f in files])
     return fs, sorted(files, key=lambda f: f.rel)
 
 

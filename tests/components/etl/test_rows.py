@@ -93,7 +93,6 @@ def _validated(df):
 def test_jsonl_reasons(spark, tmp_path):
     from pyspark.testing import assertDataFrameEqual
 
-
     out = _validated(_parsed(spark, tmp_path, [c[1] for c in CASES]))
     expected = spark.createDataFrame(
         [(c[0], c[2]) for c in CASES], "event_id string, _reason string"

@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "components.validation.command",
         "check raw logs or episodes with great-expectations (fails closed)",
     ),
+    "plan": (
+        "trainer.plan_cli",
+        "per-rank memory and bytes per collective of a run at a world size (no run)",
+    ),
     "train": ("components.train.command", "meta-train and evaluate a CTR/CVR model on episodes"),
     "export": ("components.export.command", "checkpoint -> versioned, checksummed model directory"),
     "evaluate": (

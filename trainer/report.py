@@ -34,9 +34,13 @@ def write_report(output_dir: str | Path, path: str | Path | None = None) -> Path
 
     Raises:
         FileNotFoundError: ``metrics.jsonl`` is missing (not a run directory).
-        ValueError: ``<output_dir>/report.png`` is a symlink.
+        ValueError: ``<output_dir>/report.png`` is a symlink; or it cannot be written (a full disk,
+            a read-only run directory): one line naming the file, as for the trainer's other
+            outputs (``checkpoint.writing``).
     """
     import matplotlib
+
+    from trainer.checkpoint import writing  # torch: imported when a report is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -91,7 +95,8 @@ def write_report(output_dir: str | Path, path: str | Path | None = None) -> Path
     png = io.BytesIO()
     fig.savefig(png, format="png")
     plt.close(fig)
-    write_atomic(target, png.getvalue())
+    with writing("the run's report", target, ValueError):
+        write_atomic(target, png.getvalue())
     return target
 
 
@@ -99,4 +104,8 @@ if __name__ == "__main__":
     if len(sys.argv) != 2 or sys.argv[1] in ("-h", "--help"):
         sys.stdout.write(__doc__ or "")
         sys.exit(0 if len(sys.argv) == 2 else 2)
-    print(write_report(sys.argv[1]))
+    try:
+        print(write_report(sys.argv[1]))
+    except (FileNotFoundError, ValueError) as e:
+        sys.stderr.write(f"trainer.report: error: {e}\n")
+        sys.exit(2)

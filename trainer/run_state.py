@@ -69,6 +69,9 @@ MODEL_SHAPE_KEYS = ("arch", "embedding_dim", "mlp", "bottom_mlp")
 """``model`` settings that fix parameter shapes: a checkpoint only loads where they are equal."""
 STREAM_KEYS = ("train_split", "batch_episodes", "seed", "shuffle", "shuffle_buffer")
 """``data`` settings that define the sample stream: a resume continues it only where they are equal."""
+METHOD_PARAMETERS = ("inner_lrs.", "task_encoder.", "id_generator.")
+"""The model's parameters a meta-learning method adds (:class:`trainer.models.RecModel`): a warm
+start from a checkpoint without them (plain or MAML pretraining) keeps their initial values."""
 FEATURE_KEYS = ("name", "kind", "buckets", "slots")
 """What ``meta.json`` records of each sparse feature (what the stacked table's shape depends on)."""
 
@@ -178,9 +181,25 @@ class RunCheckpoints:
         info = read_meta(ckpt)
         moved = _placement_problem(run, info)
         state = self._load(ckpt, info, resharded=moved is not None)
-        parts.model.load_state_dict(state["model"])
+        own = parts.model.state_dict()
+        # Plain pretraining, then a method: the method's own parameters (Meta-SGD's step sizes,
+        # FiLM's encoder, MetaEmb's generator) keep their initial values when the checkpoint has
+        # none; every other key is loaded strictly.
+        new = [k for k in own if k.startswith(METHOD_PARAMETERS) and k not in state["model"]]
+        extra = sorted({k.split(".")[0] for k in state["model"] if k not in own})
+        if extra:
+            raise ValueError(
+                f"cannot warm start from {ckpt}: it holds parameters this run's model has not "
+                f"({', '.join(extra)}); set meta.mode / meta.learn_inner_lr as the run that wrote "
+                "it did, or warm start from a checkpoint without them"
+            )
+        parts.model.load_state_dict({**state["model"], **{k: own[k] for k in new}})
         embeddings = state["embeddings"]
-        if run.cfg.checkpoint.warm_start_optimizer:
+        if new:  # the optimizer state has no entry for them: fresh, as warm_start_optimizer=false
+            log.info("warm start: the %s of meta.mode %s start from their initial values (%d "
+                     "tensors), with a fresh optimizer state", ", ".join(sorted({k.split(".")[0]
+                     for k in new})), run.cfg.meta.mode, len(new))  # fmt: skip
+        if run.cfg.checkpoint.warm_start_optimizer and not new:
             parts.optimizers.load_state_dict(state["optimizers"])
         else:  # fresh (zero) Adagrad sums, only the rows
             embeddings = {

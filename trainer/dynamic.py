@@ -77,7 +77,7 @@ class DynamicTableConfig:
     """``ttl``: free rows unseen for more than this many steps (>= 1)."""
     sketch_width: int = 0
     """Counters per row of the admission count-min sketch (4 rows of int32; used when
-    admit_count > 1). 0: ``max(1024, 4 x capacity)``."""
+    admit_count > 1). 0: ``max(1024, capacity)``."""
 
     def __post_init__(self) -> None:
         where = f"parallel.dynamic[{self.feature!r}]"
@@ -179,7 +179,7 @@ class IdMap:
         self.keys = torch.full((c,), -1, dtype=torch.int64)
         self.last_seen = torch.full((c,), -1, dtype=torch.int64)
         self.freq = torch.zeros(c, dtype=torch.int64)
-        width = (cfg.sketch_width or max(1024, 4 * c)) if cfg.admit_count > 1 else 0
+        width = (cfg.sketch_width or max(1024, c)) if cfg.admit_count > 1 else 0
         self.sketch = torch.zeros(SKETCH_DEPTH, width, dtype=torch.int32)
         self.sketch_adds = torch.zeros((), dtype=torch.int64)
         """Occurrences added since the last halving."""

@@ -237,7 +237,8 @@ def test_a_run_with_dynamic_tables_counts_its_decisions_and_refuses_export(tmp_p
         'parallel.dynamic=[{feature = "user", capacity = 30, admit_count = 2}, '
         '{feature = "ad", capacity = 6, fallback_rows = 2, eviction = "lfu"}]'
     )
-    overrides = [*tiny_overrides(data, tmp_path / "run", **{"train.steps": 6}), dynamic]
+    extra = {"train.steps": 6, "eval.max_episodes": 8, "eval.splits": ["valid"]}
+    overrides = [*tiny_overrides(data, tmp_path / "run", **extra), dynamic]
     trainer = Trainer(load_trainer_config("debug", overrides)).build()
     trainer.fit()
     coll = trainer.model.embeddings

@@ -252,7 +252,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"metarec plan: {model['arch']}, dim {model['dim']}{' + linear' if model['linear'] else ''},"
         f" {W} ranks ({nodes} node(s) of {links['gpus_per_node']}), "
         f"{r['batch']['episodes_per_rank']} episodes = {r['batch']['samples_per_rank']:,} samples "
-        f"per rank and step, unique ids {r['unique_fraction']:g} of the slots",
+        f"per rank and step, unique ids = {r['unique_fraction']:.0%} of the slot occurrences",
         "",
         r["plan"]["text"],
         "",

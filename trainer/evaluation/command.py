@@ -104,10 +104,13 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     for r in result["rows"]:
         s = r["setting"] if r["setting"] and "steps" in r["setting"] else {}
-        cells = [f"{r['row']:<22}", f"{r['level']:<7}", _cell(s.get("steps"), 5),
-                 _cell(s.get("lr"), 7, 3), _cell(s.get("scope"), 9)]  # fmt: skip
+        lr = _cell(s.get("lr"), 7, 3) if "learned_lr" not in s else f"{'learned':>7}"
+        cells = [f"{r['row']:<22}", f"{r['level']:<7}", _cell(s.get("steps"), 5), lr,
+                 _cell(s.get("scope"), 9)]  # fmt: skip
         cells += [_cell(r["metrics"][k], max(len(t), 7)) for k, t in METRICS]
         lines.append(" ".join(cells))
+    if result.get("grid_note"):
+        lines.append(f"grid: {result['grid_note']}")
     for level, t in result["tuning"].items():
         if "skipped" in t:
             lines.append(f"tuning ({level}): none, {t['skipped']}")

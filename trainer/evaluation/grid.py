@@ -87,10 +87,18 @@ class Settings:
             )
 
     def grid(self, training: MetaConfig) -> list[MetaConfig]:
-        """The grid cells with at least one step, as inner-loop settings of ``training``'s mode."""
-        scopes = self.scopes or (training.adapt,)
+        """The grid cells with at least one step, as inner-loop settings of ``training``'s mode:
+        each at the grid's step size (``learn_inner_lr = "off"``: a Meta-SGD model's learned step
+        sizes are its training-setting row only). None for FiLM, one scope for MetaEmb
+        (:func:`grid_note`)."""
+        if training.mode == "film":
+            return []
+        own = (training.adapt,)
+        scopes = own if training.mode == "metaemb" else self.scopes or own
         return [
-            dataclasses.replace(training, inner_steps=s, inner_lr=lr, adapt=scope)
+            dataclasses.replace(
+                training, inner_steps=s, inner_lr=lr, adapt=scope, learn_inner_lr="off"
+            )
             for scope in scopes
             for s in self.steps
             if s > 0
@@ -98,9 +106,30 @@ class Settings:
         ]
 
 
+def grid_note(training: MetaConfig) -> str | None:
+    """Why the grid does not apply (in full) to a model of ``training``'s mode, or None."""
+    if training.mode == "film":
+        return (
+            "meta.mode = 'film' adapts by one forward pass of its support-set encoder: the "
+            "steps x lr x scope grid does not apply (no grid or tuned rows)"
+        )
+    if training.mode == "metaemb":
+        return (
+            "meta.mode = 'metaemb' adapts the generated id embedding only: the grid's steps x lr "
+            f"apply, --scope does not (rows at the training scope {training.adapt!r})"
+        )
+    return None
+
+
 def _setting(cfg: MetaConfig | None) -> dict[str, Any] | None:
-    return None if cfg is None else {"steps": cfg.inner_steps, "lr": cfg.inner_lr,
-                                     "scope": cfg.adapt}  # fmt: skip
+    """What a row reports of its adaptation: steps, lr, scope; ``learned_lr`` where Meta-SGD's
+    learned step sizes replace ``lr``; ``film`` where the support-set encoder adapts."""
+    if cfg is None:
+        return None
+    if cfg.mode == "film":
+        return {"film": "support-set encoder"}
+    out: dict[str, Any] = {"steps": cfg.inner_steps, "lr": cfg.inner_lr, "scope": cfg.adapt}
+    return out if cfg.learn_inner_lr == "off" else {**out, "learned_lr": cfg.learn_inner_lr}
 
 
 class _Scorer:
@@ -113,7 +142,7 @@ class _Scorer:
         self.tasks = [b.task_ids[:, None].expand(-1, b.q_query) for b in level.batches]
 
     def metrics(self, cfg: MetaConfig | None = None, calibrate: bool = False) -> dict[str, Any]:
-        key = "calibration" if calibrate else _setting(cfg) and tuple(_setting(cfg).values())
+        key = "calibration" if calibrate else repr(cfg)
         if key not in self._cache:
             self._cache[key] = self._score(cfg, calibrate)
         return self._cache[key]
@@ -190,6 +219,7 @@ def evaluate_model(
     split_episodes(root, split)
     tune_split, no_tuning = _tune_split(root, split, settings)
     grid = settings.grid(model.training)
+    note = grid_note(model.training)
     levels, episodes = _levels(root, split, settings)
     tune_levels = _levels(root, tune_split, settings)[0] if tune_split and grid else {}
     rows: list[dict[str, Any]] = []
@@ -208,7 +238,8 @@ def evaluate_model(
         for cfg in grid:
             row("grid", lv, _setting(cfg), scorer.metrics(cfg))
         if not tune_levels:
-            tuning[lv] = {"skipped": no_tuning or "the grid is empty (every --steps is 0)"}
+            empty = note if not grid and note else "the grid is empty (every --steps is 0)"
+            tuning[lv] = {"skipped": no_tuning if grid else empty}
             continue
         tuner = _Scorer(model, tune_levels[lv], settings.prior_strength)
         tried = [{**_setting(c), settings.tune_metric: tuner.metrics(c)[settings.tune_metric]}
@@ -238,6 +269,7 @@ def evaluate_model(
             "query_samples": base["samples"],
         },
         "settings": {**dataclasses.asdict(settings), "tune_split": tune_split},
+        "grid_note": note,
         "rows": rows,
         "tuning": tuning,
     }

@@ -25,6 +25,9 @@ from trainer.meta import outer_loss
 from trainer.models import build_model
 from trainer.models.build import LINEAR_ARCHS
 from trainer.optim import build_optimizers
+from trainer.parallel.apply import build_des
+from trainer.parallel.env import ParallelEnv
+from trainer.parallel.plan import ParallelConfig
 from trainer.trainer import Trainer
 
 STEPS = 3
@@ -251,3 +254,28 @@ def test_a_run_with_dynamic_tables_counts_its_decisions_and_refuses_export(tmp_p
     assert 0 < train[-1]["dynamic.rows_used"] <= 36
     with pytest.raises(ExportError, match=r"dynamic embedding tables \(parallel.dynamic\)"):
         export_checkpoint(tmp_path / "run", tmp_path / "models", graph=False)
+
+
+def test_des_over_dynamic_rows_trains_like_the_row_exchange() -> None:
+    """DES (one rank) computes the operators' partial sums from the translated rows: the same
+    training as the plain dynamic collection, to float rounding; the same maps exactly."""
+    case = Case("deepfm", "fomaml", adapt="head")
+    env = ParallelEnv.single_process(torch.device("cpu"))
+    plain = dynamic_model(case, TIGHT)
+    des = dynamic_model(case, TIGHT, env, ParallelConfig(des="on"))
+    des.embeddings.inner.use_des(build_des(des, des.embeddings.inner, "on", case.meta_cfg()))
+    opt, des_opt = (
+        build_optimizers(case.optim_cfg(), plain),
+        build_optimizers(case.optim_cfg(), des),
+    )
+    for s in range(5):
+        batch = global_batch(s, 1, None)
+        loss = train_step(plain, opt, batch, case.meta_cfg(), None)
+        assert train_step(des, des_opt, batch, case.meta_cfg(), env) == pytest.approx(loss, 1e-12)
+    assert des.embeddings.cache_stats()["dynamic.admissions"] > 0
+    got, want = _rows(des), _rows(plain)
+    for key, value in want.items():
+        if key.startswith("dynamic."):
+            assert torch.equal(got[key], value), key
+        else:
+            torch.testing.assert_close(got[key], value, rtol=1e-12, atol=1e-14)

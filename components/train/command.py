@@ -18,13 +18,20 @@ A run is a config file plus overrides:
                          meta.mode=fomaml, data.path="s3://bucket/episodes/dt=2026-11-01"
 
 Sections (every field is documented in trainer/config.py; --print-config shows them resolved):
-  data        ETL output path (required), train split, episodes per step, prefetch, shuffle seed
-  model       arch (dlrm, deepfm, wide_deep, melu), embedding_dim, mlp, bottom_mlp, head_layers, label
-  meta        mode (maml, fomaml, plain), inner_steps, inner_lr, adapt (head, dense, dense+emb)
+  data        path (ETL output, required), train_split, batch_episodes, prefetch, seed, shuffle,
+              shuffle_buffer, task_local_rows, verify_checksums
+  model       arch (dlrm, deepfm, wide_deep, melu), embedding_dim, mlp, bottom_mlp, head_layers,
+              label, embedding_init_std
+  meta        mode: maml, fomaml, plain, film (a support-set encoder modulates the dense
+              layers: encoder_hidden), metaemb (generated embeddings of cold ids: metaemb_id,
+              metaemb_attributes, metaemb_alpha); inner_steps, inner_lr, adapt (head, dense,
+              dense+emb), learn_inner_lr (off, layer, parameter: Meta-SGD, maml/fomaml only)
   optim       dense Adam (dense_lr, betas, eps, weight_decay, grad_clip_norm), sparse_lr (Adagrad)
-  parallel    sharding (row_wise, table_wise), table_wise, backend, timeout_s, cache, des
+  parallel    sharding (row_wise, table_wise), table_wise, dense_bucket_mb, backend, timeout_s,
+              cache, des, dynamic
   train       steps, log_every, eval_every, seed, deterministic, threads, device, output_dir
-  checkpoint  every, keep, resume, reshard, warm_start (another run), warm_start_optimizer
+  checkpoint  every, keep, resume, reshard, warm_start (another run; a method run may start from
+              a plain or MAML one), warm_start_optimizer
   eval        splits, max_episodes, adapt_steps, adapt_lr, adapt
 
 Outputs in train.output_dir: config.json, sharding_plan.json, metrics.jsonl (with the bytes and

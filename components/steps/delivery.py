@@ -4,16 +4,19 @@ SAME episodes, gate, promote atomically; plus rollback and the run report.
     exp = export_step(cfg, interval, train)           # models/<name>/v<N> (immutable, not serving)
     ev = evaluate_step(cfg, interval, exp, etl)       # both models on this interval's episodes
     g = gate_step(cfg, interval, ev)                  # components.promotion.gate.decide
-    p = promote_step(cfg, interval, g)                # the CHAMPION pointer, one os.replace
+    p = promote_step(cfg, interval, g)                # decided again under the lock; one swap
 
 The challenger is exported before the gate so that both sides are scored by the same serving code
 (``trainer.exported.evaluate_exported``); an export is only a candidate until the pointer moves.
 Idempotence: export is keyed by the checkpoint's fingerprint (same checkpoint, same version);
 evaluation, gate and promotion are recorded per interval and challenger, so rerunning an old
 interval returns the decision made then and never moves the pointer again (``force`` re-decides
-against the current champion). Pointer changes are compare-and-swap (``registry``): a promotion
-happens only if the champion is still the one the challenger was evaluated against, and a
-retried promotion or rollback finds its own change (its key) in the history and returns it.
+against the current champion). The promotion is decided under the model's lock, against the
+champion it locked (``registry.promote(gate=...)``, as ``metarec promote`` does): the gate step's
+decision when that is still the champion it compared, else the gate again against the champion
+of now (evaluated on this interval's episodes), so two concurrent promotions never both win
+against an older champion. A retried promotion or rollback finds its own change (its key) in the
+history and returns it.
 """
 
 from __future__ import annotations
@@ -96,6 +99,11 @@ class PromotionResult:
     previous: str | None
     reason: str
     reused: bool = False
+    decided_against: str | None = None
+    """The champion the promotion was decided against, under the lock (None: there was none)."""
+    warning: str | None = None
+    """Set when the pointer moved but its history record could not be appended (a full disk):
+    ``promoted <version>; history not recorded: <why>`` (the next change writes the record)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,8 +163,6 @@ def evaluate_step(
 
     from components.promotion import registry
     from components.promotion.gate import metric_value
-    from trainer.durable import write_json_atomic
-    from trainer.exported import evaluate_exported, load_exported
     from trainer.exported.evaluation import score_episodes
 
     layout = RunLayout.of(cfg.run_root)
@@ -178,20 +184,10 @@ def evaluate_step(
     )
     files, values, models = {}, {}, {}
     for version in versions:
-        try:
-            models[version] = load_exported(Path(exported.model_dir).parent / version)
-            evaluation = evaluate_exported(
-                models[version], etl.episodes_dir, (split,), batch, limit
-            )
-        except ValueError as e:  # ExportError, another feature spec: the gate refuses it
-            if version == exported.version:
-                raise
-            log.warning(
-                "%s: champion %s cannot be evaluated on this data: %s", interval.id, version, e
-            )
-            evaluation = {"data": {"content_hash": etl.content_hash}, "splits": {}, "error": str(e)}
-        path = layout.records(interval) / "evaluation" / f"{version}.json"
-        write_json_atomic(path, evaluation)
+        challenger = version == exported.version
+        path, evaluation, models[version] = _evaluate_version(
+            cfg, interval, version, etl, challenger
+        )
         files[version], values[version] = str(path), metric_value(evaluation, metric)
     scores = score_episodes(models[exported.version], etl.episodes_dir, split, batch, limit)
     roc, confusion = _roc(scores.labels, scores.after)
@@ -211,49 +207,117 @@ def evaluate_step(
     return result
 
 
-def gate_step(
-    cfg: DeliveryConfig, interval: Interval, evaluation: EvaluationResult, *, force: bool = False
-) -> GateResult:
-    """Decide: promote the challenger or keep the champion (``gate.decide``; checksums verified)."""
+def _evaluate_version(
+    cfg: DeliveryConfig, interval: Interval, version: str, etl: EtlStepResult, challenger: bool
+) -> tuple[Path, dict[str, Any], Any]:
+    """Evaluate ``version`` on this interval's episodes (the gate metric's split, the gate's
+    settings) into ``intervals/<id>/evaluation/<version>.json``: its path, its content and the
+    loaded model (None when it could not be loaded). A champion
+    that cannot be evaluated here (another feature spec) gets an evaluation with its ``error``,
+    which the gate refuses to compare with; a challenger's failure raises."""
+    from trainer.durable import write_json_atomic
+    from trainer.exported import evaluate_exported, load_exported
+
+    layout = RunLayout.of(cfg.run_root)
+    split = cfg.gate.metric.split(".")[0]
+    model = None
+    try:
+        model = load_exported(layout.models_root / cfg.model_name / version)
+        evaluation = evaluate_exported(model, etl.episodes_dir, (split,), cfg.gate.batch_episodes,
+                                       cfg.gate.max_episodes)  # fmt: skip
+    except ValueError as e:  # ExportError, another feature spec: the gate refuses it
+        if challenger:
+            raise
+        log.warning("%s: champion %s cannot be evaluated on this data: %s", interval.id, version, e)
+        evaluation = {"data": {"content_hash": etl.content_hash}, "splits": {}, "error": str(e)}
+    path = layout.records(interval) / "evaluation" / f"{version}.json"
+    write_json_atomic(path, evaluation)
+    return path, evaluation, model
+
+
+def _decide(
+    cfg: DeliveryConfig, interval: Interval, files: dict[str, str], challenger: str,
+    champion: str | None,
+) -> GateResult:  # fmt: skip
+    """The gate (``gate.decide``, checksums verified) between two versions from their
+    evaluation files (``files``: version -> path)."""
     import json
 
     from components.promotion.gate import decide, load_candidate
 
+    mdir = RunLayout.of(cfg.run_root).models_root / cfg.model_name
+
+    def candidate(version: str):
+        return load_candidate(mdir / version, json.loads(Path(files[version]).read_text()))
+
+    d = decide(candidate(challenger), candidate(champion) if champion else None, cfg.gate.policy())
+    log.info("%s gate (%s against %s): %s", interval.id, challenger, champion or "none", d.reason)
+    return GateResult.of(d, challenger, champion)
+
+
+def _decide_against(cfg: DeliveryConfig, interval: Interval, challenger: str,
+                    champion: str | None) -> GateResult:  # fmt: skip
+    """The gate between ``challenger`` and ``champion`` (the one the lock holds, not the one the
+    gate step compared) on this interval's episodes. The champion's evaluation there is reused
+    when one was written on the challenger's data with its settings; else it is evaluated now.
+
+    Raises:
+        ValueError: the interval has no ETL record to evaluate the champion on.
+    """
+    import json
+
+    from trainer.config_loader import build
+
+    folder = RunLayout.of(cfg.run_root).records(interval) / "evaluation"
+    files = {v: str(folder / f"{v}.json") for v in (challenger, champion) if v}
+    if champion:
+        ours = json.loads(Path(files[challenger]).read_text())
+        try:
+            theirs = json.loads(Path(files[champion]).read_text())
+        except (OSError, ValueError):
+            theirs = {}
+        if (theirs.get("data"), theirs.get("settings")) != (ours.get("data"), ours.get("settings")):
+            etl = read_record(RunLayout.of(cfg.run_root), interval, "etl")
+            if etl is None:
+                raise ValueError(
+                    f"{interval.id}: the champion is now {champion} and must be evaluated on this "
+                    "interval's episodes, but the interval has no ETL record: rerun the interval"
+                )
+            _evaluate_version(cfg, interval, champion, build(EtlStepResult, etl), False)
+    return _decide(cfg, interval, files, challenger, champion)
+
+
+def gate_step(
+    cfg: DeliveryConfig, interval: Interval, evaluation: EvaluationResult, *, force: bool = False
+) -> GateResult:
+    """Decide: promote the challenger or keep the champion (``gate.decide``; checksums verified)."""
     layout = RunLayout.of(cfg.run_root)
-    mdir = layout.models_root / cfg.model_name
-    policy = cfg.gate.policy()
     inputs = {
         "challenger": evaluation.challenger,
         "data": evaluation.data_hash,
-        "policy": asdict(policy),
+        "policy": asdict(cfg.gate.policy()),
     }
     if not force and (done := read_record(layout, interval, "gate", inputs)):
         return GateResult(**{**done, "reused": True})
-
-    def candidate(version: str):
-        return load_candidate(
-            mdir / version, json.loads(Path(evaluation.files[version]).read_text())
-        )
-
-    champion = candidate(evaluation.champion) if evaluation.champion else None
-    d = decide(candidate(evaluation.challenger), champion, policy)
-    result = GateResult.of(d, evaluation.challenger, evaluation.champion)
-    log.info("%s gate: %s", interval.id, d.reason)
+    result = _decide(cfg, interval, evaluation.files, evaluation.challenger, evaluation.champion)
     write_record(layout, interval, "gate", inputs, result.to_dict())
     return result
 
 
 def promote_step(cfg: DeliveryConfig, interval: Interval, gate: GateResult) -> PromotionResult:
-    """Move the CHAMPION pointer to the challenger when the gate said so (one ``os.replace``), if
-    the champion is still the one the gate compared it with (``gate.champion``).
+    """Move the CHAMPION pointer to the challenger if the gate, decided under the model's lock
+    against the champion it locked, says so (``registry.promote(gate=...)``: one ``os.replace``).
 
-    Done once per interval: a recorded promotion, or the registry's record of this change (key:
-    interval, challenger and expected champion; a crash fell between the swap and the step
-    record), is returned without acting again.
+    Under the lock, the gate step's decision stands when its champion (``gate.champion``) is still
+    the champion; when another promotion or a rollback changed it meanwhile, the challenger is
+    gated again against the champion of now, on this interval's episodes, and that decision is
+    recorded. Done once per interval: a recorded promotion, or the registry's record of this
+    change (key: interval, challenger and the gate step's champion; a crash fell between the swap
+    and the step record), is returned without acting again.
 
     Raises:
-        registry.ChampionChanged: the champion changed since the evaluation (a rollback or another
-            promotion meanwhile); rerun the interval with ``force`` to evaluate against it.
+        ValueError: the champion changed and cannot be evaluated (no ETL record), or the pointer
+            cannot be written (``registry.PointerNotWritten``: the champion is unchanged).
     """
     from components.promotion import registry
 
@@ -262,24 +326,33 @@ def promote_step(cfg: DeliveryConfig, interval: Interval, gate: GateResult) -> P
     inputs = {"challenger": gate.challenger, "verdict": gate.verdict}
     if done := read_record(layout, interval, "promote", inputs):
         return PromotionResult(**{**done, "reused": True})
-    if gate.promote:
-        key = f"{interval.id} {gate.challenger} over {gate.champion or 'none'}"
-        details = {"interval": interval.id, "gate": gate.to_dict()}
-        new = registry.promote(models, name, gate.challenger, expect=gate.champion, key=key,
-                               reason=gate.reason, details=details)  # fmt: skip
-        if new.replayed:
-            why = "promoted already by an earlier attempt"
-            result = PromotionResult(True, new.version, new.replayed["from"], why, reused=True)
-        else:
-            result = PromotionResult(True, new.version, new.previous, gate.reason)
+    decided: list[GateResult] = []
+
+    def decide_locked(locked: registry.Pointer | None) -> tuple[str, dict[str, Any]] | None:
+        champion = locked.version if locked else None
+        same = champion == gate.champion
+        decided.append(gate if same else _decide_against(cfg, interval, gate.challenger, champion))
+        if not decided[-1].promote:
+            return None
+        return decided[-1].reason, {"interval": interval.id, "gate": decided[-1].to_dict()}
+
+    key = f"{interval.id} {gate.challenger} over {gate.champion or 'none'}"
+    after = registry.promote(models, name, gate.challenger, key=key, gate=decide_locked)
+    now, previous = (after.version, after.previous) if after else (None, None)
+    if after is not None and after.replayed:
+        why = "promoted already by an earlier attempt"
+        result = PromotionResult(True, now, after.replayed["from"], why, reused=True,
+                                 decided_against=after.replayed["from"])  # fmt: skip
+    elif after is not None and decided and decided[-1].promote and now == gate.challenger:
+        d = decided[-1]
+        result = PromotionResult(True, now, previous, d.reason, decided_against=d.champion)
+        if after.history_error:
+            result.warning = f"promoted {now}; history not recorded: {after.history_error}"
+            log.warning("%s: %s", interval.id, result.warning)
     else:
-        pointer = registry.read_champion(models, name)
-        result = PromotionResult(
-            False,
-            pointer.version if pointer else None,
-            pointer.previous if pointer else None,
-            f"gate: {gate.reason}",
-        )
+        d = decided[-1] if decided else gate
+        result = PromotionResult(False, now, previous, f"gate: {d.reason}",
+                                 decided_against=d.champion)  # fmt: skip
     write_record(layout, interval, "promote", inputs, result.to_dict())
     return result
 

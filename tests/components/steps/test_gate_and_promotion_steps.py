@@ -137,14 +137,37 @@ def test_a_kept_champion_is_recorded_without_a_pointer_change(cfg):
     assert len(registry.read_history(models, cfg.model_name)) == 1
 
 
-def test_a_promotion_whose_champion_moved_meanwhile_is_refused(cfg):
-    """I2's challenger was evaluated against v1; a manual promotion of v3 came in between."""
+@pytest.mark.parametrize(("v3_auc", "champion"), [(0.80, "v3"), (0.65, "v2")])
+def test_a_promotion_whose_champion_moved_meanwhile_is_decided_against_the_new_one(
+    cfg, v3_auc, champion
+):
+    """I2's challenger v2 was gated against v1; a manual promotion of v3 came in between: the
+    promotion step gates v2 again, under the lock, against v3 (its evaluation on I2's data)."""
     models = RunLayout.of(cfg.run_root).models_root
     _export(cfg, "v3")
     promote_step(cfg, I1, _decision("v1", None))
+    g = gate_step(cfg, I2, _evaluation(cfg, I2, {"v2": 0.70, "v1": 0.60}))
+    assert (g.verdict, g.champion) == ("better", "v1")
     registry.promote(models, cfg.model_name, "v3", reason="manual")
-    with pytest.raises(registry.ChampionChanged, match="champion is v3, expected v1"):
-        promote_step(cfg, I2, _decision("v2", "v1"))
+    _evaluation(cfg, I2, {"v3": v3_auc})  # v3 evaluated on I2's episodes
+    p = promote_step(cfg, I2, g)
+    assert (p.promoted, p.champion, p.decided_against) == (champion == "v2", champion, "v3")
+    assert registry.read_champion(models, cfg.model_name).version == champion
+    last = registry.read_history(models, cfg.model_name)[-1]
+    if champion == "v2":
+        assert (last["from"], last["to"], last["details"]["gate"]["champion"]) == ("v3", "v2", "v3")
+    else:
+        assert "worse" in p.reason and last["to"] == "v3"  # the manual promotion stays the last
+
+
+def test_a_moved_champion_that_cannot_be_evaluated_is_a_clear_error(cfg):
+    models = RunLayout.of(cfg.run_root).models_root
+    _export(cfg, "v3")
+    promote_step(cfg, I1, _decision("v1", None))
+    g = gate_step(cfg, I2, _evaluation(cfg, I2, {"v2": 0.70, "v1": 0.60}))
+    registry.promote(models, cfg.model_name, "v3", reason="manual")
+    with pytest.raises(ValueError, match=r"champion is now v3 .* no ETL record"):
+        promote_step(cfg, I2, g)  # no evaluation of v3 on I2, no episodes to evaluate it on
     assert registry.read_champion(models, cfg.model_name).version == "v3"
     assert not RunLayout.of(cfg.run_root).record_path(I2, "promote").exists()
 

@@ -62,6 +62,8 @@ def training_pipeline(
     model_name: str = "ctr-dlrm",
     gate_metric: str = "test_cold.after.auc",
     gate_tolerance: float = 0.001,
+    gauc_tolerance: float = 0.002,
+    calibration_tolerance: float = 0.05,
     spark_master: str = "local[4]",
     model_arch: Optional[str] = None,
     embedding_dim: Optional[int] = None,
@@ -87,6 +89,8 @@ def training_pipeline(
         model_name: Registry name of the model (models/<name>/v<N>).
         gate_metric: Metric that decides promotion: <split>.<before|after>.<metric>.
         gate_tolerance: Smallest change of gate_metric that counts as better or worse.
+        gauc_tolerance: Refuse a challenger whose GAUC drops more than this (1e9: no guard).
+        calibration_tolerance: Refuse one whose |pred/obs - 1| grows more than this (1e9: none).
         spark_master: Spark master of the ETL and validation tasks (local[4] fits their pods).
         model_arch: Model architecture (dlrm, deepfm, ...); unset keeps the trainer config's.
         embedding_dim: Embedding size; unset keeps the trainer config's.
@@ -110,6 +114,8 @@ def training_pipeline(
         spark_master=spark_master,
         gate_metric=gate_metric,
         gate_tolerance=gate_tolerance,
+        gauc_tolerance=gauc_tolerance,
+        calibration_tolerance=calibration_tolerance,
         model_arch=model_arch,
         embedding_dim=embedding_dim,
         meta_mode=meta_mode,

@@ -48,7 +48,12 @@ PIPELINE_FIELDS = (
     "spark_master",
 )
 """DeliveryConfig fields that are pipeline parameters of the same name."""
-PIPELINE_GATE = {"gate_metric": "metric", "gate_tolerance": "tolerance"}
+PIPELINE_GATE = {
+    "gate_metric": "metric",
+    "gate_tolerance": "tolerance",
+    "gauc_tolerance": "gauc_tolerance",
+    "calibration_tolerance": "calibration_tolerance",
+}
 """Pipeline parameters that are ``[gate]`` keys."""
 
 

@@ -21,6 +21,8 @@ def resolve_run(
     spark_master: str,
     gate_metric: str,
     gate_tolerance: float,
+    gauc_tolerance: float,
+    calibration_tolerance: float,
     interval_start: Optional[str] = None,
     interval_end: Optional[str] = None,
     model_arch: Optional[str] = None,
@@ -47,6 +49,8 @@ def resolve_run(
         "spark_master": spark_master,
         "gate_metric": gate_metric,
         "gate_tolerance": gate_tolerance,
+        "gauc_tolerance": gauc_tolerance,
+        "calibration_tolerance": calibration_tolerance,
     }
     model = {
         "model_arch": model_arch,

@@ -51,6 +51,8 @@ def flow(spark, tmp_path_factory) -> SimpleNamespace:
         backend="local",
         nproc=1,
         gate_tolerance=0.001,
+        gauc_tolerance=0.002,
+        calibration_tolerance=0.05,
         **pipeline_arguments(raw, f.run, delivery_config),
     )
     f.raw_report = _artifact(dsl.Markdown, arts, "validate-raw", "report")

@@ -5,7 +5,8 @@ process against a real step on PyTorch's fake process group at W = 64.
     python -m bench.cluster_plan --out out/bench/cluster_plan.json
 
 Shape: the ``default`` run (``trainer/configs/default.toml``: 64 episodes of 32 + 32 samples per
-rank, MAML) with ``model.arch = "deepfm"`` (dim 16 + linear; DES applies) over three tables,
+rank, MAML) with ``model.arch = "deepfm"`` (dim 16 + linear; DES may substitute LR and FM, not the
+first layer, which MAML adapts) over three tables,
 ``user`` 6e9 rows, ``ad`` 3e9, ``tags`` 1e9 with 8 slots, 8 dense features: 10^10 rows in all.
 Ids: every slot occurrence its own row (``unique_fraction`` 1.0: the most bytes). Links: the
 defaults of :class:`~trainer.parallel.cost_model.Links` (H100 NVLink, one 400 Gb/s NIC per GPU,

@@ -200,22 +200,33 @@ def cluster_report(
         every = log_every if c.name == "metrics" else 1
         rows.append({**dataclasses.asdict(c), "every_steps": every, **_time(c, W, links, every)})
     des = None
-    ops = des_plan.APPLICABLE.get(cfg.model.arch, ())
     first = model.first_field_layer()
+    spec = des_plan.describe_model(
+        cfg.model.arch,
+        plan,
+        layout.feature_slots,
+        None if first is None else (first[0], int(first[1].weight.shape[1])),
+    )
+    adapted = model.adapted_layers(cfg.meta.adapt) if cfg.meta.mode != "plain" else []
+    ops, why_not = des_plan.admissible(spec, cfg.meta, adapted)
+    if cfg.parallel.des == "on":  # the trainer refuses it likewise
+        des_plan.check_on(spec, (ops, why_not))
     if ops and W > 1:
-        spec = des_plan.describe_model(
-            cfg.model.arch,
-            plan,
-            layout.feature_slots,
-            None if first is None else (first[0], int(first[1].weight.shape[1])),
-        )
-        owned = cm.expected_requests(plan, layout, T, 1.0)[rank]
-        (c,) = cm.des_collectives(
-            plan, spec, ops, requests, owned, samples, layout.sparse_width, rank
-        )
-        des = {**dataclasses.asdict(c), "ops": list(ops), **_time(c, W, links, 1)}
-    use_des = cfg.parallel.des != "off" and des is not None
+        owned = [round(n) for n in cm.expected_requests(plan, layout, T, 1.0)[0]]
+        counts = [
+            des_plan.RequestCounts(
+                samples, layout.sparse_width, [round(u) for u in requests[i]], owned, i
+            )
+            for i in range(W)
+        ]
+        parts = cm.des_collectives(spec, ops, counts, rank, plan.dtype_bytes)
+        c = cm.Collective("des", "all_to_all", len(parts), sum(p.bytes for p in parts))
+        des = {**dataclasses.asdict(c), "ops": list(ops), "every_steps": 1, **_time(c, W, links, 1)}
     replaced = ("splits", "ids", "rows", "grads")
+    exchange = sum(r["bytes"] for r in rows if r["name"] in replaced)
+    use_des = des is not None and (
+        cfg.parallel.des == "on" or (cfg.parallel.des == "auto" and des["bytes"] < exchange)
+    )
     step = [r for r in rows if not (use_des and r["name"] in replaced)] + ([des] if use_des else [])
     return {
         "world_size": W,
@@ -230,6 +241,7 @@ def cluster_report(
         "collectives": rows,
         "des": des,
         "des_used": use_des,
+        "des_excluded": why_not,
         "step": {
             "bytes": sum(r["bytes"] / r["every_steps"] for r in step),
             "comm_seconds": sum(r["seconds_per_step"] for r in step),
@@ -275,8 +287,8 @@ def format_report(r: dict[str, Any]) -> str:
         name = c["name"]
         note = f"  every {c['every_steps']} steps" if c.get("every_steps", 1) > 1 else ""
         if name == "des":
-            use = "used" if r["des_used"] else "with parallel.des=on"
-            note = f"  DES {'+'.join(c['ops'])} ({use}): replaces splits, ids, rows, grads"
+            use = "used" if r["des_used"] else "not used"
+            note = f"  DES {'+'.join(c['ops'])} ({use}; would replace splits, ids, rows, grads)"
         lines.append(
             f"  {name:<8} {c['kind']:<11} {c['calls']:>5} {c['bytes'] / MIB:12.3f} "
             f"{c['seconds_per_step'] * 1e3:9.3f}{note}"

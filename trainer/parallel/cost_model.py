@@ -30,8 +30,11 @@ data (:func:`expected_requests`) every rank looks up ``unique_fraction`` of its 
 spread evenly over the owners of each row-wise table (hashed ids), all to the owner of a
 table-wise one: the expectation, not a bound, when popular ids skew the owners' load.
 
-DES replaces ``rows`` and ``grads`` by its request and partial sums; its bytes come from the
-byte model of :mod:`trainer.parallel.des_plan` (checked against the meter by its own tests).
+DES (:func:`des_collectives`) replaces ``splits``, ``ids``, ``rows`` and ``grads`` by its header,
+request, partial sums and their gradients, counted with the byte model of
+:mod:`trainer.parallel.des_plan` but attributed to the rank that sends them (``des_plan`` charges
+a step's bytes to the requester; the totals over ranks are the same). Checked against the meter
+at world size 2 and 4 like the row exchange.
 
 Memory of rank ``r`` (measured from the tensors by the fake-process-group test for the table,
 optimizer and null-mask parts): its table shard (``rows x (D + linear)`` floats), the row-wise
@@ -61,6 +64,7 @@ from torch import Tensor, nn
 
 from trainer.parallel import des_plan
 from trainer.parallel.dense_sync import plan_buckets
+from trainer.parallel.des_plan import RequestCounts
 from trainer.parallel.plan import ShardingPlan
 
 
@@ -187,27 +191,38 @@ def step_collectives(
     return out
 
 
+def des_request_counts(
+    plan: ShardingPlan, ids: Tensor, inverse: Tensor, rank: int
+) -> RequestCounts:
+    """What rank ``rank``'s DES request carries for a batch (``batch.ids``, ``batch.inverse``):
+    its samples (padding included), slots, unique rows and non-null slots per owner."""
+    W, S = plan.world_size, inverse.shape[-1]
+    unique = torch.bincount(plan.locate(ids)[0], minlength=W).tolist()
+    slot_ids = ids[inverse.reshape(-1)]
+    owner = plan.locate(slot_ids[~plan.is_null(slot_ids)])[0]
+    owned = torch.bincount(owner, minlength=W).tolist()
+    return RequestCounts(inverse.numel() // S, S, unique, owned, rank)
+
+
 def des_collectives(
-    plan: ShardingPlan,
-    spec: des_plan.DESModel,
-    ops: tuple[str, ...],
-    requests: Sequence[Sequence[float]],
-    owned_slots: Sequence[float],
-    samples: int,
-    slots: int,
-    rank: int,
-) -> list[Collective]:
-    """What DES sends instead of ``splits``/``ids``/``rows``/``grads`` for ``ops`` (its request,
-    header and partial sums forward and back, by :func:`des_plan.candidate_bytes`)."""
-    counts = des_plan.RequestCounts(
-        samples=samples,
-        slots=slots,
-        unique=[round(u) for u in requests[rank]],
-        owned_slots=[round(n) for n in owned_slots],
-        rank=rank,
-    )
-    total = des_plan.candidate_bytes(spec, counts, ops, plan.dtype_bytes)
-    return [Collective("des", "all_to_all", 4, round(total))]
+    spec: des_plan.DESModel, ops: tuple[str, ...], counts: Sequence[RequestCounts], rank: int,
+    elem: int,
+) -> list[Collective]:  # fmt: skip
+    """Rank ``rank``'s DES collectives of one step for ``ops`` (they replace ``splits``, ``ids``,
+    ``rows`` and ``grads``), from every rank's :class:`~des_plan.RequestCounts`: the header,
+    its request (``des_plan.request_bytes``), the partial sums (and rows of tables still needed)
+    it sends as an owner to each requester, and the gradients of its own partials (and rows) it
+    sends back to each owner. Summed over ranks, equal to ``des_plan.candidate_bytes``."""
+    W, c = len(counts), counts[rank]
+    names = ("des.header", "des.request", "des.forward", "des.backward")
+    if W == 1:
+        return [Collective(n, "all_to_all", 1, 0) for n in names]
+    p = sum(spec.widths(ops).values())
+    w = sum(spec.dim if t == "emb" else 1 for t in spec.row_tables(ops))
+    forward = sum(p * ci.samples + w * ci.unique[rank] for i, ci in enumerate(counts) if i != rank)
+    backward = sum(p * c.samples + w * c.unique[j] for j in range(W) if j != rank)
+    sizes = (24 * (W - 1), des_plan.request_bytes(c), elem * forward, elem * backward)
+    return [Collective(n, "all_to_all", 1, int(b)) for n, b in zip(names, sizes, strict=True)]
 
 
 def _ring(nbytes: int, W: int) -> int:

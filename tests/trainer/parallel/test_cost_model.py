@@ -15,51 +15,70 @@ from tests.trainer.meta_fixtures import batch_from_local_ids, make_layout
 from tests.trainer.parallel.parity import Case, global_batch, layout, train_step
 from tests.trainer.parallel.spawn import run_spawned
 from trainer.optim import build_optimizers
-from trainer.parallel import cost_model
+from trainer.parallel import cost_model, des_plan
 from trainer.parallel.apply import build_parallel_model
 from trainer.parallel.comm import Collectives
 from trainer.parallel.env import ParallelEnv
-from trainer.parallel.plan import build_sharding_plan
+from trainer.parallel.plan import ParallelConfig, build_sharding_plan
 
 CASE = Case("deepfm", "fomaml", "dense")
+DES_CASE = Case("deepfm", "plain")
+DES_PARALLEL = ParallelConfig(des="on")
 METRICS = {"loss": 1.0, "episodes": 2.0, "samples": 3.0}
 SMALL_BUCKET = 256  # bytes: several dense buckets, so their count is checked too
 
 
 # ----------------------------------------------------------------------- gloo: the meter's bytes
-def _one_step(env: ParallelEnv) -> dict[str, int]:
-    """One trainer step plus the logging all-reduce; the meter's count of them."""
-    env = ParallelEnv(
+def _env(env: ParallelEnv) -> ParallelEnv:
+    return ParallelEnv(
         env.rank, env.world_size, env.local_rank, env.device, env.backend, env.comm, SMALL_BUCKET
     )
-    model, _ = build_parallel_model(CASE.model_cfg(), layout(), env, dtype=torch.float64)
-    opt = build_optimizers(CASE.optim_cfg(), model)
-    env.comm_stats(reset=True)
-    train_step(model, opt, global_batch(0, env.world_size, env.rank), CASE.meta_cfg(), env)
-    env.reduce_sums(METRICS)
-    return env.comm_stats(reset=True)
 
 
-def _predicted(world_size: int) -> list[dict[str, int]]:
+def _one_step(env: ParallelEnv) -> dict[str, dict[str, int]]:
+    """The meter's count of one trainer step plus the logging all-reduce, with the row exchange
+    and with DES (``on``, plain training: every DeepFM operator substituted)."""
+    env, out = _env(env), {}
+    for variant, case, par in (("rows", CASE, None), ("des", DES_CASE, DES_PARALLEL)):
+        model, _ = build_parallel_model(
+            case.model_cfg(), layout(), env, par, dtype=torch.float64, meta=case.meta_cfg()
+        )
+        opt = build_optimizers(case.optim_cfg(), model)
+        env.comm_stats(reset=True)
+        train_step(model, opt, global_batch(0, env.world_size, env.rank), case.meta_cfg(), env)
+        env.reduce_sums(METRICS)
+        out[variant] = env.comm_stats(reset=True)
+    return out
+
+
+def _predicted(world_size: int) -> list[dict[str, dict[str, int]]]:
     """The cost model's snapshot of every rank, from the batches alone (no process group)."""
     one = ParallelEnv.single_process(torch.device("cpu"))
     model, _ = build_parallel_model(CASE.model_cfg(), layout(), one, dtype=torch.float64)
     buckets = cost_model.dense_buckets(model.parameters(), SMALL_BUCKET)
     plan = build_sharding_plan(layout(), world_size, CASE.model_cfg(), dtype=torch.float64)
-    ids = [global_batch(0, world_size, r).ids for r in range(world_size)]
-    requests = cost_model.requests_from_ids(plan, ids)
-    return [
-        cost_model.snapshot(
-            cost_model.step_collectives(plan, requests, r, buckets, metric_values=len(METRICS))
-        )
-        for r in range(world_size)
+    batches = [global_batch(0, world_size, r) for r in range(world_size)]
+    requests = cost_model.requests_from_ids(plan, [b.ids for b in batches])
+    first = model.first_field_layer()
+    spec = des_plan.describe_model(
+        "deepfm", plan, layout().feature_slots, (first[0], first[1].weight.shape[1])
+    )
+    counts = [
+        cost_model.des_request_counts(plan, b.ids, b.inverse, r) for r, b in enumerate(batches)
     ]
+    out = []
+    for r in range(world_size):
+        rows = cost_model.step_collectives(plan, requests, r, buckets, metric_values=len(METRICS))
+        des = cost_model.des_collectives(spec, des_plan.APPLICABLE["deepfm"], counts, r, 8)
+        des += [c for c in rows if c.name in ("scalar", "dense", "metrics")]
+        out.append({"rows": cost_model.snapshot(rows), "des": cost_model.snapshot(des)})
+    return out
 
 
 def test_single_process_step_matches_the_meter() -> None:
     measured = _one_step(ParallelEnv.single_process(torch.device("cpu")))
     assert measured == _predicted(1)[0]
-    assert measured["comm.bytes"] == 0 and "comm.scalar.calls" not in measured
+    assert measured["rows"]["comm.bytes"] == 0 and "comm.scalar.calls" not in measured["rows"]
 
 
 @pytest.mark.multiprocess
@@ -71,9 +90,12 @@ def test_gloo_step_matches_the_meter(world_size: int, tmp_path) -> None:
     measured = run_spawned(_one_step, world_size, tmp_path)
     predicted = _predicted(world_size)
     assert measured == predicted
-    assert all(m["comm.dense.calls"] > 1 and m["comm.rows.bytes"] > 0 for m in measured)
+    rows = [m["rows"] for m in measured]
+    assert all(m["comm.dense.calls"] > 1 and m["comm.rows.bytes"] > 0 for m in rows)
+    assert all(m["des"]["comm.des.forward.bytes"] > 0 and "comm.rows.calls" not in m["des"]
+               for m in measured)  # fmt: skip
     # ranks differ (their batches do): the prediction is per rank, not an average
-    assert len({m["comm.ids.bytes"] for m in measured}) > 1
+    assert len({m["comm.ids.bytes"] for m in rows}) > 1
 
 
 # -------------------------------------------------------------- fake process group: 64 ranks

@@ -69,7 +69,9 @@ def test_plan_command_prints_and_writes_json(world_size: int, tmp_path, capsys) 
         by = {c["name"]: c for c in report["collectives"]}
         # the busiest rank serves more rows than it asks for (it holds more than 1/W of them)
         assert by["rows"]["bytes"] > by["grads"]["bytes"] > 0
-        assert report["des"]["ops"] == ["lr", "fm", "first"] and "DES" in text
+        # the debug run's inner loop adapts the first layer: DES may substitute lr and fm only
+        assert report["des"]["ops"] == ["lr", "fm"] and "DES lr+fm" in text
+        assert "first layer" in report["des_excluded"][0] and not report["des_used"]
         assert report["step"]["comm_seconds"] > 0
 
 
@@ -77,3 +79,11 @@ def test_plan_command_names_a_bad_feature(capsys) -> None:
     rc = main(["plan", "--world-size", "2", "--config", "debug", "--features", "user:many"])
     assert rc == 2
     assert "'user:many' is not name:rows[:slots]" in capsys.readouterr().err
+
+
+def test_plan_command_refuses_des_on_where_the_trainer_would(capsys) -> None:
+    args = ["plan", "--world-size", "4", "--config", "debug", "--features", FEATURES]
+    assert main([*args, 'model.arch="deepfm"', 'parallel.des="on"']) == 2
+    assert "parallel.des='on' cannot substitute every operator" in capsys.readouterr().err
+    assert main([*args, 'model.arch="deepfm"', 'parallel.des="on"', 'meta.mode="plain"']) == 0
+    assert "DES lr+fm+first (used;" in capsys.readouterr().out

@@ -81,6 +81,22 @@ def test_single_process_step_matches_the_meter() -> None:
     assert measured["rows"]["comm.bytes"] == 0 and "comm.scalar.calls" not in measured["rows"]
 
 
+def test_des_bytes_summed_over_ranks_are_des_plans_estimate() -> None:
+    """des_plan charges a step's bytes to the requester, the meter to the sender: same totals."""
+    W = 4
+    plan = build_sharding_plan(layout(), W, CASE.model_cfg(), dtype=torch.float64)
+    spec = des_plan.describe_model("deepfm", plan, layout().feature_slots, ("first", 8))
+    batches = [global_batch(0, W, r) for r in range(W)]
+    counts = [
+        cost_model.des_request_counts(plan, b.ids, b.inverse, r) for r, b in enumerate(batches)
+    ]
+    for ops in des_plan.candidates(des_plan.APPLICABLE["deepfm"])[1:]:
+        sent = sum(
+            c.bytes for r in range(W) for c in cost_model.des_collectives(spec, ops, counts, r, 8)
+        )
+        assert sent == sum(des_plan.candidate_bytes(spec, c, ops, 8) for c in counts), ops
+
+
 @pytest.mark.multiprocess
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(

@@ -246,14 +246,14 @@ class IdMap:
         ok = torch.ones(ids.numel(), dtype=torch.bool)
         if cfg.admit_count > 1 and ids.numel():
             width = self.sketch.shape[1]
-            base = _hash(ids, self.seed)
-            seen = torch.empty(SKETCH_DEPTH, ids.numel(), dtype=torch.int32)
-            for d in range(SKETCH_DEPTH):
-                col = torch.from_numpy(
-                    (_mix64(base ^ _salt(d)) % np.uint64(width)).astype(np.int64)
-                )
-                self.sketch[d].index_add_(0, col, counts.to(torch.int32))
-                seen[d] = self.sketch[d].index_select(0, col)
+            salts = np.array([_salt(d) for d in range(SKETCH_DEPTH)], dtype=np.uint64)[:, None]
+            col = _mix64(_hash(ids, self.seed)[None, :] ^ salts) % np.uint64(width)
+            # The (depth, n) cells of the flattened sketch: one scatter, one gather.
+            col += np.arange(SKETCH_DEPTH, dtype=np.uint64)[:, None] * np.uint64(width)
+            cell = torch.from_numpy(col.astype(np.int64)).reshape(-1)
+            flat = self.sketch.view(-1)
+            flat.index_add_(0, cell, counts.to(torch.int32).repeat(SKETCH_DEPTH))
+            seen = flat.index_select(0, cell).view(SKETCH_DEPTH, -1)
             ok &= seen.min(0).values >= cfg.admit_count
             self.sketch_adds += counts.sum()
             if int(self.sketch_adds) >= 10 * width:  # age: old counts fade

@@ -147,7 +147,7 @@ class RecModel(nn.Module):
     def modulated_layers(self) -> dict[str, int]:
         """The main-path layers that FiLM modulates (module name in ``dense_half`` -> output
         width), input to output: one per layer of ``layer_names()``; a deep tower's first layer is
-        its ``FieldLinear`` (whose output sums the field and dense parts, DES or not)."""
+        its ``FieldLinear`` (whose output sums the field and dense parts)."""
         out = {}
         for names in self.dense_half.layer_names():
             name = names[0].rsplit(".", 1)[0]

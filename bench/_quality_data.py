@@ -1,14 +1,19 @@
-"""Datasets of ``bench/meta_quality.py``: each returns ``(episode root, trainer overrides, info)``.
+"""Datasets of ``bench/meta_quality.py``: each returns ``(episode root, data)``, ``data`` holding
+``overrides`` (the trainer settings every method's run of that dataset shares: same model, same
+steps), ``metaemb`` (MetaEmb's id feature and its attributes; None where the task key is no
+feature), ``tune_split`` (where fine-tuning is tuned) and ``info``.
 
-Data are cached under the work directory (rebuilt when absent). The trainer overrides are the
-settings shared by the plain, FOMAML and MAML runs of that dataset (same model, same steps).
+Data are cached under the work directory (rebuilt when absent).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,16 +55,24 @@ def _info(root: Path) -> dict[str, Any]:
     }
 
 
-def synthetic(work: Path, args: argparse.Namespace, k: int = 8) -> tuple[Path, dict, dict]:
-    """1,500 tasks of Zipf size, K = Q = ``k``, from :mod:`trainer.data.synthetic` (no Spark)."""
+def _data(root: Path, steps: int, source: str, metaemb: dict | None = None) -> dict[str, Any]:
+    tune = "valid_cold" if "valid_cold" in load_manifest(str(root)).splits else "valid"
+    return {"overrides": {**COMMON, "train.steps": steps}, "metaemb": metaemb,
+            "tune_split": tune, "info": {**_info(root), "source": source}}  # fmt: skip
+
+
+def synthetic(work: Path, args: argparse.Namespace, k: int = 8) -> tuple[Path, dict]:
+    """1,500 tasks of Zipf size, K = Q = ``k``, from :mod:`trainer.data.synthetic` (no Spark; it
+    writes no ``valid_cold``: fine-tuning is tuned on ``valid``). ``--quick``: 200 tasks, 20
+    steps."""
     from trainer.data.synthetic import write_synthetic_episodes
 
+    quick = getattr(args, "quick", False)
     root = work / "episodes"
     if not (root / MANIFEST_NAME).exists():
-        write_synthetic_episodes(
-            root, num_tasks=1500, k_support=k, q_query=k, seed=1, rows_per_group=128
-        )
-    return root, {**COMMON, "train.steps": 300}, {**_info(root), "source": "trainer.data.synthetic"}
+        write_synthetic_episodes(root, num_tasks=200 if quick else 1500, k_support=k, q_query=k,
+                                 seed=1, rows_per_group=128)  # fmt: skip
+    return root, _data(root, 20 if quick else 300, "trainer.data.synthetic")
 
 
 def _run_etl(raw: Path, out: Path, task_key: str, start: str, end: str, k: int, q: int) -> Path:
@@ -74,16 +87,18 @@ def _run_etl(raw: Path, out: Path, task_key: str, start: str, end: str, k: int, 
     config = EtlConfig(
         input=str(raw), output=str(out), start=start, end=end, task_key=task_key,
         k_support=k, q_query=q, min_support=4, min_query=4, num_buckets=8,
-        cold_fraction=0.2, allow_missing=True,
+        cold_fraction=0.3, valid_cold_fraction=1 / 3, allow_missing=True,
     )  # fmt: skip
     root = out / config.interval_id
+    if (root / MANIFEST_NAME).exists() and "valid_cold" not in load_manifest(str(root)).splits:
+        shutil.rmtree(root)  # cut before valid_cold existed
     if not (root / MANIFEST_NAME).exists():
         log.info("ETL %s -> %s (task key %s)", raw, root, task_key)
         log.info("%s", run_etl(config).summary())
     return root
 
 
-def generated(work: Path, args: argparse.Namespace) -> tuple[Path, dict, dict]:
+def generated(work: Path, args: argparse.Namespace) -> tuple[Path, dict]:
     """``components.generate`` logs (per-campaign preferences, 20 % cold-start campaigns) through
     the ETL with task key ``campaign_id``."""
     from components.generate import GeneratorConfig, generate
@@ -102,10 +117,12 @@ def generated(work: Path, args: argparse.Namespace) -> tuple[Path, dict, dict]:
         generate(gen)
     root = _run_etl(raw, work / "episodes", "campaign_id", gen.start, "2026-11-03T00", 32, 32)
     # ~1 epoch: 4.4k train episodes overfit fast (600 steps: train loss 0.19, cold logloss 0.48)
-    return root, {**COMMON, "train.steps": 150}, {**_info(root), "source": "components.generate"}
+    metaemb = {"meta.metaemb_id": "campaign_id",
+               "meta.metaemb_attributes": ["advertiser_id", "ad_category", "ad_brand"]}  # fmt: skip
+    return root, _data(root, 150, "components.generate", metaemb)
 
 
-def movielens(work: Path, args: argparse.Namespace) -> tuple[Path, dict, dict]:
+def movielens(work: Path, args: argparse.Namespace) -> tuple[Path, dict]:
     """MovieLens-100K through the adapter and the ETL with task key ``user_id``."""
     src = Path(args.movielens)
     if not (src / "u.data").is_file():
@@ -121,4 +138,15 @@ def movielens(work: Path, args: argparse.Namespace) -> tuple[Path, dict, dict]:
     start, end = span["start_hour"], span["end_hour_exclusive"]
     root = _run_etl(raw, work / "episodes", "user_id", start, end, 16, 16)
     # ~2 epochs of the 2.5k train episodes (longer runs overfit: 1,000 steps lose ~0.02 AUC)
-    return root, {**COMMON, "train.steps": 150}, {**_info(root), "source": "movielens-100k"}
+    metaemb = {"meta.metaemb_id": "user_id", "meta.metaemb_attributes":
+               ["user_gender", "user_age_bucket", "user_segment", "region"]}  # fmt: skip
+    return root, _data(root, 150, "movielens-100k", metaemb)
+
+
+DATASETS: dict[str, Callable[[Path, argparse.Namespace], tuple[Path, dict]]] = {
+    "generated": generated,
+    "movielens": movielens,
+    "synthetic_k8": functools.partial(synthetic, k=8),
+    "synthetic_k32": functools.partial(synthetic, k=32),
+}
+"""In the order the benchmark runs them: the issue's target datasets first."""

@@ -1,181 +1,232 @@
-"""Cold-start quality: MAML / FOMAML after adaptation vs the plain-trained model, with and without
-fine-tuning on the support set. Same model, same steps, same data; only ``meta.mode`` differs.
+"""Cold-start quality: every meta-learning method against every baseline, on ranking and
+calibration, on synthetic, generated and MovieLens-100K episodes, 3 seeds.
 
-    python -m bench.meta_quality --out out/bench/meta_quality.json
-    python -m bench.meta_quality --datasets synthetic_k8 --steps 300 --seeds 0
+    python -m bench.meta_quality --out out/bench/meta_quality.json          # everything (hours)
+    python -m bench.meta_quality --datasets movielens --seeds 0             # one dataset, seed
+    python -m bench.meta_quality --quick --work /tmp/mq --out /tmp/mq.json  # a smoke run (test)
 
-Datasets (``--datasets``, default all; one whose inputs or ETL are unavailable is skipped with the
-reason in the JSON):
+Methods (one training run each per dataset and seed; same model, same steps, same data, only
+``meta.*`` differs): ``plain``, ``fomaml``, ``maml``, ``metasgd_layer`` / ``metasgd_parameter``
+(MAML with learned inner step sizes), ``film`` (a support-set encoder modulating the dense
+layers), ``metaemb`` (generated embeddings of the task's cold id; only where the task key is a
+feature with attributes: generated campaigns, MovieLens users).
 
-- ``synthetic_k8`` / ``synthetic_k32``: ``trainer.data.synthetic`` episodes (no Spark) with 8 or
-  32 support (and query) samples: per-task bias, per-task sign of the user effect and per-task
-  dense slopes (see that module);
-- ``generated``: ``components.generate`` ad logs (per-campaign preference over user attributes)
-  -> ``components.etl.run_etl`` with task key ``campaign_id``;
-- ``movielens``: MovieLens-100K (``../shared/data/movielens-100k/original``) -> the MovieLens
-  adapter -> the ETL with task key ``user_id`` (click = rating >= 4).
+Every row is computed by ONE evaluation path, :func:`trainer.evaluation.evaluate_model` (what
+``metarec evaluate`` prints), on ``test_cold`` (tasks never trained on), at both levels
+(``episode``: each episode adapts on its own support set; ``task``: once per task on all its
+support samples, as production does). Per model the rows are ``no adaptation``, ``calibration
+only`` (each task's logit shifted by its shrunk support rate), ``training setting`` (adapted with
+the run's inner loop; for ``plain`` this is fine-tuning with the meta runs' setting) and ``tuned``
+(the steps x lr grid cell with the best AUC on ``valid_cold``: cold tasks held out from training and
+from ``test_cold``; the synthetic generator has no such split, so there it is tuned on ``valid``,
+warm tasks, and the JSON says so). Metrics: pooled AUC, GAUC, episode GAUC, logloss, NE,
+calibration (predicted / observed positives) and ECE; mean, standard deviation, min and max over
+the seeds.
 
-Per dataset and seed, three runs train the same model for the same steps (``plain``, ``fomaml``,
-``maml``) and are evaluated on the ``test_cold`` query sets (tasks never seen in training). Rows:
+The issue's target (issue 15), checked per dataset and level and written under ``target``: some
+meta method (its ``training setting`` row) beats BOTH fine-tuning tuned on the cold split (plain's
+``tuned`` row) and the calibration-only baseline (plain's) by >= 0.01 pooled AUC, AND lifts GAUC
+over the plain model without adaptation by >= 0.005 (means over the seeds).
 
-- ``plain``: no fine-tuning; ``plain+ft``: fine-tuned on each support set with the meta runs'
-  inner-loop settings (same adapt target, steps and lr); ``plain+ft (tuned)``: steps and lr chosen
-  on the ``valid`` split from a small grid (a fairer baseline);
-- ``fomaml`` / ``maml``: after adaptation with the training inner-loop settings (``maml (no adapt)``
-  for reference); ``maml (tuned)``: adaptation steps and lr chosen on ``valid`` like the baseline.
+Datasets (``--datasets``; one whose inputs or ETL are unavailable is skipped with the reason in
+the JSON): ``generated`` (``components.generate`` logs -> the ETL, task = campaign), ``movielens``
+(MovieLens-100K from ``../shared/data`` -> the adapter -> the ETL, task = user, click = rating
+>= 4), ``synthetic_k8`` / ``synthetic_k32`` (``trainer.data.synthetic``, K = Q = 8 or 32). The
+data and the models are never tuned to make a method win: same generator settings as before this
+benchmark grew (``bench/_quality_data.py``).
 
-Reported per row: query AUC, GAUC (per-task AUC weighted by task size), episode GAUC (grouped by
-episode, i.e. by adaptation; see ``trainer/evaluate.py``) and logloss, mean over seeds (and the
-AUC spread); JSON plus a printed table.
-
-Measured (seeds 0-2, 2-core CPU shared with other jobs; test_cold AUC / episode GAUC):
-
-    dataset        plain+ft      plain+ft tuned   fomaml        maml          maml tuned
-    synthetic_k8   .683 / .683   .709 / .675      .713 / .680   .714 / .682   .716 / .682
-    synthetic_k32  .729 / .736   .769 / .738      .772 / .735   .775 / .739   .785 / .751
-    generated      .654 / .631   .644 / .632      .642 / .618   .638 / .622   .640 / .623
-    movielens      .738 / .670   .757 / .671      .746 / .660   .748 / .659   .752 / .659
-
-What it shows: adapting on the support set lifts AUC everywhere, almost entirely by calibrating
-each task's base rate (episode GAUC, the ranking within one adaptation, barely moves; task GAUC
-even drops because each episode of a task gets its own offset). Meta learning wins where the
-support set identifies more than the base rate (synthetic, K = 32: per-task dense slopes at ~35 %
-positives). On generated logs (~3 clicks per 32-sample support set; the per-campaign preference is
-mostly private) and MovieLens (16 ratings per user) no method improves within-task ranking by
-adapting, and MAML's shared model, trained on query labels only, ranks a little worse than the
-plain one: plain + fine-tuning ties or wins. Inner lr (0.03-1.0), inner steps (1-10), adapt target
-(head, dense, dense+emb), training length (0.5-4 epochs), 4x more generated data and a 2x stronger
-campaign preference did not change that. Tuning on ``valid`` (warm tasks) can pick too small a
-fine-tuning lr for cold tasks (generated).
+Measured: see the README's meta-quality section and the JSON (``out/bench/meta_quality.json``).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
+import math
 import os
 import platform
 import shutil
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench import _quality_data as quality_data
 from trainer.config import TrainerConfig, load_trainer_config
-from trainer.evaluate import evaluate
+from trainer.durable import write_json_atomic
+from trainer.evaluation import Settings, evaluate_model, load_model
 from trainer.trainer import Trainer
 
 log = logging.getLogger("bench.meta_quality")
-MODES = ("plain", "fomaml", "maml")
-FT_GRID = [(steps, lr) for steps in (1, 3, 5) for lr in (0.03, 0.1, 0.3)]
-"""(adapt_steps, adapt_lr) candidates chosen on ``valid`` for the tuned rows."""
-ROWS = (
-    "plain",
-    "plain+ft",
-    "plain+ft (tuned)",
-    "fomaml",
-    "maml (no adapt)",
-    "maml",
-    "maml (tuned)",
-)
-METRICS = ("auc", "gauc", "episode_gauc", "logloss")
+METHODS: dict[str, dict[str, Any]] = {
+    "plain": {"meta.mode": "plain"},
+    "fomaml": {"meta.mode": "fomaml"},
+    "maml": {"meta.mode": "maml"},
+    "metasgd_layer": {"meta.mode": "maml", "meta.learn_inner_lr": "layer"},
+    "metasgd_parameter": {"meta.mode": "maml", "meta.learn_inner_lr": "parameter"},
+    "film": {"meta.mode": "film"},
+    "metaemb": {"meta.mode": "metaemb"},  # + the dataset's id and attributes
+}
+META_METHODS = tuple(m for m in METHODS if m != "plain")
+ROWS = ("no adaptation", "calibration only", "training setting", "tuned")
+LEVELS = ("episode", "task")
+METRICS = ("auc", "gauc", "episode_gauc", "logloss", "ne", "calibration", "ece")
+AUC_MARGIN, GAUC_LIFT = 0.01, 0.005
+"""The issue's target: + pooled AUC over tuned fine-tuning and calibration only; + GAUC over the
+plain model without adaptation."""
+FULL = {"steps": (1, 3, 5), "lrs": (0.03, 0.1, 0.3), "max_episodes": 0}
+QUICK = {"steps": (1,), "lrs": (0.1,), "max_episodes": 48}
 
 
 def _config(
-    root: Path, out: Path, mode: str, seed: int, overrides: dict[str, Any]
+    root: Path, out: Path, seed: int, overrides: dict[str, Any], max_episodes: int
 ) -> TrainerConfig:
     values = {
-        "data.path": str(root), "train.output_dir": str(out), "meta.mode": mode,
-        "train.seed": seed, "data.seed": seed, "train.threads": 1, "train.deterministic": False,
+        "data.path": str(root), "train.output_dir": str(out), "train.seed": seed,
+        "data.seed": seed, "train.threads": 1, "train.deterministic": False,
         "train.device": "auto", "checkpoint.every": 0, "checkpoint.resume": False,
-        "eval.splits": ["test_cold"], "train.log_every": 100, **overrides,
+        "eval.splits": ["test_cold"], "train.log_every": 100, "train.eval_every": 0,
+        "eval.max_episodes": max_episodes, **overrides,
     }  # fmt: skip
     return load_trainer_config("default", [f"{k}={json.dumps(v)}" for k, v in values.items()])
 
 
-def _metrics(result: dict[str, Any], when: str) -> dict[str, float]:
-    return {k: result[when][k] for k in METRICS}
+def _train(cfg: TrainerConfig) -> tuple[dict[str, Any], float]:
+    """Train one run; its own final evaluation (``eval.json``'s test_cold) and the seconds."""
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg).build()
+    try:
+        result = trainer.fit()["test_cold"]
+    finally:
+        trainer.close()
+    return result, round(time.perf_counter() - t0, 1)
 
 
-def _tuned(trainer: Trainer, valid_episodes: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Pick (adapt_steps, adapt_lr) by valid AUC after adaptation; evaluate test_cold with it."""
-    cfg = trainer.cfg
-    saved = (cfg.eval.adapt_steps, cfg.eval.adapt_lr, cfg.eval.max_episodes)
-    grid = []
-    for steps, lr in FT_GRID:
-        cfg.eval.adapt_steps, cfg.eval.adapt_lr, cfg.eval.max_episodes = steps, lr, valid_episodes
-        r = evaluate(trainer.model, cfg, trainer.manifest, "valid")
-        grid.append({"steps": steps, "lr": lr, "valid_auc": r["after"]["auc"]})
-    best = max(grid, key=lambda g: g["valid_auc"])
-    cfg.eval.adapt_steps, cfg.eval.adapt_lr, cfg.eval.max_episodes = best["steps"], best["lr"], 0
-    result = evaluate(trainer.model, cfg, trainer.manifest, "test_cold")
-    cfg.eval.adapt_steps, cfg.eval.adapt_lr, cfg.eval.max_episodes = saved
-    return _metrics(result, "after"), {"chosen": best, "grid": grid}
+def _rows(result: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """``"<row> @ <level>"`` -> the metrics, from :func:`evaluate_model`'s rows."""
+    out = {}
+    for r in result["rows"]:
+        name = "tuned" if r["row"].startswith("tuned on ") else r["row"]
+        if name not in ROWS:
+            continue  # the grid's cells: in the evaluation JSON, not in the comparison
+        for level in LEVELS if r["level"] == "-" else (r["level"],):
+            out[f"{name} @ {level}"] = {k: r["metrics"][k] for k in METRICS}
+    return out
 
 
 def run_seed(
-    root: Path, work: Path, seed: int, overrides: dict[str, Any], valid_episodes: int
-) -> dict:
-    """Train plain, fomaml and maml once each; return every row's test_cold metrics."""
-    rows: dict[str, dict[str, float]] = {}
-    extra: dict[str, Any] = {}
-    for mode in MODES:
-        out = work / f"{mode}-seed{seed}"
-        shutil.rmtree(out, ignore_errors=True)
-        trainer = Trainer(_config(root, out, mode, seed, overrides)).build()
+    root: Path,
+    work: Path,
+    seed: int,
+    data: dict[str, Any],
+    settings: Settings,
+    methods: tuple[str, ...] = tuple(METHODS),
+) -> dict[str, Any]:
+    """Train each method once; evaluate each with :func:`evaluate_model` on test_cold. The
+    trainer's own evaluation of the same episodes is kept beside it (``trainer_eval``)."""
+    out: dict[str, Any] = {"rows": {}, "runs": {}}
+    for method in methods:
+        own = METHODS[method]
+        if method == "metaemb" and not data["metaemb"]:
+            out["runs"][method] = {"skipped": "the task key is not a feature with attributes"}
+            continue
+        run = work / f"{method}-seed{seed}"
+        shutil.rmtree(run, ignore_errors=True)
+        overrides = {**data["overrides"], **own}
+        if method == "metaemb":
+            overrides.update(data["metaemb"])
+        cfg = _config(root, run, seed, overrides, settings.max_episodes)
+        trainer_eval, seconds = _train(cfg)
         t0 = time.perf_counter()
-        try:
-            result = trainer.fit()["test_cold"]
-            extra[f"{mode}_train_seconds"] = round(time.perf_counter() - t0, 1)
-            if mode == "plain":
-                rows["plain"] = _metrics(result, "before")
-                rows["plain+ft"] = _metrics(result, "after")
-                rows["plain+ft (tuned)"], extra["plain_ft_tuning"] = _tuned(trainer, valid_episodes)
-            elif mode == "fomaml":
-                rows["fomaml"] = _metrics(result, "after")
-            else:
-                rows["maml (no adapt)"] = _metrics(result, "before")
-                rows["maml"] = _metrics(result, "after")
-                rows["maml (tuned)"], extra["maml_tuning"] = _tuned(trainer, valid_episodes)
-        finally:
-            trainer.close()
-        extra[f"{mode}_eval"] = {k: result[k] for k in ("episodes", "tasks", "query_samples")}
-    return {"rows": rows, **extra}
+        result = evaluate_model(load_model(run, str(root)), str(root), "test_cold", settings)
+        out["rows"][method] = _rows(result)
+        out["runs"][method] = {
+            "train_seconds": seconds,
+            "eval_seconds": round(time.perf_counter() - t0, 1),
+            "trainer_eval": {k: trainer_eval[k] for k in ("before", "after", "episodes")},
+            "training_setting": result["model"]["training_setting"],
+            "tuning": result["tuning"],
+            "grid_note": result["grid_note"],
+        }
+        shutil.rmtree(run / "checkpoints", ignore_errors=True)  # MBs per run; keep the logs
+        log.info("%s seed %d: trained in %.0f s, evaluated in %.0f s", method, seed, seconds,
+                 out["runs"][method]["eval_seconds"])  # fmt: skip
+    return out
 
 
-def _summarise(per_seed: list[dict]) -> dict[str, dict[str, Any]]:
-    table = {}
-    for row in ROWS:
-        table[row] = {}
-        for m in METRICS:
-            values = [s["rows"][row][m] for s in per_seed]
-            table[row][m] = statistics.fmean(values)
-            table[row][f"{m}_min"], table[row][f"{m}_max"] = min(values), max(values)
+def summarise(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """method -> row -> ``<metric>``, ``<metric>_std``, ``_min``, ``_max`` over the seeds."""
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for method in per_seed[0]["rows"]:
+        table[method] = {}
+        for row in per_seed[0]["rows"][method]:
+            cell: dict[str, float] = {}
+            for m in METRICS:
+                values = [s["rows"][method][row][m] for s in per_seed]
+                finite = [v for v in values if math.isfinite(v)]
+                cell[m] = statistics.fmean(finite) if finite else math.nan
+                cell[f"{m}_std"] = statistics.pstdev(finite) if len(finite) > 1 else 0.0
+                cell[f"{m}_min"] = min(finite, default=math.nan)
+                cell[f"{m}_max"] = max(finite, default=math.nan)
+            table[method][row] = cell
     return table
 
 
-def _print_table(name: str, table: dict[str, dict[str, Any]], seeds: int) -> None:
-    print(f"\n{name}: test_cold query metrics (mean of {seeds} seed(s); AUC range in brackets)")
-    print(f"  {'row':<18} {'AUC':>7} {'':>15} {'GAUC':>7} {'epGAUC':>7} {'logloss':>8}")
-    for row, v in table.items():
-        spread = f"[{v['auc_min']:.4f},{v['auc_max']:.4f}]"
-        print(
-            f"  {row:<18} {v['auc']:7.4f} {spread:>15} {v['gauc']:7.4f} {v['episode_gauc']:7.4f} "
-            f"{v['logloss']:8.4f}"
-        )
+def target(table: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
+    """The issue's target at each level (module docstring), with every margin."""
+    out: dict[str, Any] = {}
+    for level in LEVELS:
+        plain = table["plain"]
+        tuned_ft = plain[f"tuned @ {level}"]["auc"]
+        calibration = plain[f"calibration only @ {level}"]["auc"]
+        no_adapt_gauc = plain[f"no adaptation @ {level}"]["gauc"]
+        methods = {}
+        for m in (m for m in META_METHODS if m in table):  # each method's training setting
+            row = table[m][f"training setting @ {level}"]
+            auc_margin = row["auc"] - max(tuned_ft, calibration)
+            gauc_lift = row["gauc"] - no_adapt_gauc
+            methods[m] = {
+                "auc": row["auc"], "gauc": row["gauc"],
+                "auc_minus_tuned_ft": row["auc"] - tuned_ft,
+                "auc_minus_calibration_only": row["auc"] - calibration,
+                "gauc_minus_plain_no_adaptation": gauc_lift,
+                "met": auc_margin >= AUC_MARGIN and gauc_lift >= GAUC_LIFT,
+            }  # fmt: skip
+        best = max(methods, key=lambda m: methods[m]["auc"])
+        out[level] = {
+            "tuned_ft_auc": tuned_ft, "calibration_only_auc": calibration,
+            "plain_no_adaptation_gauc": no_adapt_gauc, "methods": methods,
+            "best_by_auc": best, "met_by": [m for m, v in methods.items() if v["met"]],
+            "met": any(v["met"] for v in methods.values()),
+        }  # fmt: skip
+    return out
 
 
-DATASETS: dict[str, Callable[[Path, argparse.Namespace], tuple[Path, dict, dict]]] = {
-    "synthetic_k8": functools.partial(quality_data.synthetic, k=8),
-    "synthetic_k32": functools.partial(quality_data.synthetic, k=32),
-    "generated": quality_data.generated,
-    "movielens": quality_data.movielens,
-}
+def _print_table(name: str, entry: dict[str, Any]) -> None:
+    seeds = len(entry["seeds"])
+    print(f"\n{name}: test_cold query metrics, mean (std) of {seeds} seed(s); tuned on "
+          f"{entry['tune_split']}")  # fmt: skip
+    head = " ".join(f"{m:>8}" for m in ("AUC", "(std)", "GAUC", "epGAUC", "logloss", "NE",
+                                        "pred/obs", "ECE"))  # fmt: skip
+    for level in LEVELS:
+        print(f"  level {level}\n  {'method':<18} {'row':<17} {head}")
+        for method, rows in entry["table"].items():
+            for row in ROWS:
+                v = rows.get(f"{row} @ {level}")
+                if v is None:
+                    continue
+                cells = [v["auc"], v["auc_std"], v["gauc"], v["episode_gauc"], v["logloss"],
+                         v["ne"], v["calibration"], v["ece"]]  # fmt: skip
+                print(f"  {method:<18} {row:<17} " + " ".join(f"{c:8.4f}" for c in cells))
+        t = entry["target"][level]
+        best = t["methods"][t["best_by_auc"]]
+        print(f"  target ({level}): best meta method by AUC {t['best_by_auc']}: "
+              f"{best['auc_minus_tuned_ft']:+.4f} AUC vs tuned fine-tuning, "
+              f"{best['auc_minus_calibration_only']:+.4f} vs calibration only, "
+              f"{best['gauc_minus_plain_no_adaptation']:+.4f} GAUC vs plain without adaptation; "
+              f"met: {t['met']} {t['met_by'] or ''}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,53 +237,59 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", default="out/bench/meta_quality.json", help="JSON result path")
     p.add_argument("--work", default="out/bench/meta_quality", help="data and run directories")
-    p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated subset")
-    p.add_argument("--seeds", default="0,1", help="comma-separated training/shuffle seeds")
+    p.add_argument("--datasets", default=",".join(quality_data.DATASETS), help="comma-separated")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated training/shuffle seeds")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated; needs plain")
     p.add_argument("--steps", type=int, default=0, help="override every dataset's train.steps")
-    p.add_argument("--valid-episodes", type=int, default=2000, help="valid episodes for tuning")
     p.add_argument("--movielens", default=str(quality_data.MOVIELENS_SRC), help="ml-100k folder")
     p.add_argument("--generated-rows", type=int, default=400_000, help="rows of generated logs")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: small synthetic data, 20 steps, one grid cell, 48 episodes")  # fmt: skip
     args = p.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
+    grid = QUICK if args.quick else FULL
+    methods = tuple(m for m in args.methods.split(",") if m)
+    if "plain" not in methods or len(methods) < 2 or not set(methods) <= set(METHODS):
+        p.error(f"--methods: plain (the baselines) and at least one of {', '.join(META_METHODS)}")
     work, seeds = Path(args.work), [int(s) for s in args.seeds.split(",") if s]
     report: dict[str, Any] = {
         "benchmark": "meta_quality",
         "command": " ".join(["python -m bench.meta_quality", *(argv if argv is not None else sys.argv[1:])]),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
-        "ft_grid": FT_GRID,
+        "quick": args.quick, "grid": grid, "levels": LEVELS, "metrics": METRICS,
+        "target_rule": {"auc_margin": AUC_MARGIN, "gauc_lift": GAUC_LIFT, "doc": __doc__.split(
+            "The issue's target")[1].split("\n\n")[0].strip()},
         "datasets": {},
     }  # fmt: skip
     for name in [d for d in args.datasets.split(",") if d]:
-        if name not in DATASETS:
-            p.error(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+        if name not in quality_data.DATASETS:
+            p.error(f"unknown dataset {name!r}; choose from {', '.join(quality_data.DATASETS)}")
         t0 = time.perf_counter()
         try:
-            root, overrides, info = DATASETS[name](work / name, args)
+            root, data = quality_data.DATASETS[name](work / name, args)
         except quality_data.Unavailable as e:
             log.warning("%s skipped: %s", name, e)
             report["datasets"][name] = {"skipped": str(e)}
             continue
         if args.steps:
-            overrides = {**overrides, "train.steps": args.steps}
-        per_seed = [
-            run_seed(root, work / name / "runs", s, overrides, args.valid_episodes) for s in seeds
-        ]
-        table = _summarise(per_seed)
-        report["datasets"][name] = {
-            "data": info, "overrides": overrides, "seeds": seeds, "table": table,
-            "per_seed": per_seed, "seconds": round(time.perf_counter() - t0, 1),
-            "maml_minus_plain_ft_auc": table["maml"]["auc"] - table["plain+ft"]["auc"],
-            "maml_tuned_minus_plain_ft_tuned_auc":
-                table["maml (tuned)"]["auc"] - table["plain+ft (tuned)"]["auc"],
-        }  # fmt: skip
-        _print_table(name, table, len(seeds))
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")  # after every dataset: partial results
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+            data["overrides"] = {**data["overrides"], "train.steps": args.steps}
+        settings = Settings(steps=grid["steps"], lrs=grid["lrs"], tune_split=data["tune_split"],
+                            max_episodes=grid["max_episodes"])  # fmt: skip
+        per_seed = []
+        for seed in seeds:
+            per_seed.append(run_seed(root, work / name / "runs", seed, data, settings, methods))
+            table = summarise(per_seed)
+            report["datasets"][name] = {
+                "data": data["info"], "overrides": data["overrides"], "metaemb": data["metaemb"],
+                "tune_split": data["tune_split"], "seeds": seeds[: len(per_seed)],
+                "table": table, "target": target(table), "per_seed": per_seed,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }  # fmt: skip
+            write_json_atomic(args.out, report)  # after every seed: partial results
+        _print_table(name, report["datasets"][name])
+    write_json_atomic(args.out, report)
     print(f"-> {args.out}")
     return 0
 

@@ -22,7 +22,7 @@ import logging
 from components.raw_schema import RAW_COLUMNS
 
 from .report import CheckResult, ValidationReport
-from .runner import default_spark, persist, skipped
+from .runner import default_spark, skipped
 from .suites import Thresholds
 
 log = logging.getLogger(__name__)
@@ -107,20 +107,15 @@ def validate_raw(
                 "of required fields catch",
             )
         )
-    profile = None
-    try:
-        profile = persist(P.raw_profile(raw))
+    try:  # one pass over the raw files: the profile is not cached
         expectations = suites.raw_expectations(thresholds, with_previous=prev_rows is not None)
         report.checks += run_expectations(
-            SUITE, expectations, profile, params, index_columns=["event_id"]
+            SUITE, expectations, P.raw_profile(raw), params, index_columns=["event_id"]
         )
     except ValueError:
         raise
     except Exception as e:  # Spark could not read or process the files
         raise S.DataUnavailableError(f"{target}: cannot read the raw data: {e}") from e
-    finally:
-        if profile is not None:
-            profile.unpersist()
     if report_dir:
         report.write(report_dir)
     log.info("raw validation %s: %s", "passed" if report.success else "FAILED", target)

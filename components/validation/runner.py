@@ -1,31 +1,23 @@
-"""Run a list of expectations on a Spark DataFrame with an ephemeral GX context.
+"""Run a list of GX expectations on a Spark DataFrame in ONE pass over it.
 
-GX Core 1.x wiring: ``gx.get_context(mode="ephemeral")`` -> ``data_sources.add_spark`` -> a
-dataframe asset -> a whole-dataframe batch definition -> ``ExpectationSuite`` ->
-``ValidationDefinition``; ``vd.run(batch_parameters={"dataframe": df},
-expectation_parameters=...)``. Nothing is persisted by GX: the report is ours (``report.py``).
+The expectations are GX Core 1.x objects (``suites.py``); ``metrics.py`` turns each into the
+aggregates its verdict needs, all of them are computed in one ``DataFrame.agg`` (one Spark job),
+and each verdict is judged on the collected metrics with GX's semantics (``mostly``, strict bounds,
+nulls not considered, parameters). Only the row-level checks that failed cost one more small query
+each, for their examples. Nothing is persisted: the report is ours (``report.py``).
 
-GX computes its metrics in several Spark jobs over the frame, so callers pass a persisted,
-already-derived (profile) frame: the cache holds scalars per row, not the raw lists.
+Until issue 14, GX's ``ValidationDefinition.run`` computed the metrics itself, in one or more Spark
+jobs per expectation (~30 s on the demo interval).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
-import uuid
 from typing import Any
 
 from .report import CheckResult, from_gx_result
 
 log = logging.getLogger(__name__)
-
-# Pass 1 asks only for the verdict of row-level (map) checks: 1 Spark job per ~5 checks instead of
-# ~2 jobs each. Pass 2 reruns the failed ones with SUMMARY (counts and up to 5 unexpected values).
-# Aggregate checks (row count, mean, column set) always report their observed value (BASIC).
-VERDICT_ONLY = {"result_format": "BOOLEAN_ONLY"}
-AGGREGATE = {"result_format": "BASIC"}
-DETAILED = {"result_format": "SUMMARY", "partial_unexpected_count": 5}
 
 
 def default_spark(spark=None):
@@ -38,7 +30,7 @@ def default_spark(spark=None):
 
 
 def persist(df):
-    """Cache a profile frame for the GX runs, which read it in several Spark jobs."""
+    """Cache a profile frame that more than one suite (one pass each) reads."""
     from pyspark import StorageLevel
 
     return df.persist(StorageLevel.MEMORY_AND_DISK)
@@ -55,53 +47,6 @@ def gx_version() -> str:
     return gx.__version__
 
 
-def _quiet_context():
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    return context
-
-
-def _is_row_level(expectation) -> bool:
-    from great_expectations.expectations.expectation import (
-        ColumnMapExpectation,
-        ColumnPairMapExpectation,
-        MulticolumnMapExpectation,
-    )
-
-    return isinstance(
-        expectation, ColumnMapExpectation | ColumnPairMapExpectation | MulticolumnMapExpectation
-    )
-
-
-def _run(context, name: str, expectations: list, df, parameters: dict, result_format: dict) -> list:
-    """One ValidationDefinition run; fresh copies of the expectations (a suite owns what it holds)."""
-    import great_expectations as gx
-
-    if not expectations:
-        return []
-    tag = uuid.uuid4().hex[:8]
-    # persist=False: the caller caches (and uncaches) the frame; GX would cache it for good.
-    source = context.data_sources.add_spark(name=f"spark-{tag}", persist=False)
-    batch = source.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe("whole")
-    suite = context.suites.add(gx.ExpectationSuite(name=f"{name}-{tag}"))
-    for e in expectations:
-        e = copy.deepcopy(e)
-        e.id = None
-        suite.add_expectation(e)
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=f"{name}-{tag}", data=batch, suite=suite)
-    )
-    result = definition.run(
-        batch_parameters={"dataframe": df},
-        expectation_parameters=parameters,
-        result_format=result_format,
-    )
-    return result.to_json_dict()["results"]
-
-
 def run_expectations(
     suite_name: str,
     expectations: list,
@@ -114,30 +59,30 @@ def run_expectations(
     Args:
         suite_name: reported as the checks' suite.
         expectations: GX expectation objects (``suites.*_expectations``), each with a unique
-            ``meta["check"]`` name; they are copied, not modified.
+            ``meta["check"]`` name; not modified.
         df: a Spark DataFrame (the batch).
         parameters: values of the ``{"$PARAMETER": name}`` bounds.
         index_columns: columns that identify a row (``task_key``, ``episode``), shown with the
             unexpected values of a failed row-level check.
     """
+    from pyspark.sql import functions as F
+
+    from . import metrics as M
+
     names = [e.meta["check"] for e in expectations]
     assert len(set(names)) == len(names), f"duplicate check names in {suite_name}: {names}"
     if not expectations:
         return []
     params = parameters or {}
-    context = _quiet_context()
-    rows = [e for e in expectations if _is_row_level(e)]
-    aggregates = [e for e in expectations if not _is_row_level(e)]
-    log.info("validating %s: %d expectations", suite_name, len(expectations))
-    results = _run(context, suite_name, aggregates, df, params, AGGREGATE)
-    results += _run(context, suite_name, rows, df, params, VERDICT_ONLY)
-    by_name = {r["expectation_config"]["meta"]["check"]: r for r in results}
-    failed = [e for e in rows if not by_name[e.meta["check"]]["success"]]
-    detailed = {**DETAILED, "unexpected_index_column_names": list(index_columns or [])}
-    for r in _run(context, suite_name, failed, df, params, detailed):
-        by_name[r["expectation_config"]["meta"]["check"]] = r
-    checks = [from_gx_result(by_name[n], suite_name) for n in names]
-    for c in checks:
-        if c.success and not c.observed:
-            c.observed, c.unexpected_count = "no unexpected values", 0
-    return checks
+    log.info("validating %s: %d expectations in one pass", suite_name, len(expectations))
+    df = M.prepare(df, expectations)
+    plans = [M.plan(e, params, i) for i, e in enumerate(expectations)]
+    aggregates = {"__rows": F.count(F.lit(1))}
+    for p in plans:
+        aggregates.update(p.aggregates)
+    row = df.agg(*(c.alias(n) for n, c in aggregates.items())).collect()[0].asDict()
+    results = [M.judge(p, row, row["__rows"], df.columns, params) for p in plans]
+    for p, r in zip(plans, results, strict=True):
+        if p.unexpected is not None and not r["success"]:
+            r["result"].update(M.examples(df, p, list(index_columns or [])))
+    return [from_gx_result(r, suite_name) for r in results]

@@ -113,3 +113,62 @@ def summarise_per_task(per_task: dict[str, list[Any]]) -> dict[str, dict[str, fl
             out[key] = {"tasks": len(v), "q1": float(q1), "median": float(med), "q3": float(q3),
                         "mean": float(v.mean())}  # fmt: skip
     return out
+
+
+COMPARED = ("no adaptation", "calibration only", "training setting", "tuned")
+"""The comparison's rows per model (``tuned``: the grid cell tuned on ``valid_cold``)."""
+COMPARED_METRICS = ("auc", "gauc", "episode_gauc", "logloss", "ne", "calibration", "ece")
+
+
+def compare_models(versions: dict[str, Path], episodes: Path, out: Path) -> dict[str, Any]:
+    """Both exports on ``test_cold`` through ``metarec evaluate``'s path
+    (:func:`trainer.evaluation.evaluate_model`, the per-episode level the gate's metric uses):
+    no adaptation, calibration only, the training setting and fine-tuning tuned on ``valid_cold``,
+    on ranking (AUC, GAUC, episode GAUC) and calibration (pred/obs, ECE), logloss and NE.
+
+    Writes ``out`` (``evaluation/comparison.json``: these rows and each full evaluation) and
+    returns ``{"split", "tuning": {model: how it was tuned}, "rows": [{"model", "row",
+    "setting", <metrics>}]}`` (NaN as None).
+    """
+    from trainer.durable import jsonable, write_json_atomic
+    from trainer.evaluation import Settings, evaluate_model, load_model
+
+    settings = Settings(levels=("episode",))
+    evaluations = {mode: evaluate_model(load_model(path, str(episodes)), str(episodes), SPLIT,
+                                        settings)
+                   for mode, path in versions.items()}  # fmt: skip
+    rows = []
+    for mode, result in evaluations.items():
+        for r in result["rows"]:
+            name = "tuned" if r["row"].startswith("tuned on ") else r["row"]
+            if name in COMPARED:
+                metrics = {k: _finite(r["metrics"][k]) for k in COMPARED_METRICS}
+                rows.append({"model": mode, "row": name, "setting": r["setting"], **metrics})
+    tuning = {m: e["tuning"].get("episode", {}) for m, e in evaluations.items()}
+    result = {"split": SPLIT, "content_hash": next(iter(evaluations.values()))["data"][
+        "content_hash"], "tuning": tuning, "rows": rows}  # fmt: skip
+    write_json_atomic(out, {**result, "evaluations": evaluations})
+    return jsonable(result)
+
+
+def recommend(comparison: dict[str, Any], policy: Any) -> dict[str, Any]:
+    """Which model to ship and why: the gate (:func:`components.promotion.gate.decide`, with
+    ``policy``'s metric, tolerance and guards) with the meta model as the challenger and the plain
+    one as the model to beat, both as evaluated in ``comparison`` (same episodes). Also how much
+    adaptation adds over the calibration-only baseline, the cheapest alternative."""
+    from components.promotion.gate import Candidate, decide
+
+    def evaluation(mode: str) -> dict[str, Any]:
+        rows = {r["row"]: r for r in comparison["rows"] if r["model"] == mode}
+        split = {"before": rows["no adaptation"], "after": rows["training setting"]}
+        return {"splits": {comparison["split"]: split}}
+
+    h = comparison["content_hash"]
+    d = decide(Candidate("meta", evaluation("meta"), h), Candidate("plain", evaluation("plain"), h),
+               policy)  # fmt: skip
+    ship = "meta" if d.promote else "plain"
+    calib = max(r["auc"] or 0.0 for r in comparison["rows"] if r["row"] == "calibration only")
+    shipped = evaluation(ship)["splits"][comparison["split"]]["after"]["auc"]
+    return {"ship": ship, "verdict": str(d.verdict), "reason": d.reason, "metric": d.metric,
+            "guards": [dict(g) for g in d.guards], "calibration_only_auc": calib,
+            "auc_over_calibration_only": None if shipped is None else shipped - calib}  # fmt: skip

@@ -18,6 +18,8 @@ Stage by stage (the run root is ``--out``; the baseline's is ``--out``/baseline)
     train-plain,        training.train_step, delivery.export_step  baseline/train/<id>/,
     export-plain        (meta.mode = "plain", run root baseline/)  baseline/models/...
     cold-start          demo: per-task AUC of both exports         evaluation/cold_start.json
+    compare             demo: both exports beside the baselines    evaluation/comparison.json
+                        (metarec evaluate), which model to ship
     score               demo: components.score on cold campaigns   score/predictions*.parquet
     airflow             the continuous_delivery DAG, last hour     delivery/ (not --quick)
     report              demo: summary + components.report          summary.json, report.html
@@ -40,7 +42,7 @@ from components.demo.settings import CONFIG_FILE, MODES, DemoConfig
 
 log = logging.getLogger("metarec.demo")
 STAGES = ("generate", "validate-raw", "etl", "validate-episodes", "train-meta", "export", "evaluate",
-          "gate", "promote", "train-plain", "export-plain", "cold-start", "score", "airflow",
+          "gate", "promote", "train-plain", "export-plain", "cold-start", "compare", "score", "airflow",
           "report")  # fmt: skip
 
 
@@ -133,7 +135,7 @@ def run_demo(config: DemoConfig, spark=None, fresh: bool = False) -> dict[str, A
         components.launchers.local.LaunchError: a training job failed.
         ValueError, FileNotFoundError: bad settings or inputs (the message says what to do).
     """
-    from components.demo.evaluation import evaluate_exports
+    from components.demo.evaluation import compare_models, evaluate_exports
     from components.demo.summary import DESCRIBE, build_summary
     from components.report import write_report
     from components.steps import data, delivery
@@ -215,6 +217,17 @@ def run_demo(config: DemoConfig, spark=None, fresh: bool = False) -> dict[str, A
         )  # fmt: skip
 
     r["cold_start"] = run("cold-start", cold_start, DESCRIBE["cold_start"])
+
+    def compare():
+        out, models = p["evaluation"] / "comparison.json", {m: exports[m].model_dir for m in MODES}
+        return recorded(
+            layout, interval, "demo_comparison", {"models": models, "data": etl.content_hash},
+            lambda: compare_models({m: Path(d) for m, d in models.items()},
+                                   Path(etl.episodes_dir), out),
+            force=fresh, outputs=(out,),
+        )  # fmt: skip
+
+    r["comparison"] = run("compare", compare, DESCRIBE["comparison"])
     if promoted.champion is None:
         raise DemoStopped(f"the gate promoted no model, so nothing is scored: {gate.reason}")
     champion = layout.models_root / cfg.model_name / promoted.champion

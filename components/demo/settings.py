@@ -178,7 +178,8 @@ class DemoConfig:
                 "min_support": self.min_samples,
                 "min_query": self.min_samples,
                 "num_buckets": 4 if self.quick else 8,
-                "cold_fraction": 0.2,
+                "cold_fraction": 0.3,  # a third of it held out as valid_cold: tuning
+                "valid_cold_fraction": 1 / 3,  # fine-tuning on cold tasks (the comparison)
                 "shuffle_partitions": 4,
             },
             "gate": {"metric": GATE_METRIC},

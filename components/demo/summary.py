@@ -54,6 +54,14 @@ DESCRIBE: dict[str, Callable[[Any], str]] = {
             for m, v in r["models"].items()
         )
     ),
+    "comparison": lambda r: (
+        f"{r['split']}: "
+        + ", ".join(
+            f"{x['model']} {x['row']} AUC {_num(x['auc'])} GAUC {_num(x['gauc'])}"
+            for x in r["rows"]
+            if x["row"] in ("calibration only", "training setting")
+        )
+    ),
     "score": lambda r: (
         f"{r['adapted']['rows_scored']:,} events of {r['tasks']} cold campaigns "
         f"-> {r['adapted']['output']}"
@@ -230,11 +238,53 @@ def build_summary(
         "delivery": results.get("delivery"),
         "seconds": seconds,
         "reused": reused,
+        **_comparison(config, results),
+    }
+
+
+def _comparison(config: DemoConfig, results: dict[str, Any]) -> dict[str, Any]:
+    """``comparison`` (both models beside the baselines) and ``recommendation`` (which model to
+    ship: the gate's rule, meta against plain); none where the results have no comparison (a
+    demo recorded before it had one)."""
+    from components.demo.evaluation import recommend
+    from components.promotion.gate import GatePolicy
+
+    comparison = results.get("comparison")
+    if not comparison:
+        return {}
+    policy = GatePolicy(**config.delivery_config("meta")["gate"])  # the demo's own gate
+    rows = [{k: v for k, v in r.items() if k != "setting"} for r in comparison["rows"]]
+    return {
+        "comparison": {"split": comparison["split"], "tuning": comparison["tuning"], "rows": rows},
+        "recommendation": recommend(comparison, policy),
     }
 
 
 def _num(x: Any, fmt: str = ".4f") -> str:
     return "n/a" if x is None else format(x, fmt)
+
+
+def _format_comparison(s: dict[str, Any]) -> list[str]:
+    """The comparison table and the recommendation (nothing where the summary has none)."""
+    if not s.get("comparison"):
+        return []
+    c, rec = s["comparison"], s["recommendation"]
+    titles = ("AUC", "GAUC", "epGAUC", "logloss", "NE", "pred/obs", "ECE")
+    keys = ("auc", "gauc", "episode_gauc", "logloss", "ne", "calibration", "ece")
+    lines = ["", f"ranking and calibration on {c['split']} (metarec evaluate; tuned: on "
+             f"{c['tuning'].get('plain', {}).get('split', 'n/a')}):",
+             f"  {'model':<7}{'row':<18}" + "".join(f"{t:>9}" for t in titles)]  # fmt: skip
+    for r in c["rows"]:
+        lines.append(f"  {r['model']:<7}{r['row']:<18}" + "".join(f"{_num(r[k]):>9}" for k in keys))
+    guards = "; ".join(g["note"] for g in rec["guards"]) or "no guard checked"
+    lines += [
+        f"ship       {rec['ship']}: the gate's rule with meta as the challenger and plain as the "
+        f"model to beat: {rec['verdict']} ({rec['reason']}); guards: {guards}",
+        f"           calibration only (no gradient step) reaches AUC "
+        f"{_num(rec['calibration_only_auc'])}: the shipped model adds "
+        f"{_num(rec['auc_over_calibration_only'], '+.4f')} over it",
+    ]  # fmt: skip
+    return lines
 
 
 def format_summary(s: dict[str, Any]) -> str:
@@ -265,6 +315,7 @@ def format_summary(s: dict[str, Any]) -> str:
         lift = None if a is None or b is None else a - b
         lines.append(f"  {label:<22}{_num(b):>15}{_num(a):>12}{_num(lift, '+.4f'):>10}"
                      f"{_num(med):>30}")  # fmt: skip
+    lines += _format_comparison(s)
     lines += ["", f"training   ({t['meta']['nproc']} CPU ranks, gloo; embedding rows sharded, dense "
               "layers replicated; both from scratch, same data and seed)"]  # fmt: skip
     for mode in ("meta", "plain"):

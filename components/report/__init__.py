@@ -77,6 +77,40 @@ def reading(cold: dict[str, Any]) -> str:
     )
 
 
+def comparison_section(summary: dict[str, Any]) -> list[str]:
+    """Meta vs plain beside the baselines on ranking and calibration, and which model to ship
+    (the gate's rule and its guards); nothing where the summary has no comparison."""
+    c, rec = summary.get("comparison"), summary.get("recommendation")
+    if not c or not rec:
+        return []
+    keys = ("auc", "gauc", "episode_gauc", "logloss", "ne", "calibration", "ece")
+    rows = [[f"{r['model']}: {r['row']}", *(_f(r[k]) for k in keys)] for r in c["rows"]]
+    guards = [[g["name"], g["metric"], _f(g["challenger"]), _f(g["champion"]), g["tolerance"],
+               {True: "passed", False: "FAILED", None: "not checked"}[g["passed"]], g["note"]]
+              for g in rec["guards"]]  # fmt: skip
+    tuned = c["tuning"].get("plain", {})
+    held_out = tuned.get("skipped", "cold tasks held out from training and from the test split")
+    return [
+        "<h2>Which model to ship: ranking and calibration against the baselines</h2>",
+        f"<p>Both exports on <code>{_e(c['split'])}</code> with <code>metarec evaluate</code>: "
+        "without adaptation, with the calibration-only baseline (each task's logit shifted by "
+        "its shrunk support click rate: no gradient step), adapted with the training setting, "
+        "and fine-tuned with the grid cell tuned on "
+        f"<code>{_e(tuned.get('split') or 'n/a')}</code> ({_e(held_out)}). Pooled AUC mixes "
+        "ranking with "
+        "per-task base rates; GAUC and episode GAUC rank within a task; pred/obs and ECE are "
+        "calibration.</p>",
+        _table(["model: row", "AUC", "GAUC", "epGAUC", "logloss", "NE", "pred/obs", "ECE"],
+               rows),
+        f"<p><b>Ship {_e(rec['ship'])}.</b> The gate's rule, with the meta model as the "
+        f"challenger and the plain one as the model to beat, on <code>{_e(rec['metric'])}</code>: "
+        f"{_e(rec['verdict'])} ({_e(rec['reason'])}). The calibration-only baseline reaches AUC "
+        f"{_f(rec['calibration_only_auc'])}; the shipped model adds "
+        f"{_f(rec['auc_over_calibration_only'], '+.4f')} over it.</p>",
+        _table(["guard", "metric", "meta", "plain", "tolerance", "result", "note"], guards),
+    ]  # fmt: skip
+
+
 def render_report(summary: dict[str, Any]) -> str:
     """The report's HTML text (see the module docstring)."""
     from components.report import plots
@@ -167,6 +201,8 @@ def render_report(summary: dict[str, Any]) -> str:
               _img(plots.cache_hit_rate(runs), "cache hit rate"),
               _table(["run", "hit rate", "last log step", "host-to-device bytes/step"],
                      cache_rows)]  # fmt: skip
+
+    parts += comparison_section(summary)
 
     decision = [[f"{g['name']}/{g['challenger']} (meta)", _f(g["challenger_value"]),
                  g["champion_before"] or "none", _f(g["champion_value"]), g["verdict"],

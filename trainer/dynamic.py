@@ -377,6 +377,10 @@ class DynamicEmbeddingCollection:
         self._phys_offsets = torch.tensor(phys.table_offsets, dtype=torch.int64)
         index = {n: i for i, n in enumerate(self.names)}
         self.maps = {index[t.feature]: IdMap(t, seed + 7919 * index[t.feature]) for t in tables}
+        self._fallback = torch.zeros(len(self.names), dtype=torch.int64)
+        """Fallback rows per feature (0: not dynamic)."""
+        for fi, m in self.maps.items():
+            self._fallback[fi] = m.cfg.fallback_rows
         self.step = 0
         """Training translations so far (the maps' clock)."""
         self._pending: tuple[Tensor, MappedBatch, tuple[Tensor, Tensor]] | None = None
@@ -460,27 +464,21 @@ class DynamicEmbeddingCollection:
         f = torch.searchsorted(self._offsets, ids, right=True) - 1
         local = ids - self._offsets.index_select(0, f)
         phys = self._phys_offsets.index_select(0, f) + local
-        dyn = torch.zeros_like(ids, dtype=torch.bool)
-        for fi in self.maps:
-            dyn |= f == fi
-        dyn &= local > 0
-        sel = dyn.nonzero().squeeze(1)
+        sel = (self._fallback.index_select(0, f) > 0).logical_and_(local > 0).nonzero().squeeze(1)
+        f_sel, l_sel = f.index_select(0, sel), local.index_select(0, sel)
         if train:
             counts = torch.bincount(batch.inverse.reshape(-1).cpu(), minlength=ids.numel())
-            slots, fresh = self._assign(f[sel], local[sel], counts.index_select(0, sel))
+            slots, fresh = self._assign(f_sel, l_sel, counts.index_select(0, sel))
             self.step += 1
         else:
             fresh = (torch.zeros(0, dtype=torch.int64), torch.zeros(0, self.dim))
             slots = torch.full_like(sel, -1)
             for fi, m in self.maps.items():
-                here = f[sel] == fi
-                slots[here] = m.find(local[sel][here])
-        for fi, m in self.maps.items():
-            here = (f[sel] == fi).nonzero().squeeze(1)
-            s, lid = slots[here], local[sel][here]
-            fb = m.cfg.fallback_rows
-            row = torch.where(s >= 0, 1 + fb + s, 1 + lid % fb)
-            phys[sel[here]] = self._phys_offsets[fi] + row
+                here = f_sel == fi
+                slots[here] = m.find(l_sel[here])
+        fb = self._fallback.index_select(0, f_sel)
+        row = torch.where(slots >= 0, 1 + fb + slots, 1 + l_sel % fb)
+        phys[sel] = self._phys_offsets.index_select(0, f_sel) + row
         new_ids, remap = torch.unique(phys, return_inverse=True)
         inverse = remap.to(batch.inverse.device).index_select(0, batch.inverse.reshape(-1))
         mapped = MappedBatch(new_ids.to(batch.ids.device), inverse.view(batch.inverse.shape))

@@ -283,6 +283,8 @@ def _list_field(v: Any) -> list[str | None] | None:
         raise _Bad("bad_type")
     if len(v) > MAX_LIST_ITEMS:
         raise _Bad("field_too_long")
+    if all(type(x) is str and len(x) <= MAX_FIELD_CHARS for x in v):
+        return v  # the common case: strings already
     return [_text_field(x) for x in v]
 
 
@@ -342,7 +344,31 @@ def _out_of_domain(kind: str, v: float, lo: float | None, hi: float | None) -> b
     return (lo is not None and v < lo) or (hi is not None and v > hi)
 
 
+_NAMES = tuple(f.name for f in RAW_FIELDS)
+_TEXT_FIELDS = tuple(i for i, f in enumerate(RAW_FIELDS) if f.kind in ("id", "categorical"))
+_OTHER_FIELDS = tuple(i for i, f in enumerate(RAW_FIELDS) if i not in _TEXT_FIELDS)
 NONE_ROW: tuple = (None,) * len(RAW_FIELDS)
+
+
+def _check(i: int, values: list, problems: list | None) -> list | None:
+    """Convert field ``i`` of ``values`` in place; add its broken rule, if any, to ``problems``
+    as ``(rule rank, field index, code, a missing label)``."""
+    name, kind, required, convert, numeric, lo, hi = _FIELDS[i]
+    raw = values[i]
+    found = []
+    if required and (raw is None or raw == ""):
+        found.append((0, i, f"missing:{name}", kind == "label"))
+    if raw is not None:
+        try:
+            v = float(raw) if numeric and type(raw) in (int, float) else convert(raw)
+        except _Bad as e:
+            values[i] = None
+            found.append((2 if e.rule == "bad_value" else 1, i, f"{e.rule}:{name}", False))
+        else:
+            values[i] = v
+            if numeric and v is not None and _out_of_domain(kind, v, lo, hi):
+                found.append((2, i, f"bad_value:{name}", False))
+    return (problems or []) + found if found else problems
 
 
 def parse_record(line: Line) -> tuple[tuple, str | None, str | None]:
@@ -353,33 +379,19 @@ def parse_record(line: Line) -> tuple[tuple, str | None, str | None]:
     obj, reason = _decode(line)
     if obj is None:
         return NONE_ROW, reason, reason
-    values, missing, missing_unlabelled, bad = [], None, None, None
-    for name, kind, required, convert, numeric, lo, hi in _FIELDS:
-        raw = obj.get(name)
-        if raw is None or raw == "":
-            if required and missing is None:
-                missing = f"missing:{name}"
-            if required and missing_unlabelled is None and kind != "label":
-                missing_unlabelled = f"missing:{name}"
-            if raw is None:
-                values.append(None)
-                continue
-        t = type(raw)
-        if t is str and convert is _text_field and len(raw) <= MAX_FIELD_CHARS:
-            v = raw  # the common case, inline
-        else:
-            try:
-                v = float(raw) if numeric and (t is float or t is int) else convert(raw)
-            except _Bad as e:
-                v = None
-                if bad is None or (e.rule != "bad_value" and bad[0] == "bad_value"):
-                    bad = (e.rule, name)
-            else:
-                if bad is None and numeric and v is not None and _out_of_domain(kind, v, lo, hi):
-                    bad = ("bad_value", name)
-        values.append(v)
-    rest = f"{bad[0]}:{bad[1]}" if bad else None
-    return tuple(values), missing or rest, missing_unlabelled or rest
+    values = list(map(obj.get, _NAMES))
+    problems = None
+    for i in _TEXT_FIELDS:  # the common case first: a non-empty string of a sane length
+        v = values[i]
+        if type(v) is not str or not v or len(v) > MAX_FIELD_CHARS:
+            problems = _check(i, values, problems)
+    for i in _OTHER_FIELDS:
+        problems = _check(i, values, problems)
+    if not problems:
+        return tuple(values), None, None
+    first = min(problems)[2]
+    unlabelled = [p for p in problems if not p[3]]
+    return tuple(values), first, (min(unlabelled)[2] if unlabelled else None)
 
 
 def parse_lines(lines: Iterable[Line]) -> tuple[list[tuple], list[str | None], list[str | None]]:

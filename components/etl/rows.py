@@ -77,7 +77,15 @@ def _arrow_batch(parsed, hour: int, name: str):
     for c, col in parsed.columns.items():
         if c != "_reason_unlabelled":
             columns[c] = pa.concat_arrays([col, pa.nulls(blank, col.type)]) if blank else col
-    columns["_raw"] = pa.array(parsed.raw + [None] * blank, pa.string())
+    # The line travels only with a row that a rule may reject: a parse reason, or a time outside
+    # its partition hour (the time rule's only way to fail; see validate_rows). The others lose
+    # ``_raw`` in ``transform.compact`` anyway: not shipping them halves the bytes sent to the JVM.
+    start = hour * 3_600_000
+    keep = [r is not None or t is None or not start <= t < start + 3_600_000
+            for r, t in zip(parsed.columns["_reason"].to_pylist(),
+                            parsed.columns["_t"].to_pylist(), strict=True)]  # fmt: skip
+    raw = [text if k else None for text, k in zip(parsed.raw, keep, strict=True)]
+    columns["_raw"] = pa.array(raw + [None] * blank, pa.string())
     columns["_hour"] = pa.array([hour] * (n + blank), pa.int32())
     columns["_file"] = pa.array([name] * (n + blank), pa.string())
     columns["_blank"] = pa.array([False] * n + [True] * blank, pa.bool_())

@@ -90,7 +90,8 @@ def _norm(v):
 
 
 def scorer_rows(root) -> list[tuple]:
-    """``(file, values..., reason, raw)`` of every row, in order, read by the scorer."""
+    """``(file, values..., reason, raw line if rejected)`` of every row, in order, read by the
+    scorer."""
     from components.score.encode import validate
     from components.score.events import read_events
 
@@ -101,7 +102,7 @@ def scorer_rows(root) -> list[tuple]:
         for i in range(batch.table.num_rows):
             name = batch.source.rsplit("/", 1)[-1]
             values = tuple(_norm(c[i]) for c in cols)
-            out.append((name, *values, reasons[i], batch.raw[i]))
+            out.append((name, *values, reasons[i], batch.raw[i] if reasons[i] else None))
     return out
 
 
@@ -111,7 +112,9 @@ def etl_rows(spark, root, files: list[str]) -> tuple[list[tuple], int]:
 
     df = rows.read_jsonl(spark, str(root), files)
     got = df.select("_file", *DATA_COLUMNS, "_reason", "_raw", "_blank").collect()
-    kept = [(r[0], *(_norm(v) for v in r[1:-3]), r[-3], r[-2]) for r in got if not r[-1]]
+    # the raw line of a rejected row (a good row's line is not carried: transform.compact)
+    kept = [(r[0], *(_norm(v) for v in r[1:-3]), r[-3], r[-2] if r[-3] else None)
+            for r in got if not r[-1]]  # fmt: skip
     return kept, sum(1 for r in got if r[-1])
 
 

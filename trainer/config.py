@@ -203,6 +203,19 @@ class TrainerConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation splits and adaptation."""
 
+    def __post_init__(self) -> None:
+        if self.model.task == "esmm" and self.meta.mode in ("film", "metaemb"):
+            raise ValueError(
+                f"model.task = 'esmm' with meta.mode = {self.meta.mode!r}: ESMM is built for "
+                "meta.mode 'maml', 'fomaml' and 'plain' (FiLM's encoder and MetaEmb's generator "
+                "read one label per sample); use one of those, or model.task = 'ctr'"
+            )
+        if self.model.task == "esmm" and self.parallel.des != "off":
+            raise ValueError(
+                f"model.task = 'esmm' with parallel.des = {self.parallel.des!r}: DES is not "
+                "implemented for two towers yet; set parallel.des = 'off'"
+            )
+
     def eval_meta(self) -> MetaConfig:
         """The inner-loop settings of evaluation: ``eval.*`` where set, else ``meta.*``. Meta-SGD's
         learned step sizes apply unless ``eval.adapt_lr`` or another ``eval.adapt`` is set (they

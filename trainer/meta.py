@@ -68,6 +68,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from trainer.film import Modulation, modulated, support_features
 from trainer.lowrank import Factors, LowRankAdaptation
 from trainer.metaemb import pooled_fields, with_id_embedding
+from trainer.models import esmm
 from trainer.models.build import RecModel
 from trainer.sparse import SparseOut
 
@@ -182,6 +183,10 @@ class Adapted:
 
 
 def _labels(model: RecModel, batch: Any, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    """Labels ``(T, N)`` (ESMM: ``(T, N, 2)``, :func:`trainer.models.esmm.labels`) and which
+    samples have one (None: all)."""
+    if model.cfg.task == "esmm":
+        return esmm.labels(batch.click, batch.conversion, dtype), None
     if model.cfg.label == "click":
         return batch.click.to(dtype), None
     conv = batch.conversion
@@ -218,7 +223,11 @@ def _masked_mean(losses: Tensor, mask: Tensor) -> Tensor:
     return (losses * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
 
 
-def _bce(logits: Tensor, y: Tensor) -> Tensor:
+def _bce(model: RecModel, logits: Tensor, y: Tensor) -> Tensor:
+    """Per-sample loss: BCE on the logits, or for ``task = "esmm"`` the CTR + CTCVR loss of the
+    stacked ``(..., 2)`` logits and labels (:func:`trainer.models.esmm.sample_loss`)."""
+    if model.cfg.task == "esmm":
+        return esmm.sample_loss(logits, y)
     return F.binary_cross_entropy_with_logits(logits, y, reduction="none")
 
 
@@ -302,7 +311,7 @@ def _episode_logits(model: RecModel, params: dict, rows_d: dict, side: dict) -> 
 
 def _episode_loss(model: RecModel, params: dict, rows_d: dict, side: dict) -> Tensor:
     logits = _episode_logits(model, params, rows_d, side)
-    return _masked_mean(_bce(logits, side["y"]), side["m"])
+    return _masked_mean(_bce(model, logits, side["y"]), side["m"])
 
 
 def _detach(d: dict[str, Any]) -> dict[str, Any]:
@@ -335,7 +344,7 @@ def _inner_loop(
     """
     if first_order:  # no outer graph through the inner gradients
         params, support, lrs = _detach(params), _detach(support), _detach(lrs)
-    n = support["y"].shape[-1]
+    n = support["m"].shape[-1]
     layers = adaptation.layers
 
     def neg_loss(var: dict, params: dict, factors: Factors, support: dict):
@@ -437,6 +446,11 @@ def _film(model: RecModel, sparse: SparseOut, dense: Tensor, y: Tensor, mask: Te
             "meta.mode = 'film' needs the model's support-set encoder: build the model with "
             "build_model(..., meta=<the MetaConfig>)"
         )
+    if model.cfg.task == "esmm":
+        raise ValueError(
+            "meta.mode = 'film' encodes one label per support sample; model.task = 'esmm' has two: "
+            "use meta.mode 'maml', 'fomaml' or 'plain' with ESMM, or model.task = 'ctr'"
+        )
     if sparse.fields is None:
         raise ValueError(
             "meta.mode = 'film' encodes the support samples from their pooled field embeddings, "
@@ -471,7 +485,7 @@ def _metaemb_phases(
     def loss(e: Tensor, side: SparseOut, sl: slice, mask: Tensor) -> Tensor:
         side = with_id_embedding(side, gen.id_field, e)
         logits = functional_call(model.dense_half, params, (side, dense[:, sl]))
-        return _masked_mean(_bce(logits, ep.y[:, sl]), mask)
+        return _masked_mean(_bce(model, logits, ep.y[:, sl]), mask)
 
     e = gen(pooled_fields(support), ep.s_mask)
     cold = loss(e, support, slice(0, K), ep.s_mask)
@@ -496,7 +510,7 @@ def _plain_losses(model: RecModel, sparse: SparseOut, batch: Any, cfg: MetaConfi
     """No adaptation: each episode's loss over its support and query samples."""
     ep = _Episodes(model, sparse, batch, None)
     logits = model.dense_half(sparse, batch.dense.to(_dtype(sparse)))
-    per_sample = _bce(logits, ep.y)
+    per_sample = _bce(model, logits, ep.y)
     K = batch.k_support
     per_episode = _masked_mean(per_sample, torch.cat([ep.s_mask, ep.q_mask], 1))
     s_loss = _masked_mean(per_sample[:, :K].detach(), ep.s_mask)
@@ -523,12 +537,12 @@ def _film_losses(model: RecModel, sparse: SparseOut, batch: Any, cfg: MetaConfig
     film = _film(model, support, dense[:, :K], ep.y[:, :K], ep.s_mask)
     with modulated(model.dense_half, film):
         logits = model.dense_half(query, dense[:, K:])
-    per_episode = _masked_mean(_bce(logits, ep.y[:, K:]), ep.q_mask)
+    per_episode = _masked_mean(_bce(model, logits, ep.y[:, K:]), ep.q_mask)
     with torch.no_grad():
         empty = _film(model, support, dense[:, :K], ep.y[:, :K], ep.s_mask * 0)
         with modulated(model.dense_half, empty):
             s_logits = model.dense_half(support, dense[:, :K])
-        s_loss = _masked_mean(_bce(s_logits, ep.y[:, :K]), ep.s_mask)
+        s_loss = _masked_mean(_bce(model, s_logits, ep.y[:, :K]), ep.s_mask)
     return ep, per_episode, s_loss, per_episode.detach()
 
 

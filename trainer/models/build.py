@@ -26,6 +26,7 @@ from trainer.metasgd import InnerLearningRates
 from trainer.models.common import FieldLinear, Linear
 from trainer.models.deepfm import DeepFMDense
 from trainer.models.dlrm import DLRMDense
+from trainer.models.esmm import TASKS, ESMMDense
 from trainer.models.melu import MeLUDense
 from trainer.models.wide_deep import WideDeepDense
 from trainer.sparse import EmbeddingCollection, SparseOut
@@ -55,6 +56,10 @@ class ModelConfig:
     """The label predicted; ``conversion`` masks samples whose conversion is unknown (-1)."""
     embedding_init_std: float = 0.01
     """Std of the normal initialisation of the embedding rows (null rows are zero)."""
+    task: Literal["ctr", "esmm"] = "ctr"
+    """``ctr``: one tower predicting ``label``; ``esmm``: a CTR and a CVR tower of ``arch`` over the
+    shared embeddings, trained on CTR and CTCVR over all impressions (:mod:`trainer.models.esmm`;
+    the model outputs ``(..., 2)`` logits ``[ctr, cvr]``; ``label`` must stay ``click``)."""
 
     def __post_init__(self) -> None:
         self.mlp = tuple(self.mlp)
@@ -79,6 +84,13 @@ class ModelConfig:
             )
         if self.label not in ("click", "conversion"):
             raise ValueError(f"model.label must be 'click' or 'conversion', got {self.label!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"model.task {self.task!r} is not one of {', '.join(TASKS)}")
+        if self.task == "esmm" and self.label != "click":
+            raise ValueError(
+                "model.task = 'esmm' learns click and conversion together (CTR and CTCVR losses): "
+                f"leave model.label = 'click', got {self.label!r}"
+            )
         if self.embedding_init_std < 0:
             raise ValueError(
                 f"model.embedding_init_std must be >= 0, got {self.embedding_init_std}"
@@ -110,12 +122,15 @@ class RecModel(nn.Module):
 
     def forward(self, sparse: SparseOut, dense: Tensor) -> Tensor:
         """Logits ``(...,)`` for ``sparse`` (from ``embeddings.lookup``/``read``) and ``dense``
-        ``(..., Dn)``."""
+        ``(..., Dn)``; ``(..., 2)`` (``[ctr, cvr]``) for ``task = "esmm"``."""
         return self.dense_half(sparse, dense)
 
     def first_field_layer(self) -> tuple[str, Linear] | None:
         """The first deep layer's field part (module name in ``dense_half`` and the layer), which
-        a collection may apply itself (``SparseOut.h1``); None for models without one (DLRM)."""
+        a collection may apply itself (``SparseOut.h1``); None for models without one (DLRM) and
+        for ESMM (two towers, two first layers)."""
+        if isinstance(self.dense_half, ESMMDense):
+            return None
         for name, module in self.dense_half.named_modules():
             if isinstance(module, FieldLinear):
                 return f"{name}.from_fields", module.from_fields
@@ -125,6 +140,9 @@ class RecModel(nn.Module):
         """Dense parameter names that the inner loop adapts for ``adapt`` (``MetaConfig.adapt``)."""
         if adapt not in ADAPT_SCOPES:
             raise ValueError(f"adapt {adapt!r} is not one of {', '.join(ADAPT_SCOPES)}")
+        if adapt == "head" and isinstance(self.dense_half, ESMMDense):
+            layers = self.dense_half.head_layer_names(self.cfg.head_layers)
+            return [name for layer in layers for name in layer]
         if adapt == "head":
             layers = self.dense_half.layer_names()[-self.cfg.head_layers :]
             return [name for layer in layers for name in layer]
@@ -215,6 +233,18 @@ def build_embeddings(
     )
 
 
+def _dense_half(cfg: ModelConfig, num_fields: int, dense_width: int) -> nn.Module:
+    """One tower of ``cfg.arch`` (from the current RNG state)."""
+    d = cfg.embedding_dim
+    if cfg.arch == "dlrm":
+        return DLRMDense(num_fields, d, dense_width, cfg.bottom_mlp, cfg.mlp)
+    if cfg.arch == "deepfm":
+        return DeepFMDense(num_fields, d, dense_width, cfg.mlp)
+    if cfg.arch == "wide_deep":
+        return WideDeepDense(num_fields, d, dense_width, cfg.mlp)
+    return MeLUDense(num_fields, d, dense_width, cfg.mlp)
+
+
 def build_model(
     cfg: ModelConfig,
     layout: Any,
@@ -259,17 +289,11 @@ def build_model(
     if cfg.arch in LINEAR_ARCHS and not embeddings.has_linear:
         raise ValueError(f"model.arch {cfg.arch!r} needs a collection with the 1-wide linear table")
 
-    d = cfg.embedding_dim
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if cfg.arch == "dlrm":
-            dense_half: nn.Module = DLRMDense(num_fields, d, dense_width, cfg.bottom_mlp, cfg.mlp)
-        elif cfg.arch == "deepfm":
-            dense_half = DeepFMDense(num_fields, d, dense_width, cfg.mlp)
-        elif cfg.arch == "wide_deep":
-            dense_half = WideDeepDense(num_fields, d, dense_width, cfg.mlp)
-        else:
-            dense_half = MeLUDense(num_fields, d, dense_width, cfg.mlp)
+        dense_half = _dense_half(cfg, num_fields, dense_width)
+        if cfg.task == "esmm":  # the CVR tower initialised after the CTR tower
+            dense_half = ESMMDense(dense_half, _dense_half(cfg, num_fields, dense_width))
     if embeddings.pooling.num_fields != num_fields:
         raise ValueError(
             f"the embedding collection pools {embeddings.pooling.num_fields} fields, the feature "

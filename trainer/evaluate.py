@@ -24,6 +24,10 @@ groups by ``task_id`` and weights each task's AUC by its query samples. ``episod
 episode (its position in the split) instead: every episode is adapted on its own support set, so
 when a task has several episodes their adapted scores carry different offsets, which task-level
 GAUC counts as ranking errors; the episode-level figure isolates the ranking within one adaptation.
+
+An ESMM model (``model.task = "esmm"``) is scored on its CTR head in ``before``/``after`` (the
+gate's metrics), and on all three of its scores in ``heads`` (:func:`trainer.metrics.esmm_metrics`:
+CTR AUC, CVR AUC on clicked samples, CTCVR AUC), before and after adaptation.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from trainer.data.batch import EpisodeBatch
 from trainer.data.contract import Manifest
 from trainer.data.reader import EpisodeReader
 from trainer.meta import adapt, predict
-from trainer.metrics import split_metrics
+from trainer.metrics import esmm_metrics, split_metrics
 from trainer.models import RecModel
 from trainer.parallel.env import ParallelEnv
 from trainer.parallel.metrics_sync import gather_arrays
@@ -139,6 +143,9 @@ def evaluate(
     limit = cfg.eval.max_episodes or manifest.splits[split]["episodes"]
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("labels", "before", "after", "groups")}
     parts["episodes"] = []
+    esmm = model.cfg.task == "esmm"
+    if esmm:  # the CVR head's logits and the conversions, for `heads`
+        parts.update({"conversion": [], "before_cvr": [], "after_cvr": []})
     t0 = time.perf_counter()
     with EpisodeReader(
         cfg.data.path,
@@ -162,6 +169,12 @@ def evaluate(
             y, mask = query_labels(model, batch)
             logits0 = predict(model, sparse, batch)
             logits1 = predict(model, sparse, batch, adapt(model, sparse, batch, meta_cfg))
+            if esmm:  # [ctr, cvr] logits: the CTR head is the primary score
+                conv = batch.conversion[:, batch.k_support :]
+                for key, t in (("conversion", conv), ("before_cvr", logits0[..., 1]),
+                               ("after_cvr", logits1[..., 1])):  # fmt: skip
+                    parts[key].append(t.float()[mask].cpu())
+                logits0, logits1 = logits0[..., 0], logits1[..., 0]
             # kept episodes are the batch's first ones (padding fills the end of a batch)
             kept = batch.num_real_episodes
             ep = torch.full((mask.shape[0],), -1, dtype=torch.int64)
@@ -188,7 +201,7 @@ def evaluate(
         split, total, len(g["labels"]), time.perf_counter() - t0, m0["auc"], m1["auc"], m0["gauc"],
         m1["gauc"],
     )  # fmt: skip
-    return {
+    out = {
         "split": split,
         "episodes": total,
         "tasks": len(np.unique(g["groups"])),
@@ -199,6 +212,18 @@ def evaluate(
         "auc_lift": m1["auc"] - m0["auc"],
         "gauc_lift": m1["gauc"] - m0["gauc"],
     }
+    if esmm:
+        out["heads"] = {
+            w: esmm_metrics(g["labels"], g["conversion"], g[w], g[f"{w}_cvr"], g["groups"],
+                            g["episodes"])
+            for w in ("before", "after")
+        }  # fmt: skip
+        log.info(
+            "eval %s ESMM after adaptation: CTR AUC %.4f, CVR AUC (clicked) %s, CTCVR AUC %s",
+            split, out["heads"]["after"]["ctr"]["auc"],
+            *(out["heads"]["after"][h].get("auc", "n/a") for h in ("cvr", "ctcvr")),
+        )  # fmt: skip
+    return out
 
 
 def _cat(parts: list[torch.Tensor], dtype: torch.dtype) -> np.ndarray:

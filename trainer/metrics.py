@@ -205,3 +205,46 @@ def split_metrics(
     out = binary_metrics(labels, logits, tasks).to_dict()
     out["episode_gauc"] = grouped_auc(labels, logits, episodes)[0]
     return out
+
+
+def _log1mexp(x: np.ndarray) -> np.ndarray:
+    """``log(1 - exp(x))`` for ``x <= 0``, accurate on both ends."""
+    with np.errstate(divide="ignore"):
+        near = np.log(-np.expm1(np.maximum(x, -np.log(2.0))))
+        far = np.log1p(-np.exp(np.minimum(x, -np.log(2.0))))
+    return np.where(x > -np.log(2.0), near, far)
+
+
+def ctcvr_logits(ctr_logits: np.ndarray, cvr_logits: np.ndarray) -> np.ndarray:
+    """The logit of ``pCTR * pCVR`` (ESMM's CTCVR score), computed in log space."""
+    a, b = np.asarray(ctr_logits, np.float64), np.asarray(cvr_logits, np.float64)
+    log_p = -np.logaddexp(0.0, -a) - np.logaddexp(0.0, -b)
+    return log_p - _log1mexp(log_p)
+
+
+def esmm_metrics(
+    click: np.ndarray,
+    conversion: np.ndarray,
+    ctr_logits: np.ndarray,
+    cvr_logits: np.ndarray,
+    tasks: np.ndarray,
+    episodes: np.ndarray,
+) -> dict[str, dict[str, float | int]]:
+    """:func:`split_metrics` of the three ESMM scores: ``ctr`` (pCTR against clicks, every
+    sample), ``cvr`` (pCVR against conversions on the clicked samples whose conversion is known:
+    the space a CVR model is usually judged on) and ``ctcvr`` (pCTR * pCVR against click *
+    conversion, every sample whose conversion is known). ``conversion`` is -1 where unknown. A
+    score with no samples reports ``{"samples": 0}``."""
+    click, conversion = np.asarray(click, np.float64), np.asarray(conversion, np.float64)
+    known = conversion >= 0
+    sets = {
+        "ctr": (np.ones_like(known), click, ctr_logits),
+        "cvr": (known & (click > 0), conversion, cvr_logits),
+        "ctcvr": (known, click * conversion, ctcvr_logits(ctr_logits, cvr_logits)),
+    }
+    return {
+        name: split_metrics(y[m], np.asarray(s)[m], tasks[m], episodes[m])
+        if m.any()
+        else {"samples": 0}
+        for name, (m, y, s) in sets.items()
+    }

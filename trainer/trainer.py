@@ -51,14 +51,13 @@ from trainer.data.batch import EpisodeBatch, FeatureLayout
 from trainer.data.contract import load_manifest
 from trainer.data.reader import EpisodeReader
 from trainer.durable import write_json_atomic
-from trainer.dynamic import build_dynamic_model
 from trainer.evaluate import evaluate_splits
 from trainer.logging_utils import JsonlLog, Progress
 from trainer.meta import StepStats, outer_loss
 from trainer.models import RecModel, build_model
 from trainer.models.build import build_embeddings
 from trainer.optim import build_optimizers
-from trainer.parallel.apply import build_parallel_model
+from trainer.parallel.apply import build_dynamic_model, build_parallel_model
 from trainer.parallel.comm import CommMeter
 from trainer.parallel.env import ParallelEnv, init_parallel
 from trainer.parallel.plan import ShardingPlan, build_sharding_plan

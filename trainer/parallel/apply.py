@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from trainer.models.build import ModelConfig, RecModel, build_model
+from trainer.dynamic import DynamicEmbeddingCollection, physical_layout
+from trainer.models.build import ModelConfig, RecModel, build_embeddings, build_model
 from trainer.parallel import des_plan
 from trainer.parallel.dense_sync import broadcast_parameters
 from trainer.parallel.des import DESExchange
@@ -116,3 +117,36 @@ def build_des(
     allowed = des_plan.admissible(spec, meta, adapted)
     weight = None if first is None else first[1].weight
     return DESExchange(coll, spec, mode, allowed, weight)
+
+
+def build_dynamic_model(
+    model: Any,
+    layout: Any,
+    env: Any,
+    parallel: Any,
+    *,
+    sharded: bool,
+    seed: int,
+    device: torch.device | str | None,
+    meta: Any | None = None,
+) -> tuple[Any, Any]:
+    """The run's model (``model``: ``ModelConfig``) over ``layout`` with ``parallel.dynamic``'s
+    tables dynamic: the rows in the plain collection, or (``sharded``) in this rank's shard with
+    its MixCache and DES as ``trainer.parallel.apply`` builds them. Seeds as ``build_model``:
+    dense layers ``seed``, rows ``seed + 1``. Returns the model and the physical layout's plan."""
+    phys = physical_layout(layout, parallel.dynamic)
+    plan = build_sharding_plan(phys, env.world_size if sharded else 1, model, parallel)
+    if sharded:
+        inner = build_sharded_embeddings(model, plan, env, phys, seed=seed + 1)
+    else:
+        inner = build_embeddings(model, phys, seed=seed + 1, device=device)
+    coll = DynamicEmbeddingCollection(
+        inner, layout, parallel.dynamic, init_std=model.embedding_init_std, seed=seed + 1,
+        comm=env.comm if sharded else None,
+    )  # fmt: skip
+    net = build_model(model, layout, coll, seed=seed, device=device, meta=meta)
+    if sharded:
+        broadcast_parameters(net, env.comm)
+        if plan.des != "off":
+            inner.use_des(build_des(net, inner, plan.des, meta))
+    return net, plan

@@ -63,12 +63,14 @@ def test_layout_spec_lineage_and_checksums(single_run, episodes, tmp_path):
         (single_run / "eval.json").read_text()
     )
     model = json.loads((v1 / "model.json").read_text())
-    assert model["adaptation"] == {
+    adaptation = model["adaptation"]  # evaluation's meta settings, every field
+    assert {k: adaptation[k] for k in ("mode", "inner_steps", "inner_lr", "adapt")} == {
         "mode": "maml",
         "inner_steps": 2,
         "inner_lr": 0.05,
         "adapt": "dense",
     }
+    assert adaptation["learn_inner_lr"] == "off"  # export refuses learned step sizes
     assert not list((tmp_path / "models" / "click-dlrm").glob(".tmp-*"))
 
 

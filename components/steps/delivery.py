@@ -212,9 +212,9 @@ def _evaluate_version(
 ) -> tuple[Path, dict[str, Any], Any]:
     """Evaluate ``version`` on this interval's episodes (the gate metric's split, the gate's
     settings) into ``intervals/<id>/evaluation/<version>.json``: its path, its content and the
-    loaded model (None when it could not be loaded). A champion
-    that cannot be evaluated here (another feature spec) gets an evaluation with its ``error``,
-    which the gate refuses to compare with; a challenger's failure raises."""
+    loaded model (None when it could not be loaded). A champion that cannot be evaluated here
+    (another feature spec) gets an evaluation with its ``error``, which the gate refuses to
+    compare with; a challenger's failure raises."""
     from trainer.durable import write_json_atomic
     from trainer.exported import evaluate_exported, load_exported
 

@@ -91,7 +91,8 @@ def test_cli_names_the_tampered_file(export, tmp_path, capsys):
     from components.cli import main
 
     (export / "lineage.json").write_text("{}")
-    code = main(["score", "--model", str(export), "--input", str(tmp_path), "--out",
+    (tmp_path / "events").mkdir()
+    code = main(["score", "--model", str(export), "--input", str(tmp_path / "events"), "--out",
                  str(tmp_path / "p.parquet")])  # fmt: skip
     assert code == 2
     assert "lineage.json does not match its checksum" in capsys.readouterr().err

@@ -1,0 +1,142 @@
+"""Validation wall time against the ETL's on the same interval: one pass per suite vs GX's own run.
+
+    python -m bench.validation --rows 200000        # the demo interval's size (issue 14)
+    python -m bench.validation --rows 20000         # a quick look
+
+On seeded raw logs (``components.generate``, 24 hourly partitions, 1 % corruption), in one process
+and one SparkSession (``--master``, ``local[2]``), after a small warm-up of every path:
+
+- ``etl_s``: ``run_etl`` end to end on the interval;
+- ``one_pass``: ``validate_raw`` on the raw partitions and ``validate_episodes`` on the ETL's
+  output as the project runs them (``runner.run_expectations``: every metric of a suite in one
+  aggregation);
+- ``gx``: the same two calls with the suites evaluated by great-expectations itself
+  (``gx_reference.run_expectations_gx``: GX's metrics, several Spark jobs per expectation) — the
+  way validation ran before issue 14;
+- each validation's ratio to ``etl_s`` (target: one pass <= 0.25x) and the speed-up one pass / GX;
+  both paths must reach the same verdict on every check (``verdicts_equal``).
+
+Writes JSON to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.etl_throughput import HOURS, START, generate, machine
+
+log = logging.getLogger("bench.validation")
+
+
+@contextlib.contextmanager
+def gx_suites():
+    """Evaluate the suites with GX's ``ValidationDefinition`` instead of the one-pass runner."""
+    from components.validation import gx_reference, runner
+
+    saved = runner.run_expectations
+    runner.run_expectations = gx_reference.run_expectations_gx
+    try:
+        yield
+    finally:
+        runner.run_expectations = saved
+
+
+def _timed(fn, *args, **kwargs) -> tuple[Any, float]:
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t
+
+
+def validate(spark, raw: Path, episodes: Path) -> dict[str, Any]:
+    """Both suites on the interval: seconds each and the verdict of every check."""
+    from components.validation import validate_episodes, validate_raw
+
+    start = dt.datetime.fromisoformat(START).replace(tzinfo=dt.UTC)
+    end = start + dt.timedelta(hours=HOURS)
+    raw_report, raw_s = _timed(validate_raw, str(raw), start, end, spark, find_previous=False)
+    ep_report, ep_s = _timed(
+        validate_episodes, str(episodes), spark, find_previous=False, record=False
+    )
+    checks = {f"raw/{c.name}": c.status for c in raw_report.checks}
+    checks |= {f"episodes/{c.name}": c.status for c in ep_report.checks}
+    return {"raw_s": round(raw_s, 2), "episodes_s": round(ep_s, 2),
+            "total_s": round(raw_s + ep_s, 2), "checks": checks}  # fmt: skip
+
+
+def measure(spark, raw: Path, out: Path, rows: int) -> dict[str, Any]:
+    from components.etl import EtlConfig, run_etl
+
+    end = (dt.datetime.fromisoformat(START) + dt.timedelta(hours=HOURS)).strftime("%Y-%m-%dT%H")
+    shutil.rmtree(out, ignore_errors=True)
+    config = EtlConfig(
+        input=str(raw), output=str(out), start=START, end=end, input_format="parquet"
+    )
+    result, etl_s = _timed(run_etl, config, spark)
+    episodes = Path(result.output)  # the interval directory (holds _manifest.json)
+    one = validate(spark, raw, episodes)
+    with gx_suites():
+        ref = validate(spark, raw, episodes)
+    row = {
+        "rows": rows, "rows_read": result.rows_read, "etl_s": round(etl_s, 2),
+        "one_pass": {k: v for k, v in one.items() if k != "checks"},
+        "gx": {k: v for k, v in ref.items() if k != "checks"},
+        "one_pass_over_etl": round(one["total_s"] / etl_s, 3),
+        "gx_over_etl": round(ref["total_s"] / etl_s, 3),
+        "speedup_one_pass_vs_gx": round(ref["total_s"] / one["total_s"], 2),
+        "checks": len(one["checks"]),
+        "verdicts_equal": one["checks"] == ref["checks"],
+        "verdict_differences": {k: [v, ref["checks"].get(k)] for k, v in one["checks"].items()
+                                if ref["checks"].get(k) != v},
+    }  # fmt: skip
+    log.info(
+        "%d rows: ETL %.1f s; validation one pass %.1f s (%.2fx ETL), GX %.1f s (%.2fx ETL)",
+        rows, etl_s, one["total_s"], row["one_pass_over_etl"], ref["total_s"], row["gx_over_etl"],
+    )  # fmt: skip
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.validation", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--rows", type=int, default=200_000, help="raw rows (default: %(default)s)")
+    p.add_argument("--master", default="local[2]", help="Spark master (default: %(default)s)")
+    p.add_argument("--work", default="out/bench/etl_data", help="generated data and outputs")
+    p.add_argument("--seed", type=int, default=7, help="generator seed (default: %(default)s)")
+    p.add_argument("--out", default="out/bench/validation.json", help="JSON report")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")  # fmt: skip
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    from components.etl.session import build_spark
+
+    data = generate(work, args.rows, "parquet", args.seed)
+    warm = generate(work, 20_000, "parquet", args.seed)
+    spark = build_spark("metarec-bench-validation", master=args.master)
+    report: dict[str, Any] = {"benchmark": "validation", "machine": machine(), "master": args.master,
+                              "target": {"one_pass_over_etl": 0.25}}  # fmt: skip
+    report["warmup"] = measure(spark, warm, work / "out-validation-warmup", 20_000)
+    report["run"] = measure(spark, data, work / f"out-validation-{args.rows}", args.rows)
+    report["machine"]["load_average_end"] = list(os.getloadavg())
+    spark.stop()
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    r = report["run"]
+    print(f"{r['rows']} rows: ETL {r['etl_s']} s; validation one pass {r['one_pass']['total_s']} s "
+          f"({r['one_pass_over_etl']}x ETL), GX {r['gx']['total_s']} s ({r['gx_over_etl']}x ETL); "
+          f"verdicts equal: {r['verdicts_equal']}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -137,6 +137,14 @@ def test_rerun_with_cold_tasks_is_byte_identical(spark, cold_run, tmp_path) -> N
 
 
 @pytest.mark.spark
+def test_evaluate_tunes_on_valid_cold_by_default(cold_run, tmp_path, capsys) -> None:
+    """``metarec evaluate`` picks this output's valid_cold to tune on (issue 15 item 1d)."""
+    from tests.trainer.test_evaluate_valid_cold import check_default_tuning
+
+    check_default_tuning(cold_run[2].output, tmp_path, capsys)
+
+
+@pytest.mark.spark
 def test_episode_suite_accepts_valid_cold(spark, cold_run) -> None:
     from components.validation import validate_episodes
 

@@ -110,3 +110,11 @@ def test_esmm_metrics_select_the_right_samples_and_score_the_product():
         assert got[head]["logloss"] == pytest.approx(want.logloss, rel=1e-9)
     none = esmm_metrics(click[:3] * 0, conv[:3] * 0 - 1, a[:3], b[:3], tasks[:3], episodes[:3])
     assert none["cvr"] == {"samples": 0} and none["ctcvr"] == {"samples": 0}
+
+
+def test_export_refuses_an_esmm_run_with_a_clear_message(trained, tmp_path):
+    from trainer.exported import ExportError, export_checkpoint
+
+    with pytest.raises(ExportError, match=r"ESMM model \(model.task = 'esmm'\)"):
+        export_checkpoint(trained.cfg.train.output_dir, tmp_path / "models")
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").rglob("v*"))

@@ -269,6 +269,12 @@ def export_checkpoint(
         refusal = export_refusal(cfg.meta)
         if refusal:
             raise CheckpointError(refusal)
+        if cfg.model.task == "esmm":
+            raise CheckpointError(
+                "the run is an ESMM model (model.task = 'esmm'): the exported model, its scorer "
+                "and the server score one head yet; evaluate the checkpoint with the trainer "
+                "(eval.json has the CTR, CVR and CTCVR AUCs), or export a model.task = 'ctr' run"
+            )
         if cfg.parallel.dynamic:
             raise CheckpointError(
                 "the run has dynamic embedding tables (parallel.dynamic): an export holds one row "

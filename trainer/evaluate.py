@@ -72,6 +72,8 @@ def _labels(
     if model.cfg.label == "click":
         return batch.click[:, side], mask
     conv = batch.conversion[:, side]
+    if model.cfg.label == "clicked_conversion":
+        mask = mask & (batch.click[:, side] > 0)
     return conv.clamp_min(0), mask & (conv >= 0)
 
 

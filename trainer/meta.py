@@ -190,7 +190,10 @@ def _labels(model: RecModel, batch: Any, dtype: torch.dtype) -> tuple[Tensor, Te
     if model.cfg.label == "click":
         return batch.click.to(dtype), None
     conv = batch.conversion
-    return conv.clamp_min(0).to(dtype), conv >= 0
+    known = conv >= 0
+    if model.cfg.label == "clicked_conversion":
+        known = known & (batch.click > 0)
+    return conv.clamp_min(0).to(dtype), known
 
 
 def _masks(batch: Any, known: Tensor | None, dtype: torch.dtype) -> tuple[Tensor, Tensor]:

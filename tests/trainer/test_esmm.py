@@ -212,3 +212,23 @@ def test_configs_refuse_what_esmm_does_not_support():
     with pytest.raises(ValueError, match=r"parallel.des = 'on'"):
         TrainerConfig(data=data, model=esmm, parallel=ParallelConfig(des="on"))
     TrainerConfig(data=data, model=esmm, meta=MetaConfig(mode="fomaml"))
+
+
+def test_the_clicked_conversion_label_trains_and_scores_on_clicked_samples_only():
+    """ESMM's baseline: the CVR model on clicked samples equals the conversion model on data
+    whose unclicked samples have an unknown conversion."""
+    from trainer.evaluate import query_labels
+
+    cfg = MetaConfig(mode="maml", inner_steps=1, inner_lr=0.3, adapt="dense")
+    batch = random_batch(LAYOUT, 4, seed=5)
+    masked = random_batch(LAYOUT, 4, seed=5)
+    masked.conversion = torch.where(masked.click > 0, masked.conversion, -1.0)
+    losses, scored = [], []
+    for label, b in (("clicked_conversion", batch), ("conversion", masked)):
+        model = build_model(ModelConfig(arch="melu", mlp=(5, 4), label=label), LAYOUT, seed=0)
+        losses.append(outer_loss(model, model.embeddings.lookup(b), b, cfg)[0])
+        scored.append(query_labels(model, b))
+    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
+    (y0, m0), (y1, m1) = scored
+    assert torch.equal(m0, m1) and torch.equal(y0[m0], y1[m1])
+    assert 0 < int(scored[0][1].sum()) < int((batch.query_mask & batch.episode_mask[:, None]).sum())

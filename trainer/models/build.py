@@ -35,6 +35,7 @@ ARCHS = ("dlrm", "deepfm", "wide_deep", "melu")
 LINEAR_ARCHS = ("deepfm", "wide_deep")
 """Architectures with first-order terms: their collection also holds the 1-wide linear table."""
 ADAPT_SCOPES = ("head", "dense", "dense+emb")
+LABELS = ("click", "conversion", "clicked_conversion")
 
 
 @dataclass
@@ -52,8 +53,10 @@ class ModelConfig:
     """DLRM only: hidden widths of the bottom MLP on dense features (its output is ``embedding_dim``)."""
     head_layers: int = 2
     """``adapt = "head"`` adapts the last ``head_layers`` linear layers of the main MLP."""
-    label: Literal["click", "conversion"] = "click"
-    """The label predicted; ``conversion`` masks samples whose conversion is unknown (-1)."""
+    label: Literal["click", "conversion", "clicked_conversion"] = "click"
+    """The label predicted; ``conversion`` masks samples whose conversion is unknown (-1);
+    ``clicked_conversion`` is the classic CVR model's: the conversion, on clicked samples with a
+    known conversion only (the baseline of ``task = "esmm"``, ``bench/esmm.py``)."""
     embedding_init_std: float = 0.01
     """Std of the normal initialisation of the embedding rows (null rows are zero)."""
     task: Literal["ctr", "esmm"] = "ctr"
@@ -82,8 +85,8 @@ class ModelConfig:
                 f"model.head_layers must be between 1 and {n_layers} (the layers of mlp={list(self.mlp)} "
                 f"plus the output layer), got {self.head_layers}"
             )
-        if self.label not in ("click", "conversion"):
-            raise ValueError(f"model.label must be 'click' or 'conversion', got {self.label!r}")
+        if self.label not in LABELS:
+            raise ValueError(f"model.label must be one of {', '.join(LABELS)}, got {self.label!r}")
         if self.task not in TASKS:
             raise ValueError(f"model.task {self.task!r} is not one of {', '.join(TASKS)}")
         if self.task == "esmm" and self.label != "click":

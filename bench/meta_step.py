@@ -4,6 +4,7 @@ per-task Python loop with the same maths, plus a straightforward PyTorch sparse-
     python -m bench.meta_step --out out/bench/meta_step.json              # CPU, all cores
     python -m bench.meta_step --device cuda --out out/bench/meta_step_gpu.json
     python -m bench.meta_step --profile                                   # where the time goes
+    python -m bench.meta_step --threads 1 --only plain,maml               # steadier on a busy box
 
 Shape (issue 3): 16 single-slot sparse fields, dim 16, a 1M-row stacked table (16 x 62,500 rows),
 MLP 256-128-1 over the concatenated fields (``--arch melu``; any arch works), 64 episodes of
@@ -11,10 +12,16 @@ MLP 256-128-1 over the concatenated fields (``--arch melu``; any arch works), 64
 realistic duplicates for VSI. Every variant runs a full step: lookup, forward, backward, Adam on
 the dense parameters and row-wise Adagrad on the looked-up rows (the torch baseline: ``nn.Embedding
 (sparse=True)`` + ``SparseAdam``). All variants run in this one process on the same pre-built
-batches with the same thread count; after warm-up, the median step time is reported.
+batches with the same thread count; after warm-up, the median step time is reported, in wall
+time and in process CPU time (``time.process_time``: steadier than wall time on a shared machine,
+exact at ``--threads 1``; with more threads it also counts the pool's spin-waits), and where the
+time goes per phase of a step (``phases_ms``: lookup, loss forward with the inner loop, backward,
+optimizers; medians). ``--profile`` also writes each variant's top operators (torch.profiler, self
+CPU time over 3 steps, grouped by input shape) into the JSON.
 
-Targets: FOMAML >= 0.95x plain, MAML (inner_steps 1, adapt=dense) >= 0.7x plain, batched >= 2x the
-loop; the torch sparse-Adam plain step is the floor (about 50k samples/s on the 2-core CI machine).
+Targets: FOMAML >= 0.95x plain, MAML (inner_steps 1, adapt=dense) >= 0.7x plain (issues 3 and 14),
+batched >= 2x the loop; the torch sparse-Adam plain step is the floor (about 50k samples/s on the
+2-core CI machine).
 """
 
 from __future__ import annotations
@@ -112,21 +119,39 @@ def loop_outer_loss(model, sparse, batch, cfg: MetaConfig) -> torch.Tensor:
     return total / batch.inverse.shape[0]
 
 
-def meta_step_fn(args, layout, meta: MetaConfig, loop: bool) -> Callable[[EpisodeBatch], None]:
+PHASES = ("lookup", "forward", "backward", "optimizer")
+
+
+def meta_step_fn(
+    args, layout, meta: MetaConfig, loop: bool, phases: list[list[float]] | None = None
+) -> Callable[[EpisodeBatch], None]:
+    """One full step; with ``phases``, appends each step's wall seconds per phase (:data:`PHASES`)."""
     cfg = ModelConfig(arch=args.arch, embedding_dim=args.dim, mlp=tuple(args.mlp))
     model = build_model(cfg, layout, seed=0, device=args.device)
     opt = build_optimizers(OptimConfig(dense_lr=1e-3, sparse_lr=0.05), model)
 
     def step(batch: EpisodeBatch) -> None:
+        marks = [time.perf_counter()]
         sparse = model.embeddings.lookup(batch)  # same fused lookup and pooling for both
+        marks.append(_mark(args.device))
         if loop:
             loss = loop_outer_loss(model, sparse, batch, meta)
         else:
             loss, _ = outer_loss(model, sparse, batch, meta)
+        marks.append(_mark(args.device))
         loss.backward()
+        marks.append(_mark(args.device))
         opt.step()
+        marks.append(_mark(args.device))
+        if phases is not None:
+            phases.append([b - a for a, b in itertools.pairwise(marks)])
 
     return step
+
+
+def _mark(device: str) -> float:
+    sync(device)
+    return time.perf_counter()
 
 
 def torch_sparse_adam_fn(args, layout) -> Callable[[EpisodeBatch], None]:
@@ -159,19 +184,35 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def profile(step, batch, device: str, name: str) -> None:
+def profile(step, batch, device: str, name: str, top: int = 15) -> list[dict]:
+    """Print a torch.profiler table of 3 steps; return the ``top`` operators by self time (per
+    step, grouped by input shapes) for the JSON."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as prof
 
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    cuda = device.startswith("cuda")
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     step(batch)
-    with prof(activities=acts) as p:
+    with prof(activities=acts, record_shapes=True) as p:
         for _ in range(3):
             step(batch)
         sync(device)
-    key = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    events = p.key_averages(group_by_input_shape=True)
     print(f"\n=== {name} (3 steps) ===")
-    print(p.key_averages().table(sort_by=key, row_limit=15))
+    print(events.table(sort_by=key, row_limit=top))
+    total = sum(getattr(e, key) for e in events) or 1.0
+    rows = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]
+    return [
+        {
+            "op": e.key,
+            "input_shapes": str(e.input_shapes),
+            "ms_per_step": round(getattr(e, key) / 3e3, 3),
+            "share": round(getattr(e, key) / total, 4),
+            "calls_per_step": e.count / 3,
+        }
+        for e in rows
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,11 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     ]
     samples = batches[0].num_samples
     dense = dict(inner_steps=1, inner_lr=0.1, adapt="dense")
+    phases: dict[str, list[list[float]]] = {"plain": [], "fomaml": [], "maml": []}
     variants = {
         "torch_sparse_adam_plain": (lambda: torch_sparse_adam_fn(args, layout), args.steps),
-        "plain": (lambda: meta_step_fn(args, layout, MetaConfig(mode="plain"), False), args.steps),
-        "fomaml": (lambda: meta_step_fn(args, layout, MetaConfig(mode="fomaml", **dense), False), args.steps),
-        "maml": (lambda: meta_step_fn(args, layout, MetaConfig(mode="maml", **dense), False), args.steps),
+        "plain": (lambda: meta_step_fn(args, layout, MetaConfig(mode="plain"), False, phases["plain"]), args.steps),
+        "fomaml": (lambda: meta_step_fn(args, layout, MetaConfig(mode="fomaml", **dense), False, phases["fomaml"]), args.steps),
+        "maml": (lambda: meta_step_fn(args, layout, MetaConfig(mode="maml", **dense), False, phases["maml"]), args.steps),
         "fomaml_loop": (lambda: meta_step_fn(args, layout, MetaConfig(mode="fomaml", **dense), True), args.loop_steps),
         "maml_loop": (lambda: meta_step_fn(args, layout, MetaConfig(mode="maml", **dense), True), args.loop_steps),
     }  # fmt: skip
@@ -221,32 +263,43 @@ def main(argv: list[str] | None = None) -> int:
     # Interleaved rounds (one step of every variant per round), so that machine noise and drift
     # hit every variant alike and the ratios are fair.
     steps_fns = {}
+    profiles: dict[str, list[dict]] = {}
     for name, (make, _) in variants.items():
         steps_fns[name] = make()
         if args.profile:
-            profile(steps_fns[name], batches[0], args.device, name)
+            profiles[name] = profile(steps_fns[name], batches[0], args.device, name)
         for i in range(args.warmup):
             steps_fns[name](batches[i % len(batches)])
+    for p in phases.values():
+        p.clear()  # only the timed steps
     times: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(max(n for _, n in variants.values())):
         batch = batches[r % len(batches)]
         for name, (_, n) in variants.items():
             if r < n:
                 sync(args.device)
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 steps_fns[name](batch)
                 sync(args.device)
                 times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
     results = {}
     for name, ts in times.items():
         med = statistics.median(ts)
         results[name] = {
             "samples_per_s": round(samples / med, 1),
             "median_step_ms": round(med * 1e3, 3),
+            "median_step_cpu_ms": round(statistics.median(cpu[name]) * 1e3, 3),
             "min_step_ms": round(min(ts) * 1e3, 3),
             "max_step_ms": round(max(ts) * 1e3, 3),
             "steps_timed": len(ts),
         }
+        if phases.get(name):
+            per_phase = zip(PHASES, zip(*phases[name], strict=True), strict=True)
+            results[name]["phases_ms"] = {
+                k: round(statistics.median(v) * 1e3, 3) for k, v in per_phase
+            }
         print(
             f"{name:>24}: {results[name]['samples_per_s']:>12,.0f} samples/s  ({med * 1e3:.1f} ms/step)"
         )
@@ -256,9 +309,16 @@ def main(argv: list[str] | None = None) -> int:
             return round(results[a]["samples_per_s"] / results[b]["samples_per_s"], 3)
         return None
 
+    def cpu_ratio(a: str, b: str) -> float | None:
+        if a in results and b in results:
+            return round(results[b]["median_step_cpu_ms"] / results[a]["median_step_cpu_ms"], 3)
+        return None
+
     ratios = {
         "fomaml_vs_plain": ratio("fomaml", "plain"),
         "maml_vs_plain": ratio("maml", "plain"),
+        "fomaml_vs_plain_cpu_time": cpu_ratio("fomaml", "plain"),
+        "maml_vs_plain_cpu_time": cpu_ratio("maml", "plain"),
         "fomaml_batched_vs_loop": ratio("fomaml", "fomaml_loop"),
         "maml_batched_vs_loop": ratio("maml", "maml_loop"),
         "plain_vs_torch_sparse_adam": ratio("plain", "torch_sparse_adam_plain"),
@@ -296,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": ratios,
         "targets": {k: {"min": v, "met": None if ratios[k] is None else ratios[k] >= v} for k, v in targets.items()},
     }  # fmt: skip
+    if profiles:
+        report["profile_top_ops"] = profiles
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -19,7 +19,8 @@ rounds, after one untimed scan and 200 warm-up batches of every reader variant):
   per batch. It is quadratic in the number of tasks, so it runs for ``--naive-seconds`` and its rate
   is episodes built / time (its one-off ``read_parquet`` is reported, not charged).
 
-Targets (issue 3): ``reader_prefetch2`` >= 0.5x ``raw_scan`` and >= 20x ``naive``. The data is
+Targets: ``reader_prefetch2`` >= 0.6x ``raw_scan`` (issue 14; 0.5x in issue 3) and >= 20x
+``naive``. The data is
 cached in ``--data`` (regenerated when the configuration differs).
 """
 
@@ -330,7 +331,7 @@ def run(out: Path, data: Path, episodes: int, repeat: int, naive_seconds: float,
         "results": results,
         "ratios": ratios,
         "targets": {
-            "reader_vs_raw_scan": {"target": 0.5, "met": ratios["reader_vs_raw_scan"] >= 0.5},
+            "reader_vs_raw_scan": {"target": 0.6, "met": ratios["reader_vs_raw_scan"] >= 0.6},
             "reader_vs_naive": {"target": 20, "met": ratios["reader_vs_naive"] >= 20},
         },
         "vsi_ms_per_batch": _vsi_micro(data),

@@ -12,9 +12,10 @@ layers), ``metaemb`` (generated embeddings of the task's cold id; only where the
 feature with attributes: generated campaigns, MovieLens users).
 
 Every row is computed by ONE evaluation path, :func:`trainer.evaluation.evaluate_model` (what
-``metarec evaluate`` prints), on ``test_cold`` (tasks never trained on), at both levels
-(``episode``: each episode adapts on its own support set; ``task``: once per task on all its
-support samples, as production does). Per model the rows are ``no adaptation``, ``calibration
+``metarec evaluate`` prints), on ``test_cold`` (tasks never trained on), at the ``episode``
+level (each episode adapts on its own support set, as training does) and, with ``--levels
+episode,task``, also at the ``task`` level (once per task on all its support samples, as
+production does; several times slower on Zipf-sized tasks). Per model the rows are ``no adaptation``, ``calibration
 only`` (each task's logit shifted by its shrunk support rate), ``training setting`` (adapted with
 the run's inner loop; for ``plain`` this is fine-tuning with the meta runs' setting) and ``tuned``
 (the steps x lr grid cell with the best AUC on ``valid_cold``: cold tasks held out from training and
@@ -107,11 +108,12 @@ def _train(cfg: TrainerConfig) -> tuple[dict[str, Any], float]:
 def _rows(result: dict[str, Any]) -> dict[str, dict[str, float]]:
     """``"<row> @ <level>"`` -> the metrics, from :func:`evaluate_model`'s rows."""
     out = {}
+    levels = result["settings"]["levels"]
     for r in result["rows"]:
         name = "tuned" if r["row"].startswith("tuned on ") else r["row"]
         if name not in ROWS:
             continue  # the grid's cells: in the evaluation JSON, not in the comparison
-        for level in LEVELS if r["level"] == "-" else (r["level"],):
+        for level in levels if r["level"] == "-" else (r["level"],):
             out[f"{name} @ {level}"] = {k: r["metrics"][k] for k in METRICS}
     return out
 
@@ -174,10 +176,12 @@ def summarise(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, f
     return table
 
 
-def target(table: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
+def target(
+    table: dict[str, dict[str, dict[str, float]]], levels: tuple[str, ...] = LEVELS
+) -> dict[str, Any]:
     """The issue's target at each level (module docstring), with every margin."""
     out: dict[str, Any] = {}
-    for level in LEVELS:
+    for level in levels:
         plain = table["plain"]
         tuned_ft = plain[f"tuned @ {level}"]["auc"]
         calibration = plain[f"calibration only @ {level}"]["auc"]
@@ -210,7 +214,7 @@ def _print_table(name: str, entry: dict[str, Any]) -> None:
           f"{entry['tune_split']}")  # fmt: skip
     head = " ".join(f"{m:>8}" for m in ("AUC", "(std)", "GAUC", "epGAUC", "logloss", "NE",
                                         "pred/obs", "ECE"))  # fmt: skip
-    for level in LEVELS:
+    for level in entry["target"]:
         print(f"  level {level}\n  {'method':<18} {'row':<17} {head}")
         for method, rows in entry["table"].items():
             for row in ROWS:
@@ -243,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=0, help="override every dataset's train.steps")
     p.add_argument("--movielens", default=str(quality_data.MOVIELENS_SRC), help="ml-100k folder")
     p.add_argument("--generated-rows", type=int, default=400_000, help="rows of generated logs")
+    p.add_argument("--levels", default="episode", help="episode and/or task (episode,task)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: small synthetic data, 20 steps, one grid cell, 48 episodes")  # fmt: skip
     args = p.parse_args(argv)
@@ -251,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     grid = QUICK if args.quick else FULL
     methods = tuple(m for m in args.methods.split(",") if m)
+    levels = tuple(v for v in args.levels.split(",") if v)
     if "plain" not in methods or len(methods) < 2 or not set(methods) <= set(METHODS):
         p.error(f"--methods: plain (the baselines) and at least one of {', '.join(META_METHODS)}")
     work, seeds = Path(args.work), [int(s) for s in args.seeds.split(",") if s]
@@ -258,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "meta_quality",
         "command": " ".join(["python -m bench.meta_quality", *(argv if argv is not None else sys.argv[1:])]),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
-        "quick": args.quick, "grid": grid, "levels": LEVELS, "metrics": METRICS,
+        "quick": args.quick, "grid": grid, "levels": levels, "metrics": METRICS,
         "target_rule": {"auc_margin": AUC_MARGIN, "gauc_lift": GAUC_LIFT, "doc": __doc__.split(
             "The issue's target")[1].split("\n\n")[0].strip()},
         "datasets": {},
@@ -276,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.steps:
             data["overrides"] = {**data["overrides"], "train.steps": args.steps}
         settings = Settings(steps=grid["steps"], lrs=grid["lrs"], tune_split=data["tune_split"],
-                            max_episodes=grid["max_episodes"])  # fmt: skip
+                            levels=levels, max_episodes=grid["max_episodes"])  # fmt: skip
         per_seed = []
         for seed in seeds:
             per_seed.append(run_seed(root, work / name / "runs", seed, data, settings, methods))
@@ -284,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             report["datasets"][name] = {
                 "data": data["info"], "overrides": data["overrides"], "metaemb": data["metaemb"],
                 "tune_split": data["tune_split"], "seeds": seeds[: len(per_seed)],
-                "table": table, "target": target(table), "per_seed": per_seed,
+                "table": table, "target": target(table, levels), "per_seed": per_seed,
                 "seconds": round(time.perf_counter() - t0, 1),
             }  # fmt: skip
             write_json_atomic(args.out, report)  # after every seed: partial results

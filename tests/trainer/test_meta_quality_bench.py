@@ -15,7 +15,7 @@ from bench import meta_quality
 def test_quick_run_has_every_row_metric_and_the_target(tmp_path: Path) -> None:
     out = tmp_path / "mq.json"
     argv = ["--quick", "--datasets", "synthetic_k8", "--seeds", "0", "--methods",
-            "plain,film,metaemb", "--work", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip
+            "plain,film,metaemb", "--levels", "episode,task", "--work", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip
     assert meta_quality.main(argv) == 0
     entry = json.loads(out.read_text())["datasets"]["synthetic_k8"]
     assert entry["tune_split"] == "valid"  # the synthetic generator writes no valid_cold

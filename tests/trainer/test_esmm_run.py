@@ -118,3 +118,10 @@ def test_export_refuses_an_esmm_run_with_a_clear_message(trained, tmp_path):
     with pytest.raises(ExportError, match=r"ESMM model \(model.task = 'esmm'\)"):
         export_checkpoint(trained.cfg.train.output_dir, tmp_path / "models")
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").rglob("v*"))
+
+
+def test_metarec_evaluate_refuses_an_esmm_checkpoint_with_a_clear_message(trained):
+    from trainer.evaluation.models import load_model
+
+    with pytest.raises(ValueError, match=r"ESMM run \(model.task = 'esmm'\) has two heads"):
+        load_model(trained.cfg.train.output_dir, trained.cfg.data.path)

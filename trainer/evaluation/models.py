@@ -96,6 +96,12 @@ def _checkpoint(path: Path, root: str) -> EvaluatedModel:
         if not all(k in meta for k in ("config", "data", "features", "dense_features")):
             raise CheckpointError(f"{ckpt} was not written by the metarec trainer")
         cfg = build(TrainerConfig, meta["config"])
+        if cfg.model.task == "esmm":
+            raise CheckpointError(
+                "an ESMM run (model.task = 'esmm') has two heads, which metarec evaluate does "
+                "not score yet: read the run's eval.json (heads: CTR, CVR and CTCVR AUC) or run "
+                "bench/esmm.py"
+            )
         problems = checkpoint_problems(ckpt, cfg, manifest)
         if problems:
             raise ValueError(

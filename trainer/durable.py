@@ -18,7 +18,7 @@ import math
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def sha256_file(path: Path) -> str:
@@ -52,6 +52,14 @@ TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, 
 """How ``write_atomic`` opens its temp file: a new file only, never an existing one nor a link."""
 
 
+def create_temp(path: Path, prefix: str = ".") -> tuple[Path, BinaryIO]:
+    """A new temp file ``<prefix><name>.tmp-<pid>-<random>`` beside ``path``, open for binary
+    writing (``TEMP_FLAGS``: never an existing file nor a link), for a writer that streams into it
+    before renaming it over ``path``."""
+    tmp = path.with_name(f"{prefix}{path.name}.tmp-{os.getpid()}-{secrets.token_hex(8)}")
+    return tmp, os.fdopen(os.open(tmp, TEMP_FLAGS, 0o644), "wb")
+
+
 def write_atomic(path: Path | str, data: bytes | str) -> None:
     """Replace ``path`` with ``data`` (``str`` is written as UTF-8) atomically and durably; creates
     the parent directory. A crash leaves the old file or the new one, and at most a hidden
@@ -62,10 +70,9 @@ def write_atomic(path: Path | str, data: bytes | str) -> None:
     rename replaces a link at ``path`` itself, not the file it points to."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(8)}")
-    fd = os.open(tmp, TEMP_FLAGS, 0o644)
+    tmp, f = create_temp(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())

@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from trainer.durable import fsync_dir
+from trainer.durable import create_temp, fsync_dir
 from trainer.exported.artifact import CHECKSUMS_FILE, VERSION_RE, check_name, locked
 
 CHAMPION = "CHAMPION"
@@ -221,16 +221,18 @@ def _change(root: str | Path, name: str, action: str,
         if key is not None:
             record["key"] = key
         new = Pointer(stack[-1], stack, seq, record, record["time"])
-        tmp = mdir / f"{CHAMPION}.tmp-{os.getpid()}"
+        tmp = None
         try:
-            with open(tmp, "wb") as f:
+            tmp, f = create_temp(mdir / CHAMPION, prefix="")
+            with f:
                 f.write(new.to_json().encode())
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as e:  # a full disk, a read-only folder: nothing changed
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
             raise PointerNotWritten(
-                f"{action} of {name!r} failed: cannot write the champion pointer {tmp} "
+                f"{action} of {name!r} failed: cannot write the champion pointer {mdir / CHAMPION} "
                 f"({e.strerror or e}); the champion is unchanged ({current or 'none'})"
             ) from e
         fault("pointer_written")

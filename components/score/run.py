@@ -33,7 +33,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 from components.raw_schema import DEFAULT_TASK_KEY, TASK_KEYS, validate_task_key
 from components.score.encode import DUPLICATE, Encoded, check_spec, encode, validate
 from components.score.events import RawBatch, read_events, total_bytes
-from trainer.durable import write_json_atomic
+from trainer.durable import create_temp, write_json_atomic
 
 log = logging.getLogger(__name__)
 PREDICTIONS = pa.schema([("event_id", pa.string()), ("task_key", pa.string()),
@@ -95,11 +95,11 @@ def _reject_rows(batch: RawBatch, rows: np.ndarray, reasons: np.ndarray) -> pa.T
 class _Accounting:
     """Rows read / kept / rejected per reason, duplicate ids, and the rejects file."""
 
-    def __init__(self, rejects_path: Path | None) -> None:
+    def __init__(self, rejects: BinaryIO | None) -> None:
         self.read = self.kept = 0
         self.reasons: dict[str, int] = {}
         self.seen: set[str] = set()
-        self.writer = pq.ParquetWriter(rejects_path, REJECTS) if rejects_path else None
+        self.writer = pq.ParquetWriter(rejects, REJECTS) if rejects else None
 
     def split(self, batch: RawBatch, labels_required: bool) -> np.ndarray:
         """Good row indices of ``batch``; the others are counted (and written) as rejected."""
@@ -225,9 +225,10 @@ def score_events(
     support: dict = {}
     if adapt_on:
         support, summary.support = load_support(model, adapt_on, task_key, batch_rows)
-    tmp = {k: p.with_name(f".{p.name}.tmp-{os.getpid()}") for k, p in
-           {"out": out, "rejected": paths["rejected"]}.items()}  # fmt: skip
-    acc, writer = _Accounting(tmp["rejected"]), pq.ParquetWriter(tmp["out"], PREDICTIONS)
+    files = {k: create_temp(p) for k, p in {"out": out, "rejected": paths["rejected"]}.items()}
+    tmp = {k: path for k, (path, _) in files.items()}
+    acc = _Accounting(files["rejected"][1])
+    writer = pq.ParquetWriter(files["out"][1], PREDICTIONS)
     labels, logit_parts, adapted_tasks = [], [], set()
     size, last_log = max(total_bytes(input_uri), 1), time.perf_counter()
     try:
@@ -258,11 +259,14 @@ def score_events(
     except BaseException:
         writer.close()
         acc.close()
-        for p in tmp.values():
+        for p, f in files.values():
+            f.close()
             p.unlink(missing_ok=True)
         raise
     writer.close()
     acc.close()
+    for _, f in files.values():
+        f.close()
     summary.rows_read, summary.rows_scored = acc.read, acc.kept
     summary.rows_rejected, summary.reasons = acc.read - acc.kept, dict(sorted(acc.reasons.items()))
     summary.tasks_adapted = len(adapted_tasks)

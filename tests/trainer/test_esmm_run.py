@@ -112,12 +112,32 @@ def test_esmm_metrics_select_the_right_samples_and_score_the_product():
     assert none["cvr"] == {"samples": 0} and none["ctcvr"] == {"samples": 0}
 
 
-def test_export_refuses_an_esmm_run_with_a_clear_message(trained, tmp_path):
-    from trainer.exported import ExportError, export_checkpoint
+def test_the_export_scores_both_heads_as_the_trainer(trained, tmp_path):
+    """export = trainer for both heads: the exported graph and the scorer (unadapted and adapted
+    per episode) give the trainer's [ctr, cvr] logits."""
+    from trainer.exported import export_checkpoint, load_exported, score_samples
+    from trainer.meta import adapt, predict
 
-    with pytest.raises(ExportError, match=r"ESMM model \(model.task = 'esmm'\)"):
-        export_checkpoint(trained.cfg.train.output_dir, tmp_path / "models")
-    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").rglob("v*"))
+    result = export_checkpoint(trained.cfg.train.output_dir, tmp_path / "models")
+    exported = load_exported(result.path)
+    assert exported.graph is not None and exported.output_shape == (2,)
+    model, meta = trained.model, trained.cfg.eval_meta()
+    with EpisodeReader(trained.cfg.data.path, "test_cold", 8, shuffle=False, epochs=1) as reader:
+        batch = next(iter(reader))
+    sparse = model.embeddings.read(batch)
+    want_before = predict(model, sparse, batch)
+    want_after = predict(model, sparse, batch, adapt(model, sparse, batch, meta))
+    got_before = exported.episode_logits(batch, adapt=False)
+    got_after = exported.episode_logits(batch, adapt=True)
+    assert got_before.shape == (*batch.query_mask.shape, 2)
+    m = batch.query_mask & batch.episode_mask[:, None]
+    torch.testing.assert_close(got_before[m], want_before[m], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got_after[m], want_after[m], rtol=1e-6, atol=1e-6)
+    assert (want_after - want_before)[m][:, 1].abs().max() > 1e-6  # the CVR head adapts too
+    K = batch.k_support
+    local = (batch.ids[batch.inverse[:, K:]] - exported.layout.slot_offsets)[m].numpy()
+    scores = score_samples(exported, local, batch.dense[:, K:][m].numpy())
+    np.testing.assert_allclose(scores, want_before[m].numpy(), rtol=1e-6, atol=1e-6)
 
 
 def test_metarec_evaluate_refuses_an_esmm_checkpoint_with_a_clear_message(trained):

@@ -48,6 +48,12 @@ class EvaluatedModel:
     """What identifies it in the JSON: name/version or step, architecture, meta mode."""
 
 
+ESMM_REFUSAL = (
+    "an ESMM run (model.task = 'esmm') has two heads, which metarec evaluate does not score yet: "
+    "read the run's eval.json (heads: CTR, CVR and CTCVR AUC) or run bench/esmm.py"
+)
+
+
 def load_model(path: str | Path, root: str) -> EvaluatedModel:
     """Load the model at ``path`` for evaluation on the episodes of ``root`` (module docstring).
 
@@ -71,6 +77,8 @@ def _export(path: Path, root: str) -> EvaluatedModel:
     from trainer.exported.model import load_exported
 
     exported = load_exported(path, graph=False)  # ExportError (a ValueError) names the damage
+    if exported.output_shape:
+        raise ValueError(f"cannot evaluate {path}: {ESMM_REFUSAL}")
     check_compatible(exported, load_manifest(root), root)
     meta = exported.lineage.get("config", {}).get("meta")
     training = build(MetaConfig, meta) if meta else exported.adaptation
@@ -97,11 +105,7 @@ def _checkpoint(path: Path, root: str) -> EvaluatedModel:
             raise CheckpointError(f"{ckpt} was not written by the metarec trainer")
         cfg = build(TrainerConfig, meta["config"])
         if cfg.model.task == "esmm":
-            raise CheckpointError(
-                "an ESMM run (model.task = 'esmm') has two heads, which metarec evaluate does "
-                "not score yet: read the run's eval.json (heads: CTR, CVR and CTCVR AUC) or run "
-                "bench/esmm.py"
-            )
+            raise CheckpointError(ESMM_REFUSAL)
         problems = checkpoint_problems(ckpt, cfg, manifest)
         if problems:
             raise ValueError(

@@ -65,9 +65,9 @@ class TaskAdaptation:
 
     @torch.no_grad()
     def logits(self, sparse: np.ndarray, dense: np.ndarray) -> np.ndarray:
-        """Adapted logits ``(n,)`` of ``n`` candidates (``sparse`` (n, S) local ids, ``dense``
+        """Adapted logits ``(n, *output_shape)`` of ``n`` candidates (``sparse`` (n, S) local ids, ``dense``
         (n, Dn)), in episodes of at most ``QUERY_CHUNK`` candidates after the support set."""
-        out = np.zeros(len(sparse), np.float32)
+        out = np.zeros((len(sparse), *self.model.output_shape), np.float32)
         for start in range(0, len(sparse), QUERY_CHUNK):
             part = slice(start, start + QUERY_CHUNK)
             batch = episode_batch(

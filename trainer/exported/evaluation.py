@@ -80,10 +80,14 @@ def score_episodes(
             K = batch.k_support
             mask = batch.query_mask & keep[:, None]
             y = batch.click[:, K:] if label == "click" else batch.conversion[:, K:]
-            if label == "conversion":
+            if label != "click":
                 mask &= y >= 0
+            if label == "clicked_conversion":
+                mask &= batch.click[:, K:] > 0
             before = model.episode_logits(batch, adapt=False)
             after = model.episode_logits(batch, adapt=True)
+            if model.output_shape:  # ESMM: the gate scores the CTR head (as trainer.evaluate)
+                before, after = before[..., 0], after[..., 0]
             kept = int(keep.sum())
             pos = torch.full((keep.shape[0],), -1, dtype=torch.int64)
             pos[:kept] = torch.arange(done, done + kept)

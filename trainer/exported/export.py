@@ -269,12 +269,6 @@ def export_checkpoint(
         refusal = export_refusal(cfg.meta)
         if refusal:
             raise CheckpointError(refusal)
-        if cfg.model.task == "esmm":
-            raise CheckpointError(
-                "the run is an ESMM model (model.task = 'esmm'): the exported model, its scorer "
-                "and the server score one head yet; evaluate the checkpoint with the trainer "
-                "(eval.json has the CTR, CVR and CTCVR AUCs), or export a model.task = 'ctr' run"
-            )
         if cfg.parallel.dynamic:
             raise CheckpointError(
                 "the run has dynamic embedding tables (parallel.dynamic): an export holds one row "
@@ -361,7 +355,9 @@ def export_checkpoint(
             "tables": tables, "dense_params": params, "tensors": index,
             "graph": None if program is None else {
                 "file": GRAPH_FILE, "torch": torch.__version__, "inputs": inputs,
-                "output": "logits (samples,) float32; score = sigmoid(logit)",
+                "output": "logits (samples, 2) float32 [ctr, cvr]; pCTR = sigmoid(ctr), pCTCVR "
+                          "= sigmoid(ctr) * sigmoid(cvr)" if cfg.model.task == "esmm" else
+                          "logits (samples,) float32; score = sigmoid(logit)",
                 "rows": "emb/linear rows of the sorted unique global ids (table offset + local "
                         "id); inverse indexes them per slot"},
             "label": cfg.model.label, "delta": delta_entry,

@@ -168,6 +168,12 @@ class ExportedModel:
     def dense_features(self) -> list[DenseSpec]:
         return sorted((DenseSpec(**d) for d in self.spec["dense_features"]), key=lambda d: d.index)
 
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """The trailing shape of one sample's logits: ``()``, or ``(2,)`` (``[ctr, cvr]``) for an
+        ESMM model (``model.task = "esmm"``; pCTCVR = sigmoid(ctr) * sigmoid(cvr))."""
+        return (2,) if self.model.cfg.task == "esmm" else ()
+
     def lookup(self, ids: Tensor) -> GatheredRows:
         return self.embeddings.rows(ids)
 
@@ -175,8 +181,8 @@ class ExportedModel:
     def logits(
         self, rows: GatheredRows, inverse: Tensor, dense: Tensor, eager: bool = False
     ) -> Tensor:
-        """Unadapted logits ``(...)`` for ``inverse`` ``(..., S)`` and ``dense`` ``(..., Dn)``;
-        through the graph unless ``eager`` or no graph is loaded."""
+        """Unadapted logits ``(..., *output_shape)`` for ``inverse`` ``(..., S)`` and ``dense``
+        ``(..., Dn)``; through the graph unless ``eager`` or no graph is loaded."""
         if eager or self.graph is None:
             sparse = self.embeddings.pooling(rows.emb, rows.linear, inverse)
             return self.model(sparse, dense.to(rows.emb.dtype))
@@ -184,10 +190,10 @@ class ExportedModel:
         args = [rows.emb, inverse.reshape(-1, S), dense.reshape(-1, Dn).to(rows.emb.dtype)]
         if rows.linear is not None:
             args.append(rows.linear)
-        return self.graph(*args).reshape(inverse.shape[:-1])
+        return self.graph(*args).reshape(*inverse.shape[:-1], *self.output_shape)
 
     def episode_logits(self, batch: EpisodeBatch, adapt: bool, eager: bool = False) -> Tensor:
-        """Query logits ``(T, Q)`` of an episode batch, unadapted or adapted per episode on its
+        """Query logits ``(T, Q, *output_shape)`` of an episode batch, unadapted or adapted per episode on its
         support set with :attr:`adaptation` (the trainer's :func:`~trainer.meta.adapt`)."""
         K = batch.k_support
         if not adapt:

@@ -60,10 +60,10 @@ def _global_ids(model: ExportedModel, sparse: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def score_samples(model: ExportedModel, sparse: np.ndarray, dense: np.ndarray) -> np.ndarray:
-    """Unadapted logits ``(n,)`` of ``n`` samples (``sparse`` (n, S) local ids, ``dense``
-    (n, Dn)): one lookup of the batch's unique rows, then the exported graph."""
+    """Unadapted logits ``(n, *model.output_shape)`` of ``n`` samples (``sparse`` (n, S) local
+    ids, ``dense`` (n, Dn)): one lookup of the batch's unique rows, then the exported graph."""
     if len(sparse) == 0:
-        return np.zeros(0, np.float32)
+        return np.zeros((0, *model.output_shape), np.float32)
     ids, inverse = UniqueInverse(model.layout.total_rows)(_global_ids(model, sparse))
     rows = model.lookup(torch.from_numpy(ids))
     out = model.logits(rows, torch.from_numpy(inverse), torch.from_numpy(dense))
@@ -116,8 +116,8 @@ def score_tasks(
     support: dict[str, SupportSet],
     query_chunk: int = QUERY_CHUNK,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Logits ``(n,)`` of samples whose task has a support set, adapted to it; the others
-    unadapted. Returns ``(logits, adapted)`` with ``adapted`` ``(n,)`` bool.
+    """Logits ``(n, *model.output_shape)`` of samples whose task has a support set, adapted to
+    it; the others unadapted. Returns ``(logits, adapted)`` with ``adapted`` ``(n,)`` bool.
 
     Args:
         sparse, dense: the samples (see :func:`score_samples`).
@@ -127,7 +127,7 @@ def score_tasks(
             adapted on fewer).
     """
     n = len(sparse)
-    logits = np.zeros(n, np.float32)
+    logits = np.zeros((n, *model.output_shape), np.float32)
     adapted = np.zeros(n, bool)
     K, min_support = model.layout.k_support, int(model.spec.get("min_support", 1))
     tasks = np.asarray(tasks, dtype=object)

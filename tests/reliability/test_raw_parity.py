@@ -297,10 +297,10 @@ def test_etl_and_scorer_agree_on_arbitrary_bytes(spark, tmp_path_factory, string
 
 @pytest.mark.slow
 @pytest.mark.spark
-@examples(10, shrink=False)
-@given(strings=st.lists(BYTES, min_size=1000, max_size=1000))
+@examples(50, shrink=False)
+@given(strings=st.lists(BYTES, min_size=200, max_size=200))  # longer lists come out mostly empty
 def test_etl_and_scorer_agree_on_arbitrary_bytes_full(spark, tmp_path_factory, strings) -> None:
-    _spark_parity(spark, tmp_path_factory, strings, per_file=250)
+    _spark_parity(spark, tmp_path_factory, strings, per_file=50)
 
 
 @pytest.fixture(scope="module", autouse=True)

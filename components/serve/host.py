@@ -66,12 +66,27 @@ class ScoreRequest:
 @dataclass
 class ScoreResult:
     logits: np.ndarray
+    """``(n,)``, or ``(n, 2)`` ``[ctr, cvr]`` for an ESMM model."""
     version: str
     adapted: bool
 
     @property
     def scores(self) -> np.ndarray:
-        return (1.0 / (1.0 + np.exp(-self.logits.astype(np.float64)))).astype(np.float32)
+        """The click (CTR head's) probability ``(n,)``."""
+        return _sigmoid(self.logits if self.logits.ndim == 1 else self.logits[:, 0])
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        """The response's tensors: ``score`` and ``logit`` (the CTR head's); for an ESMM model
+        also ``ctcvr_score`` (pCTR x pCVR) and ``cvr_logit``."""
+        if self.logits.ndim == 1:
+            return {"score": self.scores, "logit": self.logits}
+        ctr, cvr = self.logits[:, 0], self.logits[:, 1]
+        ctcvr = (_sigmoid(ctr).astype(np.float64) * _sigmoid(cvr)).astype(np.float32)
+        return {"score": self.scores, "logit": ctr, "ctcvr_score": ctcvr, "cvr_logit": cvr}
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
 
 
 @dataclass

@@ -18,6 +18,9 @@ sample axis::
         "outputs": [{"name": "score", "datatype": "FP32", "shape": [n], "data": [...]},
                     {"name": "logit", "datatype": "FP32", "shape": [n], "data": [...]}]}
 
+An ESMM model (``model.task = "esmm"``) answers ``score``/``logit`` from its CTR head plus
+``ctcvr_score`` (pCTR x pCVR, the post-view conversion probability) and ``cvr_logit``.
+
 Ids and dense values are the ETL's encoding (``components/score/encode.py`` encodes raw events);
 ``S`` and ``Dn`` are in the model's metadata (``GET /v2/models/<name>``: the input shapes).
 Anything else is refused with a 400 naming the input.
@@ -108,11 +111,12 @@ def decode(request: Any) -> ScoreRequest:
 
 
 def encode(result: ScoreResult, model_name: str, request_id: str | None) -> Any:
-    """The ``InferResponse``: ``score`` (sigmoid) and ``logit``, FP32 ``[n]``."""
+    """The ``InferResponse``: ``score`` (sigmoid) and ``logit`` (and ESMM's ``ctcvr_score`` and
+    ``cvr_logit``), FP32 ``[n]``."""
     from kserve import InferOutput, InferResponse
 
     outputs = []
-    for name, values in (("score", result.scores), ("logit", result.logits)):
+    for name, values in result.outputs().items():
         out = InferOutput(name=name, shape=[len(values)], datatype="FP32")
         out.set_data_from_numpy(np.ascontiguousarray(values, np.float32), binary_data=False)
         outputs.append(out)
@@ -125,8 +129,10 @@ def encode(result: ScoreResult, model_name: str, request_id: str | None) -> Any:
     )
 
 
-def metadata_types(sparse_width: int, dense_width: int) -> tuple[list[dict], list[dict]]:
-    """Input and output tensor metadata (``GET /v2/models/<name>``)."""
+def metadata_types(
+    sparse_width: int, dense_width: int, esmm: bool = False
+) -> tuple[list[dict], list[dict]]:
+    """Input and output tensor metadata (``GET /v2/models/<name>``; ``esmm``: an ESMM model's)."""
     inputs = [
         {"name": "sparse", "datatype": "INT64", "shape": [-1, sparse_width]},
         {"name": "dense", "datatype": "FP32", "shape": [-1, dense_width]},
@@ -139,4 +145,9 @@ def metadata_types(sparse_width: int, dense_width: int) -> tuple[list[dict], lis
         {"name": "score", "datatype": "FP32", "shape": [-1]},
         {"name": "logit", "datatype": "FP32", "shape": [-1]},
     ]
+    if esmm:
+        outputs += [
+            {"name": "ctcvr_score", "datatype": "FP32", "shape": [-1]},
+            {"name": "cvr_logit", "datatype": "FP32", "shape": [-1]},
+        ]
     return inputs, outputs

@@ -52,10 +52,11 @@ class MetarecModel(kserve.Model):
         self._stop.set()
         super().stop()
 
-    def _layout(self) -> tuple[int, int]:
+    def _layout(self) -> tuple[int, int, bool]:
         served = self.host.current
         assert served is not None
-        return served.model.layout.sparse_width, served.model.layout.dense_width
+        layout = served.model.layout
+        return layout.sparse_width, layout.dense_width, bool(served.model.output_shape)
 
     def get_input_types(self) -> list[dict]:
         return metadata_types(*self._layout())[0]

@@ -145,3 +145,44 @@ def test_metarec_evaluate_refuses_an_esmm_checkpoint_with_a_clear_message(traine
 
     with pytest.raises(ValueError, match=r"ESMM run \(model.task = 'esmm'\) has two heads"):
         load_model(trained.cfg.train.output_dir, trained.cfg.data.path)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.timeout(300)
+def test_the_server_answers_both_heads_of_an_esmm_export(trained, tmp_path):
+    """``python -m components.serve`` on loopback: ``score``/``logit`` are the CTR head, plus
+    ``ctcvr_score`` (pCTR x pCVR) and ``cvr_logit``, equal to the exported scorer's, unadapted
+    and adapted on a task's support events; the metadata lists the extra outputs."""
+    import httpx
+
+    from components.serve.loopback import LocalServer
+    from trainer.exported import export_checkpoint, load_exported, score_samples
+    from trainer.exported.scoring import SupportSet, score_tasks
+
+    result = export_checkpoint(trained.cfg.train.output_dir, tmp_path / "models")
+    exported = load_exported(result.path)
+    layout, gen = exported.layout, np.random.default_rng(0)
+    buckets = np.asarray([layout.feature_buckets[f] for f in layout.slot_feature.tolist()])
+    K = layout.k_support
+    sparse = (gen.random((100 + K, layout.sparse_width)) * buckets).astype(np.int64)
+    dense = gen.random((100 + K, layout.dense_width)).astype(np.float32)
+    (sparse, s_sparse), (dense, s_dense) = np.split(sparse, [100]), np.split(dense, [100])
+    click = (np.arange(K) % 2).astype(np.float32)
+    support = SupportSet(s_sparse, s_dense, click, click * (np.arange(K) % 4 == 1))
+    wire = {"support_sparse": s_sparse, "support_dense": s_dense, "support_click": click,
+            "support_conversion": support.conversion}  # fmt: skip
+    want = score_samples(exported, sparse, dense)
+    want_adapted, _ = score_tasks(exported, sparse, dense, np.full(100, "c-7"), {"c-7": support})
+    with LocalServer(result.path, tmp_path / "server.log") as server, httpx.Client() as client:
+        meta = client.get(f"{server.url}/v2/models/{server.name}").json()
+        got = server.infer(sparse, dense, client)
+        adapted = server.infer(sparse, dense, client, task="c-7", task_version="1", support=wire)
+    assert {"ctcvr_score", "cvr_logit"} <= {o["name"] for o in meta["outputs"]}
+    assert not got["adapted"] and adapted["adapted"]
+    for answer, logits in ((got, want), (adapted, want_adapted)):
+        np.testing.assert_allclose(answer["logit"], logits[:, 0], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(answer["cvr_logit"], logits[:, 1], rtol=1e-6, atol=1e-6)
+        p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+        np.testing.assert_allclose(answer["score"], p[:, 0], rtol=1e-5)
+        np.testing.assert_allclose(answer["ctcvr_score"], p[:, 0] * p[:, 1], rtol=1e-5)
+    assert np.abs(want_adapted - want).max() > 1e-6

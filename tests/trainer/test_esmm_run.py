@@ -147,6 +147,29 @@ def test_metarec_evaluate_refuses_an_esmm_checkpoint_with_a_clear_message(traine
         load_model(trained.cfg.train.output_dir, trained.cfg.data.path)
 
 
+def test_the_model_host_answers_both_heads_of_an_esmm_export(trained, tmp_path):
+    """The server's scoring path in process (the loopback test below is ``slow``): the response
+    tensors of an ESMM export are the scorer's CTR head, pCTR x pCVR and the CVR logit."""
+    from components.serve.host import ModelHost, ScoreRequest
+    from trainer.exported import export_checkpoint, score_samples
+
+    result = export_checkpoint(trained.cfg.train.output_dir, tmp_path / "models")
+    host = ModelHost(result.path)
+    exported = host.start().model
+    layout, gen = exported.layout, np.random.default_rng(0)
+    buckets = np.asarray([layout.feature_buckets[f] for f in layout.slot_feature.tolist()])
+    sparse = (gen.random((50, layout.sparse_width)) * buckets).astype(np.int64)
+    dense = gen.random((50, layout.dense_width)).astype(np.float32)
+    out = host.score(ScoreRequest(sparse, dense)).outputs()
+    want = score_samples(exported, sparse, dense).astype(np.float64)
+    p = 1 / (1 + np.exp(-want))
+    np.testing.assert_array_equal(out["logit"], want[:, 0].astype(np.float32))
+    np.testing.assert_array_equal(out["cvr_logit"], want[:, 1].astype(np.float32))
+    np.testing.assert_allclose(out["score"], p[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(out["ctcvr_score"], p[:, 0] * p[:, 1], rtol=1e-6)
+
+
+@pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.timeout(300)
 def test_the_server_answers_both_heads_of_an_esmm_export(trained, tmp_path):

@@ -16,7 +16,10 @@ batches with the same thread count; after warm-up, the median step time is repor
 time and in process CPU time (``time.process_time``: steadier than wall time on a shared machine,
 exact at ``--threads 1``; with more threads it also counts the pool's spin-waits), and where the
 time goes per phase of a step (``phases_ms``: lookup, loss forward with the inner loop, backward,
-optimizers; medians). ``--profile`` also writes each variant's top operators (torch.profiler, self
+optimizers; medians). On a shared, oversubscribed machine run it with ``OMP_WAIT_POLICY=PASSIVE``
+(recorded in the JSON): with the default (spinning) policy the OpenMP pool's spin-waits compete
+with the other processes and a step's wall and CPU time grow several-fold, more for the meta steps
+(more, smaller operators) than for the plain one. ``--profile`` also writes each variant's top operators (torch.profiler, self
 CPU time over 3 steps, grouped by input shape) into the JSON.
 
 Targets: FOMAML >= 0.95x plain, MAML (inner_steps 1, adapt=dense) >= 0.7x plain (issues 3 and 14),
@@ -338,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             "device": args.device,
             "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor(),
             "torch": torch.__version__,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         },
         "shape": {
             "arch": args.arch,

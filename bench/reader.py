@@ -308,6 +308,7 @@ def run(out: Path, data: Path, episodes: int, repeat: int, naive_seconds: float,
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "versions": {
                 "torch": torch.__version__,
                 "pyarrow": pa.__version__,

@@ -21,7 +21,8 @@ Sections (every field is documented in trainer/config.py; --print-config shows t
   data        path (ETL output, required), train_split, batch_episodes, prefetch, seed, shuffle,
               shuffle_buffer, task_local_rows, verify_checksums
   model       arch (dlrm, deepfm, wide_deep, melu), embedding_dim, mlp, bottom_mlp, head_layers,
-              label, embedding_init_std
+              label (click, conversion, clicked_conversion), embedding_init_std, task (ctr;
+              esmm: CTR and CVR towers, CTR + CTCVR losses over all impressions)
   meta        mode: maml, fomaml, plain, film (a support-set encoder modulates the dense
               layers: encoder_hidden), metaemb (generated embeddings of cold ids: metaemb_id,
               metaemb_attributes, metaemb_alpha); inner_steps, inner_lr, adapt (head, dense,

@@ -97,8 +97,7 @@ def generate(work: Path, rows: int, fmt: str, seed: int) -> Path:
 
 def baseline(spark, listing) -> float:
     """Seconds to parse the files with the ETL's schema, every column touched."""
-    from components.etl.extract import spark_raw_schema
-    from components.etl.rows import jsonl_read_schema
+    from components.etl.rows import jsonl_read_schema, spark_raw_schema
 
     paths = listing.spark_paths()
     if listing.fmt == "parquet":

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from components.etl.config import EtlConfig
 from components.inputs import refuse_links_out
-from components.raw_schema import FIELDS_BY_NAME, RAW_FIELDS
+from components.raw_schema import FIELDS_BY_NAME
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
@@ -348,44 +348,6 @@ def check_parquet_files(fs, base: str, files: list[str]) -> int:
             "rerun the interval:\n  " + "\n  ".join(problems)
         )
     return rows
-
-
-def read_raw(spark, listing: InputListing):
-    """Read the listed files; one row per JSONL line or Parquet row.
-
-    JSONL is read AND parsed by :func:`components.etl.rows.read_jsonl` (the raw-record parser
-    the scorer shares; Python reads the files, so an overlong line never reaches the JVM whole):
-    the canonical frame plus ``_blank``. Parquet: the raw columns typed by
-    :func:`components.raw_schema.arrow_schema`, plus ``dt`` (date) and ``hr`` (int) from the
-    partition folder and ``_file`` (the file name), parsed by ``rows.parse_parquet``.
-    """
-    import os
-
-    from pyspark.sql import functions as F
-
-    from components.etl import rows
-
-    if listing.fmt != "parquet":
-        root = listing.uri if "://" in listing.uri else os.path.abspath(listing.uri)
-        return rows.read_jsonl(spark, root, listing.files)
-    reader = spark.read.option("basePath", spark_uri(listing.uri))
-    df = reader.schema(spark_raw_schema()).parquet(*listing.spark_paths())
-    return df.withColumn("_file", F.col("_metadata.file_name"))
-
-
-def spark_raw_schema():
-    """The raw schema as Spark types (Parquet input)."""
-    from pyspark.sql import types as T
-
-    types = {
-        "id": T.StringType(),
-        "categorical": T.StringType(),
-        "time": T.TimestampType(),
-        "multi": T.ArrayType(T.StringType()),
-        "dense": T.DoubleType(),
-        "label": T.ByteType(),
-    }
-    return T.StructType([T.StructField(f.name, types[f.kind], True) for f in RAW_FIELDS])
 
 
 def _shorten(items: list[str], n: int = 8) -> str:

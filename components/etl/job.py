@@ -24,7 +24,7 @@ if __name__ == "__main__" and __package__ in (None, ""):
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.etl import extract, load, splits
+from components.etl import extract, load, rows, splits
 from components.etl.config import EtlConfig, iso
 from components.etl.storage_errors import storage_error
 from trainer.data.contract import (
@@ -161,7 +161,7 @@ def run_etl(config: EtlConfig, spark=None) -> EtlResult:
         for k, v in overrides.items():
             spark.conf.set(k, v)
         observation = Observation("metarec_etl_rows")
-        raw = extract.read_raw(spark, listing)
+        raw = rows.read_raw(spark, listing)
         # DISK_ONLY: cached blocks in the heap took execution memory from the episode window,
         # whose sorter then spilled in many small files and ran out of heap reading them back
         # (10M rows, 1 GB heap); the cache is read twice, sequentially, so disk costs little.

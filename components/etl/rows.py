@@ -30,7 +30,12 @@ Later rules (``duplicate_event_id``, ``task_too_small``, ``episode_too_small``,
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from components.raw_schema import RAW_FIELDS, fields_of
+
+if TYPE_CHECKING:
+    from components.etl.extract import InputListing
 
 OUT_OF_RANGE = "event_time_out_of_range"
 CORRUPT_COL = "_corrupt_record"
@@ -243,3 +248,41 @@ def render_raw(prefix: str = ""):
         else:
             parts.append(F.col(prefix + f.name).alias(f.name))
     return F.to_json(F.struct(*parts))
+
+
+def read_raw(spark, listing: InputListing):
+    """Read the listed files; one row per JSONL line or Parquet row.
+
+    JSONL is read AND parsed by :func:`read_jsonl` (the raw-record parser
+    the scorer shares; Python reads the files, so an overlong line never reaches the JVM whole):
+    the canonical frame plus ``_blank``. Parquet: the raw columns typed by
+    :func:`components.raw_schema.arrow_schema`, plus ``dt`` (date) and ``hr`` (int) from the
+    partition folder and ``_file`` (the file name), parsed by :func:`parse_parquet`.
+    """
+    import os
+
+    from pyspark.sql import functions as F
+
+    from components.etl.extract import spark_uri
+
+    if listing.fmt != "parquet":
+        root = listing.uri if "://" in listing.uri else os.path.abspath(listing.uri)
+        return read_jsonl(spark, root, listing.files)
+    reader = spark.read.option("basePath", spark_uri(listing.uri))
+    df = reader.schema(spark_raw_schema()).parquet(*listing.spark_paths())
+    return df.withColumn("_file", F.col("_metadata.file_name"))
+
+
+def spark_raw_schema():
+    """The raw schema as Spark types (Parquet input)."""
+    from pyspark.sql import types as T
+
+    types = {
+        "id": T.StringType(),
+        "categorical": T.StringType(),
+        "time": T.TimestampType(),
+        "multi": T.ArrayType(T.StringType()),
+        "dense": T.DoubleType(),
+        "label": T.ByteType(),
+    }
+    return T.StructType([T.StructField(f.name, types[f.kind], True) for f in RAW_FIELDS])

@@ -129,7 +129,7 @@ def transform(raw, fmt: str, config: EtlConfig, observation=None):
     """Run the whole transform (lazily); see the module docstring for the plan.
 
     Args:
-        raw: the extracted DataFrame (:func:`components.etl.extract.read_raw`).
+        raw: the extracted DataFrame (:func:`components.etl.rows.read_raw`).
         fmt: the input format (``jsonl``, ``jsonl.gz``, ``parquet``).
         observation: a ``pyspark.sql.Observation`` to collect ``rows_read``/``blank_lines``.
     """

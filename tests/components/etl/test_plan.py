@@ -14,13 +14,13 @@ pytestmark = pytest.mark.spark
 
 
 def test_one_full_row_shuffle_and_no_python_udf(spark, tmp_path):
-    from components.etl import extract
+    from components.etl import extract, rows
     from components.etl import transform as tr
 
     rawdata.corrupted_interval(tmp_path / "raw", "jsonl")  # has duplicates: the dedup branch runs
     config = make_config(tmp_path / "raw", tmp_path / "out")
     listing = extract.list_input(config)
-    frame = tr.transform(extract.read_raw(spark, listing), listing.fmt, config)
+    frame = tr.transform(rows.read_raw(spark, listing), listing.fmt, config)
     frame.collect()  # runs the Dataset's own query execution, so its plan below is the final one
     text = frame._jdf.queryExecution().executedPlan().toString()
     plan = text.split("== Initial Plan ==")[0]  # the adaptive plan as it ran

@@ -151,7 +151,7 @@ def test_parquet_reasons(spark, tmp_path):
     listing = extract.InputListing(
         uri=str(tmp_path), fmt="parquet", files=["dt=2026-11-01/hr=05/part-00000.parquet"]
     )
-    out = _validated(rows.parse_parquet(extract.read_raw(spark, listing)))
+    out = _validated(rows.parse_parquet(rows.read_raw(spark, listing)))
     expected = spark.createDataFrame(
         [("ok", None), ("no-ad", "missing:ad_id"), ("nan", "bad_value:user_hist_ctr"),
          ("click3", "bad_value:click"), ("old", "event_time_out_of_range"),

@@ -209,3 +209,34 @@ def test_the_server_answers_both_heads_of_an_esmm_export(trained, tmp_path):
         np.testing.assert_allclose(answer["score"], p[:, 0], rtol=1e-5)
         np.testing.assert_allclose(answer["ctcvr_score"], p[:, 0] * p[:, 1], rtol=1e-5)
     assert np.abs(want_adapted - want).max() > 1e-6
+
+
+def test_the_esmm_bench_scores_as_the_trainer_evaluation(trained):
+    """``bench/esmm.py`` scores by the trainer's evaluation path: ESMM's rows equal ``eval.json``'s
+    heads of the same episodes, and the baseline's CTR / CVR heads equal the evaluation of the
+    CTR model and of the clicked-only CVR model (whose label masks what the CVR head scores)."""
+    import dataclasses
+
+    from bench import esmm as bench
+    from trainer.data.batch import FeatureLayout
+    from trainer.models import build_model
+
+    cfg, manifest = trained.cfg, trained.manifest
+    layout = FeatureLayout.from_manifest(manifest)
+    models = {"esmm": trained.model}
+    for name, label in (("ctr", "click"), ("cvr_clicked", "clicked_conversion")):
+        model_cfg = dataclasses.replace(cfg.model, task="ctr", label=label)
+        models[name] = build_model(model_cfg, layout, seed=len(name))
+    scores = bench.score(models, cfg.eval_meta(), cfg.data.path, "test_cold", 64)
+    table = bench.compare(scores)
+    heads = evaluate(trained.model, cfg, manifest, "test_cold")["heads"]
+    for setting, when in (("no adaptation", "before"), ("adapted", "after")):
+        for head in bench.HEADS:
+            got, want = table["esmm"][setting][head], heads[when][head]
+            assert got["samples"] == want["samples"]
+            assert got["auc"] == pytest.approx(want["auc"], abs=1e-6), (setting, head)
+        for name, head in (("ctr", "ctr"), ("cvr_clicked", "cvr")):
+            plain = evaluate(models[name], cfg, manifest, "test_cold")[when]
+            got = table["baseline"][setting][head]
+            assert got["samples"] == plain["samples"], (setting, name)
+            assert got["auc"] == pytest.approx(plain["auc"], abs=1e-6), (setting, name)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from trainer.config_loader import load_config, to_dict
-from trainer.data.contract import SPLITS
+from trainer.data.contract import ALL_SPLITS
 from trainer.meta import ADAPTS, MetaConfig
 from trainer.models import ModelConfig
 from trainer.optim import OptimConfig
@@ -164,10 +164,10 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         self.splits = tuple(self.splits)
-        unknown = [s for s in self.splits if s not in SPLITS]
+        unknown = [s for s in self.splits if s not in ALL_SPLITS]
         if unknown or len(set(self.splits)) != len(self.splits):
             raise ValueError(
-                f"eval.splits must be distinct splits among {', '.join(SPLITS)}, "
+                f"eval.splits must be distinct splits among {', '.join(ALL_SPLITS)}, "
                 f"got {list(self.splits)}"
             )
         if self.max_episodes < 0 or self.adapt_steps < 0 or self.adapt_lr < 0:

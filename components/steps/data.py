@@ -203,7 +203,7 @@ def etl_step(
 
 def _etl_result(root: str, config) -> EtlStepResult:
     """The step's result from the ETL output's manifest (whichever backend wrote it)."""
-    from trainer.data.contract import SPLITS, ContractError, load_manifest
+    from trainer.data.contract import ALL_SPLITS, ContractError, load_manifest
 
     mounts = "check that raw_root and run_root are mounted at the same paths in the Spark pods"
     try:
@@ -224,7 +224,7 @@ def _etl_result(root: str, config) -> EtlStepResult:
         acc["rows_read"],
         acc["rows_kept"],
         acc["rows_quarantined"],
-        {s: manifest.splits[s]["episodes"] for s in SPLITS},
+        {s: manifest.splits[s]["episodes"] for s in ALL_SPLITS if s in manifest.splits},
         dict(acc["per_reason"]),
     )
 

@@ -12,7 +12,7 @@ Both towers are dense halves of the configured architecture reading the SAME poo
 (``[..., 0]`` CTR, ``[..., 1]`` CVR). The CTCVR loss is skipped where the conversion is unknown
 (-1: advertisers without a conversion pixel); the CTR loss counts on every impression.
 
-This module is model code: no ``torch.distributed``, no caches, no DES.
+This module is model code, like the rest of ``trainer/models``: the sparse half is given to it.
 """
 
 from __future__ import annotations

@@ -240,7 +240,8 @@ def test_every_step_leaves_its_artefacts_and_records(demo) -> None:
     expected = [
         p["raw"] / "_generation.json", episodes / "_manifest.json", episodes / "_quarantine",
         Path(r["raw_validation"]["report"]), episodes / "_validation" / "report.json",
-        p["evaluation"] / "cold_start.json", p["score"] / "predictions.parquet",
+        p["evaluation"] / "cold_start.json", p["evaluation"] / "comparison.json",
+        p["score"] / "predictions.parquet",
         p["score"] / "predictions.rejected.parquet", p["summary"], p["report"],
     ]  # fmt: skip
     for mode in MODES:
@@ -251,7 +252,7 @@ def test_every_step_leaves_its_artefacts_and_records(demo) -> None:
     missing = [str(x) for x in expected if not x.exists()]
     assert not missing, missing
     steps = ["raw_validation", "etl", "train.attempt", "train", "evaluate", "gate", "promote"]
-    demo_own = ["demo_generate", "demo_cold_start", "demo_score"]
+    demo_own = ["demo_generate", "demo_cold_start", "demo_comparison", "demo_score"]
     assert _records(p["root"]) == sorted(steps + demo_own)
     assert _records(config.run_root("plain")) == ["train", "train.attempt"]
     # both runs trained on 2 ranks: one checkpoint shard per rank

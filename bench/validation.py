@@ -11,8 +11,8 @@ and one SparkSession (``--master``, ``local[2]``), after a small warm-up of ever
   output as the project runs them (``runner.run_expectations``: every metric of a suite in one
   aggregation);
 - ``gx``: the same two calls with the suites evaluated by great-expectations itself
-  (``gx_reference.run_expectations_gx``: GX's metrics, several Spark jobs per expectation) — the
-  way validation ran before issue 14;
+  (``gx_reference``: the profile cached, GX's metrics, several Spark jobs per expectation, the
+  summary in its own job) — the way validation ran before issue 14;
 - each validation's ratio to ``etl_s`` (target: one pass <= 0.25x) and the speed-up one pass / GX;
   both paths must reach the same verdict on every check (``verdicts_equal``).
 
@@ -42,12 +42,15 @@ def gx_suites():
     """Evaluate the suites with GX's ``ValidationDefinition`` instead of the one-pass runner."""
     from components.validation import gx_reference, runner
 
-    saved = runner.run_expectations
-    runner.run_expectations = gx_reference.run_expectations_gx
+    names = ("run_expectations", "run_with_aggregates", "run_on_values")
+    saved = {n: getattr(runner, n) for n in names}
+    for n in names:
+        setattr(runner, n, getattr(gx_reference, f"{n}_gx"))
     try:
         yield
     finally:
-        runner.run_expectations = saved
+        for n, f in saved.items():
+            setattr(runner, n, f)
 
 
 def _timed(fn, *args, **kwargs) -> tuple[Any, float]:

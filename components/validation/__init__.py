@@ -6,7 +6,10 @@
 
 Modules: ``sources`` (listing/reading raw partitions and episode files), ``profile`` (Spark-side
 derived columns: GX checks scalars, so list columns are profiled per episode first), ``suites``
-(the expectations, as code), ``runner`` (the GX wiring), ``report`` (text/JSON/Markdown),
+(the expectations, as code), ``metrics`` (each expectation's metrics as aggregates, and its
+verdict on them), ``runner`` (one pass per suite: every metric in one Spark aggregation),
+``gx_reference`` (GX's own run: the oracle of the tests, the baseline of ``bench/validation.py``),
+``report`` (text/JSON/Markdown),
 ``record`` (the atomic manifest update), ``episodes`` and ``raw`` (the two entry points),
 ``command`` (the CLI).
 Nothing here imports Spark or GX at module level.

@@ -3,8 +3,9 @@
 Order of work: read the manifest (missing -> ``ContractError``, exit 2); list the files and read
 their Parquet footers (pre-checks without Spark: layout, schema, files vs. the manifest's list; a
 schema problem stops here, as the profile cannot be computed); build the per-episode profile in
-Spark and run the profile suite on it; run the summary suite (counts per split vs. the manifest,
-the interval's click rate) on a one-row aggregate of the profile; write
+Spark and run the profile suite on it, with the summary's aggregates in the same pass (one Spark
+job); judge the summary suite (counts per split vs. the manifest, the interval's click rate) on
+those values; write
 ``<root>/_validation/report.{json,md}``; record the verdict in ``<root>/_manifest.json``.
 
 Example:
@@ -22,7 +23,7 @@ from trainer.data.contract import SPLITS, Manifest
 
 from .record import record_in_manifest
 from .report import REPORT_DIR, CheckResult, ValidationReport
-from .runner import default_spark, persist, skipped
+from .runner import default_spark, skipped
 from .suites import Thresholds
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def validate_episodes(
     from . import profile as P
     from . import sources as S
     from . import suites
-    from .runner import gx_version, run_expectations
+    from .runner import gx_version, run_on_values, run_with_aggregates
 
     thresholds = thresholds or Thresholds()
     manifest, manifest_dict = S.load_episode_manifest(root)
@@ -94,30 +95,24 @@ def validate_episodes(
     expected = {(s, m): int(manifest.splits.get(s, {}).get(m, 0)) for s in splits for m in metrics}
 
     spark = default_spark(spark)
-    profile = None
-    try:
-        profile = persist(P.episode_profile(S.read_episodes(spark, files), manifest))
+    try:  # one pass over the episodes: the profile suite and the summary's aggregates together
+        profile = P.episode_profile(S.read_episodes(spark, files), manifest)
         expectations = suites.episode_expectations(
             manifest,
             with_interval="interval_start_ms" in params,
             with_previous="row_count_min" in params,
         )
-        report.checks += run_expectations(
-            SUITE, expectations, profile, params, index_columns=INDEX_COLUMNS
+        checks, summary = run_with_aggregates(
+            SUITE, expectations, profile, params, INDEX_COLUMNS, P.split_summary(splits)
         )
-        report.checks += run_expectations(
-            f"{SUITE}.summary",
-            suites.summary_expectations(expected, thresholds),
-            P.split_summary(profile, splits),
-            params,
+        report.checks += checks
+        report.checks += run_on_values(
+            f"{SUITE}.summary", suites.summary_expectations(expected, thresholds), summary, params
         )
     except ValueError:
         raise
     except Exception as e:  # Spark could not read or process the files
         raise S.DataUnavailableError(f"{root}: cannot read the episode data: {e}") from e
-    finally:
-        if profile is not None:
-            profile.unpersist()
     return _finish(report, root, manifest_dict, write_report, record)
 
 

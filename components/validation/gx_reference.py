@@ -56,3 +56,35 @@ def run_expectations_gx(
         for r in gx_results(df, expectations, parameters)
     }
     return [from_gx_result(by_name[e.meta["check"]], suite_name) for e in expectations]
+
+
+def run_with_aggregates_gx(
+    suite_name: str,
+    expectations: list,
+    df,
+    parameters: dict[str, Any] | None = None,
+    index_columns: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> tuple[list[CheckResult], dict[str, Any]]:
+    """``runner.run_with_aggregates`` as validation ran before issue 14: the frame cached, GX's
+    run on it, then the extra aggregates in their own job."""
+    from pyspark import StorageLevel
+
+    df = df.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        checks = run_expectations_gx(suite_name, expectations, df, parameters, index_columns)
+        row = df.agg(*(c.alias(n) for n, c in (extra or {}).items())).collect()[0] if extra else {}
+        return checks, {n: row[n] for n in extra or {}}
+    finally:
+        df.unpersist()
+
+
+def run_on_values_gx(
+    suite_name: str, expectations: list, values: dict[str, Any], parameters: dict | None = None
+) -> list[CheckResult]:
+    """``runner.run_on_values`` by GX: the values as a one-row Spark frame."""
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.getActiveSession()
+    frame = spark.createDataFrame([tuple(values.values())], schema=list(values))
+    return run_expectations_gx(suite_name, expectations, frame, parameters)

@@ -177,6 +177,30 @@ def plan(expectation, parameters: dict[str, Any], index: int) -> Plan:
     return p
 
 
+ONE_ROW = (
+    "expect_column_min_to_be_between",
+    "expect_column_max_to_be_between",
+    "expect_column_mean_to_be_between",
+)
+"""Aggregate expectations whose observed value on a one-row frame is the row's value."""
+
+
+def plan_on_values(expectation, parameters: dict[str, Any], index: int) -> Plan:
+    """The plan of an expectation judged on already aggregated values (a one-row frame)."""
+    config = expectation.configuration.to_json_dict()
+    p = Plan(config)
+    if config["type"] not in ONE_ROW:
+        p.error = f"UnsupportedExpectation: {config['type']} is not judged on aggregated values"
+        return p
+    try:
+        _kwargs(config, parameters)
+    except UnsupportedExpectation as e:
+        p.error = f"UnsupportedExpectation: {e}"
+        return p
+    p.aggregates = {f"c{index}__observed": None}
+    return p
+
+
 def prepare(df, expectations: list):
     """``df`` with the per-row duplicate flags the compound-uniqueness checks need (a window)."""
     from pyspark.sql import Window

@@ -4,7 +4,8 @@ GX checks scalar columns well and list columns poorly, so the episode suite vali
 *profile* computed here with Spark built-ins and higher-order functions (no Python UDFs, so it
 scales with the data): list lengths, per-feature min/max sparse id, support/query time bounds,
 label sanity, padding, and a per-task flag for tasks seen in both the cold and the warm splits.
-A tiny per-split *summary* (observed counts next to the manifest's) feeds the count checks.
+A per-split *summary* (observed counts next to the manifest's, aggregated in the same pass)
+feeds the count checks.
 
 Positions inside a list column follow the contract (``trainer/data/contract.py``): sample ``j`` of
 an episode occupies ``[j * width, (j + 1) * width)``; sample ``j`` is real when
@@ -16,6 +17,8 @@ Example (K=2, Q=1, sparse width 2): ``sparse = [5, 9, 7, 0, 3, 9]``, ``n_support
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from trainer.data.contract import Manifest
 
@@ -166,14 +169,14 @@ def episode_profile(episodes, manifest: Manifest):
     return prof.withColumn("cold_and_warm", F.max(cold).over(by_task) != F.min(cold).over(by_task))
 
 
-def split_summary(profile, splits: list[str]):
-    """One row of interval-wide facts: ``<split>__<metric>`` for each split and metric, and
-    ``click_rate`` (clicks / samples over every real sample of the interval).
+def split_summary(splits: list[str]) -> dict[str, Any]:
+    """Aggregate Columns over the profile, by name: the interval-wide facts ``<split>__<metric>``
+    for each split and metric, and ``click_rate`` (clicks / samples over every real sample of the
+    interval); computed in the episode suite's own pass (``runner.run_with_aggregates``).
 
     Metrics (``SUMMARY_METRICS``, as the ETL's manifest counts them): ``episodes``, ``tasks``
     (distinct task keys), real ``samples`` = ``support_samples`` + ``query_samples``, ``clicks``
-    and ``conversions`` (labels equal to 1); a split with no episodes gets 0. One Spark
-    aggregation over the profile.
+    and ``conversions`` (labels equal to 1); a split with no episodes gets 0.
     """
     from pyspark.sql import functions as F
 
@@ -184,19 +187,15 @@ def split_summary(profile, splits: list[str]):
         "clicks": "n_clicks",
         "conversions": "n_conversions",
     }
-    cols = []
+    cols = {}
     for s in splits:
         here = F.col("split") == s
-        cols += [
-            F.coalesce(F.sum(F.when(here, 1)), F.lit(0)).alias(f"{s}__episodes"),
-            F.countDistinct(F.when(here, F.col("task_key"))).alias(f"{s}__tasks"),
-        ]
-        cols += [
-            F.coalesce(F.sum(F.when(here, F.col(c))), F.lit(0)).alias(f"{s}__{m}")
-            for m, c in summed.items()
-        ]
-    cols.append((F.sum("n_clicks") / F.sum("n_samples")).alias("click_rate"))
-    return profile.agg(*cols)
+        cols[f"{s}__episodes"] = F.coalesce(F.sum(F.when(here, 1)), F.lit(0))
+        cols[f"{s}__tasks"] = F.countDistinct(F.when(here, F.col("task_key")))
+        for m, c in summed.items():
+            cols[f"{s}__{m}"] = F.coalesce(F.sum(F.when(here, F.col(c))), F.lit(0))
+    cols["click_rate"] = F.sum("n_clicks") / F.sum("n_samples")
+    return cols
 
 
 def raw_profile(raw):

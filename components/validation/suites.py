@@ -393,7 +393,8 @@ def episode_expectations(manifest: Manifest, *, with_interval: bool, with_previo
 
 
 def summary_expectations(expected: dict[tuple[str, str], int], thresholds: Thresholds) -> list:
-    """Expectations on ``profile.split_summary``: counts equal the manifest's, click rate in band.
+    """Expectations on the values of ``profile.split_summary`` (a one-row frame, judged by
+    ``runner.run_on_values``): counts equal the manifest's, click rate in band.
 
     Args:
         expected: ``(split, metric) -> count`` from the manifest (0 for a split it does not list).

@@ -9,10 +9,10 @@ value, fails the check (fail closed).
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 
 import pytest
 
+from components.validation.gx_reference import gx_results
 from components.validation.runner import run_expectations
 from components.validation.suites import _exp, _param
 
@@ -122,39 +122,15 @@ def _expectations() -> list:
     ]
 
 
-def _gx_results(df, expectations: list, parameters: dict) -> dict[str, dict]:
-    """GX's own verdicts (SUMMARY format), the oracle."""
-    import copy
-
-    import great_expectations as gx
-
-    context = gx.get_context(mode="ephemeral")
-    tag = uuid.uuid4().hex[:8]
-    source = context.data_sources.add_spark(name=f"s-{tag}", persist=False)
-    batch = source.add_dataframe_asset(name="a").add_batch_definition_whole_dataframe("whole")
-    suite = context.suites.add(gx.ExpectationSuite(name=f"s-{tag}"))
-    for e in expectations:
-        e = copy.deepcopy(e)
-        e.id = None
-        suite.add_expectation(e)
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=f"v-{tag}", data=batch, suite=suite)
-    )
-    result = definition.run(
-        batch_parameters={"dataframe": df},
-        expectation_parameters=parameters,
-        result_format={"result_format": "SUMMARY"},
-    )
-    return {r["expectation_config"]["meta"]["check"]: r for r in result.to_json_dict()["results"]}
-
-
 def test_one_pass_verdicts_equal_gx(spark):
     df = _frame(spark)
     expectations = _expectations()
     params = {"start": T0 + dt.timedelta(hours=2), "end": T0 + dt.timedelta(hours=9), "lo": 19.0}
 
     ours = {c.name: c for c in run_expectations("s", expectations, df, params, ["a"])}
-    oracle = _gx_results(df, expectations, params)
+    oracle = {
+        r["expectation_config"]["meta"]["check"]: r for r in gx_results(df, expectations, params)
+    }
 
     assert set(ours) == set(oracle)
     outcomes = {name: ours[name].success for name in ours}

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# OpenMP threads that spin while waiting for work steal the CPU of every other process of the
+# suite (Spark's JVM, gloo ranks, subprocess trainers) on a small machine; sleeping ones do not.
+# Set before any test imports torch, and inherited by every process a test starts.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

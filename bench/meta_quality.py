@@ -48,7 +48,8 @@ Target NOT met on either: every meta method is below tuned fine-tuning (generate
 -0.037), and none lifts GAUC over the plain model without adaptation (MetaEmb +0.000 / +0.001,
 every other method -0.005 to -0.019). What it shows, as the issue's outside benchmark did: pooled
 AUC after adaptation is mostly per-task base-rate calibration (the calibration-only baseline, no
-gradient step, beats every adapted row but tuned fine-tuning); every gradient adaptation lowers
+gradient step, beats every method's training-setting row and is within 0.012 of every tuned row,
+within 0.003 but tuned fine-tuning on generated); every gradient adaptation lowers
 GAUC (tuned fine-tuning most: its AUC gain is base rate, its ranking loss real); MAML-family
 shared models are badly calibrated before adaptation (pred/obs 2.1 on generated) and rank worse
 than the plain model; FiLM's encoder adds nothing over no adaptation here; MetaEmb keeps the

@@ -8,7 +8,9 @@ Rows (``result["rows"]``, in this order; ``level`` is ``episode`` or ``task``, s
   (:mod:`trainer.evaluation.baselines`);
 - ``training setting``: adapted with the run's own inner loop (``meta.inner_steps``,
   ``meta.inner_lr``, ``meta.adapt``); for a plain model, fine-tuning with the meta runs' setting;
-- ``grid``: every cell of ``steps x lr x scope`` (a step count of 0 is ``no adaptation``);
+- ``grid``: every cell of ``steps x lr x scope`` (a step count of 0 is ``no adaptation``), each
+  at the grid's step size (a Meta-SGD model's learned step sizes are its ``training setting``
+  row); none for FiLM (it adapts by a forward pass), one scope for MetaEmb (``grid_note``);
 - ``tuned on <split>``: the grid cell with the best ``tune_metric`` on ANOTHER split (by default
   ``valid_cold``: cold tasks held out from training and from the evaluated split), reported with
   its metrics on the evaluated split. Without such a split the row says why it is missing.

@@ -151,7 +151,9 @@ def parse_time(text: str) -> dt.datetime:
 
 
 def find_previous_episodes(root: str) -> str | None:
-    """The sibling ETL output whose interval ends where ``root``'s starts (None if there is none)."""
+    """The sibling ETL output of an equally long interval that ends where ``root``'s starts (None
+    if there is none): an episode count is compared with one of the same span, as raw rows are
+    (a 12-hour base period is not the previous interval of the hour after it)."""
     import pyarrow.fs as pafs
 
     manifest = load_manifest(root)
@@ -173,7 +175,8 @@ def find_previous_episodes(root: str) -> str | None:
         except ValueError:  # not an ETL output (or incomplete): not a candidate
             continue
         ob = interval_bounds(other)
-        if ob is not None and ob[1] == bounds[0] and other.task_key == manifest.task_key:
+        same_length = ob is not None and ob[1] - ob[0] == bounds[1] - bounds[0]
+        if same_length and ob[1] == bounds[0] and other.task_key == manifest.task_key:
             candidates.append(prefix + info.path)
     return sorted(candidates)[-1] if candidates else None
 

@@ -42,6 +42,12 @@ GAUC; "tuned FT": plain fine-tuning tuned on valid_cold; the best meta method by
     dataset     plain no adapt  calibration only  tuned FT       best meta (training setting)
     generated   .5920 / .6089   .6389 / .5985     .6509 / .5893  Meta-SGD layer .6138 / .5906
     movielens   .7080 / .7158   .7393 / .7108     .7446 / .6943  Meta-SGD param .7369 / .7024
+    synth. K=8  .6611 / .6824   .7120 / .6561     .7089 / .6498  Meta-SGD param .7166 / .6616
+    synth. K=32 .7146 / .7348   .7683 / .7165     .7691 / .7231  Meta-SGD param .7811 / .7307
+
+(synthetic: tuned on ``valid``, warm tasks.) Only synthetic K = 32 (per-task dense slopes, 32
+support samples) clears the AUC part (Meta-SGD +0.012 over tuned fine-tuning, +0.013 over
+calibration only); its GAUC is still 0.004 below the plain model without adaptation.
 
 Target NOT met on either: every meta method is below tuned fine-tuning (generated -0.037 to
 -0.066, MovieLens -0.008 to -0.042) and below calibration only (-0.025 to -0.054; -0.002 to

@@ -59,12 +59,31 @@ def main(root: str, point: str) -> None:
 
         ck.fsync_write = cut_write  # type: ignore[assignment]
     elif point == "pointer":  # latest is replaced by trainer.durable.write_atomic
+        real_create = durable.create_temp
 
-        def cut_pointer(path: Path, data: bytes) -> None:
-            pointer = path.name.startswith(f".{ck.LATEST}.tmp")
-            (_half if pointer else real_write)(path, data)
+        class HalfThenDie:
+            """``latest``'s temp file: half of its bytes reach the disk, then the process dies."""
 
-        durable.fsync_write = cut_pointer  # type: ignore[assignment]
+            def __init__(self, f: io.BufferedWriter) -> None:
+                self.f = f
+
+            def __enter__(self) -> HalfThenDie:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                self.f.close()
+
+            def write(self, data: bytes) -> None:
+                self.f.write(data[: len(data) // 2])
+                self.f.flush()
+                os.fsync(self.f.fileno())
+                _die()
+
+        def cut_pointer(path: Path, prefix: str = ".") -> tuple[Path, object]:
+            tmp, f = real_create(path, prefix)
+            return tmp, (HalfThenDie(f) if path.name == ck.LATEST else f)
+
+        durable.create_temp = cut_pointer  # type: ignore[assignment]
     elif point == "commit":
 
         def replace_then_die(src: str, dst: str) -> None:

@@ -46,14 +46,17 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 # Test tiers (tests/README.md): `test` is what a change must pass, `test-slow` what CI adds.
+# Two pytest-xdist workers, one test file each at a time (a file's module fixtures stay in one
+# worker; each worker has its own SparkSession and Airflow home). PARALLEL= runs in one process.
+PARALLEL ?= -n 2 --dist loadfile
 test: lint
-	$(BIN)/python -m pytest -m "not image_contract and not slow" --durations=25
+	$(BIN)/python -m pytest $(PARALLEL) -m "not image_contract and not slow" --durations=25
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not image_contract and not slow and not multiprocess" --durations=25
+	$(BIN)/python -m pytest $(PARALLEL) -m "not image_contract and not slow and not multiprocess" --durations=25
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m "slow and not image_contract" --durations=25
+	$(BIN)/python -m pytest $(PARALLEL) -m "slow and not image_contract" --durations=25
 
 # Each image's Python environment, built as its Dockerfile builds it, runs every entry point of that
 # image (tests/images/). Slow (fresh virtualenvs); CI runs it after `make test`.

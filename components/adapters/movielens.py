@@ -41,7 +41,7 @@ side_tables and their entities count as unknown.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -173,37 +173,46 @@ def _items(fs: pafs.FileSystem, f: SourceFile, side: Accounting) -> dict[str, An
     }
 
 
-def read(
-    fs: pafs.FileSystem, files: dict[str, SourceFile], config: AdapterConfig, acct: Accounting
-) -> Iterator[pa.Table]:
-    side = Accounting(log=acct.log)
-    users, items = _users(fs, files["users"], side), _items(fs, files["items"], side)
+def record_side_tables(
+    acct: Accounting, side: Accounting, tables: dict[str, dict[str, Any]]
+) -> None:
+    """Check the side files' accounting, attach it to ``acct`` and note their duplicate ids.
+
+    ``tables`` maps a side file's label to its table (``{"key": KeyIndex, column: array, ...}``);
+    a duplicate id keeps its first row (notes ``<label>:duplicate_ids_first_kept``).
+    """
     side.check_balanced()
     acct.side_tables = side.as_dict()["files"]
-    for label, table in ((files["users"].label, users), (files["items"].label, items)):
+    for label, table in tables.items():
         if table["key"].duplicates:
             acct.notes[f"{label}:duplicate_ids_first_kept"] = table["key"].duplicates
-    ratings = files["ratings"]
-    fields = ("user_id", "item_id", "rating", "timestamp")
-    for block in read_delimited(
-        fs,
-        ratings,
-        acct,
-        names=fields,
-        include=fields,
-        delimiter="\t",
-        has_header=False,
-        block_bytes=config.block_bytes,
-    ):
+
+
+def ratings_to_raw(
+    blocks: Iterable[pa.Table],
+    label: str,
+    users: dict[str, Any],
+    items: dict[str, Any],
+    acct: Accounting,
+    *,
+    event_prefix: str,
+) -> Iterator[pa.Table]:
+    """Blocks of MovieLens ratings -> raw records (the mapping of the module docstring).
+
+    ``blocks`` hold the string columns user_id, item_id, rating, timestamp of the ratings file
+    ``label``; ``users``/``items`` are the side tables (``KeyIndex`` under "key", then the raw
+    columns they supply). Rejected rows are accounted in ``acct`` under ``label``; the event id
+    is ``<event_prefix>-<user>-<item>-<timestamp>``. Shared by MovieLens-100K and -1M.
+    """
+    for block in blocks:
         c = block.columns
-        item_idx = items["key"].find(c["item_id"])
         checks = RowChecks(block.num_rows)
         checks.require(is_int(c["user_id"]), "bad_value:user_id")
         checks.require(is_int(c["item_id"]), "bad_value:item_id")
         checks.require(in_set(c["rating"], list("12345")), "bad_value:rating")
         checks.require(is_int(c["timestamp"]), "bad_value:timestamp")
-        checks.require(pc.is_valid(item_idx), "unknown_item")
-        block = acct.apply(ratings.label, block, checks)
+        checks.require(pc.is_valid(items["key"].find(c["item_id"])), "unknown_item")
+        block = acct.apply(label, block, checks)
         if block.num_rows == 0:
             continue
         c = block.columns
@@ -213,7 +222,7 @@ def read(
         seconds = pc.cast(c["timestamp"], pa.int64())
         mapped = {
             "event_id": pc.binary_join_element_wise(
-                "ml100k", c["user_id"], c["item_id"], c["timestamp"], "-"
+                event_prefix, c["user_id"], c["item_id"], c["timestamp"], "-"
             ),
             "event_time": timestamps_ms(pc.multiply(seconds, 1000)),
             "user_id": c["user_id"],
@@ -225,8 +234,30 @@ def read(
         }
         mapped |= {k: v.take(user_idx) for k, v in users.items() if k != "key"}
         mapped |= {k: v.take(item_idx) for k, v in items.items() if k != "key"}
-        acct.rows_written[ratings.label] += block.num_rows
+        acct.rows_written[label] += block.num_rows
         yield raw_table(block.num_rows, mapped)
+
+
+def read(
+    fs: pafs.FileSystem, files: dict[str, SourceFile], config: AdapterConfig, acct: Accounting
+) -> Iterator[pa.Table]:
+    side = Accounting(log=acct.log)
+    users, items = _users(fs, files["users"], side), _items(fs, files["items"], side)
+    record_side_tables(acct, side, {files["users"].label: users, files["items"].label: items})
+    fields = ("user_id", "item_id", "rating", "timestamp")
+    blocks = read_delimited(
+        fs,
+        files["ratings"],
+        acct,
+        names=fields,
+        include=fields,
+        delimiter="\t",
+        has_header=False,
+        block_bytes=config.block_bytes,
+    )
+    yield from ratings_to_raw(
+        blocks, files["ratings"].label, users, items, acct, event_prefix="ml100k"
+    )
 
 
 def describe(config: AdapterConfig) -> dict[str, Any]:

@@ -58,10 +58,9 @@ from components.adapters.canonical import (
     in_set,
     is_int,
     is_nonempty,
-    raw_table,
     recode,
-    timestamps_ms,
 )
+from components.adapters.movielens import ratings_to_raw, record_side_tables
 from components.adapters.reading import SourceFile, concat_blocks, locate_files, read_separated
 from components.adapters.run import AdapterConfig, Source
 
@@ -164,52 +163,19 @@ def read(
 ) -> Iterator[pa.Table]:
     side = Accounting(log=acct.log)
     users, items = _users(fs, files["users"], side), _items(fs, files["items"], side)
-    side.check_balanced()
-    acct.side_tables = side.as_dict()["files"]
-    for label, table in ((files["users"].label, users), (files["items"].label, items)):
-        if table["key"].duplicates:
-            acct.notes[f"{label}:duplicate_ids_first_kept"] = table["key"].duplicates
-    ratings = files["ratings"]
-    for block in read_separated(
+    record_side_tables(acct, side, {files["users"].label: users, files["items"].label: items})
+    blocks = read_separated(
         fs,
-        ratings,
+        files["ratings"],
         acct,
         names=("user_id", "item_id", "rating", "timestamp"),
         separator=SEPARATOR,
         encoding=ENCODING,
         block_bytes=config.block_bytes,
-    ):
-        c = block.columns
-        checks = RowChecks(block.num_rows)
-        checks.require(is_int(c["user_id"]), "bad_value:user_id")
-        checks.require(is_int(c["item_id"]), "bad_value:item_id")
-        checks.require(in_set(c["rating"], list("12345")), "bad_value:rating")
-        checks.require(is_int(c["timestamp"]), "bad_value:timestamp")
-        checks.require(pc.is_valid(items["key"].find(c["item_id"])), "unknown_item")
-        block = acct.apply(ratings.label, block, checks)
-        if block.num_rows == 0:
-            continue
-        c = block.columns
-        item_idx, user_idx = items["key"].find(c["item_id"]), users["key"].find(c["user_id"])
-        acct.notes["user_without_profile"] += user_idx.null_count
-        rating = pc.cast(c["rating"], pa.int8())
-        seconds = pc.cast(c["timestamp"], pa.int64())
-        mapped = {
-            "event_id": pc.binary_join_element_wise(
-                "ml1m", c["user_id"], c["item_id"], c["timestamp"], "-"
-            ),
-            "event_time": timestamps_ms(pc.multiply(seconds, 1000)),
-            "user_id": c["user_id"],
-            "ad_id": c["item_id"],
-            "campaign_id": c["item_id"],
-            "scene_id": "movielens",
-            "click": pc.cast(pc.greater_equal(rating, 4), pa.int8()),
-            "conversion": pc.cast(pc.equal(rating, 5), pa.int8()),
-        }
-        mapped |= {k: v.take(user_idx) for k, v in users.items() if k != "key"}
-        mapped |= {k: v.take(item_idx) for k, v in items.items() if k != "key"}
-        acct.rows_written[ratings.label] += block.num_rows
-        yield raw_table(block.num_rows, mapped)
+    )
+    yield from ratings_to_raw(
+        blocks, files["ratings"].label, users, items, acct, event_prefix="ml1m"
+    )
 
 
 def describe(config: AdapterConfig) -> dict[str, Any]:

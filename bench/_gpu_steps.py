@@ -252,11 +252,11 @@ def run_steps(
         seconds = res["median_step_ms"] / 1e3
         prec = name.rsplit(".", 1)[-1] if "." in name else "fp32"
         if name != "embedding_only":
-            res |= _flops_fraction(model_flops(shape) / seconds, prec, ceilings)
+            tflops = model_flops(shape) / seconds / 1e12
+            res |= _rate("model_tflops", tflops, ceilings.get(f"matmul_{prec}_tflops"), "matmul")
         if name != "mlp_only":
-            res |= _bandwidth_fraction(
-                embedding_bytes(shape, unique, shape.dim + 1) / seconds, ceilings
-            )
+            gbps = embedding_bytes(shape, unique, shape.dim + 1) / seconds / 1e9
+            res |= _rate("embedding_gbps", gbps, ceilings.get("device_copy_gbps"), "copy")
         variants[name] = res
     exact = {}
     for mode, prec in itertools.product(modes, precisions[1:]):
@@ -317,19 +317,11 @@ def profile_step(fn: StepFn, batches: list[EpisodeBatch], device: torch.device, 
     }
 
 
-def _flops_fraction(flops_per_s: float, prec: str, ceilings: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"model_tflops": round(flops_per_s / 1e12, 6)}
-    ceiling = ceilings.get(f"matmul_{prec}_tflops")
+def _rate(name: str, value: float, ceiling: float | None, ceiling_name: str) -> dict[str, Any]:
+    """``{name: value}``, and its fraction of the measured ceiling where there is one."""
+    out: dict[str, Any] = {name: round(value, 6)}
     if ceiling:
-        out["model_tflops_fraction_of_matmul_ceiling"] = round(flops_per_s / 1e12 / ceiling, 6)
-    return out
-
-
-def _bandwidth_fraction(bytes_per_s: float, ceilings: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"embedding_gbps": round(bytes_per_s / 1e9, 6)}
-    ceiling = ceilings.get("device_copy_gbps")
-    if ceiling:
-        out["embedding_gbps_fraction_of_copy_ceiling"] = round(bytes_per_s / 1e9 / ceiling, 6)
+        out[f"{name}_fraction_of_{ceiling_name}_ceiling"] = round(value / ceiling, 6)
     return out
 
 

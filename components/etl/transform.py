@@ -29,24 +29,12 @@ de-duplication aggregates ~10 %, numbering + chunk aggregate ~30 %, Parquet writ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from components.etl import dedup, encode, episodes, rows, splits
 from components.etl.config import EtlConfig, epoch_ms
 from trainer.data.contract import EPISODE_COLUMNS
 from trainer.data.hashing import HASH_CONTRACT, HASH_SEED, UNIT_BITS
 
 OBSERVED = ("rows_read", "blank_lines")
-
-
-@dataclass
-class Transformed:
-    """The transform's output and the metrics Spark observes while computing it."""
-
-    frame: object
-    """DataFrame: one row per chunk (see the module docstring)."""
-    observation: object
-    """``pyspark.sql.Observation`` with ``rows_read`` and ``blank_lines`` (after the first action)."""
 
 
 def hash_contract(num_buckets: int) -> dict:

@@ -568,3 +568,38 @@ class DynamicEmbeddingCollection:
             for m in self.maps.values():
                 m.counts = dict.fromkeys(COUNTERS, 0)
         return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The maps as an export carries them
+
+
+def exported_id_map(
+    state: dict[str, Any], tables: Sequence[DynamicTableConfig]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each dynamic feature's map as an export writes it: ``(ids, rows)``, the admitted local ids
+    (sorted, int64) and the row each one holds in the feature's PHYSICAL table (int64, in
+    ``[1 + fallback_rows, physical_rows)``).
+
+    ``state`` is an embedding state holding the maps (``dynamic.*``: a checkpoint's, merged over
+    its ranks, or :meth:`DynamicEmbeddingCollection.state_dict`). Scoring with the map maps a
+    local id as the trainer's evaluation does: 0 -> the null row 0, an admitted id -> its row,
+    any other id -> the fallback row ``1 + id % fallback_rows`` (``tables``' ``fallback_rows``).
+
+    Raises:
+        ValueError: ``state`` lacks the map of one of ``tables``.
+    """
+    out = {}
+    for t in tables:
+        key = f"{STATE_PREFIX}{t.feature}.keys"
+        if key not in state:
+            raise ValueError(
+                f"the embedding state has no map of the dynamic table {t.feature!r} ({key}): it "
+                "was saved by a run with other parallel.dynamic tables"
+            )
+        keys = torch.as_tensor(state[key]).cpu().to(torch.int64)
+        slots = (keys >= 0).nonzero().squeeze(1)
+        ids, order = torch.sort(keys.index_select(0, slots))
+        rows = 1 + t.fallback_rows + slots.index_select(0, order)
+        out[t.feature] = (ids.numpy().copy(), rows.numpy().copy())
+    return out

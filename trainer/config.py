@@ -210,11 +210,6 @@ class TrainerConfig:
                 "meta.mode 'maml', 'fomaml' and 'plain' (FiLM's encoder and MetaEmb's generator "
                 "read one label per sample); use one of those, or model.task = 'ctr'"
             )
-        if self.model.task == "esmm" and self.parallel.des != "off":
-            raise ValueError(
-                f"model.task = 'esmm' with parallel.des = {self.parallel.des!r}: DES is not "
-                "implemented for two towers yet; set parallel.des = 'off'"
-            )
 
     def eval_meta(self) -> MetaConfig:
         """The inner-loop settings of evaluation: ``eval.*`` where set, else ``meta.*``. Meta-SGD's

@@ -200,12 +200,12 @@ def cluster_report(
         every = log_every if c.name == "metrics" else 1
         rows.append({**dataclasses.asdict(c), "every_steps": every, **_time(c, W, links, every)})
     des = None
-    first = model.first_field_layer()
+    first = model.first_field_layers()
     spec = des_plan.describe_model(
         cfg.model.arch,
         plan,
         layout.feature_slots,
-        None if first is None else (first[0], int(first[1].weight.shape[1])),
+        [(name, int(layer.weight.shape[1])) for name, layer in first],
     )
     adapted = model.adapted_layers(cfg.meta.adapt) if cfg.meta.mode != "plain" else []
     ops, why_not = des_plan.admissible(spec, cfg.meta, adapted)

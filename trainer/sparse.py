@@ -36,8 +36,9 @@ class SparseOut:
       (models with a linear table);
     * ``fm_sum`` ``(..., D)`` and ``fm_sq`` ``(...,)``: the FM operator's sums over fields of
       ``e_f`` and of ``|e_f|^2`` (DES only; otherwise the FM term is computed from ``fields``);
-    * ``h1`` ``(..., H)``: the first deep layer's field part, ``concat(fields) @ W1`` without bias
-      (DES only).
+    * ``h1``: per first deep layer ``k``, its field part ``concat(fields) @ W1_k`` ``(..., H_k)``
+      without bias (DES only): one layer per tower, in the dense half's module order (a model of
+      several towers over one sparse half hands tower ``k`` its own with :meth:`tower`).
 
     ``source``: the rows it was pooled from (set by :class:`Pooling`), so that :meth:`side` pools
     a side from the rows again instead of slicing: the backward then scatters straight into the
@@ -48,7 +49,7 @@ class SparseOut:
     lr: Tensor | None = None
     fm_sum: Tensor | None = None
     fm_sq: Tensor | None = None
-    h1: Tensor | None = None
+    h1: tuple[Tensor, ...] | None = None
     source: PooledRows | None = field(default=None, repr=False, compare=False)
 
     def fm_term(self) -> Tensor:
@@ -62,7 +63,12 @@ class SparseOut:
         """``layer`` (weight ``(F*D, H)``, field-major) on the concatenated fields: the owners'
         ``h1`` plus the bias when DES substituted it, else ``layer(concat(fields))``."""
         if self.h1 is not None:
-            return self.h1 + layer.bias
+            if len(self.h1) != 1:
+                raise ValueError(
+                    f"this SparseOut holds the first-layer partials of {len(self.h1)} towers: a "
+                    "dense half of several towers gives each tower its own with SparseOut.tower(k)"
+                )
+            return self.h1[0] + layer.bias
         return layer(self.pooled().flatten(-2))
 
     def pooled(self) -> Tensor:
@@ -73,6 +79,14 @@ class SparseOut:
                 "only substituted partial sums (parallel.des): the DES operator set is wrong"
             )
         return self.fields
+
+    def tower(self, k: int) -> SparseOut:
+        """The input of tower ``k`` of a dense half of several towers over this sparse half
+        (ESMM): the same fields and terms, and tower ``k``'s first-layer partial when ``h1`` holds
+        one per tower."""
+        if self.h1 is None:
+            return self
+        return replace(self, h1=(self.h1[k],))
 
     def side(self, positions: slice) -> SparseOut:
         """The samples at ``positions`` of each episode (e.g. the support side)."""
@@ -87,16 +101,20 @@ class SparseOut:
 
     def apply(self, fn: Callable[[Tensor], Tensor]) -> SparseOut:
         """``fn`` on every present entry (the result has no ``source``)."""
-        return SparseOut(**{k: fn(v) for k, v in self.as_dict().items()})
+        return SparseOut.from_dict({k: fn(v) for k, v in self.as_dict().items()})
 
     def as_dict(self) -> dict[str, Tensor]:
-        """The present entries (a pytree ``vmap`` maps; :meth:`from_dict` rebuilds)."""
-        out = {k: getattr(self, k) for k in ("fields", "lr", "fm_sum", "fm_sq", "h1")}
+        """The present entries, flat (a pytree ``vmap`` maps; :meth:`from_dict` rebuilds): the
+        first-layer partials as ``h1.0``, ``h1.1``, ..."""
+        out = {k: getattr(self, k) for k in ("fields", "lr", "fm_sum", "fm_sq")}
+        out.update({f"h1.{k}": h for k, h in enumerate(self.h1 or ())})
         return {k: v for k, v in out.items() if v is not None}
 
     @classmethod
     def from_dict(cls, entries: dict[str, Tensor]) -> SparseOut:
-        return cls(**entries)
+        h1 = [entries[f"h1.{k}"] for k in range(len(entries)) if f"h1.{k}" in entries]
+        rest = {k: v for k, v in entries.items() if not k.startswith("h1.")}
+        return cls(**rest, h1=tuple(h1) if h1 else None)
 
     def with_row_offsets(self, fields_offset: Tensor, lr_offset: Tensor | None) -> SparseOut:
         """Add pooled task-local row offsets (meta learning's ``dense+emb``): pooling is linear,

@@ -209,8 +209,7 @@ def test_configs_refuse_what_esmm_does_not_support():
     esmm, data = ModelConfig(task="esmm"), DataConfig(path="/data")
     with pytest.raises(ValueError, match=r"meta.mode = 'film'"):
         TrainerConfig(data=data, model=esmm, meta=MetaConfig(mode="film"))
-    with pytest.raises(ValueError, match=r"parallel.des = 'on'"):
-        TrainerConfig(data=data, model=esmm, parallel=ParallelConfig(des="on"))
+    TrainerConfig(data=data, model=esmm, parallel=ParallelConfig(des="on"))  # DES: per tower
     TrainerConfig(data=data, model=esmm, meta=MetaConfig(mode="fomaml"))
 
 

@@ -124,7 +124,7 @@ def test_first_dense_layer_is_a_sum_of_per_field_partial_products():
         SparseOut(fields=e).first_layer(layer), torch.cat([e[:, f] for f in range(3)], 1) @ w + b
     )
     # from the field part computed elsewhere (h1 = concat(e) @ W, what DES's owners sum)
-    torch.testing.assert_close(SparseOut(h1=e.flatten(1) @ w).first_layer(layer), per_field)
+    torch.testing.assert_close(SparseOut(h1=(e.flatten(1) @ w,)).first_layer(layer), per_field)
 
 
 def test_dlrm_interaction_takes_each_pair_once():

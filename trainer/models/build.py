@@ -128,16 +128,15 @@ class RecModel(nn.Module):
         ``(..., Dn)``; ``(..., 2)`` (``[ctr, cvr]``) for ``task = "esmm"``."""
         return self.dense_half(sparse, dense)
 
-    def first_field_layer(self) -> tuple[str, Linear] | None:
-        """The first deep layer's field part (module name in ``dense_half`` and the layer), which
-        a collection may apply itself (``SparseOut.h1``); None for models without one (DLRM) and
-        for ESMM (two towers, two first layers)."""
-        if isinstance(self.dense_half, ESMMDense):
-            return None
-        for name, module in self.dense_half.named_modules():
-            if isinstance(module, FieldLinear):
-                return f"{name}.from_fields", module.from_fields
-        return None
+    def first_field_layers(self) -> list[tuple[str, Linear]]:
+        """The field part of each tower's first deep layer (module name in ``dense_half`` and the
+        layer), which a collection may apply itself (``SparseOut.h1``), in module order (tower
+        ``k`` reads ``SparseOut.tower(k)``): one, two for ESMM, none for DLRM."""
+        return [
+            (f"{name}.from_fields", module.from_fields)
+            for name, module in self.dense_half.named_modules()
+            if isinstance(module, FieldLinear)
+        ]
 
     def adapted_names(self, adapt: str) -> list[str]:
         """Dense parameter names that the inner loop adapts for ``adapt`` (``MetaConfig.adapt``)."""

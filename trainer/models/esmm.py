@@ -40,7 +40,8 @@ class ESMMDense(nn.Module):
         self.cvr = cvr
 
     def forward(self, sparse: SparseOut, dense: Tensor) -> Tensor:
-        return torch.stack([self.ctr(sparse, dense), self.cvr(sparse, dense)], dim=-1)
+        ctr, cvr = (getattr(self, t)(sparse.tower(k), dense) for k, t in enumerate(HEADS))
+        return torch.stack([ctr, cvr], dim=-1)
 
     def layer_names(self) -> list[list[str]]:
         """Main-path layers of the CTR tower, then of the CVR tower (each input to output)."""

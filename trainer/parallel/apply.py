@@ -108,15 +108,12 @@ def build_des(
     Raises:
         ValueError: ``mode`` asks for an operator that cannot apply (``des_plan.check_on``).
     """
-    first = net.first_field_layer()
-    if net.cfg.arch not in des_plan.APPLICABLE or not des_plan.APPLICABLE[net.cfg.arch]:
-        first = None  # DLRM: no operator applies
-    shape = None if first is None else (first[0], int(first[1].weight.shape[1]))
-    spec = des_plan.describe_model(net.cfg.arch, coll.plan, coll.pooling.slots_per_field(), shape)
+    first = net.first_field_layers() if des_plan.APPLICABLE.get(net.cfg.arch) else []
+    shapes = [(name, int(layer.weight.shape[1])) for name, layer in first]
+    spec = des_plan.describe_model(net.cfg.arch, coll.plan, coll.pooling.slots_per_field(), shapes)
     adapted = net.adapted_layers(meta.adapt) if meta is not None else []
     allowed = des_plan.admissible(spec, meta, adapted)
-    weight = None if first is None else first[1].weight
-    return DESExchange(coll, spec, mode, allowed, weight)
+    return DESExchange(coll, spec, mode, allowed, tuple(layer.weight for _, layer in first))
 
 
 def build_dynamic_model(

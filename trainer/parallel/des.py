@@ -17,7 +17,7 @@ One step, on every rank (requester ``r`` with ``B`` samples; owner ``j``)::
     request  all_to_all bytes: [owner's unique local rows int32 | per owned slot the
              index into them int16/32 | bitmask of owned slots]                      "des.request"
     owner    rows R (leaves) -> per sample and field e_f^j (pooling) -> partials
-             [lr | fm_sum, fm_sq, fm_split | h1 = concat(e^j) @ W1]  (B_r, P) per requester
+             [lr | fm_sum, fm_sq, fm_split | h1 = concat(e^j) @ W1 per tower]  (B_r, P)
     forward  all_to_all floats: partials (+ rows of tables still needed)              "des.forward"
     requester  P = sum over owners -> SparseOut -> model -> loss.backward()
     backward all_to_all floats: dL/dP to every owner (+ row gradients)               "des.backward"
@@ -64,7 +64,7 @@ class _Owner:
     out: Tensor | None = None
     """``(sum of requesters' samples, P)``: the partial sums, a graph over ``leaves``."""
     leaves: dict[str, Tensor] = field(default_factory=dict)
-    """``emb``/``linear`` rows and ``w1`` (a detached copy of the first layer's weight)."""
+    """``emb``/``linear`` rows and ``w1.k`` (a detached copy of tower ``k``'s first-layer weight)."""
     grads: Tensor | None = None
     """Summed ``[emb | linear]`` gradients of ``rows`` after the backward exchange."""
 
@@ -88,8 +88,9 @@ class DESExchange:
         mode: ``on`` (every operator that applies, else ``ValueError``), ``auto`` (the cheapest
             admissible subset, decided on the first step) or an explicit tuple of operators.
         admissible: ``des_plan.admissible(...)``: the operators allowed and why others are not.
-        first_layer_weight: the first deep layer's field weight ``W1`` ``(F*D, H)`` (replicated),
-            which the owners multiply for the ``first`` operator; None when the model has none.
+        first_layer_weights: each tower's first deep layer field weight ``W1_k`` ``(F*D, H_k)``
+            (replicated; ``RecModel.first_field_layers`` order), which the owners multiply for the
+            ``first`` operator; ``()`` when the model has none.
     """
 
     def __init__(
@@ -98,11 +99,11 @@ class DESExchange:
         spec: DESModel,
         mode: str | tuple[str, ...],
         admissible: tuple[tuple[str, ...], list[str]],
-        first_layer_weight: Tensor | None,
+        first_layer_weights: tuple[Tensor, ...],
     ) -> None:
         self.coll, self.plan, self.comm, self.spec = coll, coll.plan, coll.comm, spec
         self.allowed, self.excluded = admissible
-        self.w1 = first_layer_weight
+        self.w1 = first_layer_weights
         self.ops: tuple[str, ...] | None = None
         if mode == "on":
             self.ops = des_plan.check_on(spec, admissible)
@@ -267,8 +268,8 @@ class DESExchange:
         widths = spec.widths(ops)
         tables = spec.row_tables(ops)
         anchor = torch.zeros(0, dtype=self.coll.dtype, device=self.device, requires_grad=True)
-        w1 = self.w1 if "h1" in widths else None
-        psum, rows = _ReturnTrip.apply(self, step, anchor, w1)
+        w1 = self.w1 if "h1" in widths else ()
+        psum, rows = _ReturnTrip.apply(self, step, anchor, *w1)
         T, N = step.inverse.shape[:2]
         cols = dict(zip(widths, torch.split(psum, list(widths.values()), 1), strict=True))
         out = SparseOut()
@@ -279,7 +280,8 @@ class DESExchange:
             out.fm_sum = cols["fm_sum"].reshape(T, N, D)
             out.fm_sq = (cols["fm_sq"].squeeze(1) + split.square().sum((1, 2))).reshape(T, N)
         if "h1" in cols:
-            out.h1 = cols["h1"].reshape(T, N, -1)
+            towers = torch.split(cols["h1"], list(spec.hidden), 1)
+            out.h1 = tuple(h.reshape(T, N, -1) for h in towers)
         col, pooling = 0, self.coll.pooling
         if "emb" in tables:  # rows still exchanged for an operator that is not substituted
             out.fields, col = pooling.fields(rows[:, :D], step.inverse), D
@@ -328,9 +330,10 @@ class DESExchange:
                 parts.append(e[:, whole].square().sum((1, 2))[:, None])
                 parts.append(e[:, split].flatten(1))
             if "h1" in widths:
-                assert self.w1 is not None, "DES 'first' needs the first layer's weight"
-                w1 = own.leaves["w1"] = self.w1.detach().requires_grad_()
-                parts.append(e.flatten(1) @ w1)
+                assert self.w1, "DES 'first' needs the first layers' weights"
+                for k, weight in enumerate(self.w1):  # one partial per tower
+                    w1 = own.leaves[f"w1.{k}"] = weight.detach().requires_grad_()
+                    parts.append(e.flatten(1) @ w1)
             own.out = torch.cat(parts, 1)
         return own
 
@@ -367,10 +370,12 @@ class DESExchange:
         assert psum is not None
         return psum, rows
 
-    def backward_trip(self, step: _Step, g_psum: Tensor, g_rows: Tensor) -> Tensor | None:
+    def backward_trip(
+        self, step: _Step, g_psum: Tensor, g_rows: Tensor
+    ) -> tuple[Tensor | None, ...]:
         """The partial sums' and exchanged rows' gradients to the owners (``des.backward``), which
         backpropagate their part: row gradients kept for :meth:`take_owner_gradients`; returns
-        this owner's gradient of ``W1`` (None without the ``first`` operator)."""
+        this owner's gradient of each tower's ``W1`` (``()`` without the ``first`` operator)."""
         own = step.own
         assert own is not None and own.out is not None
         spec, ops, D = self.spec, self.ops or (), self.coll.dim
@@ -407,7 +412,7 @@ class DESExchange:
                 total[:, sl].index_add_(0, inv, g[:, col : col + n])
             col += n
         own.grads = total
-        return grads.get("w1")
+        return tuple(g for k, g in grads.items() if k.startswith("w1."))
 
     def take_owner_gradients(self) -> tuple[Tensor, Tensor]:
         """This owner's rows of the last DES step (unique local rows) and their summed ``[emb |
@@ -426,24 +431,23 @@ class DESExchange:
 class _ReturnTrip(torch.autograd.Function):
     """The DES exchange as one autograd node. Forward: the owners' partial sums (and the rows of
     the still-exchanged tables) this rank asked for. Backward: their gradients back to the owners,
-    whose own graph gives the row gradients (kept by the exchange) and ``W1``'s gradient (returned
-    for the ``w1`` input, so it lands in ``W1.grad`` and the dense all-reduce sums it).
+    whose own graph gives the row gradients (kept by the exchange) and each tower's ``W1``
+    gradient (returned for the ``w1`` inputs, so it lands in ``W1.grad`` and the dense all-reduce
+    sums it).
 
     ``anchor`` is an empty tensor that requires grad: it stands for the owners' rows (held on
-    other ranks), so that autograd reaches this node even when ``w1`` is absent.
+    other ranks), so that autograd reaches this node even when there is no ``w1``.
     """
 
     @staticmethod
     def forward(
-        ctx: Any, exchange: DESExchange, step: _Step, anchor: Tensor, w1: Tensor | None
+        ctx: Any, exchange: DESExchange, step: _Step, anchor: Tensor, *w1: Tensor
     ) -> tuple[Tensor, Tensor]:
         ctx.exchange, ctx.step = exchange, step
         return exchange.forward_trip(step)
 
     @staticmethod
     @once_differentiable
-    def backward(
-        ctx: Any, g_psum: Tensor, g_rows: Tensor
-    ) -> tuple[None, None, None, Tensor | None]:
+    def backward(ctx: Any, g_psum: Tensor, g_rows: Tensor) -> tuple[Tensor | None, ...]:
         g_w1 = ctx.exchange.backward_trip(ctx.step, g_psum, g_rows)
-        return None, None, None, g_w1
+        return None, None, None, *g_w1

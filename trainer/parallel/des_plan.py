@@ -9,6 +9,7 @@ the rows it holds, for every requesting rank's samples)::
     fm        FM second order 0.5 (|sum_f e_f|^2 - sum_f |e_f|^2)
                                                            D + 1 floats, + D per "split" field
     first     concat_f(e_f) @ W1  (the first deep layer)   H floats  (W1 replicated, H = width)
+              per tower: ESMM's two towers have two first layers, so 2 H floats
 
 Which apply: DeepFM lr + fm + first; Wide&Deep lr + first; MeLU first; DLRM nothing: its dot
 interaction ``<e_i, e_j>`` is not a sum over fields of per-field terms (pairs of fields held by
@@ -83,11 +84,13 @@ class DESModel:
     arch: str
     dim: int
     num_fields: int
-    hidden: int
-    """Width of the first deep layer (0: no such layer)."""
+    hidden: tuple[int, ...]
+    """Width of each tower's first deep layer (``()``: no such layer)."""
     linear: bool
-    first_layer: str | None
-    """Module name (in the dense half) of the first layer's field part, e.g. ``deep.first.from_fields``."""
+    first_layers: tuple[str, ...]
+    """Module names (in the dense half) of the first layers' field parts, one per tower, e.g.
+    ``("deep.first.from_fields",)``; ESMM: ``("ctr.deep.first.from_fields",
+    "cvr.deep.first.from_fields")``."""
     split_fields: tuple[int, ...]
     """Multi-slot row-wise fields: their FM term needs the per-owner partial embedding."""
 
@@ -99,7 +102,7 @@ class DESModel:
         if "fm" in ops:
             out.update(fm_sum=self.dim, fm_sq=1, fm_split=self.dim * len(self.split_fields))
         if "first" in ops:
-            out["h1"] = self.hidden
+            out["h1"] = sum(self.hidden)
         return out
 
     def row_tables(self, ops: tuple[str, ...]) -> tuple[str, ...]:
@@ -115,12 +118,11 @@ def describe_model(
     arch: str,
     plan: ShardingPlan,
     slots_per_field: Sequence[int],
-    first_layer: tuple[str, int] | None,
+    first_layers: Sequence[tuple[str, int]],
 ) -> DESModel:
-    """:class:`DESModel` of a model of ``arch`` under a ``ShardingPlan``; ``first_layer``: the
-    module name and width of the first deep layer's field part (``RecModel.first_field_layer``),
-    None when the model has none."""
-    name, hidden = first_layer if first_layer is not None else (None, 0)
+    """:class:`DESModel` of a model of ``arch`` under a ``ShardingPlan``; ``first_layers``: the
+    module name and width of each tower's first deep layer field part
+    (``RecModel.first_field_layers``), none when the model has none."""
     split = tuple(
         f for f, t in enumerate(plan.tables) if slots_per_field[f] > 1 and t.sharding == "row_wise"
     )
@@ -128,9 +130,9 @@ def describe_model(
         arch=arch,
         dim=plan.dim,
         num_fields=len(plan.tables),
-        hidden=hidden,
+        hidden=tuple(h for _, h in first_layers),
         linear=plan.linear,
-        first_layer=name,
+        first_layers=tuple(n for n, _ in first_layers),
         split_fields=split,
     )
 
@@ -148,10 +150,11 @@ def admissible(
     if meta_on and meta.adapt == "dense+emb" and ops:
         why.append("meta.adapt='dense+emb' adapts task-local copies of the rows on the requester")
         ops = []
-    if meta_on and "first" in ops and des.first_layer in adapted_layers:
+    adapted_first = [n for n in des.first_layers if n in adapted_layers]
+    if meta_on and "first" in ops and adapted_first:
         why.append(
-            f"meta.adapt={meta.adapt!r} adapts the first layer ({des.first_layer}), whose field "
-            "weights DES multiplies on the owners"
+            f"meta.adapt={meta.adapt!r} adapts the first layer ({', '.join(adapted_first)}), "
+            "whose field weights DES multiplies on the owners"
         )
         ops.remove("first")
     return tuple(ops), why

@@ -59,10 +59,8 @@ def _predicted(world_size: int) -> list[dict[str, dict[str, int]]]:
     plan = build_sharding_plan(layout(), world_size, CASE.model_cfg(), dtype=torch.float64)
     batches = [global_batch(0, world_size, r) for r in range(world_size)]
     requests = cost_model.requests_from_ids(plan, [b.ids for b in batches])
-    first = model.first_field_layer()
-    spec = des_plan.describe_model(
-        "deepfm", plan, layout().feature_slots, (first[0], first[1].weight.shape[1])
-    )
+    first = [(n, layer.weight.shape[1]) for n, layer in model.first_field_layers()]
+    spec = des_plan.describe_model("deepfm", plan, layout().feature_slots, first)
     counts = [
         cost_model.des_request_counts(plan, b.ids, b.inverse, r) for r, b in enumerate(batches)
     ]
@@ -85,7 +83,7 @@ def test_des_bytes_summed_over_ranks_are_des_plans_estimate() -> None:
     """des_plan charges a step's bytes to the requester, the meter to the sender: same totals."""
     W = 4
     plan = build_sharding_plan(layout(), W, CASE.model_cfg(), dtype=torch.float64)
-    spec = des_plan.describe_model("deepfm", plan, layout().feature_slots, ("first", 8))
+    spec = des_plan.describe_model("deepfm", plan, layout().feature_slots, [("first", 8)])
     batches = [global_batch(0, W, r) for r in range(W)]
     counts = [
         cost_model.des_request_counts(plan, b.ids, b.inverse, r) for r, b in enumerate(batches)

@@ -2,11 +2,13 @@
 logits, the losses and ALL gradients (dense parameters after the all-reduce, W1 included; every
 non-null embedding and linear row at its owner) equal the unsubstituted single-process computation
 over the union of the ranks' episodes, for DeepFM, Wide&Deep and MeLU in plain, MAML and FOMAML
-training; DLRM keeps the row exchange (nothing applies). Plus, without processes: which operators
+training, and for ESMM's two towers (two first layers: one partial each); DLRM keeps the row
+exchange (nothing applies). Plus, without processes: which operators
 apply to which model, the adapt rules, and the byte model that ``auto`` decides on."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import pytest
@@ -61,6 +63,27 @@ class DESCase:
         return self.arch != "dlrm"
 
 
+@dataclass(frozen=True)
+class ESMMRef(Case):
+    """The parity oracle's ESMM model (``model.task = "esmm"``: a CTR and a CVR tower)."""
+
+    def model_cfg(self) -> ModelConfig:
+        return dataclasses.replace(super().model_cfg(), task="esmm")
+
+
+@dataclass(frozen=True)
+class ESMMDESCase(DESCase):
+    """DES on ESMM: every operator, the first layer once per tower."""
+
+    @property
+    def name(self) -> str:
+        return f"esmm-{super().name}"
+
+    @property
+    def ref(self) -> Case:
+        return ESMMRef(self.arch, self.mode, "head", table_wise=self.table_wise)
+
+
 WORLD2 = [
     DESCase(arch, mode)
     for arch in ("deepfm", "wide_deep", "melu")
@@ -71,6 +94,9 @@ WORLD2 = [
     DESCase("deepfm", "fomaml", table_wise=("tags",)),  # FM of a multi-slot field on one owner
     DESCase("deepfm", "maml", ("lr",)),  # mixed: the embedding rows still travel
     DESCase("deepfm", "plain", ("fm", "first")),  # mixed: the linear rows still travel
+    ESMMDESCase("deepfm", "maml"),  # lr + fm shared by the towers, one h1 per tower
+    ESMMDESCase("melu", "fomaml", ("first",)),
+    ESMMDESCase("wide_deep", "plain"),
 ]
 WORLD4 = [
     DESCase("deepfm", "maml"),
@@ -79,10 +105,6 @@ WORLD4 = [
     DESCase("dlrm", "fomaml", "auto"),
 ]
 WORLD1 = [DESCase("deepfm", "maml"), DESCase("wide_deep", "fomaml"), DESCase("melu", "plain")]
-
-
-def _model_cfg(arch: str) -> ModelConfig:
-    return Case(arch, "plain").model_cfg()
 
 
 def rank_job(env: ParallelEnv, cases: list[DESCase]) -> dict:
@@ -94,7 +116,7 @@ def rank_job(env: ParallelEnv, cases: list[DESCase]) -> dict:
             table_wise=case.table_wise, des=case.des if case.des == "auto" else "on"
         )
         model, plan = build_parallel_model(
-            _model_cfg(case.arch), layout(), env, pcfg, seed=0, dtype=DTYPE, meta=meta
+            case.ref.model_cfg(), layout(), env, pcfg, seed=0, dtype=DTYPE, meta=meta
         )
         coll = model.embeddings
         if isinstance(case.des, tuple):  # an explicit subset (what auto may pick)
@@ -234,9 +256,21 @@ def test_des_equals_the_unsubstituted_computation_at_world_size_1(case, world1) 
 
 
 # ----------------------------------------------------------------- no processes
-def _des(arch: str, mode: str = "maml", adapt: str = "head", des="on", head_layers: int = 2):
+def _des(
+    arch: str,
+    mode: str = "maml",
+    adapt: str = "head",
+    des="on",
+    head_layers: int = 2,
+    esmm: bool = False,
+):
     cfg = ModelConfig(
-        arch=arch, embedding_dim=4, mlp=(8, 4), bottom_mlp=(4,), head_layers=head_layers
+        arch=arch,
+        embedding_dim=4,
+        mlp=(8, 4),
+        bottom_mlp=(4,),
+        head_layers=head_layers,
+        task="esmm" if esmm else "ctr",
     )
     plan = build_sharding_plan(layout(), 1, cfg, ParallelConfig())
     coll = ShardedEmbeddingCollection(plan, Collectives(0, 1), layout().slot_feature)
@@ -248,12 +282,24 @@ def test_operators_that_apply_to_each_model() -> None:
     assert _des("deepfm").ops == ("lr", "fm", "first")
     assert _des("wide_deep").ops == ("lr", "first")
     assert _des("melu").ops == ("first",)
-    assert _des("deepfm").spec.first_layer == "deep.first.from_fields"
-    assert _des("melu").spec.first_layer == "decision.first.from_fields"
+    assert _des("deepfm").spec.first_layers == ("deep.first.from_fields",)
+    assert _des("melu").spec.first_layers == ("decision.first.from_fields",)
     assert _des("deepfm").spec.split_fields == (3,)  # "tags": 3 slots, row-wise
     with pytest.raises(ValueError, match="dlrm: no operator is a sum over fields"):
         _des("dlrm")
     assert _des("dlrm", des="auto").allowed == ()
+
+
+def test_esmm_substitutes_the_first_layer_of_each_tower() -> None:
+    des = _des("deepfm", esmm=True)
+    assert des.ops == ("lr", "fm", "first")
+    assert des.spec.first_layers == ("ctr.deep.first.from_fields", "cvr.deep.first.from_fields")
+    assert des.spec.widths(("first",)) == {"h1": 8 + 8}
+    assert len(des.w1) == 2 and des.w1[0] is not des.w1[1]
+    with pytest.raises(ValueError, match=r"first layer \(ctr.deep.first.from_fields, cvr.deep"):
+        _des("deepfm", adapt="dense", esmm=True)
+    with pytest.raises(ValueError, match="dlrm: no operator is a sum over fields"):
+        _des("dlrm", esmm=True)
 
 
 def test_substituted_operators_adapt_only_in_the_outer_loop() -> None:
@@ -280,9 +326,9 @@ def _model(arch: str, dim: int, hidden: int, split: int = 0) -> des_plan.DESMode
         arch,
         dim,
         8,
-        hidden,
+        (hidden,),
         arch in ("deepfm", "wide_deep"),
-        "deep.first.from_fields",
+        ("deep.first.from_fields",),
         tuple(range(split)),
     )
 

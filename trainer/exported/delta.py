@@ -8,9 +8,13 @@ of the same model writes (:func:`plan_delta`, :func:`write_delta`)::
     tables/rows.npy         (C,) int64, sorted unique indices of the rows that changed
     tables/emb.npy          (C, D) float32, those rows (and tables/linear.npy (C, 1))
     dense/...               every dense parameter and the graph, in full (they are small)
+    tables/id_map/...       with dynamic tables, each map's change since the base: the ids
+                            admitted (or moved) with their rows, and the ids evicted; or the
+                            whole map when that is smaller (:mod:`trainer.exported.id_maps`)
 
 and ``CHECKSUMS`` as any version. A row "changed" when any of its bits differ from the base's
-materialized row, so applying the chain reproduces the full export's tables bit for bit.
+materialized row, so applying the chain reproduces the full export's tables (and id maps) bit
+for bit.
 
 Loading (:func:`materialize`) follows the ``base`` links down to a full export, verifies every
 link's checksums and that each base is the exact version its delta was written on (the sha256 of
@@ -41,6 +45,7 @@ from trainer.exported.artifact import (
     read_json,
     verify_checksums,
 )
+from trainer.exported.id_maps import IdMap, materialize_id_maps
 from trainer.exported.tensors import load_array, save_array
 
 log = logging.getLogger(__name__)
@@ -151,6 +156,11 @@ def _compatible(base: Link, desc: dict[str, Any], spec: dict[str, Any], base_spe
         return "the feature spec changed"
     if set(base.desc.get("tables", {})) != set(desc["tables"]):
         return "the set of tables changed"
+    dynamic = {
+        f: [d["capacity"], d["fallback_rows"]] for f, d in (base.desc.get("dynamic") or {}).items()
+    }
+    if dynamic != _plain(desc.get("dynamic") or {}):
+        return "the dynamic tables changed"
     return ""
 
 
@@ -162,6 +172,8 @@ class DeltaPlan:
     base_checksums: str
     depth: int
     rows: np.ndarray
+    id_maps: dict[str, IdMap]
+    """The base's maps of the dynamic tables (the delta writes their changes)."""
 
 
 def plan_delta(
@@ -172,7 +184,8 @@ def plan_delta(
 
     Args:
         tables: the new export's full tables (``emb`` and possibly ``linear``).
-        desc: the new export's ``model`` config and ``tables`` names (as in ``model.json``).
+        desc: the new export's ``model`` config, ``tables`` names (as in ``model.json``) and
+            ``dynamic`` tables (feature -> ``[capacity, fallback_rows]``).
         spec: the new export's ``feature_spec.json``.
     """
     versions = list_versions(model_dir)
@@ -186,6 +199,7 @@ def plan_delta(
             why = f"its chain is {len(links)} versions long (FULL_EVERY={FULL_EVERY})"
         if not why:
             old = materialize(links, mmap=True)
+            old_maps = materialize_id_maps(links)
             if any(old[k].shape != v.shape for k, v in tables.items()):
                 why = "the table shapes changed"
     except (ExportError, KeyError, TypeError, ValueError) as e:
@@ -203,6 +217,7 @@ def plan_delta(
         base_checksums=sha256_file(base.path / CHECKSUMS_FILE),
         depth=len(links),
         rows=np.flatnonzero(changed).astype(np.int64),
+        id_maps=old_maps,
     )
 
 

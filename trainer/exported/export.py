@@ -45,6 +45,7 @@ from trainer.config import TrainerConfig
 from trainer.config_loader import build, to_dict
 from trainer.data.contract import ContractError, Manifest, load_manifest
 from trainer.data.hashing import HASH_CONTRACT
+from trainer.dynamic import exported_id_map, physical_layout
 from trainer.exported import delta as deltas
 from trainer.exported.artifact import (
     FEATURES_FILE,
@@ -62,6 +63,7 @@ from trainer.exported.artifact import (
     verify_checksums,
     write_json,
 )
+from trainer.exported.id_maps import IdMap, IdMaps, write_id_maps
 from trainer.exported.model import DenseGraph, TableEmbeddings, layout_of
 from trainer.exported.tensors import save_array, save_graph
 from trainer.meta import export_refusal
@@ -269,12 +271,6 @@ def export_checkpoint(
         refusal = export_refusal(cfg.meta)
         if refusal:
             raise CheckpointError(refusal)
-        if cfg.parallel.dynamic:
-            raise CheckpointError(
-                "the run has dynamic embedding tables (parallel.dynamic): an export holds one row "
-                "per hashed id and cannot carry their id -> row maps yet; export a run without "
-                "parallel.dynamic"
-            )
         man = _manifest(manifest or cfg.data.path, meta)
         problems = checkpoint_problems(ckpt, cfg, man)
         if problems:
@@ -292,12 +288,19 @@ def export_checkpoint(
         raise ExportError(f"cannot export {ckpt}: {e}") from None
     spec = _feature_spec(man)
     layout = layout_of(spec)
+    dynamic = list(cfg.parallel.dynamic)
+    id_maps = exported_id_map(full, dynamic)
+    maps = None
+    if dynamic:  # the run's dynamic tables: scoring reads the rows their id maps give
+        each = {t.feature: IdMap(*id_maps[t.feature], t.capacity, t.fallback_rows) for t in dynamic}
+        maps = IdMaps(layout, each)
     emb = full["emb.weight"].detach().to(torch.float32).contiguous().numpy()
     lin = full.get("linear.weight")
     lin = None if lin is None else lin.detach().to(torch.float32).contiguous().numpy()
-    if np.any(emb[list(layout.table_offsets)]):
+    null_rows = physical_layout(layout, dynamic).table_offsets
+    if np.any(emb[list(null_rows)]):
         raise ExportError(f"{ckpt}: a null (padding) row of the embedding table is not zero")
-    tables = TableEmbeddings(emb, lin, list(layout.table_offsets), layout.slot_feature)
+    tables = TableEmbeddings(emb, lin, layout, maps)
     net = build_model(cfg.model, layout, tables)
     net.load_state_dict(dense)
     net.eval()
@@ -327,8 +330,12 @@ def export_checkpoint(
     tables = {key: f"tables/{key}.npy" for key in arrays}
     plan = None
     if delta:
-        plan = deltas.plan_delta(model_dir, arrays, {"model": to_dict(cfg.model), "tables": tables},
-                                 spec)  # fmt: skip
+        desc = {
+            "model": to_dict(cfg.model),
+            "tables": tables,
+            "dynamic": {t.feature: [t.capacity, t.fallback_rows] for t in dynamic},
+        }
+        plan = deltas.plan_delta(model_dir, arrays, desc, spec)
 
     def write(tmp: Path) -> None:
         index: dict[str, Any] = {}
@@ -343,6 +350,10 @@ def export_checkpoint(
                 index[rel] = save_array(tmp / rel, arrays[key])
         else:
             delta_entry = deltas.write_delta(tmp, plan, arrays, index)
+        dynamic_entry = None
+        if dynamic:
+            base_maps = None if plan is None else plan.id_maps
+            dynamic_entry = write_id_maps(tmp, id_maps, dynamic, index, base_maps)
         if program is not None:
             save_graph(tmp / GRAPH_FILE, program)
         inputs = ["emb (rows, dim) float32", "inverse (samples, slots) int64",
@@ -359,8 +370,9 @@ def export_checkpoint(
                           "= sigmoid(ctr) * sigmoid(cvr)" if cfg.model.task == "esmm" else
                           "logits (samples,) float32; score = sigmoid(logit)",
                 "rows": "emb/linear rows of the sorted unique global ids (table offset + local "
-                        "id); inverse indexes them per slot"},
-            "label": cfg.model.label, "delta": delta_entry,
+                        "id; with dynamic tables, the rows their id maps give); inverse indexes "
+                        "them per slot"},
+            "label": cfg.model.label, "delta": delta_entry, "dynamic": dynamic_entry,
         })  # fmt: skip
         write_json(tmp / FEATURES_FILE, spec)
         if metrics is not None:

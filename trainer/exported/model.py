@@ -46,6 +46,7 @@ from trainer.exported.artifact import (
     read_json,
 )
 from trainer.exported.delta import chain, materialize
+from trainer.exported.id_maps import IdMaps, materialize_id_maps
 from trainer.exported.tensors import load_array, load_graph
 from trainer.meta import MetaConfig
 from trainer.models import ModelConfig, RecModel, build_model
@@ -66,21 +67,31 @@ class GatheredRows:
 
 class TableEmbeddings:
     """A read-only embedding collection over exported tables (numpy, possibly memory-mapped):
-    the ``read`` side of :class:`trainer.sparse.EmbeddingCollection` (no training)."""
+    the ``read`` side of :class:`trainer.sparse.EmbeddingCollection` (no training).
+
+    Ids are global ids of ``layout`` (what the encoder and the episodes carry). With dynamic
+    tables (``id_maps``) the tables are the physical ones and each id reads the row its map gives
+    (:class:`~trainer.exported.id_maps.IdMaps`); otherwise an id is its row.
+    """
 
     def __init__(
         self,
         emb: np.ndarray,
         linear: np.ndarray | None,
-        table_offsets: list[int],
-        slot_feature: Tensor,
+        layout: FeatureLayout,
+        id_maps: IdMaps | None = None,
     ) -> None:
-        self.emb, self.linear = emb, linear
-        self.total_rows, self.dim = int(emb.shape[0]), int(emb.shape[1])
-        self.null = np.zeros(self.total_rows, dtype=bool)
-        self.null[np.asarray(table_offsets, dtype=np.int64)] = True
+        rows = layout.total_rows if id_maps is None else id_maps.physical_rows
+        if emb.shape[0] != rows:
+            raise ExportError(
+                f"the embedding table has {emb.shape[0]} rows, the feature layout"
+                f"{' (dynamic tables: physical rows)' if id_maps else ''} {rows}; re-export"
+            )
+        self.emb, self.linear, self.id_maps = emb, linear, id_maps
+        self.total_rows, self.dim = int(layout.total_rows), int(emb.shape[1])
+        self.null_ids = np.asarray(layout.table_offsets, dtype=np.int64)
         self.device, self.dtype = torch.device("cpu"), torch.float32
-        self.pooling = Pooling(slot_feature, len(table_offsets))
+        self.pooling = Pooling(layout.slot_feature, len(layout.table_offsets))
 
     @property
     def has_linear(self) -> bool:
@@ -89,6 +100,8 @@ class TableEmbeddings:
     def rows(self, ids: Tensor) -> GatheredRows:
         """Rows of ``ids`` (sorted unique global ids); only those rows are read from the tables."""
         idx = ids.cpu().numpy()
+        if self.id_maps is not None:
+            idx = self.id_maps.rows_of(idx)
         emb = torch.from_numpy(np.take(self.emb, idx, axis=0))
         lin = None if self.linear is None else torch.from_numpy(np.take(self.linear, idx, axis=0))
         return GatheredRows(emb, lin)
@@ -99,7 +112,7 @@ class TableEmbeddings:
         return self.pooling(got.emb, got.linear, batch.inverse)
 
     def is_null(self, ids: Tensor) -> Tensor:
-        return torch.from_numpy(self.null[ids.cpu().numpy()])
+        return torch.from_numpy(np.isin(ids.cpu().numpy(), self.null_ids))
 
 
 class DenseGraph(nn.Module):
@@ -259,12 +272,13 @@ def load_exported(path: str | Path, *, mmap: bool = True, graph: bool = True) ->
     layout = layout_of(spec)
     index = desc["tensors"]
     tables = materialize(links, mmap=mmap)
+    maps = materialize_id_maps(links)
     params = {
         name: torch.from_numpy(np.array(load_array(path / f, index[f])))
         for name, f in desc["dense_params"].items()
     }
     embeddings = TableEmbeddings(
-        tables["emb"], tables.get("linear"), list(layout.table_offsets), layout.slot_feature
+        tables["emb"], tables.get("linear"), layout, IdMaps(layout, maps) if maps else None
     )
     net = build_model(build(ModelConfig, desc["model"]), layout, embeddings)
     missing, unexpected = net.load_state_dict(params, strict=False)

@@ -27,8 +27,20 @@ RUN = {"train.steps": 4, "checkpoint.every": 2, "checkpoint.keep": 3, "eval.max_
        "data.batch_episodes": 8}  # fmt: skip
 
 
+def _toml(value: Any) -> str:
+    """``value`` as a TOML literal (JSON's, but tables as ``{key = value}``)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value)
+
+
 def overrides(data: Path, out: Path, **extra: Any) -> list[str]:
-    return tiny_overrides(data, out, **{**RUN, **extra})
+    """The run's overrides; ``parallel.dynamic`` (a list of tables) written as TOML."""
+    dynamic = extra.pop("parallel.dynamic", None)
+    args = tiny_overrides(data, out, **{**RUN, **extra})
+    return args if dynamic is None else [*args, f"parallel.dynamic={_toml(dynamic)}"]
 
 
 def _train_rank(env: ParallelEnv, args: list[str]) -> None:

@@ -26,13 +26,28 @@ admitted ids never collide, whatever the id space. Per training step, for the id
 * a newly admitted id's row starts afresh: ``emb`` = :func:`id_normal` of the id (a function of
   the id and the seed, the same at any world size), ``linear`` 0, Adagrad state 0.
 
+Sharded by id. Each table's map is split into ``S`` id shards, ``S`` = the world size (one process:
+``id_shards``, default 1): id ``x`` belongs to shard ``x mod S`` (dynamic ids are hash values, so
+this spreads them evenly), and shard ``s`` owns the slots of :func:`shard_slots`, every ``S``-th
+slot, dealt like the rows of a row-wise plan (``capacity`` is split round-robin: ``ceil`` or
+``floor(capacity / S)`` slots per shard), so that an id's row lives on its owner's rank with its
+Adagrad state. Each shard keeps the keys, LRU/LFU/TTL clocks and admission sketch of its own ids
+and decides alone: a full shard evicts among its own slots. Per training step, with several ranks:
+each rank sends its dynamic ids and their counts to their owners (``exchange_counts`` + AlltoAll,
+uneven splits), the owner sums the counts of an id sent by several ranks, admits/evicts, resets the
+rows it admitted and sends the slots back (AlltoAll); the sharded lookup then runs on rows. No rank
+holds another's ids. Oracle: one process with ``id_shards = S`` makes exactly the decisions of
+``S`` ranks whose batches it trains the union of (distributed = single process); with admission 0
+and every shard's capacity >= the ids it sees, the table trains exactly as the exact table.
+
 :class:`DynamicEmbeddingCollection` wraps the collection of the PHYSICAL layout
 (:func:`physical_layout`: plain, or sharded with MixCache/DES at any world size): it translates
 each batch's ids into physical rows and hands the translated batch on, so the rows and their
-optimizer state are sharded, cached, checkpointed and resharded exactly like a hashed table's.
-The map is replicated: with several ranks, every training step all-gathers the dynamic ids and
-their counts (one collective), and every rank makes the same decisions on the union, which is
-what one process training on the union of the batches decides (distributed = single process).
+optimizer state are sharded, cached, checkpointed and resharded like a hashed table's. The
+checkpoint holds a GLOBAL description of the maps (id per global slot, clocks, the sketches per
+id shard; every rank saves all of it), so a run resumes at another world size: loading it with
+another number of id shards moves each admitted id, with its table row, Adagrad state, counts and
+recency, to a slot of its new owner (:meth:`DynamicEmbeddingCollection.load_state_dict`).
 """
 
 from __future__ import annotations
@@ -55,6 +70,10 @@ SKETCH_DEPTH = 4
 STATE_PREFIX = "dynamic."
 COUNTERS = ("admissions", "evictions", "expirations", "fallback_ids")
 """Per-step counters of :meth:`DynamicEmbeddingCollection.cache_stats` (``dynamic.*``)."""
+MAP_TENSORS = ("keys", "last_seen", "freq", "sketch", "sketch_adds")
+"""An :class:`IdMap`'s state."""
+MOVED_ROW_KEYS = ("emb.weight", "linear.weight", "emb.adagrad_sum", "linear.adagrad_sum")
+"""The per-row entries of a full table that move with an id when its slot changes."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -76,8 +95,8 @@ class DynamicTableConfig:
     ttl_steps: int = 0
     """``ttl``: free rows unseen for more than this many steps (>= 1)."""
     sketch_width: int = 0
-    """Counters per row of the admission count-min sketch (4 rows of int32; used when
-    admit_count > 1). 0: ``max(1024, capacity)``."""
+    """Counters per row of each id shard's admission count-min sketch (4 rows of int32; used
+    when admit_count > 1). 0: ``max(1024, ceil(capacity / id shards))``."""
 
     def __post_init__(self) -> None:
         where = f"parallel.dynamic[{self.feature!r}]"
@@ -166,20 +185,37 @@ def id_normal(ids: Tensor, dim: int, std: float, seed: int, dtype: torch.dtype) 
 # The id -> row map of one table
 
 
-class IdMap:
-    """Which id holds which of ``capacity`` slots, with admission and eviction (module docstring).
+def shard_slots(capacity: int, shard: int, shards: int, base: int) -> Tensor:
+    """The global slots (ascending) of id shard ``shard`` of ``shards``: the slots ``j`` with
+    ``(base + j) mod shards == shard``. ``base`` is the first slot's local row in its physical
+    table plus the feature's index, so that these are the rows a row-wise plan over ``shards``
+    ranks places on rank ``shard`` (``trainer.parallel.plan``: local row ``l`` of feature ``f`` on
+    rank ``(l + f) mod W``); the capacity is dealt round-robin, ``ceil`` or ``floor(C / shards)``
+    slots per shard."""
+    return torch.arange((shard - base) % shards, capacity, shards, dtype=torch.int64)
 
-    State (tensors, checkpointed): ``keys`` (id per slot, -1 free), ``last_seen`` (step),
-    ``freq`` (occurrences while admitted), ``sketch`` (admission counts).
+
+class IdMap:
+    """Which id holds which slot of id shard ``shard`` of ``shards`` (the ids with
+    ``id mod shards == shard``, the slots of :func:`shard_slots`), with admission and eviction
+    (module docstring). One shard (the default) is the whole table.
+
+    State (tensors, per local slot): ``keys`` (id per slot, -1 free), ``last_seen`` (step),
+    ``freq`` (occurrences while admitted), ``sketch`` (admission counts). :meth:`find` and
+    :meth:`assign` speak GLOBAL slots (``self.slots[local]``).
     """
 
-    def __init__(self, cfg: DynamicTableConfig, seed: int) -> None:
+    def __init__(
+        self, cfg: DynamicTableConfig, seed: int, shard: int = 0, shards: int = 1, base: int = 0
+    ) -> None:
         self.cfg, self.seed = cfg, seed
-        c = cfg.capacity
+        self.slots = shard_slots(cfg.capacity, shard, shards, base)
+        c = self.slots.numel()
         self.keys = torch.full((c,), -1, dtype=torch.int64)
         self.last_seen = torch.full((c,), -1, dtype=torch.int64)
         self.freq = torch.zeros(c, dtype=torch.int64)
-        width = (cfg.sketch_width or max(1024, c)) if cfg.admit_count > 1 else 0
+        width = cfg.sketch_width or max(1024, -(-cfg.capacity // shards))
+        width = width if cfg.admit_count > 1 else 0
         self.sketch = torch.zeros(SKETCH_DEPTH, width, dtype=torch.int32)
         self.sketch_adds = torch.zeros((), dtype=torch.int64)
         """Occurrences added since the last halving."""
@@ -195,8 +231,12 @@ class IdMap:
     def used(self) -> int:
         return int(self._sorted_keys.numel())
 
-    def find(self, ids: Tensor) -> Tensor:
-        """The slot of each id, -1 where it holds none."""
+    def _global(self, local: Tensor) -> Tensor:
+        if self.slots.numel() == 0:
+            return local
+        return torch.where(local >= 0, self.slots.index_select(0, local.clamp(min=0)), -1)
+
+    def _find_local(self, ids: Tensor) -> Tensor:
         keys = self._sorted_keys
         if keys.numel() == 0:
             return torch.full_like(ids, -1)
@@ -204,10 +244,14 @@ class IdMap:
         hit = keys.index_select(0, pos) == ids
         return torch.where(hit, self._sorted_slots.index_select(0, pos), -1)
 
+    def find(self, ids: Tensor) -> Tensor:
+        """The global slot of each id, -1 where it holds none."""
+        return self._global(self._find_local(ids))
+
     def assign(self, ids: Tensor, counts: Tensor, step: int) -> tuple[Tensor, Tensor, Tensor]:
-        """One training step's unique ``ids`` (sorted, > 0) seen ``counts`` times: admit, evict,
-        record use. Returns each id's slot (-1: not admitted) and the newly admitted
-        ``(slots, ids)`` whose rows must start afresh."""
+        """One training step's unique ``ids`` (sorted, > 0, of this shard) seen ``counts`` times:
+        admit, evict, record use. Returns each id's global slot (-1: not admitted) and the newly
+        admitted ``(global slots, ids)`` whose rows must start afresh."""
         cfg = self.cfg
         if cfg.eviction == "ttl":
             stale = (self.keys >= 0) & (self.last_seen < step - cfg.ttl_steps)
@@ -215,7 +259,7 @@ class IdMap:
                 self.counts["expirations"] += int(stale.sum())
                 self.keys[stale] = -1
                 self._reindex()
-        slots = self.find(ids)
+        slots = self._find_local(ids)
         hit = slots >= 0
         self.last_seen[slots[hit]] = step
         self.freq[slots[hit]] += counts[hit]
@@ -223,7 +267,7 @@ class IdMap:
         admit = miss[self._admissible(ids[miss], counts[miss], step)]
         new_slots = torch.zeros(0, dtype=torch.int64)
         if admit.numel():
-            # Most frequent first, then the smaller id: the same order on every rank.
+            # Most frequent first, then the smaller id: the same order wherever it is decided.
             order = torch.argsort(ids[admit], stable=True)
             order = order[torch.argsort(-counts[admit][order], stable=True)]
             admit = admit[order]
@@ -239,7 +283,7 @@ class IdMap:
             new_slots = room
             self._reindex()
         self.counts["fallback_ids"] += int((slots < 0).sum())
-        return slots, new_slots, ids[admit]
+        return self._global(slots), self._global(new_slots), ids[admit]
 
     def _admissible(self, ids: Tensor, counts: Tensor, step: int) -> Tensor:
         cfg = self.cfg
@@ -274,27 +318,6 @@ class IdMap:
         if self.cfg.eviction == "lfu":
             order = order[torch.argsort(self.freq[taken][order], stable=True)]
         return torch.cat([free, taken[order]])
-
-    def state(self, prefix: str) -> dict[str, Tensor]:
-        return {
-            f"{prefix}keys": self.keys.clone(),
-            f"{prefix}last_seen": self.last_seen.clone(),
-            f"{prefix}freq": self.freq.clone(),
-            f"{prefix}sketch": self.sketch.clone(),
-            f"{prefix}sketch_adds": self.sketch_adds.clone(),
-        }
-
-    def load(self, prefix: str, state: dict[str, Any]) -> None:
-        for name in ("keys", "last_seen", "freq", "sketch", "sketch_adds"):
-            mine, theirs = getattr(self, name), state[f"{prefix}{name}"]
-            if tuple(theirs.shape) != tuple(mine.shape):
-                raise ValueError(
-                    f"dynamic table state {prefix}{name} has shape {tuple(theirs.shape)}, this "
-                    f"table {tuple(mine.shape)}: capacity or sketch_width differ from the run "
-                    "that saved it"
-                )
-            mine.copy_(theirs)
-        self._reindex()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,6 +374,8 @@ class DynamicEmbeddingCollection:
         tables: the dynamic features.
         init_std, seed: how an admitted id's row starts (:func:`id_normal`).
         comm: the ranks' collectives when sharded (``inner.comm``); None: one process.
+        id_shards: one process only: split each map into this many id shards, as that many ranks
+            do (the distributed oracle); with ``comm`` the id shards are the ranks.
     """
 
     def __init__(
@@ -362,6 +387,7 @@ class DynamicEmbeddingCollection:
         init_std: float,
         seed: int,
         comm: Any | None = None,
+        id_shards: int = 1,
     ) -> None:
         phys = physical_layout(layout, tables)
         if inner.total_rows != phys.total_rows:
@@ -369,22 +395,57 @@ class DynamicEmbeddingCollection:
                 f"the row collection has {inner.total_rows} rows, the dynamic tables' physical "
                 f"layout {phys.total_rows}: build it over trainer.dynamic.physical_layout(...)"
             )
+        if comm is not None and id_shards not in (1, comm.world_size):
+            raise ValueError(
+                f"id_shards={id_shards} with {comm.world_size} ranks: sharded, the id shards are "
+                "the ranks (leave id_shards at 1)"
+            )
         self.inner, self.comm = inner, comm
         self.init_std, self.seed = init_std, seed
         self.total_rows = layout.total_rows
         self.names = tuple(layout.feature_names)
         self._offsets = torch.tensor(layout.table_offsets, dtype=torch.int64)
         self._phys_offsets = torch.tensor(phys.table_offsets, dtype=torch.int64)
-        index = {n: i for i, n in enumerate(self.names)}
-        self.maps = {index[t.feature]: IdMap(t, seed + 7919 * index[t.feature]) for t in tables}
+        self.shards = comm.world_size if comm is not None else id_shards
+        held = [comm.rank] if comm is not None else list(range(self.shards))
+        self.maps: dict[int, dict[int, IdMap]] = {}
+        """Feature index -> {id shard: its map}: every shard in one process, this rank's when
+        sharded."""
+        self.cfgs: dict[int, DynamicTableConfig] = {}
+        for t in tables:
+            fi = self.names.index(t.feature)
+            self.cfgs[fi] = t
+            base = 1 + t.fallback_rows + fi
+            self.maps[fi] = {
+                s: IdMap(t, seed + 7919 * fi, s, self.shards, base) for s in held
+            }  # fmt: skip
+        if comm is not None:
+            self._check_placement()
         self._fallback = torch.zeros(len(self.names), dtype=torch.int64)
         """Fallback rows per feature (0: not dynamic)."""
-        for fi, m in self.maps.items():
-            self._fallback[fi] = m.cfg.fallback_rows
+        for fi, t in self.cfgs.items():
+            self._fallback[fi] = t.fallback_rows
         self.step = 0
         """Training translations so far (the maps' clock)."""
         self._pending: tuple[Tensor, MappedBatch, tuple[Tensor, Tensor]] | None = None
-        self._before_pending: tuple[int, dict[str, Tensor]] | None = None
+        self._before_pending: tuple[int, dict[tuple[int, int], dict[str, Tensor]]] | None = None
+
+    def _check_placement(self) -> None:
+        """Each held shard's slots must be rows the row collection's plan places on this rank."""
+        plan = self.inner.plan
+        for fi, shards in self.maps.items():
+            for s, m in shards.items():
+                rows = self._slot_rows(fi, m.slots)
+                if rows.numel() and not bool((plan.locate(rows)[0] == s).all()):
+                    raise ValueError(
+                        f"dynamic table {self.names[fi]!r}: its rows must be sharded row_wise "
+                        "(the id map is sharded by id over the ranks, each rank holding the rows "
+                        "of its ids); remove it from parallel.table_wise"
+                    )
+
+    def _slot_rows(self, fi: int, slots: Tensor) -> Tensor:
+        """Global physical rows of feature ``fi``'s (global) ``slots``."""
+        return int(self._phys_offsets[fi]) + 1 + self.cfgs[fi].fallback_rows + slots
 
     # ------------------------------------------------------------------ delegated attributes
     @property
@@ -418,6 +479,10 @@ class DynamicEmbeddingCollection:
     def close(self) -> None:
         self.inner.close()
 
+    def rows_used(self) -> int:
+        """Slots held now by the maps of this process (this rank's id shards when sharded)."""
+        return sum(m.used for shards in self.maps.values() for m in shards.values())
+
     # --------------------------------------------------------------------------- the step
     def lookup(self, batch: Batch) -> SparseOut:
         """Translate (admitting and evicting; unless :meth:`prefetch` did) and look up."""
@@ -437,12 +502,12 @@ class DynamicEmbeddingCollection:
         return self.inner.lookup(mapped)
 
     def prefetch(self, batch: Batch) -> None:
-        """Translate the next batch now (its admissions decided) and let the row collection stage
-        its rows; the admitted ids' rows restart at that batch's :meth:`lookup`, after this
-        step's gradients are applied."""
+        """Translate the next batch now (its admissions decided; a collective when sharded) and
+        let the row collection stage its rows; the admitted ids' rows restart at that batch's
+        :meth:`lookup`, after this step's gradients are applied."""
         if self._pending is not None:
             raise ValueError("prefetch called twice without a lookup in between")
-        before = (self.step, self._map_state())
+        before = (self.step, self._held_state())
         mapped, fresh = self._translate(batch, train=True)
         self._pending, self._before_pending = (batch.ids.cpu(), mapped, fresh), before
         self.inner.prefetch(mapped)
@@ -450,7 +515,7 @@ class DynamicEmbeddingCollection:
     @torch.no_grad()
     def read(self, batch: Batch) -> SparseOut:
         """Evaluation: admitted ids read their rows, the others their fallback row; the maps do
-        not change."""
+        not change (a collective when sharded: the owners find the ids)."""
         if self._pending is not None:
             raise ValueError("read between prefetch and its lookup: prefetch no batch before it")
         return self.inner.read(self._translate(batch, train=False)[0])
@@ -466,16 +531,13 @@ class DynamicEmbeddingCollection:
         phys = self._phys_offsets.index_select(0, f) + local
         sel = (self._fallback.index_select(0, f) > 0).logical_and_(local > 0).nonzero().squeeze(1)
         f_sel, l_sel = f.index_select(0, sel), local.index_select(0, sel)
+        counts = torch.zeros(0, dtype=torch.int64)
         if train:
             counts = torch.bincount(batch.inverse.reshape(-1).cpu(), minlength=ids.numel())
-            slots, fresh = self._assign(f_sel, l_sel, counts.index_select(0, sel))
+            counts = counts.index_select(0, sel)
+        slots, fresh = self._owner_slots(f_sel, l_sel, counts, train)
+        if train:
             self.step += 1
-        else:
-            fresh = (torch.zeros(0, dtype=torch.int64), torch.zeros(0, self.dim))
-            slots = torch.full_like(sel, -1)
-            for fi, m in self.maps.items():
-                here = f_sel == fi
-                slots[here] = m.find(l_sel[here])
         fb = self._fallback.index_select(0, f_sel)
         row = torch.where(slots >= 0, 1 + fb + slots, 1 + l_sel % fb)
         phys[sel] = self._phys_offsets.index_select(0, f_sel) + row
@@ -484,88 +546,232 @@ class DynamicEmbeddingCollection:
         mapped = MappedBatch(new_ids.to(batch.ids.device), inverse.view(batch.inverse.shape))
         return mapped, fresh
 
-    def _assign(
-        self, feature: Tensor, local: Tensor, counts: Tensor
+    def _owner_slots(
+        self, feature: Tensor, local: Tensor, counts: Tensor, train: bool
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Admit/evict on the union of every rank's dynamic ids: this rank's ids' slots, and the
-        rows that restart with their initial ``emb`` (every rank resets those it owns)."""
-        mine = torch.stack([feature, local, counts], 1)
-        if self.comm is not None:
-            everyone = torch.cat(
-                [t.cpu() for t in self.comm.all_gather_rows(mine.to(self.device), "dynamic")]
-            )
-        else:
-            everyone = mine
+        """Each dynamic id's global slot (-1: fallback), decided by its owner (id shard
+        ``local mod shards``), and the rows that restart. Sharded: the ids (with their counts)
+        go to their owners and the slots come back (``exchange_counts`` + two AlltoAlls)."""
+        if self.comm is None or not self.comm.distributed:
+            msg = torch.stack([feature, local, counts if train else torch.zeros_like(local)], 1)
+            return self._decide(msg, train, unique=False)
+        comm, dev = self.comm, self.device
+        owner = local % self.shards
+        order = torch.argsort(owner, stable=True)
+        send_t = torch.bincount(owner, minlength=self.shards)
+        recv = comm.exchange_counts(send_t, "dynamic.splits").tolist()
+        send = send_t.tolist()
+        msg = torch.stack([feature, local, counts if train else torch.zeros_like(local)], 1)
+        got = comm.all_to_all(msg.index_select(0, order).to(dev), send, recv, "dynamic.ids")
+        slots, fresh = self._decide(got.cpu(), train, unique=True)
+        back = comm.all_to_all(slots.to(dev), recv, send, "dynamic.slots").cpu()
+        out = torch.empty_like(back)
+        out[order] = back
+        return out, fresh
+
+    def _decide(
+        self, msg: Tensor, train: bool, unique: bool
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """The owner's side: ``msg`` rows ``(feature, local id, count)`` of the id shards held
+        here (``unique``: ids may repeat, from several ranks: their counts are summed); admit and
+        evict (``train``) or only find. Returns each row's global slot and the rows that restart
+        (all of them on this rank), with their initial ``emb``."""
+        feature, local, counts = msg.unbind(1)
         out = torch.full_like(local, -1)
         fresh_rows, fresh_ids = [], []
-        for fi, m in self.maps.items():
-            part = everyone[everyone[:, 0] == fi]
-            if self.comm is None:  # one batch: its ids are unique and sorted already
-                uids, ucounts = part[:, 1].contiguous(), part[:, 2].contiguous()
-            else:
-                uids, inv = torch.unique(part[:, 1], return_inverse=True)
-                ucounts = torch.zeros_like(uids).index_add_(0, inv, part[:, 2])
-            slots, new_slots, new_ids = m.assign(uids, ucounts, self.step)
-            here = (feature == fi).nonzero().squeeze(1)
-            if here.numel():
-                out[here] = slots.index_select(0, torch.searchsorted(uids, local[here]))
-            base = int(self._phys_offsets[fi]) + 1 + m.cfg.fallback_rows
-            fresh_rows.append(base + new_slots)
-            fresh_ids.append(new_ids + self._offsets[fi])
+        for fi, shards in self.maps.items():
+            in_table = feature == fi
+            for s, m in shards.items():
+                here = (in_table & (local % self.shards == s)).nonzero().squeeze(1)
+                if here.numel() == 0 and not train:
+                    continue
+                ids, n = local.index_select(0, here), counts.index_select(0, here)
+                inv = None
+                if unique:
+                    ids, inv = torch.unique(ids, return_inverse=True)
+                    n = torch.zeros_like(ids).index_add_(0, inv, n)
+                if train:
+                    slots, new_slots, new_ids = m.assign(ids, n, self.step)
+                    fresh_rows.append(self._slot_rows(fi, new_slots))
+                    fresh_ids.append(new_ids + self._offsets[fi])
+                else:
+                    slots = m.find(ids)
+                out[here] = slots if inv is None else slots.index_select(0, inv)
         rows = torch.cat(fresh_rows) if fresh_rows else torch.zeros(0, dtype=torch.int64)
         gids = torch.cat(fresh_ids) if fresh_ids else rows
         emb = id_normal(gids, self.dim, self.init_std, self.seed, self.dtype)
         return out, (rows.to(self.device), emb.to(self.device))
 
     # ----------------------------------------------------------------------------- state
-    def _map_state(self) -> dict[str, Tensor]:
-        out = {}
-        for fi, m in self.maps.items():
-            out.update(m.state(f"{STATE_PREFIX}{self.names[fi]}."))
+    def _held_state(self) -> dict[tuple[int, int], dict[str, Tensor]]:
+        """A copy of the held maps' state, per (feature, id shard)."""
+        return {
+            (fi, s): {name: getattr(m, name).clone() for name in MAP_TENSORS}
+            for fi, shards in self.maps.items()
+            for s, m in shards.items()
+        }
+
+    def _global_state(self, held: dict[tuple[int, int], dict[str, Tensor]]) -> dict[str, Tensor]:
+        """The GLOBAL description of the maps (every id shard's, gathered when sharded; a
+        collective), independent of the world size but for ``id_shards``::
+
+            dynamic.<feature>.keys, .last_seen, .freq   (capacity,) per global slot (-1 free)
+            dynamic.<feature>.sketch                    (id_shards, 4, width) int32
+            dynamic.<feature>.sketch_adds               (id_shards,) int64
+            dynamic.id_shards                           how many id shards saved it
+        """
+        out: dict[str, Tensor] = {}
+        S = self.shards
+        for fi, cfg in self.cfgs.items():
+            prefix = f"{STATE_PREFIX}{self.names[fi]}."
+            base = 1 + cfg.fallback_rows + fi
+            mine = {s: held[(fi, s)] for s in self.maps[fi]}
+            if self.comm is not None and self.comm.distributed:
+                (s,) = mine
+                st = mine[s]
+                per_slot = torch.stack([st["keys"], st["last_seen"], st["freq"]], 1)
+                sketch = torch.cat([st["sketch"].reshape(-1).long(), st["sketch_adds"].view(1)])
+                dev = self.device
+                slot_parts = self.comm.all_gather_rows(per_slot.to(dev), "dynamic.state")
+                sketch_parts = self.comm.all_gather_rows(sketch[None].to(dev), "dynamic.state")
+                depth_width = st["sketch"].shape
+                mine = {}
+                for r in range(S):
+                    a, b = slot_parts[r].cpu(), sketch_parts[r].cpu()[0]
+                    mine[r] = {
+                        "keys": a[:, 0], "last_seen": a[:, 1], "freq": a[:, 2],
+                        "sketch": b[:-1].to(torch.int32).view(depth_width), "sketch_adds": b[-1],
+                    }  # fmt: skip
+            keys = torch.full((cfg.capacity,), -1, dtype=torch.int64)
+            last_seen = torch.full((cfg.capacity,), -1, dtype=torch.int64)
+            freq = torch.zeros(cfg.capacity, dtype=torch.int64)
+            for s in range(S):
+                slots = shard_slots(cfg.capacity, s, S, base)
+                keys[slots], last_seen[slots] = mine[s]["keys"], mine[s]["last_seen"]
+                freq[slots] = mine[s]["freq"]
+            out[f"{prefix}keys"], out[f"{prefix}last_seen"], out[f"{prefix}freq"] = (
+                keys, last_seen, freq,
+            )  # fmt: skip
+            out[f"{prefix}sketch"] = torch.stack([mine[s]["sketch"] for s in range(S)])
+            out[f"{prefix}sketch_adds"] = torch.stack([mine[s]["sketch_adds"] for s in range(S)])
+        out[f"{STATE_PREFIX}id_shards"] = torch.tensor(S, dtype=torch.int64)
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        """The row collection's state plus the maps (``dynamic.*``). Between a prefetch and its
-        lookup the maps are saved as they were before the prefetch: a resumed run maps that
-        batch again and makes the same decisions."""
-        step, maps = self._before_pending or (self.step, self._map_state())
+        """The row collection's state plus the maps' GLOBAL description (``dynamic.*``, see
+        :meth:`_global_state`; a collective when sharded: every rank saves every map). Between a
+        prefetch and its lookup the maps are saved as they were before the prefetch: a resumed
+        run maps that batch again and makes the same decisions."""
+        step, held = self._before_pending or (self.step, self._held_state())
         return {
             **self.inner.state_dict(),
-            **maps,
+            **self._global_state(held),
             f"{STATE_PREFIX}step": torch.tensor(step, dtype=torch.int64),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output (the row part as the row collection loads it: a
-        shard, or a full table)."""
+        shard, or a full table). Saved with another number of id shards (another world size),
+        each admitted id moves to its new owner's block (:meth:`_relayout`): that needs the FULL
+        table (``trainer.parallel.reshard.merge_shards`` of the saved shards).
+
+        Raises:
+            ValueError: no maps in ``state``, another capacity, or a shard of another id layout.
+        """
         if f"{STATE_PREFIX}step" not in state:
             raise ValueError(
                 "this embedding state has no dynamic-table maps (dynamic.*): it was saved by a "
                 "run without parallel.dynamic, whose hashed rows cannot be mapped to ids"
             )
-        for fi, m in self.maps.items():
-            m.load(f"{STATE_PREFIX}{self.names[fi]}.", state)
-        self.step = int(state[f"{STATE_PREFIX}step"])
+        saved = int(state.get(f"{STATE_PREFIX}id_shards", 1))
+        rows = {k: v for k, v in state.items() if not k.startswith(STATE_PREFIX)}
+        maps = {k: v for k, v in state.items() if k.startswith(STATE_PREFIX)}
+        if saved != self.shards:
+            if "sharding.plan" in state:
+                raise ValueError(
+                    f"this dynamic-table state was saved by {saved} id shards (ranks), this run "
+                    f"has {self.shards}: load the merged full table "
+                    "(trainer.parallel.reshard.merge_shards of every rank's state), from which "
+                    "each id's row moves to its new owner's rows"
+                )
+            maps, rows = self._relayout(saved, maps, rows)
+        for fi, cfg in self.cfgs.items():
+            prefix = f"{STATE_PREFIX}{self.names[fi]}."
+            keys = maps[f"{prefix}keys"]
+            if tuple(keys.shape) != (cfg.capacity,):
+                raise ValueError(
+                    f"dynamic table state {prefix}keys has shape {tuple(keys.shape)}, this table "
+                    f"({cfg.capacity},): capacity differs from the run that saved it"
+                )
+            sketch = maps[f"{prefix}sketch"]
+            sketch = sketch if sketch.dim() == 3 else sketch[None]  # saved by one process
+            adds = maps[f"{prefix}sketch_adds"].reshape(-1)
+            for s, m in self.maps[fi].items():
+                m.keys.copy_(keys[m.slots])
+                m.last_seen.copy_(maps[f"{prefix}last_seen"][m.slots])
+                m.freq.copy_(maps[f"{prefix}freq"][m.slots])
+                if tuple(sketch.shape[1:]) == tuple(m.sketch.shape):
+                    m.sketch.copy_(sketch[s])
+                    m.sketch_adds.copy_(adds[s])
+                else:  # another sketch_width: admission counts restart
+                    m.sketch.zero_()
+                    m.sketch_adds.zero_()
+                m._reindex()
+        self.step = int(maps[f"{STATE_PREFIX}step"])
         self._pending = self._before_pending = None
-        self.inner.load_state_dict(
-            {k: v for k, v in state.items() if not k.startswith(STATE_PREFIX)}
-        )
+        self.inner.load_state_dict(rows)
+
+    def _relayout(
+        self, saved: int, maps: dict[str, Tensor], rows: dict[str, Any]
+    ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """The maps and the full table of ``saved`` id shards laid out for this run's: each
+        admitted id moves to a slot of its new owner (its slots in ascending order, the ids by
+        their old slot), its table rows and Adagrad state with it; where a new shard has more ids
+        than slots, the least recently seen are dropped. Sketches: the sum of the old shards'
+        (a count-min sketch of every id: still never an under-estimate), each new shard a copy."""
+        maps, rows = dict(maps), dict(rows)
+        moved = {k: rows[k].clone() for k in MOVED_ROW_KEYS if k in rows}
+        for fi, cfg in self.cfgs.items():
+            prefix = f"{STATE_PREFIX}{self.names[fi]}."
+            keys, last = maps[f"{prefix}keys"], maps[f"{prefix}last_seen"]
+            freq = maps[f"{prefix}freq"]
+            new_keys = torch.full_like(keys, -1)
+            new_last, new_freq = torch.full_like(last, -1), torch.zeros_like(freq)
+            base = 1 + cfg.fallback_rows + fi
+            held = (keys >= 0).nonzero().squeeze(1)
+            for s in range(self.shards):
+                old = held[keys[held] % self.shards == s]
+                room = shard_slots(cfg.capacity, s, self.shards, base)
+                if old.numel() > room.numel():  # keep the most recently seen
+                    keep = torch.argsort(-last[old], stable=True)[: room.numel()]
+                    old = old[keep.sort().values]
+                new = room[: old.numel()]
+                new_keys[new], new_last[new], new_freq[new] = keys[old], last[old], freq[old]
+                for k, table in moved.items():
+                    table[self._slot_rows(fi, new)] = rows[k][self._slot_rows(fi, old)]
+            maps[f"{prefix}keys"], maps[f"{prefix}last_seen"] = new_keys, new_last
+            maps[f"{prefix}freq"] = new_freq
+            sketch = maps[f"{prefix}sketch"]
+            sketch = sketch if sketch.dim() == 3 else sketch[None]
+            summed = sketch.sum(0, dtype=torch.int32)
+            maps[f"{prefix}sketch"] = summed.expand(self.shards, *summed.shape).clone()
+            adds = maps[f"{prefix}sketch_adds"].reshape(-1).sum()
+            maps[f"{prefix}sketch_adds"] = adds.expand(self.shards).clone()
+        rows.update(moved)
+        return maps, rows
 
     def cache_stats(self, reset: bool = True) -> dict[str, float]:
         """The row collection's cache counters plus ``dynamic.admissions``, ``.evictions``,
         ``.expirations``, ``.fallback_ids`` (ids served by a fallback row; since the last reset)
-        and ``dynamic.rows_used`` (rows held now), reported by rank 0 (0 on the others)."""
+        and ``dynamic.rows_used`` (rows held now), of the id shards held here: summed over ranks,
+        they count each decision once."""
         out = dict(self.inner.cache_stats(reset))
-        # Every rank holds the same maps: rank 0 reports them, so that summing over ranks counts
-        # each decision once.
-        report = self.comm is None or self.comm.rank == 0
+        held = [m for shards in self.maps.values() for m in shards.values()]
         for name in COUNTERS:
-            count = sum(m.counts[name] for m in self.maps.values()) if report else 0
-            out[f"{STATE_PREFIX}{name}"] = float(count)
-        used = sum(m.used for m in self.maps.values()) if report else 0
-        out[f"{STATE_PREFIX}rows_used"] = float(used)
+            out[f"{STATE_PREFIX}{name}"] = float(sum(m.counts[name] for m in held))
+        out[f"{STATE_PREFIX}rows_used"] = float(self.rows_used())
         if reset:
-            for m in self.maps.values():
+            for m in held:
                 m.counts = dict.fromkeys(COUNTERS, 0)
         return out
 

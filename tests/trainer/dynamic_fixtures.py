@@ -21,9 +21,11 @@ def dynamic_model(
     tables: Sequence[DynamicTableConfig],
     env: ParallelEnv | None = None,
     parallel: ParallelConfig | None = None,
+    id_shards: int = 1,
 ) -> RecModel:
     """The model of ``case`` whose ``tables`` are dynamic: over the plain collection (``env``
-    None) or the sharded one of ``env`` (MixCache/DES per ``parallel``)."""
+    None; its maps split into ``id_shards``) or the sharded one of ``env`` (MixCache/DES per
+    ``parallel``)."""
     lay, cfg = layout(), case.model_cfg()
     phys = physical_layout(lay, tables)
     if env is None:
@@ -38,6 +40,7 @@ def dynamic_model(
         inner = build_sharded_embeddings(cfg, plan, env, phys, seed=SEED, dtype=DTYPE)
         comm = env.comm
     coll = DynamicEmbeddingCollection(
-        inner, lay, tables, init_std=cfg.embedding_init_std, seed=SEED, comm=comm
-    )
+        inner, lay, tables, init_std=cfg.embedding_init_std, seed=SEED, comm=comm,
+        id_shards=id_shards,
+    )  # fmt: skip
     return build_model(cfg, lay, embeddings=coll, seed=0)

@@ -296,7 +296,7 @@ class Trainer:
             record.update({k: total[k] / steps for k in cache})
         if self.cfg.parallel.cache.enabled:
             record["cache.hit_rate"] = total["cache.hits"] / max(total["cache.lookups"], 1.0)
-        if self.cfg.parallel.dynamic:  # rows held now (rank 0's report), not a per-step count
+        if self.cfg.parallel.dynamic:  # rows held now (summed over the ranks' id shards)
             record["dynamic.rows_used"] = total["dynamic.rows_used"]
         progress.add_samples(int(total["samples"]))
         rates = progress.update(self.step)

@@ -280,3 +280,66 @@ def test_des_over_dynamic_rows_trains_like_the_row_exchange() -> None:
             assert torch.equal(got[key], value), key
         else:
             torch.testing.assert_close(got[key], value, rtol=1e-12, atol=1e-14)
+
+
+@torch.no_grad()
+def _scores(model, steps: range) -> list[torch.Tensor]:
+    out = []
+    for s in steps:
+        batch = global_batch(s, 1, None)
+        out.append(model(model.embeddings.read(batch), batch.dense))
+    return out
+
+
+def _reloaded(case: Case, tables, source, id_shards: int):
+    model = dynamic_model(case, tables, id_shards=id_shards)
+    model.load_state_dict(source.state_dict())
+    model.embeddings.load_state_dict(source.embeddings.state_dict())
+    return model
+
+
+def test_a_checkpoint_loads_with_another_number_of_id_shards_and_scores_alike() -> None:
+    """1 id shard -> 2 -> 1 (a checkpoint of 1 rank loaded at 2 ranks, and back; one process
+    here, the spawned test does it at 2 ranks): each admitted id moves to a slot of its new shard
+    with its row and Adagrad state, so every sample scores exactly as before."""
+    case = Case("deepfm", "fomaml")
+    model = dynamic_model(case, ROOMY)
+    _run(model, case, range(STEPS), prefetch=False)
+    two = _reloaded(case, ROOMY, model, 2)
+    back = _reloaded(case, ROOMY, two, 1)
+    expected = _scores(model, range(STEPS))
+    for other in (two, back):
+        for got, want in zip(_scores(other, range(STEPS)), expected, strict=True):
+            assert torch.equal(got, want)
+    before, after = model.embeddings.state_dict(), two.embeddings.state_dict()
+    lay, phys = layout(), physical_layout(layout(), ROOMY)
+    for t in ROOMY:
+        f = lay.feature_names.index(t.feature)
+        keys, moved = before[f"dynamic.{t.feature}.keys"], after[f"dynamic.{t.feature}.keys"]
+        old, new = (keys >= 0).nonzero().squeeze(1), (moved >= 0).nonzero().squeeze(1)
+        assert torch.equal((1 + t.fallback_rows + new + f) % 2, moved[new] % 2)  # owner's rows
+        o, n = keys[old].argsort(), moved[new].argsort()  # the same ids, matched
+        assert torch.equal(keys[old][o], moved[new][n])
+        base = phys.table_offsets[f] + 1 + t.fallback_rows
+        for key in ("emb.weight", "emb.adagrad_sum", "linear.weight"):
+            assert torch.equal(before[key][base + old[o]], after[key][base + new[n]]), key
+
+
+def test_a_shard_with_too_many_ids_keeps_the_most_recently_seen() -> None:
+    """Loaded with more id shards, a shard whose ids outnumber its slots keeps the most recently
+    seen of them (the others fall back, as if evicted)."""
+    case, tables = Case("dlrm", "plain"), (DynamicTableConfig(feature="ad", capacity=8),)
+    model = dynamic_model(case, tables)
+    _run(model, case, range(6), prefetch=False)
+    state = model.embeddings.state_dict()
+    keys, last = state["dynamic.ad.keys"], state["dynamic.ad.last_seen"]
+    moved = _reloaded(case, tables, model, 2).embeddings.state_dict()["dynamic.ad.keys"]
+    dropped = 0
+    for parity in (0, 1):
+        ids = keys[(keys >= 0) & (keys % 2 == parity)]
+        recency = last[(keys >= 0) & (keys % 2 == parity)]
+        kept = moved[(moved >= 0) & (moved % 2 == parity)]
+        order = torch.argsort(-recency, stable=True)[:4]  # 4 slots per shard
+        assert sorted(kept.tolist()) == sorted(ids[order].tolist())
+        dropped += ids.numel() - kept.numel()
+    assert dropped > 0  # the stream put more than 4 admitted ids of one parity in the table

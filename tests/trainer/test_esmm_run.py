@@ -5,6 +5,8 @@ on the samples with a known conversion)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -140,11 +142,80 @@ def test_the_export_scores_both_heads_as_the_trainer(trained, tmp_path):
     np.testing.assert_allclose(scores, want_before[m].numpy(), rtol=1e-6, atol=1e-6)
 
 
-def test_metarec_evaluate_refuses_an_esmm_checkpoint_with_a_clear_message(trained):
-    from trainer.evaluation.models import load_model
+def _calibrated_reference(model, cfg, split: str) -> dict[str, np.ndarray]:
+    """Episode by episode: both heads at the shared parameters, each shifted by the documented
+    calibration-only offset of its own support rate (CTR: clicks of the real support samples;
+    CVR: conversions of the clicked support samples with a known conversion), 10 pseudo-samples
+    at the rate over all the evaluated episodes."""
+    eps = []
+    with EpisodeReader(cfg.data.path, split, 8, shuffle=False, epochs=1, prefetch=0) as reader:
+        for batch in reader:
+            K, sparse = batch.k_support, model.embeddings.read(batch)
+            for t in range(batch.num_episodes):
+                if not batch.episode_mask[t] or len(eps) == cfg.eval.max_episodes:
+                    continue
+                ns, nq = int(batch.n_support[t]), int(batch.n_query[t])
+                q = slice(K, K + nq)
+                with torch.no_grad():
+                    logits = model(sparse.apply(lambda x, t=t, q=q: x[t, q]), batch.dense[t, q])
+                s_click, s_conv = batch.click[t, :ns], batch.conversion[t, :ns]
+                clicked = (s_click > 0) & (s_conv >= 0)
+                eps.append({
+                    "k": (float(s_click.sum()), float(s_conv[clicked].sum())),
+                    "n": (ns, int(clicked.sum())), "logits": logits.double().numpy(),
+                    "click": batch.click[t, q].numpy(), "conv": batch.conversion[t, q].numpy(),
+                    "task": np.full(nq, int(batch.task_ids[t])), "episode": np.full(nq, len(eps)),
+                })  # fmt: skip
+    for head in (0, 1):
+        rate = sum(e["k"][head] for e in eps) / sum(e["n"][head] for e in eps)
+        for e in eps:
+            shrunk = (e["k"][head] + 10.0 * rate) / (e["n"][head] + 10.0)
+            e["logits"][:, head] += math.log(shrunk / (1 - shrunk)) - math.log(rate / (1 - rate))
+    out = {k: np.concatenate([e[k] for e in eps]) for k in ("click", "conv", "task", "episode")}
+    out["logits"] = np.concatenate([e["logits"] for e in eps])
+    return out
 
-    with pytest.raises(ValueError, match=r"ESMM run \(model.task = 'esmm'\) has two heads"):
-        load_model(trained.cfg.train.output_dir, trained.cfg.data.path)
+
+def test_metarec_evaluate_scores_the_three_heads_of_a_checkpoint_and_its_export(trained, tmp_path):
+    """``metarec evaluate`` on an ESMM run: the checkpoint and its export give the same rows (all
+    three heads); the episode level at the run's setting is ``eval.json`` (its ``heads``, CTR in
+    ``metrics``); the calibration-only row equals each head shifted by its own per-task offset."""
+    from trainer.evaluation import Settings, evaluate_model, load_model
+    from trainer.evaluation.command import format_table
+    from trainer.exported import export_checkpoint
+
+    cfg, root = trained.cfg, trained.cfg.data.path
+    meta = cfg.eval_meta()
+    settings = Settings(steps=(meta.inner_steps,), lrs=(meta.inner_lr,), scopes=(meta.adapt,),
+                        tune_split="valid", batch_episodes=8, max_episodes=cfg.eval.max_episodes)  # fmt: skip
+    export = export_checkpoint(cfg.train.output_dir, tmp_path / "models").path
+    ck, ex = (
+        evaluate_model(load_model(path, root), root, "test_cold", settings)
+        for path in (cfg.train.output_dir, export)
+    )
+    assert ck["model"]["task"] == ex["model"]["task"] == "esmm"
+    assert len(ck["rows"]) == len(ex["rows"]) == 1 + 2 * 4
+    for a, b in zip(ck["rows"], ex["rows"], strict=True):
+        assert a["metrics"] == pytest.approx(b["metrics"], abs=1e-6, nan_ok=True), a["row"]
+        for head in ("ctr", "cvr", "ctcvr"):
+            assert a["heads"][head]["samples"] > 0
+            assert a["heads"][head] == pytest.approx(b["heads"][head], abs=1e-6, nan_ok=True)
+        assert a["metrics"]["auc"] == a["heads"]["ctr"]["auc"]  # the CTR head is the primary
+    rows = {(r["row"], r["level"]): r for r in ck["rows"]}
+    want = evaluate(trained.model, cfg, trained.manifest, "test_cold")
+    for key, when in ((("no adaptation", "-"), "before"), (("grid", "episode"), "after")):
+        for head in ("ctr", "cvr", "ctcvr"):
+            got, ref = rows[key]["heads"][head], want["heads"][when][head]
+            assert got == pytest.approx(ref, abs=1e-6, nan_ok=True), (key, head)
+    ref = _calibrated_reference(trained.model, cfg, "test_cold")
+    calibrated = esmm_metrics(ref["click"], ref["conv"], ref["logits"][:, 0], ref["logits"][:, 1],
+                              ref["task"], ref["episode"])  # fmt: skip
+    got = rows[("calibration only", "episode")]["heads"]
+    for head in ("ctr", "cvr", "ctcvr"):
+        assert got[head] == pytest.approx(calibrated[head], abs=1e-9, nan_ok=True), head
+    assert got["cvr"]["auc"] != pytest.approx(rows[("no adaptation", "-")]["heads"]["cvr"]["auc"])
+    table = format_table(ck)
+    assert "ESMM: CTR head" in table and "ctcvrAUC" in table
 
 
 def test_the_model_host_answers_both_heads_of_an_esmm_export(trained, tmp_path):

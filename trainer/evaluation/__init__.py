@@ -10,7 +10,8 @@ the baselines a user would try instead, with metrics that separate ranking from 
 - ``episodes.py``: a split's episodes read once, and regrouped per task (task-level adaptation);
 - ``baselines.py``: the calibration-only baseline (a per-task logit offset);
 - ``grid.py``: the rows (no adaptation, calibration only, the training setting, every grid
-  cell, the cell tuned on another split) at both levels, and the metrics of each;
+  cell, the cell tuned on another split) at both levels, and the metrics of each (an ESMM
+  model's: of its CTR head, plus CTR, CVR-on-clicks and CTCVR ``heads``);
 - ``command.py``: the command line (JSON + a printed table).
 
 Nothing here writes a checkpoint or imports ``torch.distributed``.

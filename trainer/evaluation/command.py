@@ -1,7 +1,9 @@
 """Evaluate a checkpoint or an exported model on any episode folder and split, beside the
 baselines (no adaptation, calibration only, fine-tuning with the training setting and tuned on
 held-out cold tasks), with ranking (AUC, GAUC, episode GAUC) apart from calibration
-(predicted / observed positives, per-task calibration error, ECE), logloss and NE.
+(predicted / observed positives, per-task calibration error, ECE), logloss and NE. An ESMM model
+is ranked on its CTR head, with the CVR AUC (clicked samples) and CTCVR AUC in two more columns
+and every metric of the three heads in the JSON (``heads``).
 
 MODEL is an export's version directory (<models>/<name>/v<N>) or a training checkpoint (a run's
 output_dir, its checkpoints directory or a step-XXXXXXXX directory). Every grid cell (steps x lr
@@ -25,6 +27,8 @@ from typing import Any
 METRICS = (("auc", "AUC"), ("gauc", "GAUC"), ("episode_gauc", "epGAUC"), ("logloss", "logloss"),
            ("ne", "NE"), ("calibration", "pred/obs"), ("task_calibration_error", "taskCalErr"),
            ("ece", "ECE"))  # fmt: skip
+ESMM_HEADS = (("cvr", "cvrAUC"), ("ctcvr", "ctcvrAUC"))
+"""Extra columns of an ESMM model (the CTR head's are the main ones)."""
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -95,12 +99,14 @@ def format_table(result: dict[str, Any]) -> str:
     """The rows of an evaluation as a text table (what ``metarec evaluate`` prints)."""
     m, d = result["model"], result["data"]
     who = f"{m['name']}/{m['version']}" if m["source"] == "export" else f"step {m['step']}"
+    esmm = m.get("task") == "esmm"
+    columns = METRICS + (ESMM_HEADS if esmm else ())
     lines = [
-        f"{m['source']} {m['path']} ({who}, {m['arch']}, {m['mode']}) on {d['path']} "
-        f"split {d['split']}: {d['episodes']} episodes, {d['tasks']} tasks, "
-        f"{d['query_samples']} query samples",
+        f"{m['source']} {m['path']} ({who}, {m['arch']}{', ESMM: CTR head' if esmm else ''}, "
+        f"{m['mode']}) on {d['path']} split {d['split']}: {d['episodes']} episodes, "
+        f"{d['tasks']} tasks, {d['query_samples']} query samples",
         f"{'row':<22} {'level':<7} {'steps':>5} {'lr':>7} {'scope':>9} "
-        + " ".join(f"{title:>{max(len(title), 7)}}" for _, title in METRICS),
+        + " ".join(f"{title:>{max(len(title), 7)}}" for _, title in columns),
     ]
     for r in result["rows"]:
         s = r["setting"] if r["setting"] and "steps" in r["setting"] else {}
@@ -108,6 +114,8 @@ def format_table(result: dict[str, Any]) -> str:
         cells = [f"{r['row']:<22}", f"{r['level']:<7}", _cell(s.get("steps"), 5), lr,
                  _cell(s.get("scope"), 9)]  # fmt: skip
         cells += [_cell(r["metrics"][k], max(len(t), 7)) for k, t in METRICS]
+        if esmm:
+            cells += [_cell(r["heads"][k].get("auc"), max(len(t), 7)) for k, t in ESMM_HEADS]
         lines.append(" ".join(cells))
     if result.get("grid_note"):
         lines.append(f"grid: {result['grid_note']}")

@@ -16,7 +16,13 @@ Rows (``result["rows"]``, in this order; ``level`` is ``episode`` or ``task``, s
   its metrics on the evaluated split. Without such a split the row says why it is missing.
 
 Each row holds the metrics of :func:`trainer.metrics.split_metrics` on the real query samples
-with a known label. Adaptation is :func:`trainer.meta.adapt` (evaluation: no outer graph), scoring
+with a known label. An ESMM model (``model.task = "esmm"``) is scored on its CTR head in
+``metrics`` (as the trainer's evaluation and the gate score it; the tuning compares these), and
+each row adds ``heads``: :func:`trainer.metrics.esmm_metrics` (``ctr``: every query sample;
+``cvr``: clicked samples with a known conversion; ``ctcvr``: pCTR x pCVR on every sample with a
+known conversion). Its calibration-only row shifts each head by its own task rate: the CTR head
+by the support click rate, the CVR head by the conversion rate of the clicked support samples.
+Adaptation is :func:`trainer.meta.adapt` (evaluation: no outer graph), scoring
 :func:`trainer.meta.predict`, the same calls as the trainer's evaluation and the serving path; so
 the episode-level row of the evaluation setting equals the run's ``eval.json``.
 """
@@ -40,7 +46,7 @@ from trainer.evaluation.baselines import PRIOR_STRENGTH, calibration_offsets, gl
 from trainer.evaluation.episodes import Level, read_level, split_episodes, task_level
 from trainer.evaluation.models import EvaluatedModel
 from trainer.meta import ADAPTS, MetaConfig, adapt, predict
-from trainer.metrics import split_metrics
+from trainer.metrics import esmm_metrics, split_metrics
 
 log = logging.getLogger(__name__)
 LEVELS = ("episode", "task")
@@ -140,6 +146,7 @@ class _Scorer:
     def __init__(self, model: EvaluatedModel, level: Level, prior_strength: float) -> None:
         self.model, self.level, self.prior_strength = model.model, level, prior_strength
         self._cache: dict[Any, dict[str, Any]] = {}
+        self.esmm = self.model.cfg.task == "esmm"
         self.labels = [query_labels(self.model, b) for b in level.batches]
         self.tasks = [b.task_ids[:, None].expand(-1, b.q_query) for b in level.batches]
 
@@ -150,29 +157,60 @@ class _Scorer:
         return self._cache[key]
 
     def _score(self, cfg: MetaConfig | None, calibrate: bool) -> dict[str, Any]:
+        """The metrics of one setting (ESMM: of the CTR head, plus ``heads``)."""
         offsets = self._offsets() if calibrate else None
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("y", "logit", "task", "episode")}
+        keys = ("y", "logit", "task", "episode") + (("conversion", "cvr") if self.esmm else ())
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
         for i, batch in enumerate(self.level.batches):
             sparse = self.model.embeddings.read(batch)
             adapted = None if cfg is None else adapt(self.model, sparse, batch, cfg)
             logits = predict(self.model, sparse, batch, adapted).double()
-            if offsets is not None:
+            if offsets is not None:  # (T,) or, per ESMM head, (T, 2)
                 logits = logits + offsets[i][:, None]
             y, mask = self.labels[i]
-            for k, v in (("y", y), ("logit", logits), ("task", self.tasks[i]),
-                         ("episode", self.level.query_episode[i])):  # fmt: skip
+            columns = {"y": y, "logit": logits, "task": self.tasks[i],
+                       "episode": self.level.query_episode[i]}  # fmt: skip
+            if self.esmm:  # [ctr, cvr] logits: the CTR head is the primary score
+                columns.update(logit=logits[..., 0], cvr=logits[..., 1],
+                               conversion=batch.conversion[:, batch.k_support :])  # fmt: skip
+            for k, v in columns.items():
                 parts[k].append(v[mask].numpy())
         cat = {k: np.concatenate(v) for k, v in parts.items()}
-        return split_metrics(cat["y"], cat["logit"], cat["task"], cat["episode"])
+        out: dict[str, Any] = split_metrics(cat["y"], cat["logit"], cat["task"], cat["episode"])
+        if self.esmm:
+            out["heads"] = esmm_metrics(cat["y"], cat["conversion"], cat["logit"], cat["cvr"],
+                                        cat["task"], cat["episode"])  # fmt: skip
+        return out
 
     def _offsets(self) -> list[torch.Tensor]:
+        """Per batch, the calibration-only logit offsets ``(T,)``; ESMM: ``(T, 2)``, the CTR
+        head's from the support clicks, the CVR head's from the clicked support samples'
+        conversions."""
+        ctr = self._head_offsets(support_labels)
+        if not self.esmm:
+            return ctr
+        cvr = self._head_offsets(lambda _, batch: clicked_conversions(batch))
+        return [torch.stack(pair, -1) for pair in zip(ctr, cvr, strict=True)]
+
+    def _head_offsets(self, labels: Any) -> list[torch.Tensor]:
+        """Per batch ``(T,)``: :func:`calibration_offsets` of the support ``labels(model,
+        batch) -> (y, mask)``, shrunk toward their rate over the whole level."""
         counts = []
         for batch in self.level.batches:
-            y, mask = support_labels(self.model, batch)
+            y, mask = labels(self.model, batch)
             counts.append(((y * mask).sum(1), mask.sum(1)))
         rate = global_rate(float(sum(k.sum() for k, _ in counts)),
                            float(sum(n.sum() for _, n in counts)))  # fmt: skip
         return [calibration_offsets(k, n, rate, self.prior_strength) for k, n in counts]
+
+
+def clicked_conversions(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Support conversions ``(T, K)`` and the mask of the real support samples that were clicked
+    and have a known conversion (what ESMM's CVR head is judged on)."""
+    side = slice(0, batch.k_support)
+    conv, click = batch.conversion[:, side], batch.click[:, side]
+    mask = batch.support_mask & batch.episode_mask[:, None] & (click > 0) & (conv >= 0)
+    return conv.clamp_min(0), mask
 
 
 def _levels(root: str, split: str, settings: Settings) -> tuple[dict[str, Level], int]:
@@ -211,7 +249,7 @@ def evaluate_model(
 
     Returns ``{"model", "data", "settings", "rows", "tuning"}`` (JSON-ready): ``rows`` is a list
     of ``{"row", "level", "setting", "metrics"}`` (``setting``: ``steps``, ``lr``, ``scope``, or
-    ``prior_strength``, or None); ``tuning`` maps each level to the tuning grid and the chosen
+    ``prior_strength``, or None), plus ``heads`` for an ESMM model; ``tuning`` maps each level to the tuning grid and the chosen
     cell, or to why there was none.
 
     Raises:
@@ -228,7 +266,9 @@ def evaluate_model(
     tuning: dict[str, Any] = {}
 
     def row(name: str, level: str, setting: Any, metrics: dict[str, Any]) -> None:
-        rows.append({"row": name, "level": level, "setting": setting, "metrics": metrics})
+        heads = {"heads": metrics["heads"]} if "heads" in metrics else {}
+        metrics = {k: v for k, v in metrics.items() if k != "heads"}
+        rows.append({"row": name, "level": level, "setting": setting, "metrics": metrics, **heads})
 
     scorers = {lv: _Scorer(model, level, settings.prior_strength) for lv, level in levels.items()}
     first = next(iter(scorers.values()))

@@ -48,12 +48,6 @@ class EvaluatedModel:
     """What identifies it in the JSON: name/version or step, architecture, meta mode."""
 
 
-ESMM_REFUSAL = (
-    "an ESMM run (model.task = 'esmm') has two heads, which metarec evaluate does not score yet: "
-    "read the run's eval.json (heads: CTR, CVR and CTCVR AUC) or run bench/esmm.py"
-)
-
-
 def load_model(path: str | Path, root: str) -> EvaluatedModel:
     """Load the model at ``path`` for evaluation on the episodes of ``root`` (module docstring).
 
@@ -77,14 +71,12 @@ def _export(path: Path, root: str) -> EvaluatedModel:
     from trainer.exported.model import load_exported
 
     exported = load_exported(path, graph=False)  # ExportError (a ValueError) names the damage
-    if exported.output_shape:
-        raise ValueError(f"cannot evaluate {path}: {ESMM_REFUSAL}")
     check_compatible(exported, load_manifest(root), root)
     meta = exported.lineage.get("config", {}).get("meta")
     training = build(MetaConfig, meta) if meta else exported.adaptation
     cfg = exported.model.cfg
     info = {"name": exported.name, "version": exported.version, "arch": cfg.arch,
-            "label": cfg.label, "mode": training.mode}  # fmt: skip
+            "task": cfg.task, "label": cfg.label, "mode": training.mode}  # fmt: skip
     return EvaluatedModel(exported.model, "export", str(path), training, info)
 
 
@@ -104,8 +96,6 @@ def _checkpoint(path: Path, root: str) -> EvaluatedModel:
         if not all(k in meta for k in ("config", "data", "features", "dense_features")):
             raise CheckpointError(f"{ckpt} was not written by the metarec trainer")
         cfg = build(TrainerConfig, meta["config"])
-        if cfg.model.task == "esmm":
-            raise CheckpointError(ESMM_REFUSAL)
         problems = checkpoint_problems(ckpt, cfg, manifest)
         if problems:
             raise ValueError(
@@ -122,6 +112,7 @@ def _checkpoint(path: Path, root: str) -> EvaluatedModel:
     net = build_model(cfg.model, layout, embeddings, device="cpu", meta=cfg.meta)
     net.load_state_dict(dense)
     net.eval()
-    info_out = {"step": int(info["step"]), "arch": cfg.model.arch, "label": cfg.model.label,
-                "mode": cfg.meta.mode, "trained_on": meta["data"].get("path")}  # fmt: skip
+    info_out = {"step": int(info["step"]), "arch": cfg.model.arch, "task": cfg.model.task,
+                "label": cfg.model.label, "mode": cfg.meta.mode,
+                "trained_on": meta["data"].get("path")}  # fmt: skip
     return EvaluatedModel(net, "checkpoint", str(ckpt), cfg.meta, info_out)

@@ -204,11 +204,13 @@ class TrainerConfig:
     """Evaluation splits and adaptation."""
 
     def __post_init__(self) -> None:
-        if self.model.task == "esmm" and self.meta.mode in ("film", "metaemb"):
+        if self.model.task == "esmm" and self.meta.mode == "film":
             raise ValueError(
-                f"model.task = 'esmm' with meta.mode = {self.meta.mode!r}: ESMM is built for "
-                "meta.mode 'maml', 'fomaml' and 'plain' (FiLM's encoder and MetaEmb's generator "
-                "read one label per sample); use one of those, or model.task = 'ctr'"
+                "model.task = 'esmm' with meta.mode = 'film': FiLM's support-set encoder reads "
+                "one label per support sample, and what ESMM's two (click, and a conversion that "
+                "is rare and unknown for some advertisers) should give it is an open modelling "
+                "question; use meta.mode 'maml', 'fomaml', 'plain' or 'metaemb', or "
+                "model.task = 'ctr'"
             )
 
     def eval_meta(self) -> MetaConfig:

@@ -1,7 +1,8 @@
 """ESMM (``model.task = "esmm"``): the batched loss and its gradients (dense parameters and rows)
 equal a hand-written per-task float64 reference (naive ``pCTR * pCVR`` cross-entropy, one task and
 one sample at a time, ``torch.autograd.grad`` inner loop) for MAML, FOMAML and plain training; the
-numerically stable CTCVR logit equals the naive one; configs refuse what ESMM does not support."""
+numerically stable CTCVR logit equals the naive one; MetaEmb's generator trained on the ESMM loss
+equals the same per-task reference; configs refuse what ESMM does not support (FiLM)."""
 
 from __future__ import annotations
 
@@ -20,12 +21,12 @@ LAYOUT = make_layout(
 )
 
 
-def esmm_model(arch: str, seed: int = 0):
+def esmm_model(arch: str, seed: int = 0, meta: MetaConfig | None = None):
     cfg = ModelConfig(
         arch=arch, embedding_dim=3, mlp=(5, 4), bottom_mlp=(4,), embedding_init_std=0.3,
         task="esmm", head_layers=1,
     )  # fmt: skip
-    model = build_model(cfg, LAYOUT, seed=seed)
+    model = build_model(cfg, LAYOUT, seed=seed, meta=meta)
     model.embeddings.to(dtype=torch.float64)
     if model.embeddings.has_linear:  # non-zero linear rows: first-order terms carry gradients
         w = model.embeddings.store.weights["linear"]
@@ -165,6 +166,84 @@ def test_esmm_loss_and_gradients_equal_the_per_task_reference(arch, mode, adapt_
         )
 
 
+def reference_metaemb_loss(model, emb, lin, batch, cfg):
+    """Per task (as ``tests/trainer/test_metaemb.py``'s reference, with the ESMM loss): the plain
+    loss on the model's own rows, plus, with the model held fixed, the cold-phase support loss at
+    the generated id embedding (from the mean of the support samples' attribute fields) and the
+    query loss after ``inner_steps`` warm-up steps on it."""
+    gen = model.id_generator
+    names = list(LAYOUT.feature_names)
+    f_id, f_attr = names.index(cfg.metaemb_id), [names.index(n) for n in cfg.metaemb_attributes]
+    K, none = batch.k_support, {"emb": {}, "linear": {}}
+    params = dict(model.dense_half.named_parameters())
+    fixed = {k: v.detach() for k, v in params.items()}
+    total, count = 0.0, 0
+    for t in range(batch.inverse.shape[0]):
+        if not bool(batch.episode_mask[t]):
+            continue
+        count += 1
+        support = list(range(int(batch.n_support[t])))
+        query = [K + j for j in range(int(batch.n_query[t]))]
+        plain = _ref_loss(model, params, batch, t, support + query, emb, lin, none)
+        samples = {p: _ref_fields(batch, t, p, emb, lin, none) for p in support + query}
+        x = torch.stack([samples[p][0][f_attr].reshape(-1) for p in support]).detach().mean(0)
+        e = gen.out(torch.relu(gen.hidden(x)))
+
+        def phase(e, positions, t=t, samples=samples):
+            losses = []
+            for p in positions:
+                fields, linear = samples[p]
+                fields = fields.detach().clone()
+                fields[f_id] = e
+                lr = None if linear is None else linear.detach()[None]
+                sparse = SparseOut(fields=fields[None], lr=lr)
+                logits = functional_call(
+                    model.dense_half, fixed, (sparse, batch.dense[t, p].double()[None])
+                )[0]
+                c, v = float(batch.click[t, p]), float(batch.conversion[t, p])
+                losses.append(_ref_sample_loss(logits, c, v))
+            return torch.stack(losses).mean()
+
+        cold = phase(e, support)
+        for _ in range(cfg.inner_steps):
+            (g,) = torch.autograd.grad(phase(e, support), e, create_graph=True)
+            e = e - cfg.inner_lr * g
+        a = cfg.metaemb_alpha
+        total = total + plain + a * cold + (1 - a) * phase(e, query)
+    return total / max(count, 1)
+
+
+@pytest.mark.parametrize("arch", ["deepfm", "melu"])
+def test_metaemb_with_esmm_equals_the_per_task_reference(arch):
+    cfg = MetaConfig(mode="metaemb", metaemb_id="ad", metaemb_attributes=("user", "tags"),
+                     metaemb_alpha=0.3, inner_steps=2, inner_lr=0.4, encoder_hidden=5)  # fmt: skip
+    model = esmm_model(arch, meta=cfg)
+    batch = random_batch(LAYOUT, 4, seed=3)
+    sparse = model.embeddings.lookup(batch)
+    rows = model.embeddings.rows
+    loss, _ = outer_loss(model, sparse, batch, cfg)
+    params = list(model.parameters())  # both towers + the generator
+    leaves = [rows.emb] + ([rows.linear] if rows.linear is not None else [])
+    got = torch.autograd.grad(loss, params + leaves, allow_unused=True)
+
+    model.embeddings.lookup(batch)
+    ref_rows = model.embeddings.rows
+    ref = reference_metaemb_loss(model, ref_rows.emb, ref_rows.linear, batch, cfg)
+    ref_leaves = [ref_rows.emb] + ([ref_rows.linear] if ref_rows.linear is not None else [])
+    want = torch.autograd.grad(ref, params + ref_leaves, allow_unused=True)
+
+    torch.testing.assert_close(loss, ref, rtol=1e-9, atol=1e-12)
+    names = [n for n, _ in model.named_parameters()] + ["rows.emb", "rows.linear"]
+    for name, p, g, w in zip(names, params + leaves, got, want, strict=False):
+        g = torch.zeros_like(p) if g is None else g
+        w = torch.zeros_like(p) if w is None else w
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12, msg=f"gradient of {name}")
+    grad = dict(zip(names, got, strict=False))
+    assert grad["id_generator.hidden.weight"].abs().max() > 0  # the generator is trained
+    after = predict(model, sparse, batch, adapt(model, sparse, batch, cfg))
+    assert after.shape == (4, LAYOUT.q_query, 2)
+
+
 def test_ctcvr_logit_and_loss_equal_the_naive_formulas_and_stay_finite():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(200, 2, generator=g, dtype=torch.float64) * 4
@@ -207,8 +286,10 @@ def test_configs_refuse_what_esmm_does_not_support():
     with pytest.raises(ValueError, match=r"model.task 'cvr' is not one of"):
         ModelConfig(task="cvr")  # type: ignore[arg-type]
     esmm, data = ModelConfig(task="esmm"), DataConfig(path="/data")
-    with pytest.raises(ValueError, match=r"meta.mode = 'film'"):
+    with pytest.raises(ValueError, match=r"meta.mode = 'film': FiLM's support-set encoder"):
         TrainerConfig(data=data, model=esmm, meta=MetaConfig(mode="film"))
+    metaemb = MetaConfig(mode="metaemb", metaemb_id="ad_id", metaemb_attributes=("ad_brand",))
+    TrainerConfig(data=data, model=esmm, meta=metaemb)  # the generator trains on the ESMM loss
     TrainerConfig(data=data, model=esmm, parallel=ParallelConfig(des="on"))  # DES: per tower
     TrainerConfig(data=data, model=esmm, meta=MetaConfig(mode="fomaml"))
 

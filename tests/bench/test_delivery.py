@@ -1,5 +1,7 @@
-"""``bench/delivery.py --quick``: every stage of both paths runs through the DAG's step functions
-and the JSON holds the per-hour breakdown, the speed-up and both AUCs (no timing asserted)."""
+"""``bench/delivery.py --quick``: every stage of both paths runs through the DAG's step functions;
+the retrain from scratch stops at the first chunk whose AUC on the incremental model's episodes
+reaches the incremental model's, or at the cap; the JSON holds the per-hour breakdown, the
+speed-ups and the AUCs (no timing asserted)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ def test_quick_delivery_bench_runs_every_stage_of_both_paths(tmp_path):
 
     assert report["settings"]["hours"] == len(report["hours"]) == 2
     runs = [report["base"]] + [
-        h[arm] for h in report["hours"] for arm in ("incremental", "scratch")
+        h[arm] for h in report["hours"] for arm in ("incremental", "incremental_spawn", "scratch")
     ]
     for r in runs:
         assert set(r["stage_s"]) == set(STAGES) and all(s >= 0 for s in r["stage_s"].values())
@@ -27,11 +29,29 @@ def test_quick_delivery_bench_runs_every_stage_of_both_paths(tmp_path):
             r["validations_passed"] and r["rows_read"] > 0 and r["metric"] == "test_cold.after.auc"
         )
         assert r["auc"] is None or 0.0 <= r["auc"] <= 1.0
-    assert not report["base"]["warm_start"]
+        assert r["total_s"] == pytest.approx(sum(r["stage_s"].values()), abs=0.01)
+    assert not report["base"]["warm_start"] and report["base"]["steps"] == 8
     for h in report["hours"]:
-        inc, scratch = h["incremental"], h["scratch"]
+        inc, spawn, scratch = h["incremental"], h["incremental_spawn"], h["scratch"]
         assert inc["warm_start"] and not scratch["warm_start"]  # warm from the champion; cold
-        assert (inc["steps"], scratch["steps"]) == (4, 8)
+        assert inc["steps"] == 4 and inc["promoted"] in (True, False)
         assert scratch["rows_read"] > inc["rows_read"]  # the retrain reads everything so far
+        # the spawned delivery differs from the in-process one in its train stage only
+        assert {k: v for k, v in spawn["stage_s"].items() if k != "train"} == {
+            k: v for k, v in inc["stage_s"].items() if k != "train"
+        }
+        assert inc["stage_s"]["auc_check"] == 0 < scratch["stage_s"]["auc_check"]
+        # the search: chunks of 4 steps, stopped at the first that reaches the target, or the cap
+        chunks, target = scratch["chunks"], inc["auc"]
+        assert [c["steps"] for c in chunks] == list(range(4, 4 * len(chunks) + 1, 4))
+        assert scratch["steps"] == chunks[-1]["steps"] <= 12
+        assert scratch["auc_on_incremental_episodes"] == chunks[-1]["auc_on_incremental_episodes"]
+        values = [c["auc_on_incremental_episodes"] for c in chunks]
+        if target is not None and None not in values:
+            assert all(v < target for v in values[:-1])
+            assert h["scratch_reached_incremental_auc"] == (values[-1] >= target)
+            assert h["scratch_reached_incremental_auc"] or scratch["steps"] == 12
         assert h["speedup"] == pytest.approx(scratch["total_s"] / inc["total_s"], abs=0.01)
+    hit = [h["hour"] for h in report["hours"] if h["scratch_reached_incremental_auc"] is False]
+    assert report["scratch_cap_hit_hours"] == hit
     assert report["speedup"] > 0 and set(report["incremental_stage_s"]) == set(STAGES)

@@ -25,192 +25,324 @@ its rows are quarantined as ``episode_too_small``. A task with fewer than ``min_
 min_query`` valid rows is ``task_too_small``. Every row ends up in exactly one emitted episode or
 in the quarantine with one reason.
 
-How: one window (partitioned by task key, so it reuses the task shuffle) numbers the rows; the
-chunk aggregate collects each chunk (at most L samples) column by column, in time order, and
-compiled array functions (``array_position``, ``slice``, ``concat``, ``array_repeat``) place the
-boundary, build the fixed-size list columns and list the chunk's rejected rows. No UDF, no
-lambda, no per-task Python loop, and no array longer than L, however large a task.
+How, in one pass over each task's rows: the frame arrives partitioned by task key (the job's one
+row shuffle); each partition is sorted by ``(task, valid, event_time, event_id, read position)``
+and ``groupBy(task).applyInArrow`` streams each task's rows, in that order, as Arrow batches to
+:func:`cut_task`. It cuts every full chunk as soon as its rows are in and the last chunk at the
+task's end, with numpy array operations over all the chunks of a batch at once (no per-row or
+per-chunk Python loop): the boundary from ``searchsorted`` on the sorted times, the fixed-size
+list columns from one gather per column. Memory is one batch plus one chunk per task, however
+large the task. A full chunk (``m = L``) is cut the same whatever the task's size (``b = K``, and
+a task that fills a chunk is never too small), which is what lets it go before the task ends.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import numpy as np
+    import pyarrow as pa
 
 TASK_TOO_SMALL = "task_too_small"
 EPISODE_TOO_SMALL = "episode_too_small"
 TIE_OVERFLOW = "episode_tie_overflow"
 REJECT_GROUP = 1024
-"""Rows that already failed are gathered in groups of this many per key (bounded aggregate rows)."""
+"""Rows that already failed are listed in groups of at most this many per output row."""
+
+ORDER = ("_pk", "_ok", "_t", "event_id", "_uid")
+"""Sort order of each partition: a task's rows together, rejected ones first, then valid ones in
+time order (valid rows have unique event ids after de-duplication: the order is total)."""
+INPUT = ("_pk", "_ok", "_t", "event_id", "_reason", "_raw", "_hour", "_file",
+         "_sparse", "_dense", "_click", "_conversion")  # fmt: skip
+REJECT_TYPE = "struct<reason:string,event_id:string,hour:int,file:string,raw:string>"
+OUTPUT_SCHEMA = (
+    "_pk string, _ok boolean, _c int, n_support int, n_query int, _task_rows bigint, "
+    "_first_query_t bigint, sparse array<bigint>, dense array<float>, click array<tinyint>, "
+    f"conversion array<tinyint>, event_time_ms array<bigint>, _rejects array<{REJECT_TYPE}>"
+)
+"""One row per chunk (valid rows) or per group of rejected rows; see :func:`build_episodes`."""
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How episodes are cut: ``k``/``q`` samples, the minimums, ids and dense values per sample."""
+
+    k: int
+    q: int
+    min_support: int
+    min_query: int
+    sparse_width: int
+    dense_width: int
+
+    @property
+    def length(self) -> int:
+        return self.k + self.q
 
 
 def number_rows(df, k: int, q: int):
-    """Number each task's valid rows in time order and give each row its chunk.
+    """Bring each task's rows into one partition, for frames not partitioned by task yet.
 
-    Args:
-        df: rows with ``_pk`` (task key), ``_t``, ``event_id``, ``_uid`` and ``_reason``
-            (null = valid so far; valid rows have unique event ids, see dedup.py).
-
-    Returns:
-        ``df`` plus ``_ok`` (valid so far), ``_r`` (0-based rank in its task), ``_n`` (valid
-        rows of the task) and ``_c`` (chunk: the episode index for valid rows; for rows that
-        already failed, a group of ``REJECT_GROUP`` rows).
+    The job's frame already is (``transform.partition_by_task``, its one row shuffle) and goes
+    straight to :func:`build_episodes`; ``k`` and ``q`` are not needed (the cutting numbers the
+    rows itself) and accepted for callers that pass the episode shape along.
     """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    df = df.withColumn("_ok", F.col("_reason").isNull())
-    ordered = Window.partitionBy("_pk", "_ok").orderBy("_t", "event_id", "_uid")
-    whole = ordered.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-    r = F.row_number().over(ordered) - 1
-    df = df.select("*", r.alias("_r"), F.count(F.lit(1)).over(whole).alias("_n"))
-    size = F.when(F.col("_ok"), F.lit(k + q)).otherwise(F.lit(REJECT_GROUP))
-    return df.withColumn("_c", F.floor(F.col("_r") / size).cast("int"))
+    del k, q
+    return df.repartition("_pk")
 
 
 def build_episodes(df, k: int, q: int, min_support: int, min_query: int, widths: tuple[int, int]):
-    """Aggregate each chunk into one row: its episode (if any) and its rejected rows.
+    """Cut each task's rows into episodes and list every row no episode takes.
 
     Args:
-        df: the output of :func:`number_rows`, with the encoded payload ``_sparse``
-            (``array<int>``), ``_dense``, ``_click``, ``_conversion`` and the reject columns
-            ``_reason``, ``event_id``, ``_hour``, ``_file``, ``_raw``.
+        df: rows partitioned by ``_pk`` (the task key), with ``_t``, ``event_id``, ``_uid``,
+            ``_reason`` (null = valid so far), the encoded payload ``_sparse`` (``array<int>``),
+            ``_dense``, ``_click``, ``_conversion`` and the reject columns ``_hour``, ``_file``,
+            ``_raw``.
         widths: ``(sparse_width, dense_width)``: ids and dense values per sample.
 
     Returns:
-        One row per ``(_pk, _ok, _c)``: ``n_support``/``n_query`` (0 when the chunk yields no
-        episode), the contract's list columns (support, padding to K, query, padding to Q; see
-        ``trainer/data/contract.py``), ``_first_query_t``, ``_task_rows`` and ``_rejects``
-        (``array<struct<reason, event_id, hour, file, raw>>``; ``rows.source_file(hour, file)``
-        is the source file).
+        :data:`OUTPUT_SCHEMA`: one row per chunk of a task's valid rows (``_ok``) and per group of
+        at most :data:`REJECT_GROUP` rejected rows: ``_c`` (the chunk: the episode index),
+        ``n_support``/``n_query`` (0 when the chunk yields no episode), the contract's list
+        columns (support, padding to K, query, padding to Q; see ``trainer/data/contract.py``),
+        ``_first_query_t``, ``_task_rows`` (the task's valid rows, on its last chunk) and
+        ``_rejects`` (``array<struct<reason, event_id, hour, file, raw>>``;
+        ``rows.source_file(hour, file)`` is the source file).
     """
     from pyspark.sql import functions as F
 
-    ok = F.col("_ok")
-    reject = F.struct(
-        F.col("_reason").alias("reason"),
-        F.col("event_id"),
-        F.col("_hour").alias("hour"),
-        F.col("_file").alias("file"),
-        F.col("_raw").alias("raw"),
-    )
-    # Each list is collected per column. Rows are sorted by (chunk, r) first, so Spark aggregates
-    # them in one ordered pass (a sort aggregate: spark.sql.execution.replaceHashWithSortAgg, set
-    # by the job) and the lists come out in time order. That is checked (r must be consecutive),
-    # and only if it does not hold are the lists zipped and sorted by r — same result, slower.
-    columns = ("r", "t", "sparse", "dense", "click", "conversion", "id", "hour", "file")
-    g = (
-        df.sortWithinPartitions("_pk", "_ok", "_c", "_r")
-        .groupBy("_pk", "_ok", "_c")
-        .agg(
-            F.collect_list(F.when(ok, F.col("_r"))).alias("r"),
-            F.collect_list(F.when(ok, F.col("_t"))).alias("t"),
-            F.collect_list("_sparse").alias("sparse"),
-            F.collect_list("_dense").alias("dense"),
-            F.collect_list("_click").alias("click"),
-            F.collect_list("_conversion").alias("conversion"),
-            F.collect_list(F.when(ok, F.col("event_id"))).alias("id"),
-            F.collect_list(F.when(ok, F.col("_hour"))).alias("hour"),
-            F.collect_list(F.when(ok, F.col("_file"))).alias("file"),
-            F.collect_list(F.when(~ok, reject)).alias("_bad"),
-            F.max("_n").alias("_task_rows"),
+    shape = Shape(k, q, min_support, min_query, *widths)
+    rows = df.withColumn("_ok", F.col("_reason").isNull()).sortWithinPartitions(*ORDER)
+    return rows.select(*INPUT).groupBy("_pk").applyInArrow(_cutter(shape), OUTPUT_SCHEMA)
+
+
+def _cutter(shape: Shape):
+    """:func:`cut_task` for ``shape``, typed so that Spark streams each task's batches to it."""
+    from collections.abc import Iterator
+
+    import pyarrow as pa
+
+    def cut(batches):
+        return cut_task(batches, shape)
+
+    cut.__annotations__ = {"batches": Iterator[pa.RecordBatch], "return": Iterator[pa.RecordBatch]}
+    return cut
+
+
+def cut_task(batches: Iterator[pa.RecordBatch], shape: Shape) -> Iterator[pa.RecordBatch]:
+    """One task's rows (:data:`INPUT`, in :data:`ORDER`) -> its :data:`OUTPUT_SCHEMA` rows.
+
+    Raises:
+        ValueError: valid rows out of ``(event_time, event_id)`` order (the frame was not
+            partitioned by task, or two valid rows share an event id).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    pending: pa.Table | None = None  # valid rows of the chunk being filled (1 .. L rows)
+    chunk = valid = rejected = 0
+    length = shape.length
+    for batch in batches:
+        ok = batch.column("_ok")
+        bad = batch.filter(pc.invert(ok))
+        if bad.num_rows:
+            yield _reject_rows(bad, rejected)
+            rejected += bad.num_rows
+        good = pa.Table.from_batches([batch.filter(ok)])
+        if good.num_rows == 0:
+            continue
+        valid += good.num_rows
+        pending = good if pending is None else pa.concat_tables([pending, good])
+        _check_order(pending)
+        full = (pending.num_rows - 1) // length  # keep >= 1 row: the last chunk needs the count
+        if full:
+            yield _cut_chunks(pending.slice(0, full * length), chunk, None, shape)
+            chunk += full
+            pending = pending.slice(full * length)
+    if pending is not None:
+        yield _cut_chunks(pending, chunk, valid, shape)
+
+
+def _check_order(rows: pa.Table) -> None:
+    """Valid rows must come in strictly increasing ``(event_time, event_id)`` order."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    t = rows.column("_t").to_numpy()
+    step = np.diff(t)
+    ties = np.nonzero(step == 0)[0]
+    ids = rows.column("event_id")
+    if (step < 0).any() or (
+        ties.size and not pc.all(pc.greater(ids.take(ties + 1), ids.take(ties))).as_py()
+    ):
+        pk = rows.column("_pk")[0].as_py()
+        raise ValueError(
+            f"task {pk!r}: its valid rows reached the episode cutting out of (event_time, "
+            "event_id) order; the frame must be partitioned by task (episodes.number_rows) and "
+            "de-duplicated on event_id first"
         )
-    )
-    r0 = F.get("r", 0)
-    in_order = F.coalesce(F.col("r") == F.sequence(r0, r0 + F.size("r") - 1), F.lit(True))
-    g = g.select("*", in_order.alias("_in_order"))
-    zipped = F.sort_array(F.arrays_zip(*columns))
 
-    def ordered(name: str):
-        return F.when(F.col("_in_order"), F.col(name)).otherwise(zipped[name])
 
-    g = g.select(
-        "_pk", "_ok", "_c", "_bad", "_task_rows",
-        ordered("t").alias("_ts"),
-        F.flatten(ordered("sparse")).alias("_sparse"),
-        F.flatten(ordered("dense")).alias("_dense"),
-        ordered("click").alias("_click"),
-        ordered("conversion").alias("_conversion"),
-        ordered("id").alias("_ids"),
-        ordered("hour").alias("_hours"),
-        ordered("file").alias("_files"),
-    )  # fmt: skip
+def _cut_chunks(rows: pa.Table, first: int, task_rows: int | None, shape: Shape) -> pa.RecordBatch:
+    """Cut consecutive chunks of ``rows`` (valid, in order), the first being chunk ``first``.
 
-    # The boundary, per chunk (module docstring). Offsets are 0-based positions in the chunk;
-    # times are sorted, so "how many are older than t" is the first position of t. Computed in
-    # steps (one select each) so that Spark evaluates each quantity once per chunk.
-    ts = F.col("_ts")
-    m = F.size(ts)
-    b = F.least(F.lit(k), m - min_query)
-    g = g.select("*", m.alias("_m"), b.alias("_b"))
-    m, b = F.col("_m"), F.col("_b")
-    t_b = F.when((b >= 0) & (b < m), F.element_at(ts, b + 1))  # first nominal query sample
-    g = g.select(
-        "*",
-        (F.array_position(ts, t_b) - 1).cast("int").alias("_older"),  # strictly older than t_b
-        (m - F.array_position(F.reverse(ts), t_b) + 1).cast("int").alias("_not_newer"),
-    )
-    older, not_newer = F.col("_older"), F.col("_not_newer")
-    shift = (older > 0) & (older < b)  # the tied group starts inside the support: move back
-    whole = older == 0  # the tied group covers the whole support: move past it
-    n_s = F.when(shift, older).otherwise(b)
-    q_start = F.when(shift, older).when(whole, not_newer).otherwise(b)
-    g = g.select("*", n_s.alias("_ns"), q_start.alias("_qs"))
-    n_s, q_start = F.col("_ns"), F.col("_qs")
-    n_q = F.greatest(F.lit(0), F.least(F.lit(q), m - q_start))
-    small_task = F.col("_task_rows") < min_support + min_query
-    emitted = ok & ~small_task & (b >= 1) & (n_s >= min_support) & (n_q >= min_query)
-    g = g.select(
-        "*",
-        F.when(emitted, n_s).otherwise(0).cast("int").alias("n_support"),
-        F.when(emitted, n_q).otherwise(0).cast("int").alias("n_query"),
-        F.when(emitted, q_start).otherwise(0).cast("int").alias("_q_start"),
-        F.when(small_task, F.lit(TASK_TOO_SMALL)).otherwise(F.lit(EPISODE_TOO_SMALL)).alias("_why"),
-    )
+    ``task_rows`` is the task's count of valid rows when ``rows`` end the task; None when more
+    rows follow (every chunk is then full).
+    """
+    import numpy as np
+    import pyarrow as pa
 
-    n_s, n_q, q_start, m = F.col("n_support"), F.col("n_query"), F.col("_q_start"), F.size("_ts")
+    n, length = rows.num_rows, shape.length
+    t = rows.column("_t").to_numpy()
+    start = np.arange(0, n, length)
+    m = np.minimum(length, n - start)
+    b = np.minimum(shape.k, m - shape.min_query)
+    # The first nominal query sample's tied group: it starts at `older` and ends before
+    # `not_newer` (positions in the chunk; the times are sorted, so two binary searches).
+    has_b = (b >= 0) & (b < m)
+    t_b = t[start + np.clip(b, 0, m - 1)]
+    older = np.maximum(np.searchsorted(t, t_b, "left"), start) - start
+    not_newer = np.minimum(np.searchsorted(t, t_b, "right"), start + m) - start
+    shift = has_b & (older > 0) & (older < b)  # the group starts inside the support: move back
+    whole = has_b & (older == 0)  # the group covers the whole support: move past it
+    n_s = np.where(shift, older, b)
+    q_start = np.where(shift, older, np.where(whole, not_newer, b))
+    n_q = np.maximum(0, np.minimum(shape.q, m - q_start))
+    small = task_rows is not None and task_rows < shape.min_support + shape.min_query
+    emitted = (b >= 1) & (n_s >= shape.min_support) & (n_q >= shape.min_query) & (not small)
+    n_s, n_q, q_start = (np.where(emitted, x, 0) for x in (n_s, n_q, q_start))
 
-    def padded(name: str, width: int, zero):
-        """Support values, padding to K, query values, padding to Q (``width`` per sample)."""
-        values = F.col(name)
-        return F.when(
-            n_s > 0,
-            F.concat(
-                F.slice(values, 1, n_s * width), F.array_repeat(zero, (F.lit(k) - n_s) * width),
-                F.slice(values, q_start * width + 1, n_q * width),
-                F.array_repeat(zero, (F.lit(q) - n_q) * width),
+    # Each emitted episode's rows: support, padding to K, query, padding to Q (padding: -1).
+    j, jq = np.arange(length), np.arange(length) - shape.k
+    base = start[emitted, None]
+    query = (jq >= 0) & (jq < n_q[emitted, None])
+    gather = np.where(
+        j < n_s[emitted, None], base + j, np.where(query, base + q_start[emitted, None] + jq, -1)
+    ).ravel()
+    pad = gather < 0
+    gather[pad] = 0
+    absent = pa.array(~emitted)
+
+    def padded(column: str, width: int | None, dtype) -> pa.ListArray:
+        values = _per_sample(rows.column(column), width)[gather]
+        values[pad] = 0
+        size = length * (width or 1)
+        offsets = np.concatenate([[0], np.cumsum(np.where(emitted, size, 0))])
+        return pa.ListArray.from_arrays(
+            pa.array(offsets, pa.int32()), pa.array(values.ravel().astype(dtype)), mask=absent
+        )
+
+    # The rows no episode takes: all of a chunk that yields none, else its tie overflow.
+    chunks = start.size
+    chunk_of = np.repeat(np.arange(chunks), m)
+    pos = np.arange(n) - start[chunk_of]
+    in_query = (pos >= q_start[chunk_of]) & (pos < q_start[chunk_of] + n_q[chunk_of])
+    dropped = np.nonzero(~((pos < n_s[chunk_of]) | in_query))[0]
+    why = pa.array([TASK_TOO_SMALL if small else EPISODE_TOO_SMALL, TIE_OVERFLOW])
+    reasons = why.take(pa.array(emitted[chunk_of[dropped]].astype(np.int8)))
+    counts = np.bincount(chunk_of[dropped], minlength=chunks)
+    rejects = _rejects(reasons, rows.take(dropped), raw=False)
+    return pa.RecordBatch.from_arrays(
+        [
+            rows.column("_pk").take(np.zeros(chunks, np.int64)).combine_chunks(),
+            pa.array(np.ones(chunks, bool)),
+            pa.array(np.arange(first, first + chunks, dtype=np.int32)),
+            pa.array(n_s.astype(np.int32)),
+            pa.array(n_q.astype(np.int32)),
+            pa.array(
+                np.full(chunks, task_rows or 0), pa.int64(), mask=np.full(chunks, task_rows is None)
             ),
-        )  # fmt: skip
-
-    def dropped(values):
-        """The chunk's samples that no episode takes: all of them, or the tie overflow."""
-        overflow = F.concat(
-            F.slice(values, n_s + 1, q_start - n_s),
-            F.slice(values, q_start + n_q + 1, m - q_start - n_q),
-        )
-        return F.when(n_s == 0, values).otherwise(overflow)
-
-    # The chunk's rows that no episode takes, as reject structs (zipped from columns: no lambda).
-    n_dropped = F.when(n_s == 0, m).otherwise(m - n_s - n_q)
-    g = g.select(
-        "*",
-        F.array_repeat(
-            F.when(n_s == 0, F.col("_why")).otherwise(F.lit(TIE_OVERFLOW)), n_dropped
-        ).alias("reason"),
-        dropped(F.col("_ids")).alias("event_id"),
-        dropped(F.col("_hours")).alias("hour"),
-        dropped(F.col("_files")).alias("file"),
-        F.array_repeat(F.lit(None).cast("string"), n_dropped).alias("raw"),
+            pa.array(t[start + q_start], pa.int64(), mask=n_q == 0),
+            padded("_sparse", shape.sparse_width, np.int64),
+            padded("_dense", shape.dense_width, np.float32),
+            padded("_click", None, np.int8),
+            padded("_conversion", None, np.int8),
+            padded("_t", None, np.int64),
+            pa.ListArray.from_arrays(_offsets(counts), rejects),
+        ],
+        schema=arrow_schema(),
     )
-    rejects = (
-        F.when(~ok, F.col("_bad"))
-        .when(n_dropped == 0, F.col("_bad"))  # (empty: a valid chunk has no pre-existing rejects)
-        .otherwise(F.arrays_zip("reason", "event_id", "hour", "file", "raw"))
-    )
-    return g.select(
-        "_pk", "_ok", "_c", "n_support", "n_query", "_task_rows",
-        F.when(n_q > 0, F.element_at("_ts", q_start + 1)).alias("_first_query_t"),
-        padded("_sparse", widths[0], F.lit(0)).cast("array<bigint>").alias("sparse"),
-        padded("_dense", widths[1], F.lit(0.0).cast("float")).alias("dense"),
-        padded("_click", 1, F.lit(0).cast("tinyint")).alias("click"),
-        padded("_conversion", 1, F.lit(0).cast("tinyint")).alias("conversion"),
-        padded("_ts", 1, F.lit(0).cast("long")).alias("event_time_ms"),
-        rejects.alias("_rejects"),
+
+
+def _reject_rows(rows: pa.RecordBatch, first: int) -> pa.RecordBatch:
+    """Rows that already failed, listed with their own reason and raw line in groups of at most
+    :data:`REJECT_GROUP` (``_c``: the group's index; ``first``: rows of the task listed before)."""
+    import numpy as np
+    import pyarrow as pa
+
+    group = (first + np.arange(rows.num_rows)) // REJECT_GROUP
+    ids, counts = np.unique(group, return_counts=True)
+    table = pa.Table.from_batches([rows])
+    out = len(ids)
+    none = np.ones(out, bool)
+    schema = arrow_schema()
+    nulls = {name: pa.nulls(out, schema.field(name).type) for name in schema.names}
+    columns = {
+        **nulls,
+        "_pk": table.column("_pk").take(np.zeros(out, np.int64)).combine_chunks(),
+        "_ok": pa.array(~none),
+        "_c": pa.array(ids.astype(np.int32)),
+        "n_support": pa.array(np.zeros(out, np.int32)),
+        "n_query": pa.array(np.zeros(out, np.int32)),
+        "_rejects": pa.ListArray.from_arrays(
+            _offsets(counts), _rejects(table.column("_reason").combine_chunks(), table, raw=True)
+        ),
+    }
+    return pa.RecordBatch.from_arrays([columns[name] for name in schema.names], schema=schema)
+
+
+def _rejects(reasons: pa.Array, rows: pa.Table, raw: bool) -> pa.StructArray:
+    """``struct<reason, event_id, hour, file, raw>`` per row (``raw`` null unless asked for)."""
+    import pyarrow as pa
+
+    def column(name: str) -> pa.Array:
+        return rows.column(name).combine_chunks()
+
+    return pa.StructArray.from_arrays(
+        [reasons, column("event_id"), column("_hour"), column("_file"),
+         column("_raw") if raw else pa.nulls(rows.num_rows, pa.string())],
+        names=["reason", "event_id", "hour", "file", "raw"],
     )  # fmt: skip
+
+
+def _offsets(counts: np.ndarray) -> pa.Array:
+    import numpy as np
+    import pyarrow as pa
+
+    return pa.array(np.concatenate([[0], np.cumsum(counts)]), pa.int32())
+
+
+def _per_sample(column: pa.ChunkedArray, width: int | None) -> np.ndarray:
+    """A column as a ``(rows, width)`` numpy array (``width`` None: a scalar column, width 1).
+
+    Raises:
+        ValueError: a list does not hold exactly ``width`` values.
+    """
+    import pyarrow.compute as pc
+
+    array = column.combine_chunks()
+    if width is None:
+        return array.to_numpy(zero_copy_only=False).reshape(-1, 1)
+    sizes = pc.list_value_length(array).to_numpy(zero_copy_only=False)
+    if (sizes != width).any():
+        raise ValueError(f"{column.type} column: every sample must hold {width} values")
+    return array.flatten().to_numpy(zero_copy_only=False).reshape(len(array), width)
+
+
+def arrow_schema() -> pa.Schema:
+    """:data:`OUTPUT_SCHEMA` as Arrow types."""
+    import pyarrow as pa
+
+    reject = pa.struct([("reason", pa.string()), ("event_id", pa.string()),
+                        ("hour", pa.int32()), ("file", pa.string()), ("raw", pa.string())])  # fmt: skip
+    return pa.schema([
+        ("_pk", pa.string()), ("_ok", pa.bool_()), ("_c", pa.int32()), ("n_support", pa.int32()),
+        ("n_query", pa.int32()), ("_task_rows", pa.int64()), ("_first_query_t", pa.int64()),
+        ("sparse", pa.list_(pa.int64())), ("dense", pa.list_(pa.float32())),
+        ("click", pa.list_(pa.int8())), ("conversion", pa.list_(pa.int8())),
+        ("event_time_ms", pa.list_(pa.int64())), ("_rejects", pa.list_(reject)),
+    ])  # fmt: skip

@@ -126,7 +126,6 @@ def transform(raw, fmt: str, config: EtlConfig, observation=None):
     df = compact(parse(raw, fmt, config, observation), config)
     df = partition_by_task(df, config.num_buckets)
     df = dedup.mark_duplicates(df)
-    df = episodes.number_rows(df, config.k_support, config.q_query)
     g = episodes.build_episodes(
         df,
         config.k_support,

@@ -13,6 +13,9 @@
    registry (the baseline, same process).
 3. The ratio delta bytes / full bytes (whole version directories; target <= 0.10), the rows that
    changed, and a check that v2 loaded through its chain has the full export's tables bit for bit.
+4. The same with ``user_id`` and ``ad_id`` as dynamic tables (:data:`DYNAMIC`: a tenth of their
+   rows, admission after 2 sightings, LRU; the others hashed), under ``"dynamic"``: the delta
+   also carries the id maps' changes (ids admitted and evicted), and the check covers the maps.
 
 Writes JSON to ``--out``.
 """
@@ -31,6 +34,11 @@ from typing import Any
 log = logging.getLogger("bench.delta_export")
 K, Q = 8, 8
 BATCH = 64
+DYNAMIC = (
+    'parallel.dynamic=[{feature = "user_id", capacity = 100000, fallback_rows = 1000, '
+    'admit_count = 2}, {feature = "ad_id", capacity = 20000, fallback_rows = 100, admit_count = 2}]'
+)
+"""The dynamic case's tables: a tenth of the hashed tables' rows each."""
 
 
 def _size(path: Path) -> int:
@@ -51,7 +59,9 @@ def _episodes(root: Path, samples: int, seed: int) -> tuple[Path, int]:
     return root, tasks * episodes_per_task
 
 
-def _train(data: Path, out: Path, episodes: int, warm_start: Path | None) -> tuple[Path, int]:
+def _train(
+    data: Path, out: Path, episodes: int, warm_start: Path | None, extra: tuple[str, ...] = ()
+) -> tuple[Path, int]:
     from trainer.config import load_trainer_config
     from trainer.trainer import Trainer
 
@@ -63,7 +73,8 @@ def _train(data: Path, out: Path, episodes: int, warm_start: Path | None) -> tup
     }  # fmt: skip
     if warm_start is not None:
         values["checkpoint.warm_start"] = str(warm_start / "checkpoints")
-    cfg = load_trainer_config("default", [f"{k}={json.dumps(v)}" for k, v in values.items()])
+    args = [f"{k}={json.dumps(v)}" for k, v in values.items()]
+    cfg = load_trainer_config("default", [*args, *extra])
     trainer = Trainer(cfg).build()
     try:
         trainer.fit()
@@ -72,16 +83,17 @@ def _train(data: Path, out: Path, episodes: int, warm_start: Path | None) -> tup
     return out, steps
 
 
-def run(work: Path, day_rows: int) -> dict[str, Any]:
+def _case(
+    work: Path, day: tuple[Path, int], hour: tuple[Path, int], extra: tuple[str, ...]
+) -> dict[str, Any]:
+    """Train the day then the hour (``extra`` overrides), export v1 (full), v2 (delta) and the
+    hour in full; the sizes, changed rows and the bit-for-bit check."""
     import numpy as np
 
     from trainer.exported import export_checkpoint, load_exported
 
-    t0 = time.perf_counter()
-    day, day_episodes = _episodes(work / "day", day_rows, seed=0)
-    hour, hour_episodes = _episodes(work / "hour", max(1, day_rows // 24), seed=1)
-    day_run, day_steps = _train(day, work / "run-day", day_episodes, None)
-    hour_run, hour_steps = _train(hour, work / "run-hour", hour_episodes, day_run)
+    day_run, day_steps = _train(day[0], work / "run-day", day[1], None, extra)
+    hour_run, hour_steps = _train(hour[0], work / "run-hour", hour[1], day_run, extra)
     v1 = export_checkpoint(day_run, work / "models", name="bench", delta=True)
     v2 = export_checkpoint(hour_run, work / "models", name="bench", delta=True)
     full = export_checkpoint(hour_run, work / "models-full", name="bench")
@@ -92,10 +104,23 @@ def run(work: Path, day_rows: int) -> dict[str, Any]:
         np.array_equal(a.model.state_dict()[k].numpy(), v.numpy())
         for k, v in b.model.state_dict().items()
     )
+    out: dict[str, Any] = {}
+    if b.embeddings.id_maps is not None:
+        maps_a, maps_b = a.embeddings.id_maps.maps, b.embeddings.id_maps.maps
+        equal = equal and all(
+            np.array_equal(maps_a[f].ids, m.ids) and np.array_equal(maps_a[f].rows, m.rows)
+            for f, m in maps_b.items()
+        )
+        out["id_maps"] = {}
+        for name, info in a.descriptor["dynamic"].items():
+            files = [info[k] for k in ("ids", "rows", "evicted") if k in info]
+            out["id_maps"][name] = {
+                "admitted_ids": len(maps_b[a.layout.feature_names.index(name)].ids),
+                "written_as": "change" if "evicted" in info else "whole map",
+                "bytes": sum((v2.path / f).stat().st_size for f in files),
+            }
     total_rows = int(b.embeddings.emb.shape[0])
     return {
-        "day_samples": day_episodes * (K + Q),
-        "hour_samples": hour_episodes * (K + Q),
         "steps": {"day": day_steps, "hour": hour_steps, "batch_episodes": BATCH},
         "table_rows": total_rows,
         "changed_rows": len(rows),
@@ -105,6 +130,21 @@ def run(work: Path, day_rows: int) -> dict[str, Any]:
         "target_ratio": 0.10,
         "delta_equals_full_bit_for_bit": equal,
         "export_seconds": {"delta": v2.seconds, "full": full.seconds},
+        **out,
+    }
+
+
+def run(work: Path, day_rows: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    day = _episodes(work / "day", day_rows, seed=0)
+    hour = _episodes(work / "hour", max(1, day_rows // 24), seed=1)
+    hashed = _case(work / "hashed", day, hour, ())
+    dynamic = _case(work / "dynamic", day, hour, (DYNAMIC,))
+    return {
+        "day_samples": day[1] * (K + Q),
+        "hour_samples": hour[1] * (K + Q),
+        **hashed,
+        "dynamic": {"tables": DYNAMIC.split("=", 1)[1], **dynamic},
         "seconds": time.perf_counter() - t0,
     }
 

@@ -25,6 +25,16 @@ from trainer.trainer import Trainer
 
 RUN = {"train.steps": 4, "checkpoint.every": 2, "checkpoint.keep": 3, "eval.max_episodes": 40,
        "data.batch_episodes": 8}  # fmt: skip
+DYNAMIC = {
+    "parallel.dynamic": [
+        {"feature": "user", "capacity": 24, "fallback_rows": 3, "admit_count": 2},
+        {"feature": "ad", "capacity": 8, "fallback_rows": 2, "eviction": "lfu"},
+    ],
+    "eval.adapt_steps": 2,
+    "eval.adapt_lr": 0.05,
+}
+"""A run with dynamic tables on ``user`` and ``ad`` (small: ids are evicted within 4 steps, and
+many are never admitted)."""
 
 
 def _toml(value: Any) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.trainer.exported.runs import RUN, overrides, reference_scores, train
+from tests.trainer.exported.runs import DYNAMIC, RUN, overrides, reference_scores, train
 from trainer.config import load_trainer_config
 from trainer.data.batch import EpisodeBatch
 from trainer.exported import ExportError, export_checkpoint, load_exported
@@ -33,14 +33,6 @@ from trainer.exported.id_maps import map_files
 from trainer.exported.tensors import save_array
 from trainer.trainer import Trainer
 
-DYNAMIC = {
-    "parallel.dynamic": [
-        {"feature": "user", "capacity": 24, "fallback_rows": 3, "admit_count": 2},
-        {"feature": "ad", "capacity": 8, "fallback_rows": 2, "eviction": "lfu"},
-    ],
-    "eval.adapt_steps": 2,
-    "eval.adapt_lr": 0.05,
-}
 STEP2, STEP4 = "checkpoints/step-00000002", "checkpoints/step-00000004"
 BATCH, LIMIT = RUN["data.batch_episodes"], RUN["eval.max_episodes"]
 
@@ -108,7 +100,9 @@ def test_every_id_reads_the_trainers_row(dynamic_run, dynamic_exports, episodes,
 
 @pytest.mark.multiprocess
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("world_size", [1, 2])
+# 2 ranks: a spawned run (~35 s); distributed = single process for dynamic tables is also checked
+# in the default tier (tests/trainer/parallel/test_dynamic_sharded.py)
+@pytest.mark.parametrize("world_size", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_exported_dynamic_scores_equal_trainer_evaluation(
     world_size, dynamic_run, episodes, tmp_path
 ):

@@ -12,6 +12,7 @@ version), loading it verified, scoring and evaluating with it (the KServe model 
 - ``tensors.py``: ``.npy`` tensors and the ``torch.export`` graph, read without pickle;
 - ``export.py``: checkpoint (one rank or sharded) -> versioned model directory;
 - ``delta.py``: delta exports (the rows changed since the base version) and their chains;
+- ``id_maps.py``: dynamic tables' id -> row maps (written, read, applied to ids when scoring);
 - ``model.py``: :func:`load_exported` and :class:`ExportedModel` (graph + rebuilt model);
 - ``scoring.py``: encoded samples -> logits, optionally adapted to their task's support set;
 - ``adaptation.py``: one task adapted once, then any candidates scored with it (server cache);

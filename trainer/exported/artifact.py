@@ -17,6 +17,7 @@ without torch. One export is one immutable directory::
       dense/graph.pt2         the dense network (``torch.export``): gathered rows in, logits out
       dense/<param>.npy       the dense parameters as plain arrays (eager rebuild + adaptation)
       tables/emb.npy          the embedding table merged from every rank's shard (+ linear.npy)
+      tables/id_map/          with dynamic tables, each one's id -> row map (``id_maps.py``)
       eval.json               the training run's evaluation (before/after adaptation)
       lineage.json            data interval, manifest content hash, config, code version, source
       CHECKSUMS               ``sha256sum`` format, written LAST: its presence marks completeness

@@ -19,6 +19,9 @@ What it does (layout in :mod:`trainer.exported.artifact`):
 5. writes everything into a temporary directory, ``CHECKSUMS`` last, and renames it to the next
    ``v<N>``. Re-exporting the same checkpoint returns the version that already holds it.
 
+A run with dynamic tables (``parallel.dynamic``) exports its physical tables and each dynamic
+feature's id -> row map (:mod:`trainer.exported.id_maps`); scoring maps ids as the trainer does.
+
 With ``delta=True`` an export after the first writes only the embedding rows that changed since
 the newest version (plus the dense parameters and the graph), naming that version as its base
 (:mod:`trainer.exported.delta`); loading applies the chain and scores bit for bit as a full export

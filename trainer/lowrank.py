@@ -19,8 +19,14 @@ outputs. It gets ``x_k`` from the hook, which records every adapted layer's inpu
         logits = functional_call(model.dense_half, params, (sparse, dense))
     inputs["deep.over_arch.layers.1"]                     # that layer's input in this forward
 
-Works under ``vmap`` and ``torch.func.grad``: the hooks are plain Python around the layers' calls,
-and the factors they read are whatever (batched) tensors the block was given.
+Batched over episodes without ``vmap``: inputs ``(T, n, in)``, factors ``(T, R, in)`` and
+``(T, R, out)``; ``x @ W`` stays one matmul over all episodes and the low-rank term is one
+``baddbmm`` (added into the output by the matmul itself, no extra pass). The same hooks also work
+on one episode (2-d tensors, e.g. under ``vmap``).
+
+A per-episode update that is not low-rank (Meta-SGD's per-parameter step sizes scale every entry
+of ``A^T B`` on its own) is a full weight offset ``dW`` ``(T, in, out)`` and bias offset ``db``
+``(T, out)`` (:data:`Deltas`): the layer adds ``x @ dW + db``.
 """
 
 from __future__ import annotations
@@ -28,10 +34,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
+import torch
 from torch import Tensor, nn
 
 Factors = dict[str, tuple[Tensor, Tensor]]
 """Per adapted layer name: ``A`` ``(R, in)`` and ``B`` ``(R, out)`` (per episode)."""
+Deltas = dict[str, tuple[Tensor, Tensor | None]]
+"""Per adapted layer name: a weight offset ``(in, out)`` and a bias offset ``(out,)`` or None
+(per episode)."""
 
 
 class LowRankAdaptation:
@@ -43,15 +53,20 @@ class LowRankAdaptation:
 
     @contextmanager
     def active(
-        self, factors: Factors, offsets: Mapping[str, Tensor] | None = None
+        self,
+        factors: Factors,
+        offsets: Mapping[str, Tensor] | None = None,
+        deltas: Deltas | None = None,
     ) -> Iterator[dict[str, Tensor]]:
-        """Within the block, every adapted layer adds ``offsets[name]`` (``(n, out)``) and its
-        low-rank term ``(x @ A^T [+ 1]) @ B`` to its output; yields the layers' inputs ``x`` as
-        the forward records them."""
+        """Within the block, every adapted layer adds ``offsets[name]`` (``(n, out)``), its full
+        offset ``x @ dW + db`` (``deltas[name]``) and its low-rank term ``(x @ A^T [+ 1]) @ B`` to
+        its output; yields the layers' inputs ``x`` as the forward records them."""
         inputs: dict[str, Tensor] = {}
-        offsets = offsets or {}
+        offsets, deltas = offsets or {}, deltas or {}
         handles = [
-            module.register_forward_hook(_hook(name, factors.get(name), offsets.get(name), inputs))
+            module.register_forward_hook(
+                _hook(name, factors.get(name), offsets.get(name), deltas.get(name), inputs)
+            )
             for name, module in self.layers.items()
         ]
         try:
@@ -65,6 +80,7 @@ def _hook(
     name: str,
     factor: tuple[Tensor, Tensor] | None,
     offset: Tensor | None,
+    delta: tuple[Tensor, Tensor | None] | None,
     inputs: dict[str, Tensor],
 ) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor]:
     def hook(module: nn.Module, args: tuple[Tensor, ...], y: Tensor) -> Tensor:
@@ -72,12 +88,24 @@ def _hook(
         inputs[name] = x
         if offset is not None:
             y = y + offset
+        if delta is not None:
+            dw, db = delta
+            y = _add_product(y, x, dw)
+            if db is not None:
+                y = y + db.unsqueeze(-2)
         if factor is not None:
             a, b = factor
             g = x @ a.transpose(-1, -2)  # (n, R)
             if module.bias is not None:
                 g = g + 1.0
-            y = y + g @ b
+            y = _add_product(y, g, b)
         return y
 
     return hook
+
+
+def _add_product(y: Tensor, u: Tensor, v: Tensor) -> Tensor:
+    """``y + u @ v``; one fused ``baddbmm`` when batched over episodes (3-d)."""
+    if y.dim() == u.dim() == v.dim() == 3:
+        return torch.baddbmm(y, u, v)
+    return y + u @ v

@@ -11,9 +11,11 @@ Inside :func:`outer_loss` (``T`` episodes of ``K`` support + ``Q`` query samples
 
 1. ``sparse`` (the collection's :class:`~trainer.sparse.SparseOut`, pooled for all ``T x (K+Q)``
    samples at once) is split into support and query sides;
-2. the inner loop runs for all episodes together: ``vmap`` over episodes of a function that takes
-   ``inner_steps`` SGD steps (``torch.func.grad``) on the masked mean support loss, through
-   ``functional_call`` of the dense half. What adapts (``MetaConfig.adapt``): ``head`` = the last
+2. the inner loop runs for all episodes together, batched (no ``vmap``, no per-episode loop):
+   ``inner_steps`` SGD steps on the masked mean support loss, through ``functional_call`` of the
+   dense half; each episode's gradients are those of the sum of the per-episode losses with respect
+   to per-episode quantities (per-sample views of the biases, the task-local row offsets), since
+   an episode's loss depends on no other episode's. What adapts (``MetaConfig.adapt``): ``head`` = the last
    ``ModelConfig.head_layers`` layers, ``dense`` = every dense parameter, ``dense+emb`` = those plus
    task-local copies of the rows the episode uses (``batch.task_rows``), held as zero-initialised
    offsets pooled by the collection's pooling and added to the pooled fields (pooling is linear,
@@ -63,10 +65,10 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import functional_call
 
 from trainer.film import Modulation, modulated, support_features
-from trainer.lowrank import Factors, LowRankAdaptation
+from trainer.lowrank import Deltas, Factors, LowRankAdaptation
 from trainer.metaemb import pooled_fields, with_id_embedding
 from trainer.models import esmm
 from trainer.models.build import RecModel
@@ -165,21 +167,21 @@ class Adapted:
     """Per-episode adaptation from :func:`adapt`, as offsets from the shared parameters:
     ``dense`` maps the adapted layers to their low-rank factors ``A`` ``(T, R, in)`` and ``B``
     ``(T, R, out)`` (:mod:`trainer.lowrank`); ``rows`` maps ``emb``/``linear`` to ``(T, M, width)``
-    offsets of the task-local rows (``dense+emb`` only); ``weights`` maps parameter names to
-    per-episode values ``(T, ...)`` replacing the shared ones (Meta-SGD per parameter, whose
-    update is not low-rank); ``film`` maps modulated layers to per-episode ``gamma``/``beta``
+    offsets of the task-local rows (``dense+emb`` only); ``deltas`` maps adapted layers to
+    per-episode weight ``(T, in, out)`` and bias ``(T, out)`` offsets (Meta-SGD per parameter,
+    whose update is not low-rank); ``film`` maps modulated layers to per-episode ``gamma``/``beta``
     ``(T, H)`` (``mode = "film"``)."""
 
     dense: Factors
     rows: dict[str, Tensor]
-    weights: dict[str, Tensor] = field(default_factory=dict)
+    deltas: Deltas = field(default_factory=dict)
     film: Modulation = field(default_factory=dict)
     id_emb: Tensor | None = None
     """``mode = "metaemb"``: the generated and warmed-up embedding of each episode's id ``(T, D)``."""
 
 
 # ---------------------------------------------------------------------------------------------
-# Batch preparation (outside vmap: slicing, masks, labels)
+# Batch preparation (slicing, masks, labels)
 
 
 def _labels(model: RecModel, batch: Any, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
@@ -236,7 +238,7 @@ def _bce(model: RecModel, logits: Tensor, y: Tensor) -> Tensor:
 
 class _Episodes:
     """Everything the per-episode functions need, split into support and query sides (dicts of
-    tensors with the episode axis first, so ``vmap`` maps them with ``in_dims=0``)."""
+    tensors with the episode axis first)."""
 
     def __init__(
         self,
@@ -292,7 +294,7 @@ def _dtype(sparse: SparseOut) -> torch.dtype:
 
 
 # ---------------------------------------------------------------------------------------------
-# Per-episode functions (run under vmap)
+# Per-episode functions, batched over the episodes (leading axis T)
 #
 # Adapted parameters are never copied per episode: a dense layer's adaptation is a low-rank offset
 # applied by the hooks of ``trainer.lowrank`` around the forward; the task-local embedding rows are
@@ -300,16 +302,25 @@ def _dtype(sparse: SparseOut) -> torch.dtype:
 
 
 def _episode_logits(model: RecModel, params: dict, rows_d: dict, side: dict) -> Tensor:
-    """Logits of one episode's samples at ``params`` with task-local row offsets ``rows_d``."""
+    """Logits of the episodes' samples at ``params`` with task-local row offsets ``rows_d``."""
     sparse = SparseOut.from_dict(side["sparse"])
     if "emb" in rows_d:  # task-local copies of the rows: rows + offset, pooled linearly
         pooling = model.embeddings.pooling
+        rows, tinv = _flat_rows(rows_d["emb"], side["tinv"])
         lin = rows_d.get("linear")
         sparse = sparse.with_row_offsets(
-            pooling.fields(rows_d["emb"], side["tinv"]),
-            None if lin is None else pooling.lr(lin, side["tinv"]),
+            pooling.fields(rows, tinv),
+            None if lin is None else pooling.lr(lin.flatten(0, 1), tinv),
         )
     return functional_call(model.dense_half, params, (sparse, side["dense"]))
+
+
+def _flat_rows(rows: Tensor, tinv: Tensor) -> tuple[Tensor, Tensor]:
+    """Each episode's rows ``(T, M, W)`` and its samples' indices ``(T, n, S)`` into them, as one
+    table ``(T * M, W)`` and indices into it (the pooling reads one table)."""
+    T, M = rows.shape[:2]
+    shift = torch.arange(T, device=tinv.device).mul_(M).view(T, 1, 1)
+    return rows.flatten(0, 1), tinv + shift
 
 
 def _episode_loss(model: RecModel, params: dict, rows_d: dict, side: dict) -> Tensor:
@@ -319,7 +330,7 @@ def _episode_loss(model: RecModel, params: dict, rows_d: dict, side: dict) -> Te
 
 def _detach(d: dict[str, Any]) -> dict[str, Any]:
     return {
-        k: tuple(x.detach() for x in v)
+        k: tuple(None if x is None else x.detach() for x in v)
         if isinstance(v, tuple)
         else _detach(v)
         if isinstance(v, dict)
@@ -338,83 +349,86 @@ def _inner_loop(
     support: dict[str, Any],
     first_order: bool,
 ) -> tuple[Factors, dict, Tensor]:
-    """``inner_steps`` SGD steps on one episode's support loss.
+    """``inner_steps`` SGD steps on every episode's support loss, all episodes at once.
 
     Returns the accumulated negative gradients, before the step sizes: per adapted layer the
     low-rank factors ``A`` (inputs) and ``B`` (minus the output gradients), and the task-local
-    rows' sums; then the support loss before adaptation. :func:`_stepped` applies the step sizes
-    (``cfg.inner_lr``, or Meta-SGD's learned ``lrs``).
+    rows' sums; then the support loss before adaptation per episode. :func:`_stepped` applies the
+    step sizes (``cfg.inner_lr``, or Meta-SGD's learned ``lrs``). The gradients are those of the
+    sum of the per-episode losses with respect to per-episode tensors: each episode's own, since
+    an episode's loss depends on no other episode's samples, bias views or row offsets.
     """
     if first_order:  # no outer graph through the inner gradients
         params, support, lrs = _detach(params), _detach(support), _detach(lrs)
-    n = support["m"].shape[-1]
+    T, n = support["m"].shape
     layers = adaptation.layers
-
-    def neg_loss(var: dict, params: dict, factors: Factors, support: dict):
-        # Layers with a bias get the output gradient as the gradient of a per-sample copy of the
-        # bias (an expanded view: no extra pass over the outputs, unlike adding a zero offset).
-        p = {**params, **{f"{layer}.bias": b for layer, b in var["b"].items()}}
-        with adaptation.active(factors, var["z"]) as inputs:
-            loss = _episode_loss(model, p, var["rows_d"], support)
-        return -loss, {layer: inputs[layer] for layer in layers}
-
-    step_fn = grad_and_value(neg_loss, has_aux=True)
     raw: Factors = {}
     raw_rows = rows_d
     loss0 = None
-    p, factors = params, {}
+    factors: Factors = {}
+    deltas: Deltas = {}
     for _ in range(cfg.inner_steps):
-        var: dict[str, dict[str, Tensor]] = {"z": {}, "b": {}, "rows_d": rows_d}
-        for layer, m in layers.items():
-            if m.bias is not None:
-                var["b"][layer] = p[f"{layer}.bias"].expand(n, -1)
-            else:
-                var["z"][layer] = support["y"].new_zeros(n, m.weight.shape[1])
-        step, (neg, x) = step_fn(var, p, factors, support)
-        loss0 = -neg if loss0 is None else loss0
-        for layer in layers:
-            a, b = x[layer], (step["b"] if layer in step["b"] else step["z"])[layer]
+        # Each layer's output gradient per sample: for a layer with a bias, the gradient of a
+        # per-sample copy of the bias (an expanded view: no extra pass over the outputs, unlike
+        # adding a zero offset); without a bias, that of a zero offset added to the outputs.
+        outs = [
+            params[f"{layer}.bias"].expand(T, n, -1)
+            if m.bias is not None
+            else support["y"].new_zeros(T, n, m.weight.shape[1])
+            for layer, m in layers.items()
+        ]
+        leaves = [v if v.requires_grad else v.detach().requires_grad_() for v in outs]
+        leaves += [v if v.requires_grad else v.detach().requires_grad_() for v in rows_d.values()]
+        out = dict(zip(layers, leaves, strict=False))
+        biases = {f"{k}.bias": v for k, v in out.items() if layers[k].bias is not None}
+        zeros = {k: v for k, v in out.items() if layers[k].bias is None}
+        rows_in = dict(zip(rows_d, leaves[len(layers) :], strict=True))
+        with adaptation.active(factors, zeros, deltas) as inputs:
+            loss = _episode_loss(model, {**params, **biases}, rows_in, support)
+        grads = torch.autograd.grad(
+            -loss.sum(), leaves, create_graph=not first_order, materialize_grads=True
+        )
+        loss0 = loss.detach() if loss0 is None else loss0
+        for layer, b in zip(layers, grads, strict=False):
+            a = inputs[layer]
             if layer in raw:
                 a, b = torch.cat([raw[layer][0], a], -2), torch.cat([raw[layer][1], b], -2)
             raw[layer] = (a, b)
         # Null rows and padding entries of the task-local rows never move.
+        row_grads = dict(zip(rows_d, grads[len(layers) :], strict=True))
         raw_rows = {
-            k: v + step["rows_d"][k] * support["row_mask"].unsqueeze(-1)
-            for k, v in raw_rows.items()
+            k: v + row_grads[k] * support["row_mask"].unsqueeze(-1) for k, v in raw_rows.items()
         }
         if first_order:
             raw, raw_rows = _detach(raw), _detach(raw_rows)
-        weights, factors, rows_d = _stepped(cfg, params, lrs, adaptation, raw, raw_rows)
-        p = {**params, **weights}
-    return raw, raw_rows, loss0.detach()
+        deltas, factors, rows_d = _stepped(cfg, lrs, adaptation, raw, raw_rows)
+    return raw, raw_rows, loss0
 
 
 def _stepped(
     cfg: MetaConfig,
-    params: dict[str, Tensor],
     lrs: dict[str, Tensor],
     adaptation: LowRankAdaptation,
     raw: Factors,
     raw_rows: dict[str, Tensor],
-) -> tuple[dict[str, Tensor], Factors, dict[str, Tensor]]:
-    """The adapted parameters from :func:`_inner_loop`'s sums, as (per-episode parameters
-    replacing shared ones, low-rank factors, row offsets). A step size that is one number per layer
-    (``inner_lr``, Meta-SGD per layer) scales ``B``; Meta-SGD per parameter scales every entry of
-    the weight's update ``A^T B`` on its own, which is not low-rank: the weight is formed."""
+) -> tuple[Deltas, Factors, dict[str, Tensor]]:
+    """The adapted parameters from :func:`_inner_loop`'s sums, as (full per-episode offsets,
+    low-rank factors, row offsets). A step size that is one number per layer (``inner_lr``,
+    Meta-SGD per layer) scales ``B``; Meta-SGD per parameter scales every entry of the weight's
+    update ``A^T B`` on its own, which is not low-rank: the weight offset is formed."""
     if not lrs:
         lr = cfg.inner_lr
         return {}, {k: (a, b * lr) for k, (a, b) in raw.items()}, _scaled(raw_rows, {}, lr)
-    weights: dict[str, Tensor] = {}
+    deltas: Deltas = {}
     factors: Factors = {}
     for layer, (a, b) in raw.items():
         w, bias = f"{layer}.weight", f"{layer}.bias"
         if lrs[w].dim() == 0:
             factors[layer] = (a, b * lrs[w])
             continue
-        weights[w] = params[w] + lrs[w] * (a.transpose(-1, -2) @ b)
-        if adaptation.layers[layer].bias is not None:
-            weights[bias] = params[bias] + lrs[bias] * b.sum(-2)
-    return weights, factors, _scaled(raw_rows, lrs, cfg.inner_lr)
+        db = lrs[bias] * b.sum(-2) if adaptation.layers[layer].bias is not None else None
+        deltas[layer] = (lrs[w] * (a.transpose(-1, -2) @ b), db)
+    return deltas, factors, _scaled(raw_rows, lrs, cfg.inner_lr)
 
 
 def _scaled(raw_rows: dict[str, Tensor], lrs: dict[str, Tensor], lr: float) -> dict[str, Tensor]:
@@ -551,25 +565,18 @@ def _film_losses(model: RecModel, sparse: SparseOut, batch: Any, cfg: MetaConfig
 
 def _inner_loop_losses(model: RecModel, sparse: SparseOut, batch: Any, cfg: MetaConfig) -> Losses:
     """MAML / FOMAML (with Meta-SGD's step sizes when learned): the query loss after the inner
-    loop on the support set, all episodes at once under ``vmap``."""
+    loop on the support set, all episodes at once."""
     first_order = cfg.mode == "fomaml"
     ep = _Episodes(model, sparse, batch, cfg.adapt, detach_support=first_order)
     adaptation = _adaptation(model, cfg.adapt)
     params = dict(model.dense_half.named_parameters())
-
-    def episode(
-        params: dict, lrs: dict, rows_d: dict, sup: dict, qry: dict
-    ) -> tuple[Tensor, Tensor]:
-        raw, raw_rows, s_loss = _inner_loop(
-            model, cfg, params, lrs, adaptation, rows_d, sup, first_order
-        )
-        weights, factors, rows_d = _stepped(cfg, params, lrs, adaptation, raw, raw_rows)
-        with adaptation.active(factors):
-            return _episode_loss(model, {**params, **weights}, rows_d, qry), s_loss
-
-    per_episode, s_loss = vmap(episode, in_dims=(None, None, 0, 0, 0))(
-        params, _step_sizes(model, cfg), ep.rows_d0, ep.support, ep.query
+    lrs = _step_sizes(model, cfg)
+    raw, raw_rows, s_loss = _inner_loop(
+        model, cfg, params, lrs, adaptation, ep.rows_d0, ep.support, first_order
     )
+    deltas, factors, rows_d = _stepped(cfg, lrs, adaptation, raw, raw_rows)
+    with adaptation.active(factors, deltas=deltas):
+        per_episode = _episode_loss(model, params, rows_d, ep.query)
     return ep, per_episode, s_loss, per_episode.detach()
 
 
@@ -656,18 +663,12 @@ def adapt(model: RecModel, sparse: SparseOut, batch: Any, cfg: MetaConfig) -> Ad
     adaptation = _adaptation(model, cfg.adapt)
     params = _detach(dict(model.dense_half.named_parameters()))
     lrs = _detach(_step_sizes(model, cfg))
-
-    def episode(params: dict, lrs: dict, rows_d: dict, sup: dict) -> tuple[dict, Factors, dict]:
-        raw, raw_rows, _ = _inner_loop(
-            model, cfg, params, lrs, adaptation, rows_d, sup, first_order=True
-        )
-        return _stepped(cfg, params, lrs, adaptation, raw, raw_rows)
-
     with torch.enable_grad():
-        weights, dense, rows_d = vmap(episode, in_dims=(None, None, 0, 0))(
-            params, lrs, ep.rows_d0, ep.support
+        raw, raw_rows, _ = _inner_loop(
+            model, cfg, params, lrs, adaptation, ep.rows_d0, ep.support, first_order=True
         )
-    return Adapted(_detach(dense), _detach(rows_d), _detach(weights))
+    deltas, dense, rows_d = _stepped(cfg, lrs, adaptation, raw, raw_rows)
+    return Adapted(_detach(dense), _detach(rows_d), _detach(deltas))
 
 
 @torch.no_grad()
@@ -700,15 +701,10 @@ def predict(
         side["tinv"] = _task_rows(batch)[2][:, K:]
     params = dict(model.dense_half.named_parameters())
     adaptation = LowRankAdaptation(
-        {name: model.dense_half.get_submodule(name) for name in adapted.dense}
+        {name: model.dense_half.get_submodule(name) for name in [*adapted.dense, *adapted.deltas]}
     )
-
-    def episode(
-        params: dict, weights: dict, factors: Factors, rows_d: dict, film: Modulation, side: dict
-    ) -> Tensor:
-        with adaptation.active(factors), modulated(model.dense_half, film):
-            return _episode_logits(model, {**params, **weights}, rows_d, side)
-
-    return vmap(episode, in_dims=(None, 0, 0, 0, 0, 0))(
-        params, adapted.weights, adapted.dense, adapted.rows, adapted.film, side
-    )
+    with (
+        adaptation.active(adapted.dense, deltas=adapted.deltas),
+        modulated(model.dense_half, adapted.film),
+    ):
+        return _episode_logits(model, params, adapted.rows, side)

@@ -129,16 +129,13 @@ class DynamicTableConfig:
 # Hashing: deterministic, vectorised, the same on every rank
 
 
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
 def _mix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser on uint64 (wrapping arithmetic)."""
-    with np.errstate(over="ignore"):
-        x = (x + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
-        x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK64
-        x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK64
-        return x ^ (x >> np.uint64(31))
+    """SplitMix64's finaliser on a uint64 ARRAY (numpy array arithmetic wraps mod 2**64 without
+    a warning; never pass a scalar)."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 def _u64(values: Tensor | int) -> np.ndarray:
@@ -173,12 +170,18 @@ def id_normal(ids: Tensor, dim: int, std: float, seed: int, dtype: torch.dtype) 
     if n == 0:
         return torch.zeros(0, dim, dtype=dtype)
     base = _hash(ids.reshape(-1), seed, 0x1D)[:, None]
-    j = np.arange(dim, dtype=np.uint64)[None, :]
-    with np.errstate(over="ignore"):
-        u1 = _unit(_mix64(base ^ _mix64(2 * j)))
-        u2 = _unit(_mix64(base ^ _mix64(2 * j + np.uint64(1))))
+    even, odd = _columns(dim)
+    u1 = _unit(_mix64(base ^ even))
+    u2 = _unit(_mix64(base ^ odd))
     z = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * math.pi * u2)
     return torch.from_numpy(z * std).to(dtype)
+
+
+@functools.lru_cache(maxsize=8)
+def _columns(dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The per-column keys of :func:`id_normal`: ``mix64(2j)`` and ``mix64(2j + 1)``, ``(1, dim)``."""
+    j = np.arange(dim, dtype=np.uint64)[None, :]
+    return _mix64(2 * j), _mix64(2 * j + np.uint64(1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,6 +222,10 @@ class IdMap:
         self.sketch = torch.zeros(SKETCH_DEPTH, width, dtype=torch.int32)
         self.sketch_adds = torch.zeros((), dtype=torch.int64)
         """Occurrences added since the last halving."""
+        salts = np.array([_salt(d) for d in range(SKETCH_DEPTH)], dtype=np.uint64)[:, None]
+        rows = np.arange(SKETCH_DEPTH, dtype=np.uint64)[:, None] * np.uint64(max(width, 1))
+        self._sketch_keys = (salts, np.uint64(max(width, 1)), rows)
+        """Per sketch row: its salt, the width and the row's first cell in the flat sketch."""
         self.counts = dict.fromkeys(COUNTERS, 0)
         self._reindex()
 
@@ -261,8 +268,9 @@ class IdMap:
                 self._reindex()
         slots = self._find_local(ids)
         hit = slots >= 0
-        self.last_seen[slots[hit]] = step
-        self.freq[slots[hit]] += counts[hit]
+        held = slots[hit]
+        self.last_seen.index_fill_(0, held, step)
+        self.freq.index_add_(0, held, counts[hit])
         miss = (~hit).nonzero().squeeze(1)
         admit = miss[self._admissible(ids[miss], counts[miss], step)]
         new_slots = torch.zeros(0, dtype=torch.int64)
@@ -290,11 +298,10 @@ class IdMap:
         ok = torch.ones(ids.numel(), dtype=torch.bool)
         if cfg.admit_count > 1 and ids.numel():
             width = self.sketch.shape[1]
-            salts = np.array([_salt(d) for d in range(SKETCH_DEPTH)], dtype=np.uint64)[:, None]
-            col = _mix64(_hash(ids, self.seed)[None, :] ^ salts) % np.uint64(width)
+            salts, w, first = self._sketch_keys
             # The (depth, n) cells of the flattened sketch: one scatter, one gather.
-            col += np.arange(SKETCH_DEPTH, dtype=np.uint64)[:, None] * np.uint64(width)
-            cell = torch.from_numpy(col.astype(np.int64)).reshape(-1)
+            col = _mix64(_hash(ids, self.seed)[None, :] ^ salts) % w + first
+            cell = torch.from_numpy(col.view(np.int64)).reshape(-1)
             flat = self.sketch.view(-1)
             flat.index_add_(0, cell, counts.to(torch.int32).repeat(SKETCH_DEPTH))
             seen = flat.index_select(0, cell).view(SKETCH_DEPTH, -1)
@@ -552,37 +559,44 @@ class DynamicEmbeddingCollection:
         """Each dynamic id's global slot (-1: fallback), decided by its owner (id shard
         ``local mod shards``), and the rows that restart. Sharded: the ids (with their counts)
         go to their owners and the slots come back (``exchange_counts`` + two AlltoAlls)."""
+        if not train:
+            counts = torch.zeros_like(local)
         if self.comm is None or not self.comm.distributed:
-            msg = torch.stack([feature, local, counts if train else torch.zeros_like(local)], 1)
-            return self._decide(msg, train, unique=False)
+            return self._decide(feature, local, counts, train, unique=False)
         comm, dev = self.comm, self.device
         owner = local % self.shards
         order = torch.argsort(owner, stable=True)
         send_t = torch.bincount(owner, minlength=self.shards)
         recv = comm.exchange_counts(send_t, "dynamic.splits").tolist()
         send = send_t.tolist()
-        msg = torch.stack([feature, local, counts if train else torch.zeros_like(local)], 1)
-        got = comm.all_to_all(msg.index_select(0, order).to(dev), send, recv, "dynamic.ids")
-        slots, fresh = self._decide(got.cpu(), train, unique=True)
+        msg = torch.stack([feature, local, counts], 1).index_select(0, order)
+        got = comm.all_to_all(msg.to(dev), send, recv, "dynamic.ids").cpu()
+        slots, fresh = self._decide(*got.unbind(1), train, unique=True)
         back = comm.all_to_all(slots.to(dev), recv, send, "dynamic.slots").cpu()
         out = torch.empty_like(back)
         out[order] = back
         return out, fresh
 
     def _decide(
-        self, msg: Tensor, train: bool, unique: bool
+        self, feature: Tensor, local: Tensor, counts: Tensor, train: bool, unique: bool
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """The owner's side: ``msg`` rows ``(feature, local id, count)`` of the id shards held
-        here (``unique``: ids may repeat, from several ranks: their counts are summed); admit and
-        evict (``train``) or only find. Returns each row's global slot and the rows that restart
-        (all of them on this rank), with their initial ``emb``."""
-        feature, local, counts = msg.unbind(1)
+        """The owner's side: ids ``(feature, local id, count)`` of the id shards held here
+        (``unique``: ids may repeat, from several ranks, and their counts are summed; else they
+        are one batch's: sorted and unique); admit and evict (``train``) or only find. Returns
+        each id's global slot and the rows that restart (all of them on this rank), with their
+        initial ``emb``."""
         out = torch.full_like(local, -1)
         fresh_rows, fresh_ids = [], []
         for fi, shards in self.maps.items():
-            in_table = feature == fi
+            if unique:
+                in_table = (feature == fi).nonzero().squeeze(1)
+            else:  # sorted ids: a feature's are contiguous
+                lo, hi = torch.searchsorted(feature, torch.tensor([fi, fi + 1])).tolist()
+                in_table = torch.arange(lo, hi)
             for s, m in shards.items():
-                here = (in_table & (local % self.shards == s)).nonzero().squeeze(1)
+                here = in_table
+                if self.shards > 1:
+                    here = here[local.index_select(0, here) % self.shards == s]
                 if here.numel() == 0 and not train:
                     continue
                 ids, n = local.index_select(0, here), counts.index_select(0, here)

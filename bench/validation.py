@@ -8,11 +8,13 @@ and one SparkSession (``--master``, ``local[2]``), after a small warm-up of ever
 
 - ``etl_s``: ``run_etl`` end to end on the interval;
 - ``one_pass``: ``validate_raw`` on the raw partitions and ``validate_episodes`` on the ETL's
-  output as the project runs them (``runner.run_expectations``: every metric of a suite in one
-  aggregation);
+  output as the project runs them (raw: every metric of a suite in one Spark aggregation,
+  ``runner.run_expectations``; episodes: the files read with pyarrow into the per-episode profile,
+  the suite judged on it in memory, ``runner.run_on_table``), with ``phases_s``: the wall time of
+  each step (:data:`PHASES`);
 - ``gx``: the same two calls with the suites evaluated by great-expectations itself
-  (``gx_reference``: the profile cached, GX's metrics, several Spark jobs per expectation, the
-  summary in its own job) — the way validation ran before issue 14;
+  (``gx_reference``: GX's metrics, several Spark jobs per expectation, on the raw profile and on
+  the episode profile as a cached Spark frame) — the way validation ran before issue 14;
 - each validation's ratio to ``etl_s`` (target: one pass <= 0.25x) and the speed-up one pass / GX;
   both paths must reach the same verdict on every check (``verdicts_equal``).
 
@@ -42,7 +44,7 @@ def gx_suites():
     """Evaluate the suites with GX's ``ValidationDefinition`` instead of the one-pass runner."""
     from components.validation import gx_reference, runner
 
-    names = ("run_expectations", "run_with_aggregates", "run_on_values")
+    names = ("run_expectations", "run_on_table", "run_on_values")
     saved = {n: getattr(runner, n) for n in names}
     for n in names:
         setattr(runner, n, getattr(gx_reference, f"{n}_gx"))
@@ -51,6 +53,69 @@ def gx_suites():
     finally:
         for n, f in saved.items():
             setattr(runner, n, f)
+
+
+PHASES = (
+    ("sources", "list_raw_partitions", "raw/list"),
+    ("runner", "run_expectations", "raw/suites (Spark, one job each)"),
+    ("sources", "list_episode_files", "episodes/list + footers"),
+    ("sources", "read_episode_files", "episodes/read (pyarrow)"),
+    ("profile", "file_profile", "episodes/profile (numpy)"),
+    ("runner", "run_on_table", "episodes/suite on the profile"),
+    ("profile", "split_summary", "episodes/summary"),
+    ("runner", "run_on_values", "episodes/summary suite"),
+    ("report", "ValidationReport.write", "report files"),
+    ("episodes", "record_in_manifest", "manifest record"),
+)
+"""Functions of ``components.validation`` timed by :func:`phases` (module, attribute, label)."""
+
+
+@contextlib.contextmanager
+def phases(seconds: dict[str, float]):
+    """Add each :data:`PHASES` function's wall time (a generator's: the time of its items) to
+    ``seconds[label]`` while inside; nested timed calls count in both."""
+    import importlib
+    import inspect
+
+    def timed(fn, label):
+        if inspect.isgeneratorfunction(fn):
+
+            def gen(*args, **kwargs):
+                it = fn(*args, **kwargs)
+                while True:
+                    t = time.perf_counter()
+                    try:
+                        item = next(it)
+                    except StopIteration:
+                        return
+                    finally:
+                        seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - t
+                    yield item
+
+            return gen
+
+        def call(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - t
+
+        return call
+
+    saved = []
+    for module, attr, label in PHASES:
+        owner = importlib.import_module(f"components.validation.{module}")
+        *path, name = attr.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        saved.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, timed(getattr(owner, name), label))
+    try:
+        yield seconds
+    finally:
+        for owner, name, fn in reversed(saved):
+            setattr(owner, name, fn)
 
 
 def _timed(fn, *args, **kwargs) -> tuple[Any, float]:
@@ -85,12 +150,14 @@ def measure(spark, raw: Path, out: Path, rows: int) -> dict[str, Any]:
     )
     result, etl_s = _timed(run_etl, config, spark)
     episodes = Path(result.output)  # the interval directory (holds _manifest.json)
-    one = validate(spark, raw, episodes)
+    with phases({}) as seconds:
+        one = validate(spark, raw, episodes)
+    one["phases_s"] = {k: round(v, 3) for k, v in seconds.items()}
     with gx_suites():
         ref = validate(spark, raw, episodes)
     row = {
         "rows": rows, "rows_read": result.rows_read, "etl_s": round(etl_s, 2),
-        "one_pass": {k: v for k, v in one.items() if k != "checks"},
+        "one_pass": {k: v for k, v in one.items() if k != "checks"},  # with its phases
         "gx": {k: v for k, v in ref.items() if k != "checks"},
         "one_pass_over_etl": round(one["total_s"] / etl_s, 3),
         "gx_over_etl": round(ref["total_s"] / etl_s, 3),

@@ -1,11 +1,11 @@
 """``validate_episodes``: the gate between the ETL and the trainer, for one interval's output.
 
 Order of work: read the manifest (missing -> ``ContractError``, exit 2); list the files and read
-their Parquet footers (pre-checks without Spark: layout, schema, files vs. the manifest's list; a
-schema problem stops here, as the profile cannot be computed); build the per-episode profile in
-Spark and run the profile suite on it, with the summary's aggregates in the same pass (one Spark
-job); judge the summary suite (counts per split vs. the manifest, the interval's click rate) on
-those values; write
+their Parquet footers (pre-checks: layout, schema, files vs. the manifest's list; a schema problem
+stops here, as the profile cannot be computed); read the files one at a time with pyarrow into
+the per-episode profile (``profile.episode_profile``: no Spark, no JVM) and run the profile suite
+on it (``runner.run_on_table``); judge the summary suite (counts per split vs. the manifest, the
+interval's click rate) on the profile's per-split sums; write
 ``<root>/_validation/report.{json,md}``; record the verdict in ``<root>/_manifest.json``.
 
 Example:
@@ -23,7 +23,7 @@ from trainer.data.contract import SPLITS, Manifest
 
 from .record import record_in_manifest
 from .report import REPORT_DIR, CheckResult, ValidationReport
-from .runner import default_spark, skipped
+from .runner import skipped
 from .suites import Thresholds
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,8 @@ def validate_episodes(
 
     Args:
         root: the interval's directory (holds ``_manifest.json``), local path or URI.
-        spark: a SparkSession; default: ``components.etl.session.build_spark()``.
+        spark: not used: the episode files are read and checked with pyarrow, without Spark
+            (accepted so that callers can pass the session they give ``validate_raw``).
         previous: the previous interval's output directory for the row-count band; default: the
             sibling whose manifest interval ends where this one starts (if ``find_previous``).
         find_previous: look for that sibling when ``previous`` is not given.
@@ -60,10 +61,12 @@ def validate_episodes(
     Raises:
         ContractError: no/unsupported manifest. DataUnavailableError: no or unreadable files.
     """
+    import pyarrow as pa
+
     from . import profile as P
     from . import sources as S
     from . import suites
-    from .runner import gx_version, run_on_values, run_with_aggregates
+    from .runner import gx_version, run_on_table, run_on_values
 
     thresholds = thresholds or Thresholds()
     manifest, manifest_dict = S.load_episode_manifest(root)
@@ -94,25 +97,20 @@ def validate_episodes(
     splits = sorted(set(SPLITS) | set(manifest.splits))
     expected = {(s, m): int(manifest.splits.get(s, {}).get(m, 0)) for s in splits for m in metrics}
 
-    spark = default_spark(spark)
-    try:  # one pass over the episodes: the profile suite and the summary's aggregates together
-        profile = P.episode_profile(S.read_episodes(spark, files), manifest)
-        expectations = suites.episode_expectations(
-            manifest,
-            with_interval="interval_start_ms" in params,
-            with_previous="row_count_min" in params,
-        )
-        checks, summary = run_with_aggregates(
-            SUITE, expectations, profile, params, INDEX_COLUMNS, P.split_summary(splits)
-        )
-        report.checks += checks
-        report.checks += run_on_values(
-            f"{SUITE}.summary", suites.summary_expectations(expected, thresholds), summary, params
-        )
-    except ValueError:
-        raise
-    except Exception as e:  # Spark could not read or process the files
-        raise S.DataUnavailableError(f"{root}: cannot read the episode data: {e}") from e
+    try:  # one pass over the episode files (pyarrow, no Spark): the profile, then both suites
+        profile = P.episode_profile(S.read_episode_files(files), manifest)
+    except (OSError, pa.ArrowException) as e:  # e.g. a value the profile's int64 cannot hold
+        raise S.DataUnavailableError(f"{root}: cannot profile the episode data: {e}") from e
+    expectations = suites.episode_expectations(
+        manifest,
+        with_interval="interval_start_ms" in params,
+        with_previous="row_count_min" in params,
+    )
+    report.checks += run_on_table(SUITE, expectations, profile, params, INDEX_COLUMNS)
+    summary = P.split_summary(profile, splits)
+    report.checks += run_on_values(
+        f"{SUITE}.summary", suites.summary_expectations(expected, thresholds), summary, params
+    )
     return _finish(report, root, manifest_dict, write_report, record)
 
 

@@ -1,7 +1,8 @@
 """GX's own ``ValidationDefinition`` run: the oracle of the one-pass evaluator and its baseline.
 
-``runner.run_expectations`` computes every metric in one aggregation (``metrics.py``); this runs
-the same expectations through great-expectations itself (its metrics, several Spark jobs per
+``runner.run_expectations`` computes every metric in one aggregation (``metrics.py``), and
+``runner.run_on_table`` on an Arrow table in memory (``table_metrics.py``); this runs the same
+expectations through great-expectations itself (its metrics, several Spark jobs per
 expectation, SUMMARY results), so a test can check that both give the same verdicts, counts and
 observed values, and ``bench/validation.py`` can time both on the same data. Not used by the
 suites.
@@ -58,23 +59,21 @@ def run_expectations_gx(
     return [from_gx_result(by_name[e.meta["check"]], suite_name) for e in expectations]
 
 
-def run_with_aggregates_gx(
+def run_on_table_gx(
     suite_name: str,
     expectations: list,
-    df,
+    table,
     parameters: dict[str, Any] | None = None,
     index_columns: list[str] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> tuple[list[CheckResult], dict[str, Any]]:
-    """``runner.run_with_aggregates`` as validation ran before issue 14: the frame cached, GX's
-    run on it, then the extra aggregates in their own job."""
+) -> list[CheckResult]:
+    """``runner.run_on_table`` by GX: the Arrow table as a Spark frame (cached), GX's run on it."""
     from pyspark import StorageLevel
+    from pyspark.sql import SparkSession
 
-    df = df.persist(StorageLevel.MEMORY_AND_DISK)
+    spark = SparkSession.getActiveSession()
+    df = spark.createDataFrame(table).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        checks = run_expectations_gx(suite_name, expectations, df, parameters, index_columns)
-        row = df.agg(*(c.alias(n) for n, c in (extra or {}).items())).collect()[0] if extra else {}
-        return checks, {n: row[n] for n in extra or {}}
+        return run_expectations_gx(suite_name, expectations, df, parameters, index_columns)
     finally:
         df.unpersist()
 

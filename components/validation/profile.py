@@ -1,15 +1,20 @@
-"""Spark-side derived columns that turn list-valued episodes and raw logs into flat, checkable frames.
+"""Derived columns that turn list-valued episodes and raw logs into flat, checkable tables.
 
 GX checks scalar columns well and list columns poorly, so the episode suite validates a per-episode
-*profile* computed here with Spark built-ins and higher-order functions (no Python UDFs, so it
-scales with the data): list lengths, per-feature min/max sparse id, support/query time bounds,
-label sanity, padding, and a per-task flag for tasks seen in both the cold and the warm splits.
-A per-split *summary* (observed counts next to the manifest's, aggregated in the same pass)
-feeds the count checks.
+*profile*: list lengths, per-feature min/max sparse id, support/query time bounds, label sanity,
+padding, and a per-task flag for tasks seen in both the cold and the warm splits. It is computed
+here from the episode Parquet files with pyarrow and numpy, one file at a time (a file's lists as
+an ``episodes x positions`` matrix, every fact a masked reduction over it): no Spark job, and the
+memory of one file plus the profile (a few dozen scalars per episode). A per-split *summary*
+(observed counts next to the manifest's) is aggregated from the profile. The raw profile
+(:func:`raw_profile`) stays a Spark frame: raw logs are read by Spark (JSONL's permissive parse).
 
 Positions inside a list column follow the contract (``trainer/data/contract.py``): sample ``j`` of
 an episode occupies ``[j * width, (j + 1) * width)``; sample ``j`` is real when
-``j < n_support`` or ``K <= j < K + n_query``, padding otherwise.
+``j < n_support`` or ``K <= j < K + n_query``, padding otherwise. ``n_support`` and ``n_query`` are
+clamped to ``[0, K]`` and ``[0, Q]`` (a null counts as 0) to place the samples, so a defective
+count fails its own check and does not break the profile. Only positions ``< (K + Q) * width`` are
+samples; a list of another length fails ``list_length`` and is profiled on the positions it has.
 
 Example (K=2, Q=1, sparse width 2): ``sparse = [5, 9, 7, 0, 3, 9]``, ``n_support = 2``,
 ``n_query = 1`` gives ``support_max_time_ms = max(t0, t1)``, ``query_min_time_ms = t2``,
@@ -18,9 +23,15 @@ Example (K=2, Q=1, sparse width 2): ``sparse = [5, 9, 7, 0, 3, 9]``, ``n_support
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from trainer.data.contract import Manifest
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
 
 # Per-sample list columns and their width source ("sparse" / "dense" / 1).
 LIST_COLUMNS = ("sparse", "dense", "click", "conversion", "event_time_ms")
@@ -44,6 +55,7 @@ NOT_NULL_COLUMNS = (
     "n_query",
     *(f"len_{c}" for c in LIST_COLUMNS),
 )
+COLD_SPLITS = ("test_cold", "valid_cold")
 
 
 def list_widths(manifest: Manifest) -> dict[str, int]:
@@ -57,128 +69,220 @@ def list_widths(manifest: Manifest) -> dict[str, int]:
     }
 
 
-def _parts(col: str, width: int, k: int, q: int) -> dict[str, str]:
-    """SQL for the real-sample and padding elements of a list column, by position (no lambdas).
+@dataclass
+class _Grid:
+    """One list column of a file: its first ``(K + Q) * width`` positions as a matrix."""
 
-    ``slice`` lengths are clamped at 0 so that a defective ``n_support``/``n_query`` (negative, or
-    larger than K/Q) yields a failed check, not a failed Spark job.
-    """
-    ns = f"least(greatest(n_support, 0), {k})"
-    nq = f"least(greatest(n_query, 0), {q})"
-    return {
-        "support": f"slice(`{col}`, 1, {ns} * {width})",
-        "query": f"slice(`{col}`, {k * width + 1}, {nq} * {width})",
-        "padding": (
-            f"concat(slice(`{col}`, {ns} * {width} + 1, ({k} - {ns}) * {width}), "
-            f"slice(`{col}`, ({k} + {nq}) * {width} + 1, ({q} - {nq}) * {width}))"
-        ),
-    }
-
-
-def _real(col: str, width: int, k: int, q: int) -> str:
-    p = _parts(col, width, k, q)
-    return f"concat({p['support']}, {p['query']})"
+    values: np.ndarray
+    """``(episodes, (K + Q) * width)``; 0 where ``valid`` is false."""
+    valid: np.ndarray
+    """True where the position exists and holds a non-null value."""
+    null: np.ndarray
+    """``(episodes,)``: the list itself is null."""
+    length: pa.Array
+    """Elements per list (null for a null list)."""
+    null_elements: np.ndarray
+    """``(episodes,)``: null values inside the whole list."""
+    nonfinite: np.ndarray
+    """``(episodes,)``: a NaN or infinite value anywhere in the list."""
+    any_valid: np.ndarray
+    """``(episodes,)``: at least one non-null value anywhere in the list."""
 
 
-def _slot_ids(offset: int, slots: int, width: int, samples: int) -> str:
-    """SQL: the ids of one feature in every sample (``slots`` per sample), one lambda per sample."""
-    return (
-        f"flatten(transform(sequence(0, {samples - 1}), "
-        f"j -> slice(sparse, j * {width} + {offset + 1}, {slots})))"
+def _grid(column, positions: int) -> _Grid:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(arr)
+    length = pc.list_value_length(arr).cast(pa.int64())
+    null = length.is_null().to_numpy(zero_copy_only=False)
+    counts = length.fill_null(0).to_numpy()
+    flat = arr.flatten()  # null lists contribute nothing
+    flat_valid = flat.is_valid().to_numpy(zero_copy_only=False)
+    values = flat.fill_null(0).to_numpy(zero_copy_only=False)
+    parent = np.repeat(np.arange(n), counts)
+    if not null.any() and (counts == positions).all():
+        grid, valid = values.reshape(n, positions), flat_valid.reshape(n, positions)
+    else:
+        pos = np.arange(len(values)) - np.repeat(np.cumsum(counts) - counts, counts)
+        keep = pos < positions
+        grid = np.zeros((n, positions), dtype=values.dtype)
+        valid = np.zeros((n, positions), dtype=bool)
+        grid[parent[keep], pos[keep]] = values[keep]
+        valid[parent[keep], pos[keep]] = flat_valid[keep]
+    finite = np.isfinite(values) if values.dtype.kind == "f" else np.ones(len(values), bool)
+    return _Grid(
+        values=grid,
+        valid=valid,
+        null=null,
+        length=length,
+        null_elements=np.bincount(parent[~flat_valid], minlength=n),
+        nonfinite=np.bincount(parent[flat_valid & ~finite], minlength=n) > 0,
+        any_valid=np.bincount(parent[flat_valid], minlength=n) > 0,
     )
 
 
-def episode_profile(episodes, manifest: Manifest):
+def _array(values: np.ndarray, null: np.ndarray) -> pa.Array:
+    import pyarrow as pa
+
+    return pa.array(values, mask=null)
+
+
+def _count(mask: np.ndarray, null: np.ndarray) -> pa.Array:
+    """Per episode: true positions of ``mask``; null where the list is null."""
+    return _array(mask.sum(axis=1).astype("int64"), null)
+
+
+def _extreme(g: _Grid, where: np.ndarray, op: str) -> pa.Array:
+    """Per episode: the min or max value at the valid positions of ``where``; null if none."""
+    import numpy as np
+
+    mask = g.valid & where
+    if g.values.shape[1] == 0:
+        return _array(np.zeros(len(mask), g.values.dtype), np.ones(len(mask), bool))
+    if op == "min":
+        fill = np.iinfo(g.values.dtype).max if g.values.dtype.kind == "i" else np.inf
+        out = np.where(mask, g.values, fill).min(axis=1)
+    else:
+        fill = np.iinfo(g.values.dtype).min if g.values.dtype.kind == "i" else -np.inf
+        out = np.where(mask, g.values, fill).max(axis=1)
+    return _array(out, ~mask.any(axis=1))
+
+
+def _int(column) -> pa.Array:
+    import pyarrow as pa
+
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return arr.cast(pa.int64())
+
+
+def _task_hashes(task_key: pa.Array) -> pa.Array:
+    """``signed_hash("task", key)`` per episode (hashed once per distinct key); null for null."""
+    import pyarrow as pa
+
+    from trainer.data.hashing import signed_hash
+
+    encoded = task_key.dictionary_encode()
+    hashes = pa.array([signed_hash("task", k) for k in encoded.dictionary.to_pylist()], pa.int64())
+    return hashes.take(encoded.indices)
+
+
+def file_profile(split: str, episodes: pa.Table, manifest: Manifest) -> pa.Table:
+    """The profile of one file's episodes (all of one split); see :func:`episode_profile`."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    k, q, widths = manifest.k_support, manifest.q_query, list_widths(manifest)
+    n = episodes.num_rows
+    task_key = episodes.column("task_key").combine_chunks().cast(pa.string())
+    n_support, n_query = _int(episodes.column("n_support")), _int(episodes.column("n_query"))
+    out: dict[str, Any] = {
+        "split": pa.array([split] * n, pa.string()),
+        "task_key": task_key,
+        "task_id": _int(episodes.column("task_id")),
+        "episode": _int(episodes.column("episode")),
+        "n_support": n_support,
+        "n_query": n_query,
+        "n_samples": pc.add(n_support, n_query),
+    }
+    # Sample j of each episode: support (j < ns), query (K <= j < K + nq) or padding.
+    ns = np.clip(n_support.fill_null(0).to_numpy(), 0, k)[:, None]
+    nq = np.clip(n_query.fill_null(0).to_numpy(), 0, q)[:, None]
+    j = np.arange(k + q)[None, :]
+    support, query = j < ns, (j >= k) & (j < k + nq)
+    real = support | query
+    grids = {c: _grid(episodes.column(c), (k + q) * widths[c]) for c in LIST_COLUMNS}
+    for c in LIST_COLUMNS:
+        out[f"len_{c}"] = grids[c].length
+    any_null = np.zeros(n, bool)
+    for g in grids.values():
+        any_null |= g.null
+    out["null_elements"] = _array(sum(g.null_elements for g in grids.values()), any_null)
+    sparse, w = grids["sparse"], widths["sparse"]
+    for f in manifest.features:
+        slot = (np.arange(w) >= f.offset) & (np.arange(w) < f.offset + f.slots)
+        where = np.tile(slot, k + q)[None, :]
+        out[f"min_id__{f.name}"] = _extreme(sparse, where, "min")
+        out[f"max_id__{f.name}"] = _extreme(sparse, where, "max")
+    padding, padding_null = np.zeros(n, "int64"), np.zeros(n, bool)
+    for c in LIST_COLUMNS:
+        if widths[c] > 0:
+            g, pad = grids[c], np.repeat(~real, widths[c], axis=1)
+            padding += (g.valid & pad & (g.values != 0)).sum(axis=1)
+            padding_null |= g.null
+    out["padding_nonzero"] = _array(padding, padding_null)
+    click, conversion = grids["click"], grids["conversion"]
+    out["click_invalid"] = _count(click.valid & real & ~np.isin(click.values, (0, 1)), click.null)
+    out["conversion_invalid"] = _count(
+        conversion.valid & real & ~np.isin(conversion.values, (-1, 0, 1)), conversion.null
+    )
+    out["n_clicks"] = _count(click.valid & real & (click.values == 1), click.null)
+    out["n_conversions"] = _count(
+        conversion.valid & real & (conversion.values == 1), conversion.null
+    )
+    dense = grids["dense"]
+    out["dense_nonfinite"] = _array(dense.nonfinite.astype("int64"), ~dense.any_valid)
+    times = grids["event_time_ms"]
+    out["support_max_time_ms"] = _extreme(times, support, "max")
+    out["query_min_time_ms"] = _extreme(times, query, "min")
+    out["min_time_ms"] = _extreme(times, real, "min")
+    out["max_time_ms"] = _extreme(times, real, "max")
+    out["expected_task_id"] = _task_hashes(task_key)
+    samples = out["n_samples"]
+    nonzero = pc.if_else(pc.equal(samples, 0), None, samples)
+    out["click_rate"] = pc.divide(out["n_clicks"].cast(pa.float64()), nonzero)
+    return pa.table(out)
+
+
+def _group_codes(column: pa.Array) -> np.ndarray:
+    """Integer codes of ``column``'s values, a null being a value of its own (as a grouping)."""
+    import numpy as np
+
+    encoded = column.dictionary_encode(null_encoding="encode")
+    return np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype="int64")
+
+
+def episode_profile(files: Iterable[tuple[str, pa.Table]], manifest: Manifest) -> pa.Table:
     """One row per episode: the scalar facts the episode suite checks.
 
-    Everything is positional slicing plus a few higher-order functions over at most K+Q elements
-    per feature (Spark's lambdas run interpreted: filtering a whole ``sparse`` list once per
-    feature cost ~5x more on 94k episodes).
-
     Args:
-        episodes: a Spark DataFrame of episode rows with a ``split`` column (from ``split=`` dirs).
+        files: ``(split, episodes)`` per episode file (``sources.read_episode_files``).
         manifest: the interval's manifest (K/Q, feature spec).
 
     Returns:
-        A DataFrame with ``split, task_key, task_id, episode, n_support, n_query, n_samples,
-        n_clicks, click_rate``, ``len_<list column>``, ``null_elements``, ``min_id__<feature>``,
-        ``max_id__<feature>``, ``padding_nonzero``, ``click_invalid``, ``conversion_invalid``,
-        ``dense_nonfinite``, ``support_max_time_ms``, ``query_min_time_ms``, ``min_time_ms``,
-        ``max_time_ms``, ``expected_task_id`` and ``cold_and_warm``.
+        A table with ``split, task_key, task_id, episode, n_support, n_query, n_samples``,
+        ``len_<list column>``, ``null_elements``, ``min_id__<feature>``, ``max_id__<feature>``,
+        ``padding_nonzero``, ``click_invalid``, ``conversion_invalid``, ``n_clicks``,
+        ``n_conversions``, ``dense_nonfinite``, ``support_max_time_ms``, ``query_min_time_ms``,
+        ``min_time_ms``, ``max_time_ms``, ``expected_task_id``, ``click_rate`` and
+        ``cold_and_warm`` (the task has episodes in a cold split and in train/valid: cold start
+        must stay cold).
     """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
+    import numpy as np
+    import pyarrow as pa
 
-    k, q, widths = manifest.k_support, manifest.q_query, list_widths(manifest)
-    w_sparse = widths["sparse"]
-    base = [
-        "split",
-        "task_key",
-        "task_id",
-        "episode",
-        "n_support",
-        "n_query",
-        "n_support + n_query AS n_samples",
-    ]
-    # size() of a null list is -1 or null depending on settings: make it null so "not null" sees it.
-    base += [f"CASE WHEN size(`{c}`) >= 0 THEN size(`{c}`) END AS len_{c}" for c in LIST_COLUMNS]
-    base.append(
-        " + ".join(f"(size(`{c}`) - size(array_compact(`{c}`)))" for c in LIST_COLUMNS)
-        + " AS null_elements"
-    )
-    # Stage 1: per-feature id arrays (each used twice below; Spark does not inline them twice).
-    ids = [
-        f"{_slot_ids(f.offset, f.slots, w_sparse, k + q)} AS `ids__{f.name}`"
-        for f in manifest.features
-    ]
-    padding = " + ".join(
-        f"size(filter({_parts(c, widths[c], k, q)['padding']}, x -> x != 0))"
-        for c in LIST_COLUMNS
-        if widths[c] > 0
-    )
-    clicks, conversions = _real("click", 1, k, q), _real("conversion", 1, k, q)
-    times = _parts("event_time_ms", 1, k, q)
-    extra = [
-        f"{padding} AS padding_nonzero",
-        f"size(filter({clicks}, x -> x NOT IN (0, 1))) AS click_invalid",
-        f"size(filter({conversions}, x -> x NOT IN (-1, 0, 1))) AS conversion_invalid",
-        f"size(filter({clicks}, x -> x = 1)) AS n_clicks",
-        f"size(filter({conversions}, x -> x = 1)) AS n_conversions",
-        # Spark orders NaN above +inf, so the max/min of the list expose any non-finite value.
-        "CAST(isnan(array_max(dense)) OR array_max(dense) = double('inf') "
-        "OR array_min(dense) = double('-inf') AS INT) AS dense_nonfinite",
-        f"array_max({times['support']}) AS support_max_time_ms",
-        f"array_min({times['query']}) AS query_min_time_ms",
-        f"array_min({_real('event_time_ms', 1, k, q)}) AS min_time_ms",
-        f"array_max({_real('event_time_ms', 1, k, q)}) AS max_time_ms",
-        # signed_hash("task", key) of trainer/data/hashing.py: Spark's xxhash64 is XXH64 seed 42.
-        "xxhash64(concat('task\x1f', task_key)) AS expected_task_id",
-    ]
-    staged = episodes.selectExpr(*base, *ids, *extra)
-    cols = [c for c in staged.columns if not c.startswith("ids__")]
-    for f in manifest.features:
-        cols += [
-            F.array_min(f"ids__{f.name}").alias(f"min_id__{f.name}"),
-            F.array_max(f"ids__{f.name}").alias(f"max_id__{f.name}"),
-        ]
-    prof = staged.select(*cols, (F.col("n_clicks") / F.col("n_samples")).alias("click_rate"))
-    # A task must live in the cold splits or in train/valid, never in both (cold start must stay
-    # cold).
-    by_task = Window.partitionBy("task_key")
-    cold = F.col("split").isin("test_cold", "valid_cold").cast("int")
-    return prof.withColumn("cold_and_warm", F.max(cold).over(by_task) != F.min(cold).over(by_task))
+    profile = pa.concat_tables([file_profile(s, t, manifest) for s, t in files])
+    profile = profile.combine_chunks()
+    codes = _group_codes(profile.column("task_key").combine_chunks())
+    cold = np.isin(profile.column("split").to_numpy(zero_copy_only=False), COLD_SPLITS)
+    episodes, cold_episodes = np.bincount(codes), np.bincount(codes, weights=cold)
+    mixed = (cold_episodes > 0) & (cold_episodes < episodes)
+    return profile.append_column("cold_and_warm", pa.array(mixed[codes]))
 
 
-def split_summary(splits: list[str]) -> dict[str, Any]:
-    """Aggregate Columns over the profile, by name: the interval-wide facts ``<split>__<metric>``
-    for each split and metric, and ``click_rate`` (clicks / samples over every real sample of the
-    interval); computed in the episode suite's own pass (``runner.run_with_aggregates``).
+def split_summary(profile: pa.Table, splits: list[str]) -> dict[str, Any]:
+    """The interval-wide facts ``<split>__<metric>`` for each split and metric, and
+    ``click_rate`` (clicks / samples over every real sample of the interval; None if no sample).
 
     Metrics (``SUMMARY_METRICS``, as the ETL's manifest counts them): ``episodes``, ``tasks``
     (distinct task keys), real ``samples`` = ``support_samples`` + ``query_samples``, ``clicks``
-    and ``conversions`` (labels equal to 1); a split with no episodes gets 0.
+    and ``conversions`` (labels equal to 1); a split with no episodes gets 0; nulls are not
+    counted.
     """
-    from pyspark.sql import functions as F
+    import pyarrow.compute as pc
 
     summed = {
         "samples": "n_samples",
@@ -187,15 +291,19 @@ def split_summary(splits: list[str]) -> dict[str, Any]:
         "clicks": "n_clicks",
         "conversions": "n_conversions",
     }
-    cols = {}
+    split = profile.column("split").to_numpy(zero_copy_only=False)
+    values = {c: profile.column(c).fill_null(0).to_numpy() for c in summed.values()}
+    keys = profile.column("task_key")
+    out: dict[str, Any] = {}
     for s in splits:
-        here = F.col("split") == s
-        cols[f"{s}__episodes"] = F.coalesce(F.sum(F.when(here, 1)), F.lit(0))
-        cols[f"{s}__tasks"] = F.countDistinct(F.when(here, F.col("task_key")))
+        here = split == s
+        out[f"{s}__episodes"] = int(here.sum())
+        out[f"{s}__tasks"] = int(pc.count_distinct(keys.filter(here), mode="only_valid").as_py())
         for m, c in summed.items():
-            cols[f"{s}__{m}"] = F.coalesce(F.sum(F.when(here, F.col(c))), F.lit(0))
-    cols["click_rate"] = F.sum("n_clicks") / F.sum("n_samples")
-    return cols
+            out[f"{s}__{m}"] = int(values[c][here].sum())
+    samples = int(values["n_samples"].sum())
+    out["click_rate"] = int(values["n_clicks"].sum()) / samples if samples else None
+    return out
 
 
 def raw_profile(raw):

@@ -1,10 +1,12 @@
-"""Run a list of GX expectations on a Spark DataFrame in ONE pass over it.
+"""Run a list of GX expectations on a Spark DataFrame, or an Arrow table, in ONE pass over it.
 
 The expectations are GX Core 1.x objects (``suites.py``); ``metrics.py`` turns each into the
 aggregates its verdict needs, all of them are computed in one ``DataFrame.agg`` (one Spark job),
 and each verdict is judged on the collected metrics with GX's semantics (``mostly``, strict bounds,
 nulls not considered, parameters). Only the row-level checks that failed cost one more small query
-each, for their examples. Nothing is persisted: the report is ours (``report.py``).
+each, for their examples. A table already in memory (the episode profile) is judged the same way
+without Spark (:func:`run_on_table`, ``table_metrics.py``). Nothing is persisted: the report is
+ours (``report.py``).
 
 Until issue 14, GX's ``ValidationDefinition.run`` computed the metrics itself, in one or more Spark
 jobs per expectation (~30 s on the demo interval).
@@ -47,7 +49,8 @@ def run_expectations(
     parameters: dict[str, Any] | None = None,
     index_columns: list[str] | None = None,
 ) -> list[CheckResult]:
-    """Validate ``df`` against ``expectations``; one :class:`CheckResult` each, in input order.
+    """Validate the Spark DataFrame ``df`` against ``expectations`` in one Spark job; one
+    :class:`CheckResult` each, in input order.
 
     Args:
         suite_name: reported as the checks' suite.
@@ -55,47 +58,60 @@ def run_expectations(
             ``meta["check"]`` name; not modified.
         df: a Spark DataFrame (the batch).
         parameters: values of the ``{"$PARAMETER": name}`` bounds.
-        index_columns: columns that identify a row (``task_key``, ``episode``), shown with the
-            unexpected values of a failed row-level check.
+        index_columns: columns that identify a row (``event_id``), shown with the unexpected
+            values of a failed row-level check.
     """
-    return run_with_aggregates(suite_name, expectations, df, parameters, index_columns)[0]
-
-
-def run_with_aggregates(
-    suite_name: str,
-    expectations: list,
-    df,
-    parameters: dict[str, Any] | None = None,
-    index_columns: list[str] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> tuple[list[CheckResult], dict[str, Any]]:
-    """:func:`run_expectations`, with ``extra`` aggregate Columns (by name) computed in the same
-    pass; returns the checks and the extra aggregates' values (for :func:`run_on_values`)."""
     from pyspark.sql import functions as F
 
     from . import metrics as M
 
-    names = [e.meta["check"] for e in expectations]
-    assert len(set(names)) == len(names), f"duplicate check names in {suite_name}: {names}"
-    if not expectations and not extra:
-        return [], {}
+    _check_names(suite_name, expectations)
+    if not expectations:
+        return []
     params = parameters or {}
     log.info("validating %s: %d expectations in one pass", suite_name, len(expectations))
-    df = M.prepare(df, expectations)
     plans = [M.plan(e, params, i) for i, e in enumerate(expectations)]
-    aggregates = {"__rows": F.count(F.lit(1))}
+    aggregates: dict[str, Any] = {}
     for p in plans:
         aggregates.update(p.aggregates)
-    extra = extra or {}
-    assert not set(extra) & set(aggregates), f"extra aggregate names clash: {sorted(extra)}"
-    aggregates.update(extra)
-    row = df.agg(*(c.alias(n) for n, c in aggregates.items())).collect()[0].asDict()
-    results = [M.judge(p, row, row["__rows"], df.columns, params) for p in plans]
+    row: dict[str, Any] = {}
+    if aggregates:  # a suite of schema checks reads no data
+        df = M.prepare(df, expectations)
+        aggregates["__rows"] = F.count(F.lit(1))
+        row = df.agg(*(c.alias(n) for n, c in aggregates.items())).collect()[0].asDict()
+    results = [M.judge(p, row, row.get("__rows", 0), df.columns, params) for p in plans]
     for p, r in zip(plans, results, strict=True):
         if p.unexpected is not None and not r["success"]:
             r["result"].update(M.examples(df, p, list(index_columns or [])))
-    checks = [from_gx_result(r, suite_name) for r in results]
-    return checks, {n: row[n] for n in extra}
+    return [from_gx_result(r, suite_name) for r in results]
+
+
+def run_on_table(
+    suite_name: str,
+    expectations: list,
+    table,
+    parameters: dict[str, Any] | None = None,
+    index_columns: list[str] | None = None,
+) -> list[CheckResult]:
+    """:func:`run_expectations` on a pyarrow Table held in memory (``table_metrics``: pyarrow
+    compute and numpy, no Spark job), with the same semantics and results."""
+    from . import metrics as M
+    from . import table_metrics as TM
+
+    _check_names(suite_name, expectations)
+    params = parameters or {}
+    log.info("validating %s: %d expectations on a table", suite_name, len(expectations))
+    plans = [TM.plan(e, table, params, i) for i, e in enumerate(expectations)]
+    results = [M.judge(p, p.aggregates, table.num_rows, table.column_names, params) for p in plans]
+    for p, r in zip(plans, results, strict=True):
+        if p.unexpected is not None and not r["success"]:
+            r["result"].update(TM.examples(table, p, list(index_columns or [])))
+    return [from_gx_result(r, suite_name) for r in results]
+
+
+def _check_names(suite_name: str, expectations: list) -> None:
+    names = [e.meta["check"] for e in expectations]
+    assert len(set(names)) == len(names), f"duplicate check names in {suite_name}: {names}"
 
 
 def run_on_values(

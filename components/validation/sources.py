@@ -1,7 +1,8 @@
 """Finding and reading what the suites check: raw partitions, episode files, the previous interval.
 
-Everything goes through ``pyarrow.fs`` (local paths, ``file://``, ``s3://``, ``hdfs://`` ...) for
-listing and footers, and through Spark for the data itself. Errors that make a suite impossible to
+Everything goes through ``pyarrow.fs`` (local paths, ``file://``, ``s3://``, ``hdfs://`` ...):
+listing, footers and the episode files themselves (read with pyarrow, one file at a time); raw
+logs are read by Spark. Errors that make a suite impossible to
 run (no manifest, no files, unreadable Parquet) raise :class:`DataUnavailableError`, which the CLI
 turns into exit code 2 with the message; problems *in* the data are left to the suites.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,16 +122,27 @@ def load_episode_manifest(root: str) -> tuple[Manifest, dict[str, Any]]:
         return manifest, json.loads(f.read())
 
 
-def read_episodes(spark, files: EpisodeFiles):
-    """The episode rows of ``files`` with a ``split`` column (from the ``split=`` folder)."""
-    from pyspark.sql import functions as F
+def read_episode_files(files: EpisodeFiles) -> Iterator[tuple[str, Any]]:
+    """``(split, pyarrow Table)`` per episode file of ``files``, one at a time (the contract's
+    columns; the split from the ``split=`` folder).
 
-    from components.etl.extract import spark_uri
+    Raises:
+        DataUnavailableError: a file cannot be read (named in the message).
+    """
+    import pyarrow.parquet as pq
 
-    paths = [spark_uri(files.full_path(r)) for r in files.paths]
-    df = spark.read.parquet(*paths)
-    split = F.regexp_extract(F.col("_metadata.file_path"), _SPLIT_DIR.pattern, 1)
-    return df.select(*EPISODE_COLUMNS, split.alias("split"))
+    fs, base = filesystem(files.root)
+    for rel in files.paths:
+        match = _SPLIT_DIR.search(rel)
+        try:
+            table = pq.read_table(
+                base.rstrip("/") + "/" + rel, columns=list(EPISODE_COLUMNS), filesystem=fs
+            )
+        except Exception as e:  # pyarrow raises ArrowInvalid/OSError for corrupt pages
+            raise DataUnavailableError(
+                f"{files.root}/{rel}: unreadable Parquet file ({e}); rerun the ETL for this interval"
+            ) from e
+        yield (match.group(1) if match else ""), table
 
 
 def interval_bounds(manifest: Manifest) -> tuple[dt.datetime, dt.datetime] | None:

@@ -337,3 +337,17 @@ def test_manifest_rewrite_is_atomic(tmp_path, monkeypatch):
     assert new.pop("validation")["success"] is True and old.pop("validation") is None
     assert new == old  # every other field as it was, content_hash included
     assert sorted(p.name for p in root.iterdir() if p.is_file()) == [MANIFEST_NAME]
+
+
+def test_damaged_data_pages_fail_closed_naming_the_file(tmp_path):
+    # The footer is intact (the pre-checks pass); the pages are not: no verdict, the file named.
+    root = write_episodes(tmp_path / "interval=a")
+    victim = next(root.glob("split=train/*/*.parquet"))
+    data = bytearray(victim.read_bytes())
+    data[4:200] = b"\xff" * 196
+    victim.write_bytes(bytes(data))
+
+    with pytest.raises(DataUnavailableError, match="unreadable Parquet file") as e:
+        validate_episodes(str(root), spark=None, write_report=False, record=False)
+    assert victim.relative_to(root).as_posix() in str(e.value)
+    assert "rerun the ETL" in str(e.value)

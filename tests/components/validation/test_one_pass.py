@@ -2,7 +2,9 @@
 
 The oracle is great-expectations itself, run here on the same Spark frame with the same
 expectations (every type the suites use; nulls, NaN, ``mostly``, strict bounds, parameters,
-passing and failing). An expectation the one-pass evaluator does not know, or a parameter without a
+passing and failing), for both evaluators: the Spark aggregation (``run_expectations``, the raw
+suite's) and the in-memory one on the same rows as an Arrow table (``run_on_table``, the episode
+suite's). An expectation the one-pass evaluator does not know, or a parameter without a
 value, fails the check (fail closed).
 """
 
@@ -122,16 +124,39 @@ def _expectations() -> list:
     ]
 
 
-def test_one_pass_verdicts_equal_gx(spark):
-    df = _frame(spark)
-    expectations = _expectations()
-    params = {"start": T0 + dt.timedelta(hours=2), "end": T0 + dt.timedelta(hours=9), "lo": 19.0}
+def _nan_expectations() -> list:
+    """Spark's NaN order (NaN == NaN, NaN above every number) on row-level checks."""
+    return [
+        _exp("ExpectColumnValuesToBeBetween", "x_low_only", "d", column="x", min_value=1),
+        _exp("ExpectColumnValuesToBeBetween", "x_high_only", "d", column="x", max_value=5),
+        _exp("ExpectColumnValuesToBeInSet", "x_in", "d", column="x", value_set=[0.0, 1.0, 2.0]),
+        _exp(
+            "ExpectColumnPairValuesAToBeGreaterThanB",
+            "x_gt_e",
+            "d",
+            column_A="x",
+            column_B="e",
+            or_equal=True,
+            ignore_row_if="either_value_is_missing",  # NaN >= e holds: NaN is above every number
+        ),
+    ]
 
-    ours = {c.name: c for c in run_expectations("s", expectations, df, params, ["a"])}
-    oracle = {
-        r["expectation_config"]["meta"]["check"]: r for r in gx_results(df, expectations, params)
-    }
 
+PARAMS = {"start": T0 + dt.timedelta(hours=2), "end": T0 + dt.timedelta(hours=9), "lo": 19.0}
+
+
+def _all_expectations() -> list:
+    return _expectations() + _nan_expectations()
+
+
+@pytest.fixture(scope="module")
+def gx_oracle(spark) -> dict[str, dict]:
+    """GX's own results on :func:`_frame` for every expectation here, by check name (one run)."""
+    results = gx_results(_frame(spark), _all_expectations(), PARAMS)
+    return {r["expectation_config"]["meta"]["check"]: r for r in results}
+
+
+def _assert_equal_to_gx(ours: dict, oracle: dict[str, dict]) -> None:
     assert set(ours) == set(oracle)
     outcomes = {name: ours[name].success for name in ours}
     assert outcomes == {name: r["success"] for name, r in oracle.items()}
@@ -147,6 +172,12 @@ def test_one_pass_verdicts_equal_gx(spark):
     assert not failed_row.success and failed_row.examples == [{"a": 9, "k": None}]
 
 
+def test_one_pass_verdicts_equal_gx(spark, gx_oracle):
+    df = _frame(spark)
+    ours = {c.name: c for c in run_expectations("s", _all_expectations(), df, PARAMS, ["a"])}
+    _assert_equal_to_gx(ours, gx_oracle)
+
+
 def test_unknown_expectation_or_missing_parameter_fails_closed(spark):
     df = _frame(spark)
     expectations = [
@@ -158,5 +189,40 @@ def test_unknown_expectation_or_missing_parameter_fails_closed(spark):
 
     assert checks["rows"].success and checks["rows"].observed == "40"
     for name, why in (("median", "not evaluated"), ("mean", "'absent'")):
+        assert not checks[name].success and not checks[name].skipped, name
+        assert checks[name].observed == "error" and why in checks[name].note, name
+
+
+def test_table_verdicts_equal_gx(spark, gx_oracle):
+    # The in-memory evaluator (the episode suite's) against GX on the same rows as a Spark frame.
+    from components.validation.runner import run_on_table
+
+    table = _frame(spark).toArrow()
+    ours = {c.name: c for c in run_on_table("s", _all_expectations(), table, PARAMS, ["a"])}
+    _assert_equal_to_gx(ours, gx_oracle)
+    # NaN compares as Spark does: above the upper bound (4 sixes + NaN), not below the lower one
+    # (6 zeros).
+    assert ours["x_high_only"].unexpected_count == 5 and ours["x_low_only"].unexpected_count == 6
+
+
+def test_table_unknown_expectation_missing_parameter_or_column_fails_closed(spark):
+    from components.validation.runner import run_on_table
+
+    expectations = [
+        _exp("ExpectColumnMedianToBeBetween", "median", "d", column="a", min_value=0),
+        _exp("ExpectColumnMeanToBeBetween", "mean", "d", column="a", min_value=_param("absent")),
+        _exp("ExpectColumnValuesToNotBeNull", "gone", "d", column="no_such_column"),
+        _exp("ExpectColumnValuesToBeBetween", "k_vs_int", "d", column="k", min_value=3),
+        _exp("ExpectTableRowCountToBeBetween", "rows", "d", min_value=1),
+    ]
+    checks = {c.name: c for c in run_on_table("s", expectations, _frame(spark).toArrow(), {})}
+
+    assert checks["rows"].success and checks["rows"].observed == "40"
+    for name, why in (
+        ("median", "not evaluated"),
+        ("mean", "'absent'"),
+        ("gone", "no_such_column"),
+        ("k_vs_int", "Arrow"),
+    ):
         assert not checks[name].success and not checks[name].skipped, name
         assert checks[name].observed == "error" and why in checks[name].note, name

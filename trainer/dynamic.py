@@ -18,7 +18,7 @@ admitted ids never collide, whatever the id space. Per training step, for the id
   count-min sketch of fixed size whose counters are halved every ``10 x width`` additions, as
   TinyLFU ages its counts, so memory stays bounded however many ids pass and old counts fade; an
   over-estimate only admits an id early), and, with ``admit_probability < 1``, when a hash of
-  (id, step) falls under that probability (deterministic: every rank decides the same);
+  (id, step) falls under that probability (deterministic: the same wherever it is decided);
 * eviction when the table is full: ``lru`` (least recently seen), ``lfu`` (fewest occurrences),
   ``ttl`` (rows unseen for more than ``ttl_steps`` steps are freed; a full table then admits
   nothing). A row used in this step or the previous one is never taken (the previous step's
@@ -31,8 +31,10 @@ Sharded by id. Each table's map is split into ``S`` id shards, ``S`` = the world
 this spreads them evenly), and shard ``s`` owns the slots of :func:`shard_slots`, every ``S``-th
 slot, dealt like the rows of a row-wise plan (``capacity`` is split round-robin: ``ceil`` or
 ``floor(capacity / S)`` slots per shard), so that an id's row lives on its owner's rank with its
-Adagrad state. Each shard keeps the keys, LRU/LFU/TTL clocks and admission sketch of its own ids
-and decides alone: a full shard evicts among its own slots. Per training step, with several ranks:
+Adagrad state. Each shard keeps the keys, LRU/LFU/TTL clocks and admission sketch (``sketch_width``
+counters per row, per shard) of its own ids and decides alone: a full shard evicts among its own
+slots, so with ``S > 1`` an id may fall back while another shard has room (the price of deciding
+without a collective over every id). Per training step, with several ranks:
 each rank sends its dynamic ids and their counts to their owners (``exchange_counts`` + AlltoAll,
 uneven splits), the owner sums the counts of an id sent by several ranks, admits/evicts, resets the
 rows it admitted and sends the slots back (AlltoAll); the sharded lookup then runs on rows. No rank
@@ -438,17 +440,18 @@ class DynamicEmbeddingCollection:
         self._before_pending: tuple[int, dict[tuple[int, int], dict[str, Tensor]]] | None = None
 
     def _check_placement(self) -> None:
-        """Each held shard's slots must be rows the row collection's plan places on this rank."""
+        """Id shard ``s``'s slots must be rows the row collection's plan places on rank ``s``
+        (checked for every shard, so that every rank refuses the same plan)."""
         plan = self.inner.plan
-        for fi, shards in self.maps.items():
-            for s, m in shards.items():
-                rows = self._slot_rows(fi, m.slots)
-                if rows.numel() and not bool((plan.locate(rows)[0] == s).all()):
-                    raise ValueError(
-                        f"dynamic table {self.names[fi]!r}: its rows must be sharded row_wise "
-                        "(the id map is sharded by id over the ranks, each rank holding the rows "
-                        "of its ids); remove it from parallel.table_wise"
-                    )
+        for fi, cfg in self.cfgs.items():
+            slots = torch.arange(cfg.capacity)
+            shard = (1 + cfg.fallback_rows + fi + slots) % self.shards
+            if not torch.equal(plan.locate(self._slot_rows(fi, slots))[0].cpu(), shard):
+                raise ValueError(
+                    f"dynamic table {self.names[fi]!r}: its rows must be sharded row_wise "
+                    "(the id map is sharded by id over the ranks, each rank holding the rows "
+                    "of its ids); remove it from parallel.table_wise"
+                )
 
     def _slot_rows(self, fi: int, slots: Tensor) -> Tensor:
         """Global physical rows of feature ``fi``'s (global) ``slots``."""

@@ -343,3 +343,40 @@ def test_a_shard_with_too_many_ids_keeps_the_most_recently_seen() -> None:
         assert sorted(kept.tolist()) == sorted(ids[order].tolist())
         dropped += ids.numel() - kept.numel()
     assert dropped > 0  # the stream put more than 4 admitted ids of one parity in the table
+
+
+def test_the_benchmark_reports_no_collision_within_capacity_and_the_map_cost() -> None:
+    """``bench/dynamic_tables.py`` on a tiny stream: zero collisions among admitted ids, rows
+    held within the capacity, the throughput ratio and the map's share of the step reported."""
+    from bench.dynamic_tables import run
+
+    out = run(capacity=40, fallback=4, steps=12, zipf=1.05, drift=5, seed=0, fields=0, small=True)
+    assert out["collisions"]["dynamic_admitted_ids_sharing_a_row_any_step"] == 0
+    assert out["collisions"]["hashed_seen_ids_sharing_a_row"] > 0
+    assert 0 < out["memory"]["dynamic_rows_used_max"] <= 40 and out["memory"]["within_capacity"]
+    counters = out["dynamic_counters_total"]
+    assert counters["dynamic.admissions"] > 0 and counters["dynamic.fallback_ids"] > 0
+    t = out["throughput"]
+    assert (
+        t["ratio_dynamic_vs_hashed"]
+        == t["hashed_step_cpu_s_median"] / t["dynamic_step_cpu_s_median"]
+    )
+    assert 0 < t["dynamic_map_cpu_s_median"] < t["dynamic_step_cpu_s_median"]
+
+
+def test_a_table_wise_dynamic_table_is_refused_with_the_reason() -> None:
+    """Sharded by id, a rank holds the map of its ids and their rows: a table placed whole on one
+    rank cannot be. (Rank 0 of 2 is built without a process group: no collective runs.)"""
+    from trainer.parallel.comm import Collectives
+    from trainer.parallel.plan import build_sharding_plan
+    from trainer.parallel.sharded_embeddings import ShardedEmbeddingCollection
+
+    case, tables = Case("dlrm", "plain"), (DynamicTableConfig(feature="user", capacity=8),)
+    phys = physical_layout(layout(), tables)
+    parallel = ParallelConfig(table_wise=("user",))
+    plan = build_sharding_plan(phys, 2, case.model_cfg(), parallel, DTYPE)
+    inner = ShardedEmbeddingCollection(plan, Collectives(0, 2), phys.slot_feature, dtype=DTYPE)
+    with pytest.raises(ValueError, match=r"must be sharded row_wise.*parallel\.table_wise"):
+        DynamicEmbeddingCollection(
+            inner, layout(), tables, init_std=0.1, seed=SEED, comm=inner.comm
+        )

@@ -129,8 +129,10 @@ def build_dynamic_model(
 ) -> tuple[Any, Any]:
     """The run's model (``model``: ``ModelConfig``) over ``layout`` with ``parallel.dynamic``'s
     tables dynamic: the rows in the plain collection, or (``sharded``) in this rank's shard with
-    its MixCache and DES as ``trainer.parallel.apply`` builds them. Seeds as ``build_model``:
-    dense layers ``seed``, rows ``seed + 1``. Returns the model and the physical layout's plan."""
+    its MixCache and DES as ``trainer.parallel.apply`` builds them, and the id maps sharded by id
+    (this rank keeps the map of its ids, whose rows it owns: ``trainer.dynamic``; a dynamic table
+    must be row-wise). Seeds as ``build_model``: dense layers ``seed``, rows ``seed + 1``. Returns
+    the model and the physical layout's plan."""
     phys = physical_layout(layout, parallel.dynamic)
     plan = build_sharding_plan(phys, env.world_size if sharded else 1, model, parallel)
     if sharded:

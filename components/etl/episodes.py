@@ -58,13 +58,6 @@ ORDER = ("_pk", "_ok", "_t", "event_id", "_uid")
 time order (valid rows have unique event ids after de-duplication: the order is total)."""
 INPUT = ("_pk", "_ok", "_t", "event_id", "_reason", "_raw", "_hour", "_file",
          "_sparse", "_dense", "_click", "_conversion")  # fmt: skip
-REJECT_TYPE = "struct<reason:string,event_id:string,hour:int,file:string,raw:string>"
-OUTPUT_SCHEMA = (
-    "_pk string, _ok boolean, _c int, n_support int, n_query int, _task_rows bigint, "
-    "_first_query_t bigint, sparse array<bigint>, dense array<float>, click array<tinyint>, "
-    f"conversion array<tinyint>, event_time_ms array<bigint>, _rejects array<{REJECT_TYPE}>"
-)
-"""One row per chunk (valid rows) or per group of rejected rows; see :func:`build_episodes`."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +98,7 @@ def build_episodes(df, k: int, q: int, min_support: int, min_query: int, widths:
         widths: ``(sparse_width, dense_width)``: ids and dense values per sample.
 
     Returns:
-        :data:`OUTPUT_SCHEMA`: one row per chunk of a task's valid rows (``_ok``) and per group of
+        :func:`output_schema`: one row per chunk of a task's valid rows (``_ok``) and per group of
         at most :data:`REJECT_GROUP` rejected rows: ``_c`` (the chunk: the episode index),
         ``n_support``/``n_query`` (0 when the chunk yields no episode), the contract's list
         columns (support, padding to K, query, padding to Q; see ``trainer/data/contract.py``),
@@ -117,7 +110,7 @@ def build_episodes(df, k: int, q: int, min_support: int, min_query: int, widths:
 
     shape = Shape(k, q, min_support, min_query, *widths)
     rows = df.withColumn("_ok", F.col("_reason").isNull()).sortWithinPartitions(*ORDER)
-    return rows.select(*INPUT).groupBy("_pk").applyInArrow(_cutter(shape), OUTPUT_SCHEMA)
+    return rows.select(*INPUT).groupBy("_pk").applyInArrow(_cutter(shape), output_schema())
 
 
 def _cutter(shape: Shape):
@@ -134,7 +127,7 @@ def _cutter(shape: Shape):
 
 
 def cut_task(batches: Iterator[pa.RecordBatch], shape: Shape) -> Iterator[pa.RecordBatch]:
-    """One task's rows (:data:`INPUT`, in :data:`ORDER`) -> its :data:`OUTPUT_SCHEMA` rows.
+    """One task's rows (:data:`INPUT`, in :data:`ORDER`) -> its :func:`output_schema` rows.
 
     Raises:
         ValueError: valid rows out of ``(event_time, event_id)`` order (the frame was not
@@ -227,13 +220,17 @@ def _cut_chunks(rows: pa.Table, first: int, task_rows: int | None, shape: Shape)
     gather[pad] = 0
     absent = pa.array(~emitted)
 
-    def padded(column: str, width: int | None, dtype) -> pa.ListArray:
+    schema = arrow_schema()
+
+    def padded(column: str, width: int | None, out: str) -> pa.ListArray:
         values = _per_sample(rows.column(column), width)[gather]
         values[pad] = 0
         size = length * (width or 1)
         offsets = np.concatenate([[0], np.cumsum(np.where(emitted, size, 0))])
+        kind = schema.field(out).type
+        values = pa.array(values.ravel().astype(kind.value_type.to_pandas_dtype()))
         return pa.ListArray.from_arrays(
-            pa.array(offsets, pa.int32()), pa.array(values.ravel().astype(dtype)), mask=absent
+            pa.array(offsets, pa.int32()), values, type=kind, mask=absent
         )
 
     # The rows no episode takes: all of a chunk that yields none, else its tie overflow.
@@ -257,14 +254,14 @@ def _cut_chunks(rows: pa.Table, first: int, task_rows: int | None, shape: Shape)
                 np.full(chunks, task_rows or 0), pa.int64(), mask=np.full(chunks, task_rows is None)
             ),
             pa.array(t[start + q_start], pa.int64(), mask=n_q == 0),
-            padded("_sparse", shape.sparse_width, np.int64),
-            padded("_dense", shape.dense_width, np.float32),
-            padded("_click", None, np.int8),
-            padded("_conversion", None, np.int8),
-            padded("_t", None, np.int64),
+            padded("_sparse", shape.sparse_width, "sparse"),
+            padded("_dense", shape.dense_width, "dense"),
+            padded("_click", None, "click"),
+            padded("_conversion", None, "conversion"),
+            padded("_t", None, "event_time_ms"),
             pa.ListArray.from_arrays(_offsets(counts), rejects),
         ],
-        schema=arrow_schema(),
+        schema=schema,
     )
 
 
@@ -333,16 +330,28 @@ def _per_sample(column: pa.ChunkedArray, width: int | None) -> np.ndarray:
     return array.flatten().to_numpy(zero_copy_only=False).reshape(len(array), width)
 
 
+def output_schema():
+    """The Spark schema of :func:`build_episodes`' rows (:func:`arrow_schema` as Spark types).
+
+    ``n_query`` and the ``dense`` values are declared non-null, as the window-and-aggregate
+    cutting this replaced produced them: the episode files' schema is unchanged.
+    """
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return from_arrow_schema(arrow_schema())
+
+
 def arrow_schema() -> pa.Schema:
-    """:data:`OUTPUT_SCHEMA` as Arrow types."""
+    """One row per chunk of a task's valid rows or per group of its rejected rows."""
     import pyarrow as pa
 
     reject = pa.struct([("reason", pa.string()), ("event_id", pa.string()),
                         ("hour", pa.int32()), ("file", pa.string()), ("raw", pa.string())])  # fmt: skip
     return pa.schema([
         ("_pk", pa.string()), ("_ok", pa.bool_()), ("_c", pa.int32()), ("n_support", pa.int32()),
-        ("n_query", pa.int32()), ("_task_rows", pa.int64()), ("_first_query_t", pa.int64()),
-        ("sparse", pa.list_(pa.int64())), ("dense", pa.list_(pa.float32())),
+        pa.field("n_query", pa.int32(), nullable=False), ("_task_rows", pa.int64()),
+        ("_first_query_t", pa.int64()), ("sparse", pa.list_(pa.int64())),
+        ("dense", pa.list_(pa.field("element", pa.float32(), nullable=False))),
         ("click", pa.list_(pa.int8())), ("conversion", pa.list_(pa.int8())),
         ("event_time_ms", pa.list_(pa.int64())), ("_rejects", pa.list_(reject)),
     ])  # fmt: skip

@@ -57,11 +57,11 @@ def reference(rows: list[dict], s: Shape) -> tuple[list[tuple], list[tuple]]:
                 ("episode_tie_overflow", r["event_id"], None) for r in chunk if id(r) not in taken
             ]
 
-            def padded(key, zero, support=support, query=query):
+            def padded(key, zero, support=support, query=query, first=chunk[0]):
                 def values(r):
                     return r[key] if isinstance(r[key], list) else [r[key]]
 
-                width = len(values(chunk[0]))
+                width = len(values(first))
                 return (
                     [x for r in support for x in values(r)]
                     + [zero] * ((s.k - len(support)) * width)
@@ -124,7 +124,9 @@ SHAPES = [Shape(3, 2, 1, 1, W, D), Shape(4, 3, 2, 2, W, D), Shape(2, 2, 2, 2, W,
           Shape(5, 4, 1, 3, W, D)]  # fmt: skip
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"K{s.k}Q{s.q}m{s.min_support}{s.min_query}")
+@pytest.mark.parametrize(
+    "shape", SHAPES, ids=lambda s: f"K{s.k}Q{s.q}m{s.min_support}{s.min_query}"
+)
 def test_cutting_equals_the_plain_python_cutting(shape):
     rng = random.Random(shape.k * 100 + shape.q)
     for case in range(150):

@@ -74,6 +74,7 @@ def merge_shards(shards: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
 def reshard_states(shards: Sequence[dict[str, Any]], plan: ShardingPlan) -> list[dict[str, Any]]:
     """Every rank's shard under ``plan`` from the shards of another plan (any world sizes):
     the same rows and the same Adagrad state, only placed differently (a dynamic table's maps,
-    held whole by every rank, unchanged)."""
+    saved whole by every rank, unchanged: at another world size a dynamic table's ids move to
+    their new owners' rows, so such a run loads :func:`merge_shards`' full table instead)."""
     full = merge_shards(shards)
     return [shard_of_full(plan, r, full) for r in range(plan.world_size)]

@@ -30,6 +30,7 @@ def test_quick_delivery_bench_runs_every_stage_of_both_paths(tmp_path):
         )
         assert r["auc"] is None or 0.0 <= r["auc"] <= 1.0
         assert r["total_s"] == pytest.approx(sum(r["stage_s"].values()), abs=0.01)
+        assert r["gate_query_samples"] > 0
     assert not report["base"]["warm_start"] and report["base"]["steps"] == 8
     for h in report["hours"]:
         inc, spawn, scratch = h["incremental"], h["incremental_spawn"], h["scratch"]
@@ -40,13 +41,16 @@ def test_quick_delivery_bench_runs_every_stage_of_both_paths(tmp_path):
         assert {k: v for k, v in spawn["stage_s"].items() if k != "train"} == {
             k: v for k, v in inc["stage_s"].items() if k != "train"
         }
-        assert inc["stage_s"]["auc_check"] == 0 < scratch["stage_s"]["auc_check"]
-        # the search: chunks of 4 steps, stopped at the first that reaches the target, or the cap
-        chunks, target = scratch["chunks"], inc["auc"]
+        # the search: chunks of 4 steps, stopped at the first whose gate AUC reaches the
+        # incremental model's on the same episodes, or at the cap (12)
+        chunks, target = scratch["chunks"], scratch["incremental_auc"]
         assert [c["steps"] for c in chunks] == list(range(4, 4 * len(chunks) + 1, 4))
-        assert scratch["steps"] == chunks[-1]["steps"] <= 12
-        assert scratch["auc_on_incremental_episodes"] == chunks[-1]["auc_on_incremental_episodes"]
-        values = [c["auc_on_incremental_episodes"] for c in chunks]
+        assert scratch["steps"] == chunks[-1]["steps"] <= 12 and scratch["auc"] == chunks[-1]["auc"]
+        for stage in ("train", "export", "evaluate"):
+            assert sum(c[f"{stage}_s"] for c in chunks) <= scratch["stage_s"][stage] + 0.01
+        overhead = sum(c["export_s"] + c["evaluate_s"] for c in chunks[:-1])
+        assert scratch["search_overhead_s"] == pytest.approx(overhead, abs=0.01)
+        values = [c["auc"] for c in chunks]
         if target is not None and None not in values:
             assert all(v < target for v in values[:-1])
             assert h["scratch_reached_incremental_auc"] == (values[-1] >= target)

@@ -1,5 +1,6 @@
-"""Meta-step benchmark: samples/s of a plain, a FOMAML and a MAML training step, batched (vmap) vs a
-per-task Python loop with the same maths, plus a straightforward PyTorch sparse-Adam plain step.
+"""Meta-step benchmark: samples/s of a plain, a FOMAML and a MAML training step, batched (all
+episodes at once, ``trainer.meta``) vs a per-task Python loop with the same maths, plus a
+straightforward PyTorch sparse-Adam plain step.
 
     python -m bench.meta_step --out out/bench/meta_step.json              # CPU, all cores
     python -m bench.meta_step --device cuda --out out/bench/meta_step_gpu.json
@@ -24,7 +25,12 @@ CPU time over 3 steps, grouped by input shape) into the JSON.
 
 Targets: FOMAML >= 0.95x plain, MAML (inner_steps 1, adapt=dense) >= 0.7x plain (issues 3 and 14),
 batched >= 2x the loop; the torch sparse-Adam plain step is the floor (about 50k samples/s on the
-2-core CI machine).
+2-core CI machine). The MAML target is close to the bound set by the arithmetic: at this shape a
+second-order step runs ~1.33x the plain step's matmul FLOPs (per layer: support and query
+forwards, the inner backward to the layer outputs, the query backward, and the second-order terms
+of the inner backward), so MAML / plain <= ~0.77 with lookup and optimizers counted, before any
+elementwise work; the elementwise and small batched matmuls of the low-rank terms take the rest,
+and they slow down the most when the machine is loaded (memory bandwidth, page faults).
 """
 
 from __future__ import annotations

@@ -19,10 +19,9 @@ outputs. It gets ``x_k`` from the hook, which records every adapted layer's inpu
         logits = functional_call(model.dense_half, params, (sparse, dense))
     inputs["deep.over_arch.layers.1"]                     # that layer's input in this forward
 
-Batched over episodes without ``vmap``: inputs ``(T, n, in)``, factors ``(T, R, in)`` and
-``(T, R, out)``; ``x @ W`` stays one matmul over all episodes and the low-rank term is one
-``baddbmm`` (added into the output by the matmul itself, no extra pass). The same hooks also work
-on one episode (2-d tensors, e.g. under ``vmap``).
+Batched over the episodes (no ``vmap``): inputs ``(T, n, in)``, outputs ``(T, n, out)``, factors
+``(T, R, in)`` and ``(T, R, out)``; ``x @ W`` stays one matmul over all episodes and the low-rank
+term is one ``baddbmm`` (added into the output by the matmul itself, no extra pass).
 
 A per-episode update that is not low-rank (Meta-SGD's per-parameter step sizes scale every entry
 of ``A^T B`` on its own) is a full weight offset ``dW`` ``(T, in, out)`` and bias offset ``db``
@@ -38,10 +37,10 @@ import torch
 from torch import Tensor, nn
 
 Factors = dict[str, tuple[Tensor, Tensor]]
-"""Per adapted layer name: ``A`` ``(R, in)`` and ``B`` ``(R, out)`` (per episode)."""
+"""Per adapted layer name: ``A`` ``(T, R, in)`` and ``B`` ``(T, R, out)`` (per episode)."""
 Deltas = dict[str, tuple[Tensor, Tensor | None]]
-"""Per adapted layer name: a weight offset ``(in, out)`` and a bias offset ``(out,)`` or None
-(per episode)."""
+"""Per adapted layer name: a weight offset ``(T, in, out)`` and a bias offset ``(T, out)`` or
+None (per episode)."""
 
 
 class LowRankAdaptation:
@@ -58,7 +57,7 @@ class LowRankAdaptation:
         offsets: Mapping[str, Tensor] | None = None,
         deltas: Deltas | None = None,
     ) -> Iterator[dict[str, Tensor]]:
-        """Within the block, every adapted layer adds ``offsets[name]`` (``(n, out)``), its full
+        """Within the block, every adapted layer adds ``offsets[name]`` (``(T, n, out)``), its full
         offset ``x @ dW + db`` (``deltas[name]``) and its low-rank term ``(x @ A^T [+ 1]) @ B`` to
         its output; yields the layers' inputs ``x`` as the forward records them."""
         inputs: dict[str, Tensor] = {}
@@ -90,22 +89,15 @@ def _hook(
             y = y + offset
         if delta is not None:
             dw, db = delta
-            y = _add_product(y, x, dw)
+            y = torch.baddbmm(y, x, dw)
             if db is not None:
                 y = y + db.unsqueeze(-2)
         if factor is not None:
             a, b = factor
-            g = x @ a.transpose(-1, -2)  # (n, R)
+            g = torch.bmm(x, a.transpose(-1, -2))  # (T, n, R)
             if module.bias is not None:
                 g = g + 1.0
-            y = _add_product(y, g, b)
+            y = torch.baddbmm(y, g, b)
         return y
 
     return hook
-
-
-def _add_product(y: Tensor, u: Tensor, v: Tensor) -> Tensor:
-    """``y + u @ v``; one fused ``baddbmm`` when batched over episodes (3-d)."""
-    if y.dim() == u.dim() == v.dim() == 3:
-        return torch.baddbmm(y, u, v)
-    return y + u @ v

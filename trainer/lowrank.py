@@ -9,15 +9,14 @@ bias), so no per-episode copy of ``W`` is ever formed: ``K x (in + out)`` number
 instead of ``in x out``, and the shared ``x @ W`` stays one matmul over all episodes. Exact, not an
 approximation; each inner step appends ``K`` rows to ``A`` and ``B``.
 
-The inner loop gets ``delta_k`` by differentiating with respect to the layer's outputs: for a layer
-with a bias, with respect to a per-sample expanded view of the bias (passed as a parameter through
-``functional_call``: no extra pass); without a bias, with respect to a zero ``offset`` added to the
-outputs. It gets ``x_k`` from the hook, which records every adapted layer's input.
+The hook records every adapted layer's input ``x`` and output ``y``; the inner loop gets ``x_k``
+from it and ``delta_k`` by differentiating with respect to ``y`` (no extra pass, nothing added to
+the forward).
 
     adaptation = LowRankAdaptation({"deep.over_arch.layers.1": layer, ...})
-    with adaptation.active(factors, offsets) as inputs:   # hooks installed for the block only
+    with adaptation.active(factors) as seen:                # hooks installed for the block only
         logits = functional_call(model.dense_half, params, (sparse, dense))
-    inputs["deep.over_arch.layers.1"]                     # that layer's input in this forward
+    x, y = seen["deep.over_arch.layers.1"]                  # that layer's input and output
 
 Batched over the episodes (no ``vmap``): inputs ``(T, n, in)``, outputs ``(T, n, out)``, factors
 ``(T, R, in)`` and ``(T, R, out)``; ``x @ W`` stays one matmul over all episodes and the low-rank
@@ -52,24 +51,23 @@ class LowRankAdaptation:
 
     @contextmanager
     def active(
-        self,
-        factors: Factors,
-        offsets: Mapping[str, Tensor] | None = None,
-        deltas: Deltas | None = None,
-    ) -> Iterator[dict[str, Tensor]]:
-        """Within the block, every adapted layer adds ``offsets[name]`` (``(T, n, out)``), its full
-        offset ``x @ dW + db`` (``deltas[name]``) and its low-rank term ``(x @ A^T [+ 1]) @ B`` to
-        its output; yields the layers' inputs ``x`` as the forward records them."""
-        inputs: dict[str, Tensor] = {}
-        offsets, deltas = offsets or {}, deltas or {}
+        self, factors: Factors, deltas: Deltas | None = None, leaf_outputs: bool = False
+    ) -> Iterator[dict[str, tuple[Tensor, Tensor]]]:
+        """Within the block, every adapted layer adds its full offset ``x @ dW + db``
+        (``deltas[name]``) and its low-rank term ``(x @ A^T [+ 1]) @ B`` to its output; yields each
+        layer's input ``x`` and output ``y`` as the forward records them. ``leaf_outputs``: an
+        output that does not require grad (a forward on detached tensors) continues as a leaf that
+        does, so that the caller can differentiate with respect to it."""
+        seen: dict[str, tuple[Tensor, Tensor]] = {}
+        deltas = deltas or {}
         handles = [
             module.register_forward_hook(
-                _hook(name, factors.get(name), offsets.get(name), deltas.get(name), inputs)
+                _hook(name, factors.get(name), deltas.get(name), leaf_outputs, seen)
             )
             for name, module in self.layers.items()
         ]
         try:
-            yield inputs
+            yield seen
         finally:
             for h in handles:
                 h.remove()
@@ -78,15 +76,12 @@ class LowRankAdaptation:
 def _hook(
     name: str,
     factor: tuple[Tensor, Tensor] | None,
-    offset: Tensor | None,
     delta: tuple[Tensor, Tensor | None] | None,
-    inputs: dict[str, Tensor],
+    leaf_outputs: bool,
+    seen: dict[str, tuple[Tensor, Tensor]],
 ) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor]:
     def hook(module: nn.Module, args: tuple[Tensor, ...], y: Tensor) -> Tensor:
         x = args[0]
-        inputs[name] = x
-        if offset is not None:
-            y = y + offset
         if delta is not None:
             dw, db = delta
             y = torch.baddbmm(y, x, dw)
@@ -98,6 +93,9 @@ def _hook(
             if module.bias is not None:
                 g = g + 1.0
             y = torch.baddbmm(y, g, b)
+        if leaf_outputs and not y.requires_grad:
+            y = y.detach().requires_grad_()
+        seen[name] = (x, y)
         return y
 
     return hook

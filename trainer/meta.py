@@ -14,8 +14,8 @@ Inside :func:`outer_loss` (``T`` episodes of ``K`` support + ``Q`` query samples
 2. the inner loop runs for all episodes together, batched (no ``vmap``, no per-episode loop):
    ``inner_steps`` SGD steps on the masked mean support loss, through ``functional_call`` of the
    dense half; each episode's gradients are those of the sum of the per-episode losses with respect
-   to per-episode quantities (per-sample views of the biases, the task-local row offsets), since
-   an episode's loss depends on no other episode's. What adapts (``MetaConfig.adapt``): ``head`` = the last
+   to per-episode quantities (the adapted layers' outputs, the task-local row offsets), since an
+   episode's loss depends on no other episode's. What adapts (``MetaConfig.adapt``): ``head`` = the last
    ``ModelConfig.head_layers`` layers, ``dense`` = every dense parameter, ``dense+emb`` = those plus
    task-local copies of the rows the episode uses (``batch.task_rows``), held as zero-initialised
    offsets pooled by the collection's pooling and added to the pooled fields (pooling is linear,
@@ -356,11 +356,10 @@ def _inner_loop(
     rows' sums; then the support loss before adaptation per episode. :func:`_stepped` applies the
     step sizes (``cfg.inner_lr``, or Meta-SGD's learned ``lrs``). The gradients are those of the
     sum of the per-episode losses with respect to per-episode tensors: each episode's own, since
-    an episode's loss depends on no other episode's samples, bias views or row offsets.
+    an episode's loss depends on no other episode's samples, layer outputs or row offsets.
     """
     if first_order:  # no outer graph through the inner gradients
         params, support, lrs = _detach(params), _detach(support), _detach(lrs)
-    T, n = support["m"].shape
     layers = adaptation.layers
     raw: Factors = {}
     raw_rows = rows_d
@@ -368,29 +367,19 @@ def _inner_loop(
     factors: Factors = {}
     deltas: Deltas = {}
     for _ in range(cfg.inner_steps):
-        # Each layer's output gradient per sample: for a layer with a bias, the gradient of a
-        # per-sample copy of the bias (an expanded view: no extra pass over the outputs, unlike
-        # adding a zero offset); without a bias, that of a zero offset added to the outputs.
-        outs = [
-            params[f"{layer}.bias"].expand(T, n, -1)
-            if m.bias is not None
-            else support["y"].new_zeros(T, n, m.weight.shape[1])
-            for layer, m in layers.items()
-        ]
-        leaves = [v if v.requires_grad else v.detach().requires_grad_() for v in outs]
-        leaves += [v if v.requires_grad else v.detach().requires_grad_() for v in rows_d.values()]
-        out = dict(zip(layers, leaves, strict=False))
-        biases = {f"{k}.bias": v for k, v in out.items() if layers[k].bias is not None}
-        zeros = {k: v for k, v in out.items() if layers[k].bias is None}
-        rows_in = dict(zip(rows_d, leaves[len(layers) :], strict=True))
-        with adaptation.active(factors, zeros, deltas) as inputs:
-            loss = _episode_loss(model, {**params, **biases}, rows_in, support)
+        rows_in = {
+            k: v if v.requires_grad else v.detach().requires_grad_() for k, v in rows_d.items()
+        }
+        with adaptation.active(factors, deltas, leaf_outputs=True) as seen:
+            loss = _episode_loss(model, params, rows_in, support)
+        # the output gradients per sample (and the row offsets' gradients): of the summed losses
+        leaves = [*(seen[layer][1] for layer in layers), *rows_in.values()]
         grads = torch.autograd.grad(
             -loss.sum(), leaves, create_graph=not first_order, materialize_grads=True
         )
         loss0 = loss.detach() if loss0 is None else loss0
         for layer, b in zip(layers, grads, strict=False):
-            a = inputs[layer]
+            a = seen[layer][0]
             if layer in raw:
                 a, b = torch.cat([raw[layer][0], a], -2), torch.cat([raw[layer][1], b], -2)
             raw[layer] = (a, b)

@@ -32,6 +32,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.multiprocess  # the bench in a fresh interpreter (the `report` fixture)
 def test_every_part_ran_on_the_cpu(report: dict) -> None:
     assert report["machine"]["device"] == "cpu"
     assert report["shape"]["samples_per_step"] == 8 * 16 and "smaller" in report["shape"]["note"]
@@ -57,6 +58,7 @@ def test_every_part_ran_on_the_cpu(report: dict) -> None:
     )
 
 
+@pytest.mark.multiprocess  # the bench in a fresh interpreter (the `report` fixture)
 def test_bf16_and_compiled_logits_agree_with_fp32_within_the_recorded_tolerance(
     report: dict,
 ) -> None:
@@ -78,6 +80,7 @@ def test_bf16_and_compiled_logits_agree_with_fp32_within_the_recorded_tolerance(
     assert modes["plain"]["dynamo"]["unique_graphs"] >= 1  # the plain loss really was compiled
 
 
+@pytest.mark.multiprocess  # the bench in a fresh interpreter (the `report` fixture)
 def test_cached_step_equals_the_uncached_step(report: dict) -> None:
     cache = report["sections"]["cache"]
     variants = cache["variants"]
@@ -91,6 +94,7 @@ def test_cached_step_equals_the_uncached_step(report: dict) -> None:
         assert v["ratio_vs_device_table"] > 0
 
 
+@pytest.mark.multiprocess  # the bench in a fresh interpreter (the `report` fixture)
 def test_the_run_imports_nothing_outside_the_gpu_image(report: dict) -> None:
     imports = report["imports"]
     assert imports["outside_image"] == []

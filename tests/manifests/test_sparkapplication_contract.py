@@ -81,6 +81,7 @@ def test_the_image_ships_the_application_file_where_the_manifest_points():
 
 
 @pytest.mark.spark
+@pytest.mark.multiprocess  # spark-submit: a second JVM
 def test_the_rendered_driver_writes_what_the_local_etl_writes(spark, tmp_path: Path):
     from components.etl import run_etl
 

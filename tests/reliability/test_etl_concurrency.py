@@ -25,7 +25,7 @@ import pytest
 
 from tests.reliability import etl_runs
 
-pytestmark = pytest.mark.spark
+pytestmark = [pytest.mark.spark, pytest.mark.multiprocess]  # a `metarec etl` process: a second JVM
 
 
 def _lock_owner(path: Path) -> dict:

@@ -29,6 +29,7 @@ from trainer.data.contract import load_manifest
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.multiprocess  # a real SIGKILL of another process
 @pytest.mark.parametrize("point", ["shard", "meta", "commit", "pointer"])
 def test_checkpoint_save_killed_at_any_point_keeps_the_previous_one(tmp_path, point) -> None:
     root = tmp_path / "ckpt"

@@ -164,6 +164,7 @@ def test_other_adaptation_targets(episodes: Path, tmp_path: Path, arch: str, ada
     assert results["valid"]["adapt"] == {"adapt": adapt, "steps": 2, "lr": 0.1}
 
 
+@pytest.mark.multiprocess  # the launchers: python -m trainer and torchrun, in fresh processes
 @pytest.mark.parametrize("launcher", CLI_MODES)
 def test_full_runs_through_the_entry_points(
     cli_runs: dict[str, tuple[Path, str]], launcher: str

@@ -42,6 +42,7 @@ def test_train_locally_with_torchrun(tmp_path: Path):
     assert any("step 2/2" in line for line in lines)  # the ranks' log came through the sink
 
 
+@pytest.mark.multiprocess
 def test_train_locally_reports_a_user_error(tmp_path: Path):
     with pytest.raises(LaunchError) as info:
         train_locally("debug", [f"data.path={tmp_path / 'missing'}"], sink=lambda _: None)
@@ -50,6 +51,7 @@ def test_train_locally_reports_a_user_error(tmp_path: Path):
     assert "missing" in str(info.value)  # the trainer's own one-line reason is quoted
 
 
+@pytest.mark.multiprocess
 def test_etl_locally_reports_a_refused_input(tmp_path: Path):
     with pytest.raises(LaunchError) as info:
         etl_locally(

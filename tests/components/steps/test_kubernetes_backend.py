@@ -19,7 +19,8 @@ from components.steps.layout import Interval, RunLayout
 from tests.cluster_double import RunningCluster, shared_dir
 from tests.dags.conftest import ETL, TRAINER
 
-pytestmark = pytest.mark.spark
+# The cluster double runs each rendered job in its own processes (spark-submit: a second JVM).
+pytestmark = [pytest.mark.spark, pytest.mark.multiprocess]
 INTERVAL = Interval.parse("2026-11-01T00/1h")
 
 
@@ -175,7 +176,6 @@ def test_a_failed_job_fails_the_step_with_its_message_and_a_retry_runs_it_again(
     assert "delete_namespaced_custom_object" in cluster.methods()
 
 
-@pytest.mark.multiprocess
 def test_training_runs_as_the_rendered_pytorchjob(k8s_etl, cluster, worker_only_orchestrates):
     from components.steps.training import train_step
 

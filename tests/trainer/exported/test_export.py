@@ -126,6 +126,7 @@ def test_a_failed_export_leaves_no_version(tmp_path):
     assert list_versions(model_dir) == [] and not list(model_dir.glob(".tmp-*"))
 
 
+@pytest.mark.multiprocess  # a process killed mid-write
 def test_a_crash_mid_export_leaves_no_version(single_run, tmp_path):
     """A process killed while writing (os._exit in the middle, no cleanup) leaves only its
     temporary directory, which no reader lists; the next export publishes v1 whole."""

@@ -179,6 +179,7 @@ print(len(events))
 """
 
 
+@pytest.mark.multiprocess  # a fresh interpreter per audit, so nothing was imported before
 def test_loading_and_scoring_never_unpickle(export, episodes, single_run):
     def unpickled(*extra: str) -> int:
         proc = subprocess.run([sys.executable, "-c", AUDIT, str(export), str(episodes), *extra],

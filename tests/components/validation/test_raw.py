@@ -207,3 +207,17 @@ def test_generated_logs_with_realistic_corruption_pass(spark, tmp_path, fmt):
     assert report.success, report.to_text()
     assert report.parameters["format"] == fmt
     assert not report.check("row_count_vs_previous").skipped  # hours 0-1 are the previous interval
+
+
+def test_parquet_previous_interval_rows_come_from_the_footers(spark, tmp_path):
+    prev_start = START - (END - START)
+    rows = make_raw_rows(40, start=prev_start) + make_raw_rows(400, start=START, seed=1)
+    for i, r in enumerate(rows):
+        r["event_id"] = f"e-{i:08d}"
+    root = write_raw(tmp_path / "raw", rows, "parquet")
+
+    report = validate_raw(str(root), START, END, spark)
+
+    assert _failed(report) == {"row_count_vs_previous"}, report.to_text()
+    assert report.parameters["row_count_max"] == 120
+    assert any(n.startswith("previous interval: 40 rows") for n in report.notes)

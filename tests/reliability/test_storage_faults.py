@@ -5,10 +5,10 @@ Already covered elsewhere (not repeated here): an exception at the checkpoint's 
 truncated / bit-flipped shard (``tests/trainer/test_checkpoint.py``), a truncated checkpoint at
 resume (``tests/trainer/test_main.py``), an export killed mid-write and a failing publish
 (``tests/trainer/exported/test_export.py``), tampered exports (``test_integrity.py``), an ETL crash
-before the swap and byte-identical reruns (``tests/components/etl/test_job.py``), promotion-pointer
-crashes (``tests/components/promotion/test_registry.py``). Added here: a REAL kill (SIGKILL, no
-cleanup) at each point of a checkpoint save, damaged ``meta.json`` / ``latest`` / missing shards,
-and an ETL crash inside the swap.
+before and inside the swap and byte-identical reruns (``tests/components/etl/test_job.py``, which
+reuses its module's ETL run), promotion-pointer crashes
+(``tests/components/promotion/test_registry.py``). Added here: a REAL kill (SIGKILL, no cleanup)
+at each point of a checkpoint save, damaged ``meta.json`` / ``latest`` / missing shards.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import pytest
 import torch
 
 from trainer.checkpoint import Checkpointer, CheckpointError
-from trainer.data.contract import load_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -92,52 +91,3 @@ def test_damaged_checkpoint_files_are_named(tmp_path, damage, message) -> None:
         (tmp_path / "latest").write_text(f"../{tmp_path.name}-other/{other.name}")
     with pytest.raises(CheckpointError, match=message):
         Checkpointer(tmp_path).load()
-
-
-# ---------------------------------------------------------------------------------------- ETL
-class _CrashInsideTheSwap:
-    """A pyarrow filesystem that fails the move of the staging folder into place right after the
-    previous version was moved to the trash (the process dies between the swap's two renames)."""
-
-    def __init__(self, fs) -> None:
-        self._fs, self.trashed = fs, False
-
-    def move(self, src: str, dst: str) -> None:
-        if self.trashed and "/_staging/" in src and "/_staging/" not in dst:
-            raise OSError("simulated crash inside the swap")
-        self._fs.move(src, dst)
-        self.trashed = self.trashed or "/_trash/" in dst
-
-    def __getattr__(self, name: str):
-        return getattr(self._fs, name)
-
-
-@pytest.mark.spark
-def test_etl_crash_inside_the_swap_never_shows_a_partial_interval(spark, tmp_path, monkeypatch):
-    """The two renames of the swap are not one atomic step: killed between them, the interval is
-    ABSENT (never partial; its previous version is kept whole under ``_trash``) until the rerun,
-    which writes the same bytes as before."""
-    from components.etl import load, run_etl
-    from tests.components.etl import rawdata
-    from tests.components.etl.test_job import make_config, snapshot
-
-    raw, out = tmp_path / "raw", tmp_path / "out"
-    rawdata.corrupted_interval(raw, "jsonl")
-    config = make_config(raw, out)
-    first = Path(run_etl(config, spark).output)
-    before = snapshot(first)
-    real = load.filesystem
-    monkeypatch.setattr(
-        load,
-        "filesystem",
-        lambda uri: (lambda fs, base: (_CrashInsideTheSwap(fs), base))(*real(uri)),
-    )
-    with pytest.raises(OSError, match="inside the swap"):
-        run_etl(config, spark)
-    monkeypatch.undo()
-    assert not first.exists()  # absent, not partial: readers find no _manifest.json
-    trashed = [p for p in (out / "_trash").iterdir() if p.is_dir()]
-    assert len(trashed) == 1 and snapshot(trashed[0]) == before
-    again = Path(run_etl(config, spark).output)
-    assert again == first and snapshot(again) == before
-    assert load_manifest(str(again)).files  # and the trainer's contract accepts it

@@ -220,6 +220,51 @@ def test_crash_before_swap_keeps_the_previous_version(spark, jsonl_run, monkeypa
     assert not any((Path(config.output) / "_staging").iterdir())
 
 
+class _CrashInsideTheSwap:
+    """A pyarrow filesystem that fails the move of the staging folder into place right after the
+    previous version was moved to the trash (the process dies between the swap's two renames)."""
+
+    def __init__(self, fs) -> None:
+        self._fs, self.trashed = fs, False
+
+    def move(self, src: str, dst: str) -> None:
+        if self.trashed and "/_staging/" in src and "/_staging/" not in dst:
+            raise OSError("simulated crash inside the swap")
+        self._fs.move(src, dst)
+        self.trashed = self.trashed or "/_trash/" in dst
+
+    def __getattr__(self, name: str):
+        return getattr(self._fs, name)
+
+
+def test_etl_crash_inside_the_swap_never_shows_a_partial_interval(spark, jsonl_run, monkeypatch):
+    """The two renames of the swap are not one atomic step: killed between them, the interval is
+    ABSENT (never partial; its previous version is kept whole under ``_trash``) until the rerun,
+    which writes the same bytes as before. The previous version is the module's run (the last
+    test to read it: the rerun restores it, byte for byte)."""
+    from components.etl import load, run_etl
+    from trainer.data.contract import load_manifest
+
+    _, result, config, before = jsonl_run
+    out, first = Path(config.output), Path(result.output)
+    assert snapshot(first) == before
+    real = load.filesystem
+    monkeypatch.setattr(
+        load,
+        "filesystem",
+        lambda uri: (lambda fs, base: (_CrashInsideTheSwap(fs), base))(*real(uri)),
+    )
+    with pytest.raises(OSError, match="inside the swap"):
+        run_etl(config, spark)
+    monkeypatch.undo()
+    assert not first.exists()  # absent, not partial: readers find no _manifest.json
+    trashed = [p for p in (out / "_trash").iterdir() if p.is_dir()]
+    assert len(trashed) == 1 and snapshot(trashed[0]) == before
+    again = Path(run_etl(config, spark).output)
+    assert again == first and snapshot(again) == before
+    assert load_manifest(str(again)).files  # and the trainer's contract accepts it
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_generator_ground_truth(spark, tmp_path, fmt):
     """Per-reason counts equal the generator's own count of what it corrupted (another writer)."""

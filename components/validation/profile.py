@@ -135,20 +135,18 @@ def _count(mask: np.ndarray, null: np.ndarray) -> pa.Array:
     return _array(mask.sum(axis=1).astype("int64"), null)
 
 
-def _extreme(g: _Grid, where: np.ndarray, op: str) -> pa.Array:
-    """Per episode: the min or max value at the valid positions of ``where``; null if none."""
+def _extreme(values: np.ndarray, valid: np.ndarray, op: str) -> pa.Array:
+    """Per episode (row): the min or max of ``values`` where ``valid``; null if nowhere."""
     import numpy as np
 
-    mask = g.valid & where
-    if g.values.shape[1] == 0:
-        return _array(np.zeros(len(mask), g.values.dtype), np.ones(len(mask), bool))
+    if values.shape[1] == 0:
+        return _array(np.zeros(len(values), values.dtype), np.ones(len(values), bool))
+    kind = np.iinfo if values.dtype.kind == "i" else np.finfo
     if op == "min":
-        fill = np.iinfo(g.values.dtype).max if g.values.dtype.kind == "i" else np.inf
-        out = np.where(mask, g.values, fill).min(axis=1)
+        out = np.where(valid, values, kind(values.dtype).max).min(axis=1)
     else:
-        fill = np.iinfo(g.values.dtype).min if g.values.dtype.kind == "i" else -np.inf
-        out = np.where(mask, g.values, fill).max(axis=1)
-    return _array(out, ~mask.any(axis=1))
+        out = np.where(valid, values, kind(values.dtype).min).max(axis=1)
+    return _array(out, ~valid.any(axis=1))
 
 
 def _int(column) -> pa.Array:
@@ -202,11 +200,12 @@ def file_profile(split: str, episodes: pa.Table, manifest: Manifest) -> pa.Table
         any_null |= g.null
     out["null_elements"] = _array(sum(g.null_elements for g in grids.values()), any_null)
     sparse, w = grids["sparse"], widths["sparse"]
-    for f in manifest.features:
-        slot = (np.arange(w) >= f.offset) & (np.arange(w) < f.offset + f.slots)
-        where = np.tile(slot, k + q)[None, :]
-        out[f"min_id__{f.name}"] = _extreme(sparse, where, "min")
-        out[f"max_id__{f.name}"] = _extreme(sparse, where, "max")
+    for f in manifest.features:  # the feature's positions in every sample, padding included
+        at = (np.arange(k + q)[:, None] * w + f.offset + np.arange(f.slots)[None, :]).ravel()
+        at = at[at < sparse.values.shape[1]]
+        ids, valid = sparse.values[:, at], sparse.valid[:, at]
+        out[f"min_id__{f.name}"] = _extreme(ids, valid, "min")
+        out[f"max_id__{f.name}"] = _extreme(ids, valid, "max")
     padding, padding_null = np.zeros(n, "int64"), np.zeros(n, bool)
     for c in LIST_COLUMNS:
         if widths[c] > 0:
@@ -225,11 +224,11 @@ def file_profile(split: str, episodes: pa.Table, manifest: Manifest) -> pa.Table
     )
     dense = grids["dense"]
     out["dense_nonfinite"] = _array(dense.nonfinite.astype("int64"), ~dense.any_valid)
-    times = grids["event_time_ms"]
-    out["support_max_time_ms"] = _extreme(times, support, "max")
-    out["query_min_time_ms"] = _extreme(times, query, "min")
-    out["min_time_ms"] = _extreme(times, real, "min")
-    out["max_time_ms"] = _extreme(times, real, "max")
+    t = grids["event_time_ms"]
+    out["support_max_time_ms"] = _extreme(t.values, t.valid & support, "max")
+    out["query_min_time_ms"] = _extreme(t.values, t.valid & query, "min")
+    out["min_time_ms"] = _extreme(t.values, t.valid & real, "min")
+    out["max_time_ms"] = _extreme(t.values, t.valid & real, "max")
     out["expected_task_id"] = _task_hashes(task_key)
     samples = out["n_samples"]
     nonzero = pc.if_else(pc.equal(samples, 0), None, samples)

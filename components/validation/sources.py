@@ -122,27 +122,36 @@ def load_episode_manifest(root: str) -> tuple[Manifest, dict[str, Any]]:
         return manifest, json.loads(f.read())
 
 
+BATCH_EPISODES = 4096
+"""Episodes per batch read: bounds the profile's memory whatever a file's size."""
+
+
 def read_episode_files(files: EpisodeFiles) -> Iterator[tuple[str, Any]]:
-    """``(split, pyarrow Table)`` per episode file of ``files``, one at a time (the contract's
-    columns; the split from the ``split=`` folder).
+    """``(split, pyarrow Table)`` per batch of at most :data:`BATCH_EPISODES` episodes of each
+    file of ``files``, file after file (the contract's columns; the split from the ``split=``
+    folder).
 
     Raises:
         DataUnavailableError: a file cannot be read (named in the message).
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     fs, base = filesystem(files.root)
     for rel in files.paths:
         match = _SPLIT_DIR.search(rel)
+        split = match.group(1) if match else ""
         try:
-            table = pq.read_table(
-                base.rstrip("/") + "/" + rel, columns=list(EPISODE_COLUMNS), filesystem=fs
-            )
-        except Exception as e:  # pyarrow raises ArrowInvalid/OSError for corrupt pages
+            with fs.open_input_file(base.rstrip("/") + "/" + rel) as f:
+                batches = pq.ParquetFile(f).iter_batches(
+                    batch_size=BATCH_EPISODES, columns=list(EPISODE_COLUMNS)
+                )
+                for batch in batches:
+                    yield split, pa.Table.from_batches([batch])
+        except (OSError, pa.ArrowException) as e:  # corrupt pages, a vanished file
             raise DataUnavailableError(
                 f"{files.root}/{rel}: unreadable Parquet file ({e}); rerun the ETL for this interval"
             ) from e
-        yield (match.group(1) if match else ""), table
 
 
 def interval_bounds(manifest: Manifest) -> tuple[dt.datetime, dt.datetime] | None:

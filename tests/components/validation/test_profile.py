@@ -13,6 +13,8 @@ import json
 import math
 from typing import Any
 
+import pytest
+
 from components.validation import profile as P
 from components.validation import sources as S
 from trainer.data.hashing import signed_hash
@@ -107,7 +109,9 @@ def _sorted(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: json.dumps(r, sort_keys=True, default=str))
 
 
-def test_profile_equals_the_python_reference(tmp_path):
+@pytest.mark.parametrize("batch", [S.BATCH_EPISODES, 3])
+def test_profile_equals_the_python_reference(tmp_path, monkeypatch, batch):
+    monkeypatch.setattr(S, "BATCH_EPISODES", batch)  # 3: files read in several batches
     captured: list[dict[str, Any]] = []
 
     def corrupt(eps):

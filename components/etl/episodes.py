@@ -27,17 +27,18 @@ in the quarantine with one reason.
 
 How, in one pass over each task's rows: the frame arrives partitioned by task key (the job's one
 row shuffle); each partition is sorted by ``(task, valid, event_time, event_id, read position)``
-and ``groupBy(task).applyInArrow`` streams each task's rows, in that order, as Arrow batches to
-:func:`cut_task`. It cuts every full chunk as soon as its rows are in and the last chunk at the
-task's end, with numpy array operations over all the chunks of a batch at once (no per-row or
-per-chunk Python loop): the boundary from ``searchsorted`` on the sorted times, the fixed-size
-list columns from one gather per column. Memory is one batch plus one chunk per task, however
-large the task. A full chunk (``m = L``) is cut the same whatever the task's size (``b = K``, and
-a task that fills a chunk is never too small), which is what lets it go before the task ends.
+and streamed, as Arrow batches, through :func:`cut_partition` (a ``mapInPandas``). It cuts every
+task of a batch at once with numpy array operations (no per-row, per-chunk or per-task Python
+loop): the boundary from the runs of equal times, the fixed-size list columns from one gather
+per column. The batch's last task may go on in the next batch: its full chunks are cut at once,
+the rest waits (a full chunk, ``m = L``, is cut the same whatever the task's size: ``b = K``, and
+a task that fills a chunk is never too small). Memory is one batch plus one chunk, however large
+the task.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -91,10 +92,10 @@ def build_episodes(df, k: int, q: int, min_support: int, min_query: int, widths:
     """Cut each task's rows into episodes and list every row no episode takes.
 
     Args:
-        df: rows partitioned by ``_pk`` (the task key), with ``_t``, ``event_id``, ``_uid``,
-            ``_reason`` (null = valid so far), the encoded payload ``_sparse`` (``array<int>``),
-            ``_dense``, ``_click``, ``_conversion`` and the reject columns ``_hour``, ``_file``,
-            ``_raw``.
+        df: rows partitioned by ``_pk``, the task key (``transform.partition_by_task``, or
+            :func:`number_rows`), with ``_t``, ``event_id``, ``_uid``, ``_reason`` (null = valid
+            so far), the encoded payload ``_sparse`` (``array<int>``), ``_dense``, ``_click``,
+            ``_conversion`` and the reject columns ``_hour``, ``_file``, ``_raw``.
         widths: ``(sparse_width, dense_width)``: ids and dense values per sample.
 
     Returns:
@@ -102,111 +103,156 @@ def build_episodes(df, k: int, q: int, min_support: int, min_query: int, widths:
         at most :data:`REJECT_GROUP` rejected rows: ``_c`` (the chunk: the episode index),
         ``n_support``/``n_query`` (0 when the chunk yields no episode), the contract's list
         columns (support, padding to K, query, padding to Q; see ``trainer/data/contract.py``),
-        ``_first_query_t``, ``_task_rows`` (the task's valid rows, on its last chunk) and
-        ``_rejects`` (``array<struct<reason, event_id, hour, file, raw>>``;
+        ``_first_query_t``, ``_task_rows`` (the task's valid rows, on the chunks cut once its
+        end was seen) and ``_rejects`` (``array<struct<reason, event_id, hour, file, raw>>``;
         ``rows.source_file(hour, file)`` is the source file).
     """
     from pyspark.sql import functions as F
 
     shape = Shape(k, q, min_support, min_query, *widths)
     rows = df.withColumn("_ok", F.col("_reason").isNull()).sortWithinPartitions(*ORDER)
-    return rows.select(*INPUT).groupBy("_pk").applyInArrow(_cutter(shape), output_schema())
+    return rows.select(*INPUT).mapInPandas(_cutter(shape), output_schema())
 
 
 def _cutter(shape: Shape):
-    """:func:`cut_task` for ``shape``, typed so that Spark streams each task's batches to it."""
-    from collections.abc import Iterator
+    """The ``mapInPandas`` function: :func:`cut_partition` between Arrow and Spark's frames.
 
-    import pyarrow as pa
+    (``mapInPandas``, not ``mapInArrow``: the plan keeps ONE ``MapInArrow``, the JSONL parse,
+    which ``tests/components/etl/test_plan.py`` checks; the frames cost one conversion each way.)
+    """
 
-    def cut(batches):
-        return cut_task(batches, shape)
+    def cut(frames):
+        import pyarrow as pa
 
-    cut.__annotations__ = {"batches": Iterator[pa.RecordBatch], "return": Iterator[pa.RecordBatch]}
+        schema = input_schema()
+        batches = (pa.RecordBatch.from_pandas(f, schema, preserve_index=False) for f in frames)
+        for out in cut_partition(batches, shape):
+            yield out.to_pandas()
+
     return cut
 
 
-def cut_task(batches: Iterator[pa.RecordBatch], shape: Shape) -> Iterator[pa.RecordBatch]:
-    """One task's rows (:data:`INPUT`, in :data:`ORDER`) -> its :func:`output_schema` rows.
+def cut_partition(batches: Iterator[pa.RecordBatch], shape: Shape) -> Iterator[pa.RecordBatch]:
+    """A partition's rows (:data:`INPUT`, in :data:`ORDER`: each task's rows together) -> its
+    :func:`output_schema` rows. Each batch is cut for all its tasks at once; the last task's
+    rows that do not fill a chunk wait for the next batch (it may go on there).
 
     Raises:
-        ValueError: valid rows out of ``(event_time, event_id)`` order (the frame was not
-            partitioned by task, or two valid rows share an event id).
+        ValueError: a task's valid rows out of ``(event_time, event_id)`` order (two valid rows
+            share an event id: not de-duplicated).
     """
+    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    pending: pa.Table | None = None  # valid rows of the chunk being filled (1 .. L rows)
-    chunk = valid = rejected = 0
+    carry: pa.Table | None = None  # the last task's valid rows not cut yet (>= 1 row)
+    carry_chunks = carry_rows = 0  # that task's chunks cut before, and the rows they hold
+    rejected = _Rejected()
     length = shape.length
     for batch in batches:
         ok = batch.column("_ok")
-        bad = batch.filter(pc.invert(ok))
-        if bad.num_rows:
-            yield _reject_rows(bad, rejected)
-            rejected += bad.num_rows
-        good = pa.Table.from_batches([batch.filter(ok)])
-        if good.num_rows == 0:
+        if ok.true_count < batch.num_rows:  # (most batches hold valid rows only)
+            yield _reject_rows(batch.filter(pc.invert(ok)), rejected)
+            batch = batch.filter(ok)
+        rows = pa.Table.from_batches([batch])
+        if carry is not None:
+            rows = pa.concat_tables([carry, rows])
+        if rows.num_rows == 0:
             continue
-        valid += good.num_rows
-        pending = good if pending is None else pa.concat_tables([pending, good])
-        _check_order(pending)
-        full = (pending.num_rows - 1) // length  # keep >= 1 row: the last chunk needs the count
-        if full:
-            yield _cut_chunks(pending.slice(0, full * length), chunk, None, shape)
-            chunk += full
-            pending = pending.slice(full * length)
-    if pending is not None:
-        yield _cut_chunks(pending, chunk, valid, shape)
+        start = _task_starts(rows.column("_pk"))
+        _check_order(rows, start)
+        size = np.diff(np.append(start, rows.num_rows))
+        before = np.zeros((2, start.size), np.int64)  # chunks and rows of each task cut before
+        if carry is not None:
+            before[:, 0] = carry_chunks, carry_rows
+        total = before[1] + size
+        # The last task may go on in the next batch: cut its full chunks but keep >= 1 row (its
+        # last chunk needs its count); its total is unknown (-1) but no full chunk depends on it.
+        full = (size[-1] - 1) // length
+        keep = start[-1] + full * length
+        size[-1], total[-1] = full * length, -1
+        if keep:
+            yield _cut_chunks(rows.slice(0, keep), start, size, before[0], total, shape)
+        carry, carry_chunks, carry_rows = rows.slice(keep), before[0, -1] + full, before[1, -1]
+        carry_rows += full * length
+    if carry is not None:
+        n = carry.num_rows
+        yield _cut_chunks(
+            carry, np.zeros(1, np.int64), np.full(1, n), np.full(1, carry_chunks),
+            np.full(1, carry_rows + n), shape,
+        )  # fmt: skip
 
 
-def _check_order(rows: pa.Table) -> None:
-    """Valid rows must come in strictly increasing ``(event_time, event_id)`` order."""
+def _task_starts(pk: pa.ChunkedArray) -> np.ndarray:
+    """Row positions where a new task key begins (rows of a task are together)."""
+    import numpy as np
+
+    keys = pk.to_numpy(zero_copy_only=False)
+    change = np.ones(keys.size, bool)
+    change[1:] = keys[1:] != keys[:-1]
+    return np.nonzero(change)[0]
+
+
+def _check_order(rows: pa.Table, start: np.ndarray) -> None:
+    """Each task's valid rows must come in strictly increasing ``(event_time, event_id)``."""
     import numpy as np
     import pyarrow.compute as pc
 
     t = rows.column("_t").to_numpy()
+    same_task = np.ones(t.size, bool)
+    same_task[start] = False
     step = np.diff(t)
-    ties = np.nonzero(step == 0)[0]
+    later = same_task[1:]
+    ties = np.nonzero(later & (step == 0))[0]
     ids = rows.column("event_id")
-    if (step < 0).any() or (
+    if (later & (step < 0)).any() or (
         ties.size and not pc.all(pc.greater(ids.take(ties + 1), ids.take(ties))).as_py()
     ):
-        pk = rows.column("_pk")[0].as_py()
         raise ValueError(
-            f"task {pk!r}: its valid rows reached the episode cutting out of (event_time, "
-            "event_id) order; the frame must be partitioned by task (episodes.number_rows) and "
-            "de-duplicated on event_id first"
+            "valid rows reached the episode cutting out of (event_time, event_id) order within "
+            "a task: the rows must be de-duplicated on event_id first (dedup.mark_duplicates)"
         )
 
 
-def _cut_chunks(rows: pa.Table, first: int, task_rows: int | None, shape: Shape) -> pa.RecordBatch:
-    """Cut consecutive chunks of ``rows`` (valid, in order), the first being chunk ``first``.
+def _cut_chunks(
+    rows: pa.Table, task_start, task_size, task_chunks, task_total, shape: Shape
+) -> pa.RecordBatch:
+    """Cut the tasks of ``rows`` (valid, in order) into consecutive chunks.
 
-    ``task_rows`` is the task's count of valid rows when ``rows`` end the task; None when more
-    rows follow (every chunk is then full).
+    Per task (numpy arrays): its first row, its rows, its chunks cut before (the index of its
+    first chunk here) and its count of valid rows (-1: unknown, the task goes on after ``rows``;
+    its chunks here are then full).
     """
     import numpy as np
     import pyarrow as pa
 
     n, length = rows.num_rows, shape.length
     t = rows.column("_t").to_numpy()
-    start = np.arange(0, n, length)
-    m = np.minimum(length, n - start)
+    per_task = -(-task_size // length)
+    task = np.repeat(np.arange(task_size.size), per_task)  # each chunk's task
+    nth = np.arange(task.size) - np.repeat(np.cumsum(per_task) - per_task, per_task)
+    start = task_start[task] + nth * length
+    m = np.minimum(length, task_start[task] + task_size[task] - start)
+    total = task_total[task]
     b = np.minimum(shape.k, m - shape.min_query)
-    # The first nominal query sample's tied group: it starts at `older` and ends before
-    # `not_newer` (positions in the chunk; the times are sorted, so two binary searches).
+    # Runs of equal times within a chunk: the first nominal query sample's run starts at
+    # `older` and ends before `not_newer` (positions in the chunk).
+    chunk_of = np.repeat(np.arange(task.size), m)
+    row = np.arange(n)
+    new_run = np.ones(n, bool)
+    new_run[1:] = (chunk_of[1:] != chunk_of[:-1]) | (t[1:] != t[:-1])
+    run_start = np.maximum.accumulate(np.where(new_run, row, 0))
+    run_end = np.minimum.accumulate(np.where(np.append(new_run[1:], True), row + 1, n)[::-1])[::-1]
     has_b = (b >= 0) & (b < m)
-    t_b = t[start + np.clip(b, 0, m - 1)]
-    older = np.maximum(np.searchsorted(t, t_b, "left"), start) - start
-    not_newer = np.minimum(np.searchsorted(t, t_b, "right"), start + m) - start
-    shift = has_b & (older > 0) & (older < b)  # the group starts inside the support: move back
-    whole = has_b & (older == 0)  # the group covers the whole support: move past it
+    at_b = start + np.clip(b, 0, m - 1)
+    older, not_newer = run_start[at_b] - start, run_end[at_b] - start
+    shift = has_b & (older > 0) & (older < b)  # the run starts inside the support: move back
+    whole = has_b & (older == 0)  # the run covers the whole support: move past it
     n_s = np.where(shift, older, b)
     q_start = np.where(shift, older, np.where(whole, not_newer, b))
     n_q = np.maximum(0, np.minimum(shape.q, m - q_start))
-    small = task_rows is not None and task_rows < shape.min_support + shape.min_query
-    emitted = (b >= 1) & (n_s >= shape.min_support) & (n_q >= shape.min_query) & (not small)
+    small = (total >= 0) & (total < shape.min_support + shape.min_query)
+    emitted = (b >= 1) & (n_s >= shape.min_support) & (n_q >= shape.min_query) & ~small
     n_s, n_q, q_start = (np.where(emitted, x, 0) for x in (n_s, n_q, q_start))
 
     # Each emitted episode's rows: support, padding to K, query, padding to Q (padding: -1).
@@ -219,40 +265,38 @@ def _cut_chunks(rows: pa.Table, first: int, task_rows: int | None, shape: Shape)
     pad = gather < 0
     gather[pad] = 0
     absent = pa.array(~emitted)
-
     schema = arrow_schema()
 
     def padded(column: str, width: int | None, out: str) -> pa.ListArray:
+        kind = schema.field(out).type
+        if not emitted.any():  # (most tasks are too small for an episode)
+            return pa.nulls(emitted.size, kind)
         values = _per_sample(rows.column(column), width)[gather]
         values[pad] = 0
         size = length * (width or 1)
         offsets = np.concatenate([[0], np.cumsum(np.where(emitted, size, 0))])
-        kind = schema.field(out).type
         values = pa.array(values.ravel().astype(kind.value_type.to_pandas_dtype()))
-        return pa.ListArray.from_arrays(
-            pa.array(offsets, pa.int32()), values, type=kind, mask=absent
-        )
+        return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values, kind, mask=absent)
 
     # The rows no episode takes: all of a chunk that yields none, else its tie overflow.
-    chunks = start.size
-    chunk_of = np.repeat(np.arange(chunks), m)
-    pos = np.arange(n) - start[chunk_of]
+    chunks = task.size
+    pos = row - start[chunk_of]
     in_query = (pos >= q_start[chunk_of]) & (pos < q_start[chunk_of] + n_q[chunk_of])
     dropped = np.nonzero(~((pos < n_s[chunk_of]) | in_query))[0]
-    why = pa.array([TASK_TOO_SMALL if small else EPISODE_TOO_SMALL, TIE_OVERFLOW])
-    reasons = why.take(pa.array(emitted[chunk_of[dropped]].astype(np.int8)))
+    why = np.where(emitted, 2, np.where(small, 0, 1)).astype(np.int8)
+    reasons = pa.array([TASK_TOO_SMALL, EPISODE_TOO_SMALL, TIE_OVERFLOW]).take(
+        pa.array(why[chunk_of[dropped]])
+    )
     counts = np.bincount(chunk_of[dropped], minlength=chunks)
     rejects = _rejects(reasons, rows.take(dropped), raw=False)
     return pa.RecordBatch.from_arrays(
         [
-            rows.column("_pk").take(np.zeros(chunks, np.int64)).combine_chunks(),
+            rows.column("_pk").take(start).combine_chunks(),
             pa.array(np.ones(chunks, bool)),
-            pa.array(np.arange(first, first + chunks, dtype=np.int32)),
+            pa.array((task_chunks[task] + nth).astype(np.int32)),
             pa.array(n_s.astype(np.int32)),
             pa.array(n_q.astype(np.int32)),
-            pa.array(
-                np.full(chunks, task_rows or 0), pa.int64(), mask=np.full(chunks, task_rows is None)
-            ),
+            pa.array(total, pa.int64(), mask=total < 0),
             pa.array(t[start + q_start], pa.int64(), mask=n_q == 0),
             padded("_sparse", shape.sparse_width, "sparse"),
             padded("_dense", shape.dense_width, "dense"),
@@ -265,24 +309,41 @@ def _cut_chunks(rows: pa.Table, first: int, task_rows: int | None, shape: Shape)
     )
 
 
-def _reject_rows(rows: pa.RecordBatch, first: int) -> pa.RecordBatch:
-    """Rows that already failed, listed with their own reason and raw line in groups of at most
-    :data:`REJECT_GROUP` (``_c``: the group's index; ``first``: rows of the task listed before)."""
+class _Rejected:
+    """The last task with rejected rows in a partition, and how many it had so far."""
+
+    def __init__(self) -> None:
+        self.task: object = _Rejected  # (no task: a task key may be null)
+        self.rows = 0
+
+
+def _reject_rows(rows: pa.RecordBatch, seen: _Rejected) -> pa.RecordBatch:
+    """Rows that already failed, listed with their own reason and raw line: per task, in groups
+    of at most :data:`REJECT_GROUP` (``_c``: the group's index in the task)."""
     import numpy as np
     import pyarrow as pa
 
-    group = (first + np.arange(rows.num_rows)) // REJECT_GROUP
-    ids, counts = np.unique(group, return_counts=True)
     table = pa.Table.from_batches([rows])
-    out = len(ids)
-    none = np.ones(out, bool)
+    keys = table.column("_pk").to_numpy(zero_copy_only=False)
+    first = _task_starts(table.column("_pk"))
+    index = np.arange(keys.size)
+    rank = index - np.maximum.accumulate(np.where(np.isin(index, first), index, 0))
+    if seen.task is not _Rejected and keys[0] == seen.task:  # the task goes on from before
+        rank[: first[1] if first.size > 1 else keys.size] += seen.rows
+    seen.task, seen.rows = keys[-1], int(rank[-1]) + 1
+    group = rank // REJECT_GROUP
+    new = np.zeros(keys.size, bool)
+    new[first] = True
+    new[1:] |= group[1:] != group[:-1]
+    starts = np.nonzero(new)[0]
+    counts = np.diff(np.append(starts, keys.size))
+    out = starts.size
     schema = arrow_schema()
-    nulls = {name: pa.nulls(out, schema.field(name).type) for name in schema.names}
     columns = {
-        **nulls,
-        "_pk": table.column("_pk").take(np.zeros(out, np.int64)).combine_chunks(),
-        "_ok": pa.array(~none),
-        "_c": pa.array(ids.astype(np.int32)),
+        **{name: pa.nulls(out, schema.field(name).type) for name in schema.names},
+        "_pk": table.column("_pk").take(starts).combine_chunks(),
+        "_ok": pa.array(np.zeros(out, bool)),
+        "_c": pa.array(group[starts].astype(np.int32)),
         "n_support": pa.array(np.zeros(out, np.int32)),
         "n_query": pa.array(np.zeros(out, np.int32)),
         "_rejects": pa.ListArray.from_arrays(
@@ -319,13 +380,12 @@ def _per_sample(column: pa.ChunkedArray, width: int | None) -> np.ndarray:
     Raises:
         ValueError: a list does not hold exactly ``width`` values.
     """
-    import pyarrow.compute as pc
+    import numpy as np
 
     array = column.combine_chunks()
     if width is None:
         return array.to_numpy(zero_copy_only=False).reshape(-1, 1)
-    sizes = pc.list_value_length(array).to_numpy(zero_copy_only=False)
-    if (sizes != width).any():
+    if (np.diff(array.offsets.to_numpy()) != width).any():
         raise ValueError(f"{column.type} column: every sample must hold {width} values")
     return array.flatten().to_numpy(zero_copy_only=False).reshape(len(array), width)
 
@@ -341,6 +401,20 @@ def output_schema():
     return from_arrow_schema(arrow_schema())
 
 
+@functools.cache
+def input_schema() -> pa.Schema:
+    """:data:`INPUT` as Arrow types (what ``transform.compact`` makes of the rows)."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("_pk", pa.string()), ("_ok", pa.bool_()), ("_t", pa.int64()), ("event_id", pa.string()),
+        ("_reason", pa.string()), ("_raw", pa.string()), ("_hour", pa.int32()),
+        ("_file", pa.string()), ("_sparse", pa.list_(pa.int32())),
+        ("_dense", pa.list_(pa.float32())), ("_click", pa.int8()), ("_conversion", pa.int8()),
+    ])  # fmt: skip
+
+
+@functools.cache
 def arrow_schema() -> pa.Schema:
     """One row per chunk of a task's valid rows or per group of its rejected rows."""
     import pyarrow as pa

@@ -3,9 +3,10 @@ applied through forward hooks so that the models stay plain (``trainer/meta.py``
 
 One SGD step on a support set of ``K`` samples with inputs ``x_k`` and output gradients ``delta_k``
 moves a layer's weight by ``-lr * sum_k x_k^T delta_k`` and its bias by ``-lr * sum_k delta_k``: a
-rank-``K`` offset ``A^T B`` with ``A = [x_k]`` and ``B = [-lr * delta_k]``. The adapted layer
-computes ``x @ W + b + (x @ A^T + 1) @ B`` (the ``+ 1`` applies the bias offset; absent without a
-bias), so no per-episode copy of ``W`` is ever formed: ``K x (in + out)`` numbers per episode
+rank-``K`` offset ``s A^T B`` with ``A = [x_k]``, ``B = [-delta_k]`` and the step size ``s = lr``.
+The adapted layer computes ``x @ W + b + (s (x @ A^T + 1)) @ B`` (the ``+ 1`` applies the bias
+offset; absent without a bias; ``s`` scales the small ``(n, R)`` matrix, not ``B``), so no
+per-episode copy of ``W`` is ever formed: ``K x (in + out)`` numbers per episode
 instead of ``in x out``, and the shared ``x @ W`` stays one matmul over all episodes. Exact, not an
 approximation; each inner step appends ``K`` rows to ``A`` and ``B``.
 
@@ -35,8 +36,11 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-Factors = dict[str, tuple[Tensor, Tensor]]
-"""Per adapted layer name: ``A`` ``(T, R, in)`` and ``B`` ``(T, R, out)`` (per episode)."""
+Factors = dict[str, tuple[Tensor, Tensor, float | Tensor]]
+"""Per adapted layer name: ``A`` ``(T, R, in)`` and ``B`` ``(T, R, out)`` (per episode) and the
+step size ``s`` (a number, or a 0-d tensor when it is learned)."""
+Sums = dict[str, tuple[Tensor, Tensor]]
+"""Per adapted layer name: ``A`` and ``B`` before the step size (what the inner loop sums)."""
 Deltas = dict[str, tuple[Tensor, Tensor | None]]
 """Per adapted layer name: a weight offset ``(T, in, out)`` and a bias offset ``(T, out)`` or
 None (per episode)."""
@@ -54,7 +58,7 @@ class LowRankAdaptation:
         self, factors: Factors, deltas: Deltas | None = None, leaf_outputs: bool = False
     ) -> Iterator[dict[str, tuple[Tensor, Tensor]]]:
         """Within the block, every adapted layer adds its full offset ``x @ dW + db``
-        (``deltas[name]``) and its low-rank term ``(x @ A^T [+ 1]) @ B`` to its output; yields each
+        (``deltas[name]``) and its low-rank term ``(s (x @ A^T [+ 1])) @ B`` to its output; yields each
         layer's input ``x`` and output ``y`` as the forward records them. ``leaf_outputs``: an
         output that does not require grad (a forward on detached tensors) continues as a leaf that
         does, so that the caller can differentiate with respect to it."""
@@ -75,7 +79,7 @@ class LowRankAdaptation:
 
 def _hook(
     name: str,
-    factor: tuple[Tensor, Tensor] | None,
+    factor: tuple[Tensor, Tensor, float | Tensor] | None,
     delta: tuple[Tensor, Tensor | None] | None,
     leaf_outputs: bool,
     seen: dict[str, tuple[Tensor, Tensor]],
@@ -88,11 +92,11 @@ def _hook(
             if db is not None:
                 y = y + db.unsqueeze(-2)
         if factor is not None:
-            a, b = factor
+            a, b, step = factor
             g = torch.bmm(x, a.transpose(-1, -2))  # (T, n, R)
             if module.bias is not None:
                 g = g + 1.0
-            y = torch.baddbmm(y, g, b)
+            y = torch.baddbmm(y, g * step, b)
         if leaf_outputs and not y.requires_grad:
             y = y.detach().requires_grad_()
         seen[name] = (x, y)

@@ -40,7 +40,8 @@ distributed = single-process oracle like MAML):
   changes the inner loop's step sizes, not the order of the meta-gradient. The inner loop
   accumulates the negative gradients (the low-rank factors and the rows' sums) and the step sizes
   are applied afterwards (:func:`_stepped`), so the outer loss differentiates them: a per-layer step
-  size scales ``B``, a per-parameter one scales every entry of ``A^T B`` (the weight is formed).
+  size is the low-rank term's step size, a per-parameter one scales every entry of ``A^T B`` (the
+  weight offset is formed).
 - ``mode = "film"`` (:mod:`trainer.film`): a mode, since it replaces the inner loop by a forward
   pass: the support samples are encoded into per-layer scales and shifts of the main layers, and
   the loss is the query loss under that modulation.
@@ -68,7 +69,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from trainer.film import Modulation, modulated, support_features
-from trainer.lowrank import Deltas, Factors, LowRankAdaptation
+from trainer.lowrank import Deltas, Factors, LowRankAdaptation, Sums
 from trainer.metaemb import pooled_fields, with_id_embedding
 from trainer.models import esmm
 from trainer.models.build import RecModel
@@ -166,7 +167,7 @@ class StepStats:
 class Adapted:
     """Per-episode adaptation from :func:`adapt`, as offsets from the shared parameters:
     ``dense`` maps the adapted layers to their low-rank factors ``A`` ``(T, R, in)`` and ``B``
-    ``(T, R, out)`` (:mod:`trainer.lowrank`); ``rows`` maps ``emb``/``linear`` to ``(T, M, width)``
+    ``(T, R, out)`` and step size (:mod:`trainer.lowrank`); ``rows`` maps ``emb``/``linear`` to ``(T, M, width)``
     offsets of the task-local rows (``dense+emb`` only); ``deltas`` maps adapted layers to
     per-episode weight ``(T, in, out)`` and bias ``(T, out)`` offsets (Meta-SGD per parameter,
     whose update is not low-rank); ``film`` maps modulated layers to per-episode ``gamma``/``beta``
@@ -330,7 +331,7 @@ def _episode_loss(model: RecModel, params: dict, rows_d: dict, side: dict) -> Te
 
 def _detach(d: dict[str, Any]) -> dict[str, Any]:
     return {
-        k: tuple(None if x is None else x.detach() for x in v)
+        k: tuple(x.detach() if isinstance(x, Tensor) else x for x in v)
         if isinstance(v, tuple)
         else _detach(v)
         if isinstance(v, dict)
@@ -348,7 +349,7 @@ def _inner_loop(
     rows_d: dict[str, Tensor],
     support: dict[str, Any],
     first_order: bool,
-) -> tuple[Factors, dict, Tensor]:
+) -> tuple[Sums, dict, Tensor]:
     """``inner_steps`` SGD steps on every episode's support loss, all episodes at once.
 
     Returns the accumulated negative gradients, before the step sizes: per adapted layer the
@@ -361,7 +362,7 @@ def _inner_loop(
     if first_order:  # no outer graph through the inner gradients
         params, support, lrs = _detach(params), _detach(support), _detach(lrs)
     layers = adaptation.layers
-    raw: Factors = {}
+    raw: Sums = {}
     raw_rows = rows_d
     loss0 = None
     factors: Factors = {}
@@ -398,22 +399,22 @@ def _stepped(
     cfg: MetaConfig,
     lrs: dict[str, Tensor],
     adaptation: LowRankAdaptation,
-    raw: Factors,
+    raw: Sums,
     raw_rows: dict[str, Tensor],
 ) -> tuple[Deltas, Factors, dict[str, Tensor]]:
     """The adapted parameters from :func:`_inner_loop`'s sums, as (full per-episode offsets,
     low-rank factors, row offsets). A step size that is one number per layer (``inner_lr``,
-    Meta-SGD per layer) scales ``B``; Meta-SGD per parameter scales every entry of the weight's
+    Meta-SGD per layer) is the factors' step size; Meta-SGD per parameter scales every entry of the weight's
     update ``A^T B`` on its own, which is not low-rank: the weight offset is formed."""
     if not lrs:
         lr = cfg.inner_lr
-        return {}, {k: (a, b * lr) for k, (a, b) in raw.items()}, _scaled(raw_rows, {}, lr)
+        return {}, {k: (a, b, lr) for k, (a, b) in raw.items()}, _scaled(raw_rows, {}, lr)
     deltas: Deltas = {}
     factors: Factors = {}
     for layer, (a, b) in raw.items():
         w, bias = f"{layer}.weight", f"{layer}.bias"
         if lrs[w].dim() == 0:
-            factors[layer] = (a, b * lrs[w])
+            factors[layer] = (a, b, lrs[w])
             continue
         db = lrs[bias] * b.sum(-2) if adaptation.layers[layer].bias is not None else None
         deltas[layer] = (lrs[w] * (a.transpose(-1, -2) @ b), db)

@@ -6,7 +6,9 @@
 Same data, same process, one run: synthetic episodes (16 single-slot sparse fields over a 1M-row
 stacked table, 3 dense features, K = Q = 32, Zipf task sizes, 4096-episode row groups), read as
 64-episode batches. Measured (episodes/s and samples/s, medians over ``--repeat`` interleaved
-rounds, after one untimed scan and 200 warm-up batches of every reader variant):
+rounds, after one untimed scan and 200 warm-up batches of every reader variant; also the process
+CPU time of each run, all threads, whose ratio ``reader_vs_raw_scan_cpu_time`` is the work ratio:
+what the wall-clock ratio tends to on a machine whose cores are all busy):
 
 - ``raw_scan``: ``ParquetFile.read_row_group`` of every row group with the same 7 projected columns
   and no conversion at all: the practical limit;
@@ -116,17 +118,22 @@ def _write_flat(root: Path) -> None:
 
 def _raw_scan(root: Path) -> dict:
     m = load_manifest(str(root))
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     episodes = 0
     for f in m.files_of("train"):
         pf = pq.ParquetFile(root / f["path"])
         for g in range(pf.metadata.num_row_groups):
             episodes += pf.read_row_group(g, columns=list(READ_COLUMNS)).num_rows
-    return {"seconds": time.perf_counter() - t, "episodes": episodes, "samples": None}
+    return {
+        "seconds": time.perf_counter() - t,
+        "cpu_seconds": time.process_time() - c,
+        "episodes": episodes,
+        "samples": None,
+    }
 
 
 def _ours(root: Path, device: str | None = None, limit: int | None = None, **kw) -> dict:
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     episodes = samples = steps = 0
     with EpisodeReader(str(root), "train", T, epochs=1, **kw) as reader:
         for b in reader:
@@ -138,7 +145,12 @@ def _ours(root: Path, device: str | None = None, limit: int | None = None, **kw)
             steps += 1
             if steps == limit:
                 break
-    return {"seconds": time.perf_counter() - t, "episodes": episodes, "samples": samples}
+    return {
+        "seconds": time.perf_counter() - t,
+        "cpu_seconds": time.process_time() - c,
+        "episodes": episodes,
+        "samples": samples,
+    }
 
 
 def _naive(root: Path, seconds: float) -> dict:
@@ -249,6 +261,8 @@ def _summary(runs: list[dict]) -> dict:
     secs = statistics.median(r["seconds"] for r in runs)
     first = runs[0]
     out = {"seconds_median": round(secs, 4), "seconds_all": [round(r["seconds"], 4) for r in runs]}
+    if "cpu_seconds" in runs[0]:
+        out["cpu_seconds_median"] = round(statistics.median(r["cpu_seconds"] for r in runs), 4)
     out["episodes"] = first["episodes"]
     out["episodes_per_s"] = round(first["episodes"] / secs, 1)
     if first.get("samples") is not None:
@@ -297,6 +311,13 @@ def run(out: Path, data: Path, episodes: int, repeat: int, naive_seconds: float,
             results["reader_prefetch0"]["episodes_per_s"] / naive, 1
         ),
         "prefetch2_vs_prefetch0": round(ours / results["reader_prefetch0"]["episodes_per_s"], 3),
+        # work per episode, all threads of the process (raw's pyarrow pool included): the ratio
+        # the wall-clock one tends to when every core is busy (a shared, loaded machine)
+        "reader_vs_raw_scan_cpu_time": round(
+            results["raw_scan"]["cpu_seconds_median"]
+            / results["reader_prefetch2"]["cpu_seconds_median"],
+            3,
+        ),
     }
     report = {
         "benchmark": "reader",

@@ -60,7 +60,7 @@ PHASES = (
     ("runner", "run_expectations", "raw/suites (Spark, one job each)"),
     ("sources", "list_episode_files", "episodes/list + footers"),
     ("sources", "read_episode_files", "episodes/read (pyarrow)"),
-    ("profile", "file_profile", "episodes/profile (numpy)"),
+    ("profile", "batch_profile", "episodes/profile (numpy)"),
     ("runner", "run_on_table", "episodes/suite on the profile"),
     ("profile", "split_summary", "episodes/summary"),
     ("runner", "run_on_values", "episodes/summary suite"),

@@ -3,9 +3,9 @@
 GX checks scalar columns well and list columns poorly, so the episode suite validates a per-episode
 *profile*: list lengths, per-feature min/max sparse id, support/query time bounds, label sanity,
 padding, and a per-task flag for tasks seen in both the cold and the warm splits. It is computed
-here from the episode Parquet files with pyarrow and numpy, one file at a time (a file's lists as
-an ``episodes x positions`` matrix, every fact a masked reduction over it): no Spark job, and the
-memory of one file plus the profile (a few dozen scalars per episode). A per-split *summary*
+here from the episode Parquet files with pyarrow and numpy, a batch of episodes at a time (its
+lists as ``episodes x positions`` matrices, every fact a masked reduction over them): no Spark job,
+and the memory of a few batches plus the profile (a few dozen scalars per episode). A per-split *summary*
 (observed counts next to the manifest's) is aggregated from the profile. The raw profile
 (:func:`raw_profile`) stays a Spark frame: raw logs are read by Spark (JSONL's permissive parse).
 
@@ -100,19 +100,30 @@ def _grid(column, positions: int) -> _Grid:
     null = length.is_null().to_numpy(zero_copy_only=False)
     counts = length.fill_null(0).to_numpy()
     flat = arr.flatten()  # null lists contribute nothing
-    flat_valid = flat.is_valid().to_numpy(zero_copy_only=False)
     values = flat.fill_null(0).to_numpy(zero_copy_only=False)
-    parent = np.repeat(np.arange(n), counts)
-    if not null.any() and (counts == positions).all():
-        grid, valid = values.reshape(n, positions), flat_valid.reshape(n, positions)
+    if flat.null_count:
+        flat_valid = flat.is_valid().to_numpy(zero_copy_only=False)
     else:
-        pos = np.arange(len(values)) - np.repeat(np.cumsum(counts) - counts, counts)
-        keep = pos < positions
-        grid = np.zeros((n, positions), dtype=values.dtype)
-        valid = np.zeros((n, positions), dtype=bool)
-        grid[parent[keep], pos[keep]] = values[keep]
-        valid[parent[keep], pos[keep]] = flat_valid[keep]
+        flat_valid = np.ones(len(values), bool)
     finite = np.isfinite(values) if values.dtype.kind == "f" else np.ones(len(values), bool)
+    if not null.any() and (counts == positions).all():  # the contract's shape: a reshape
+        grid, valid = values.reshape(n, positions), flat_valid.reshape(n, positions)
+        return _Grid(
+            values=grid,
+            valid=valid,
+            null=null,
+            length=length,
+            null_elements=positions - valid.sum(axis=1),
+            nonfinite=(valid & ~finite.reshape(n, positions)).any(axis=1),
+            any_valid=valid.any(axis=1),
+        )
+    parent = np.repeat(np.arange(n), counts)
+    pos = np.arange(len(values)) - np.repeat(np.cumsum(counts) - counts, counts)
+    keep = pos < positions
+    grid = np.zeros((n, positions), dtype=values.dtype)
+    valid = np.zeros((n, positions), dtype=bool)
+    grid[parent[keep], pos[keep]] = values[keep]
+    valid[parent[keep], pos[keep]] = flat_valid[keep]
     return _Grid(
         values=grid,
         valid=valid,
@@ -167,8 +178,8 @@ def _task_hashes(task_key: pa.Array) -> pa.Array:
     return hashes.take(encoded.indices)
 
 
-def file_profile(split: str, episodes: pa.Table, manifest: Manifest) -> pa.Table:
-    """The profile of one file's episodes (all of one split); see :func:`episode_profile`."""
+def batch_profile(split: str, episodes: pa.Table, manifest: Manifest) -> pa.Table:
+    """The profile of a batch of episodes of one split; see :func:`episode_profile`."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -248,7 +259,7 @@ def episode_profile(files: Iterable[tuple[str, pa.Table]], manifest: Manifest) -
     """One row per episode: the scalar facts the episode suite checks.
 
     Args:
-        files: ``(split, episodes)`` per episode file (``sources.read_episode_files``).
+        files: ``(split, episodes)`` batches of the episode files (``sources.read_episode_files``).
         manifest: the interval's manifest (K/Q, feature spec).
 
     Returns:
@@ -263,8 +274,20 @@ def episode_profile(files: Iterable[tuple[str, pa.Table]], manifest: Manifest) -
     import numpy as np
     import pyarrow as pa
 
-    profile = pa.concat_tables([file_profile(s, t, manifest) for s, t in files])
-    profile = profile.combine_chunks()
+    from .sources import BATCH_EPISODES
+
+    def profiled(split: str, tables: list[pa.Table]) -> pa.Table:
+        return batch_profile(
+            split, pa.concat_tables(tables, promote_options="permissive"), manifest
+        )
+
+    parts, pending = [], {}
+    for split, table in files:  # small files together: batches of ~BATCH_EPISODES of one split
+        pending.setdefault(split, []).append(table)
+        if sum(t.num_rows for t in pending[split]) >= BATCH_EPISODES:
+            parts.append(profiled(split, pending.pop(split)))
+    parts += [profiled(split, tables) for split, tables in pending.items()]
+    profile = pa.concat_tables(parts).combine_chunks()
     codes = _group_codes(profile.column("task_key").combine_chunks())
     cold = np.isin(profile.column("split").to_numpy(zero_copy_only=False), COLD_SPLITS)
     episodes, cold_episodes = np.bincount(codes), np.bincount(codes, weights=cold)

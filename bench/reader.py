@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 import torch
 
 from trainer.data.contract import ContractError, load_manifest
+from trainer.data.files import EpisodeFiles
 from trainer.data.reader import READ_COLUMNS, EpisodeReader
 from trainer.data.synthetic import write_synthetic_episodes
 from trainer.data.vsi import UniqueInverse
@@ -225,6 +226,29 @@ def _vsi_micro(root: Path, batches: int = 40) -> dict:
     return out
 
 
+def _decode_micro(root: Path, groups: int = 12, rounds: int = 3) -> dict:
+    """Process CPU ms per row group (median, interleaved): the raw ``read_row_group`` of the 7
+    columns vs :meth:`EpisodeFiles.read` (the same read plus the checks and the numpy views)."""
+    files = EpisodeFiles(str(root), "train", load_manifest(str(root)), verify_checksums=False)
+    units = range(min(groups, len(files.units)))
+
+    def raw(u: int) -> None:
+        i, g = files.units[u]
+        files._parquet(i).read_row_group(g, columns=list(READ_COLUMNS))
+
+    spent: dict[str, list[float]] = {"raw_read_row_group": [], "episode_files_read": []}
+    for _ in range(rounds):
+        for u in units:
+            for name, fn in (("raw_read_row_group", raw), ("episode_files_read", files.read)):
+                c = time.process_time()
+                fn(u)
+                spent[name].append(time.process_time() - c)
+    out = {k: round(statistics.median(v) * 1e3, 3) for k, v in spent.items()}
+    out["decode_overhead"] = round(out["episode_files_read"] - out["raw_read_row_group"], 3)
+    out["episodes_per_row_group"] = files.sizes[0]
+    return out
+
+
 def _stages(root: Path, shuffle: bool, task_local_rows: bool = False) -> dict:
     """Where an inline (prefetch 0) epoch spends its time, in ms per batch: reading + decoding
     row groups vs assembling batches (gather, VSI, tensors)."""
@@ -357,6 +381,7 @@ def run(out: Path, data: Path, episodes: int, repeat: int, naive_seconds: float,
             "reader_vs_naive": {"target": 20, "met": ratios["reader_vs_naive"] >= 20},
         },
         "vsi_ms_per_batch": _vsi_micro(data),
+        "row_group_cpu_ms": _decode_micro(data),
         "stage_ms_per_batch": {
             "shuffled": _stages(data, shuffle=True),
             "unshuffled": _stages(data, shuffle=False),

@@ -404,8 +404,8 @@ def _stepped(
 ) -> tuple[Deltas, Factors, dict[str, Tensor]]:
     """The adapted parameters from :func:`_inner_loop`'s sums, as (full per-episode offsets,
     low-rank factors, row offsets). A step size that is one number per layer (``inner_lr``,
-    Meta-SGD per layer) is the factors' step size; Meta-SGD per parameter scales every entry of the weight's
-    update ``A^T B`` on its own, which is not low-rank: the weight offset is formed."""
+    Meta-SGD per layer) is the factors' step size; Meta-SGD per parameter scales every entry of
+    the weight's update ``A^T B`` on its own, which is not low-rank: the weight offset is formed."""
     if not lrs:
         lr = cfg.inner_lr
         return {}, {k: (a, b, lr) for k, (a, b) in raw.items()}, _scaled(raw_rows, {}, lr)

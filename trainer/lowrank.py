@@ -58,8 +58,8 @@ class LowRankAdaptation:
         self, factors: Factors, deltas: Deltas | None = None, leaf_outputs: bool = False
     ) -> Iterator[dict[str, tuple[Tensor, Tensor]]]:
         """Within the block, every adapted layer adds its full offset ``x @ dW + db``
-        (``deltas[name]``) and its low-rank term ``(s (x @ A^T [+ 1])) @ B`` to its output; yields each
-        layer's input ``x`` and output ``y`` as the forward records them. ``leaf_outputs``: an
+        (``deltas[name]``) and its low-rank term ``(s (x @ A^T [+ 1])) @ B`` to its output; yields
+        each layer's input ``x`` and output ``y`` as the forward records them. ``leaf_outputs``: an
         output that does not require grad (a forward on detached tensors) continues as a leaf that
         does, so that the caller can differentiate with respect to it."""
         seen: dict[str, tuple[Tensor, Tensor]] = {}

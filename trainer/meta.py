@@ -15,11 +15,11 @@ Inside :func:`outer_loss` (``T`` episodes of ``K`` support + ``Q`` query samples
    ``inner_steps`` SGD steps on the masked mean support loss, through ``functional_call`` of the
    dense half; each episode's gradients are those of the sum of the per-episode losses with respect
    to per-episode quantities (the adapted layers' outputs, the task-local row offsets), since an
-   episode's loss depends on no other episode's. What adapts (``MetaConfig.adapt``): ``head`` = the last
-   ``ModelConfig.head_layers`` layers, ``dense`` = every dense parameter, ``dense+emb`` = those plus
-   task-local copies of the rows the episode uses (``batch.task_rows``), held as zero-initialised
-   offsets pooled by the collection's pooling and added to the pooled fields (pooling is linear,
-   so the shared rows are pooled once); null rows never adapt;
+   episode's loss depends on no other episode's. What adapts (``MetaConfig.adapt``): ``head`` =
+   the last ``ModelConfig.head_layers`` layers, ``dense`` = every dense parameter, ``dense+emb``
+   = those plus task-local copies of the rows the episode uses (``batch.task_rows``), held as
+   zero-initialised offsets pooled by the collection's pooling and added to the pooled fields
+   (pooling is linear, so the shared rows are pooled once); null rows never adapt;
 3. the query loss at the adapted parameters: masked mean per episode, summed over valid episodes
    and divided by ``normalizer``.
 
@@ -167,11 +167,11 @@ class StepStats:
 class Adapted:
     """Per-episode adaptation from :func:`adapt`, as offsets from the shared parameters:
     ``dense`` maps the adapted layers to their low-rank factors ``A`` ``(T, R, in)`` and ``B``
-    ``(T, R, out)`` and step size (:mod:`trainer.lowrank`); ``rows`` maps ``emb``/``linear`` to ``(T, M, width)``
-    offsets of the task-local rows (``dense+emb`` only); ``deltas`` maps adapted layers to
-    per-episode weight ``(T, in, out)`` and bias ``(T, out)`` offsets (Meta-SGD per parameter,
-    whose update is not low-rank); ``film`` maps modulated layers to per-episode ``gamma``/``beta``
-    ``(T, H)`` (``mode = "film"``)."""
+    ``(T, R, out)`` and step size (:mod:`trainer.lowrank`); ``rows`` maps ``emb``/``linear`` to
+    ``(T, M, width)`` offsets of the task-local rows (``dense+emb`` only); ``deltas`` maps
+    adapted layers to per-episode weight ``(T, in, out)`` and bias ``(T, out)`` offsets (Meta-SGD
+    per parameter, whose update is not low-rank); ``film`` maps modulated layers to per-episode
+    ``gamma``/``beta`` ``(T, H)`` (``mode = "film"``)."""
 
     dense: Factors
     rows: dict[str, Tensor]

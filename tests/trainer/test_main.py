@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -238,11 +237,9 @@ def test_parquet_file_missing_a_column(tmp_path: Path, capsys) -> None:
     assert victim.name in line
 
 
-def test_truncated_checkpoint_is_refused_on_resume(
-    episodes: Path, cli_runs: dict[str, tuple[Path, str]], tmp_path: Path, capsys
-) -> None:
+def test_truncated_checkpoint_is_refused_on_resume(episodes: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    shutil.copytree(cli_runs["python"][0], out)
+    assert main(["--config", "debug", *tiny_overrides(episodes, out)]) == 0  # in this process
     shard = next((out / "checkpoints").glob("step-00000004/rank-00000.pt"))
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     _fails(tiny_overrides(episodes, out, **{"train.steps": 6}), capsys, "checksum", "truncated")

@@ -239,7 +239,9 @@ def test_parquet_file_missing_a_column(tmp_path: Path, capsys) -> None:
 
 def test_truncated_checkpoint_is_refused_on_resume(episodes: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    assert main(["--config", "debug", *tiny_overrides(episodes, out)]) == 0  # in this process
+    from components.train.in_process import train_in_process  # puts torch's settings back
+
+    train_in_process("debug", tiny_overrides(episodes, out))
     shard = next((out / "checkpoints").glob("step-00000004/rank-00000.pt"))
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     _fails(tiny_overrides(episodes, out, **{"train.steps": 6}), capsys, "checksum", "truncated")

@@ -24,8 +24,8 @@ NEXT = Interval.parse("2026-11-02T00/1h")
 def champion(tmp_path_factory) -> tuple[DeliveryConfig, Path, Path]:
     """A run root whose champion v1 was trained on DAY; returns (config, its checkpoint, the
     next interval's episodes)."""
-    from components.launchers.local import train_locally
     from components.promotion import registry
+    from components.train.in_process import train_in_process
     from trainer.exported.export import export_checkpoint
 
     tmp = tmp_path_factory.mktemp("warm")
@@ -36,7 +36,7 @@ def champion(tmp_path_factory) -> tuple[DeliveryConfig, Path, Path]:
     cfg = DeliveryConfig(run_root=str(tmp / "run"), trainer_overrides=overrides)
     layout = RunLayout.of(cfg.run_root)
     run = layout.train(DAY)
-    train_locally("debug", [*overrides, f"data.path={first}", f"train.output_dir={run}"])
+    train_in_process("debug", [*overrides, f"data.path={first}", f"train.output_dir={run}"])
     exported = export_checkpoint(run, layout.models_root, name=cfg.model_name, graph=False)
     registry.promote(layout.models_root, cfg.model_name, exported.version)
     return (

@@ -74,6 +74,7 @@ def test_layout_spec_lineage_and_checksums(single_run, episodes, tmp_path):
     assert not list((tmp_path / "models" / "click-dlrm").glob(".tmp-*"))
 
 
+@pytest.mark.multiprocess  # sharded_run: a 2-rank gloo job
 def test_tables_are_merged_from_every_rank_shard(sharded_run, tmp_path):
     shards = checkpoint_shards(sharded_run)
     merged = merge_shards([s["embeddings"] for s in shards])

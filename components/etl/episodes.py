@@ -273,7 +273,7 @@ def _cut_chunks(
             return pa.nulls(emitted.size, kind)
         values = _per_sample(rows.column(column), width)[gather]
         values[pad] = 0
-        size = length * (width or 1)
+        size = length * (1 if width is None else width)
         offsets = np.concatenate([[0], np.cumsum(np.where(emitted, size, 0))])
         values = pa.array(values.ravel().astype(kind.value_type.to_pandas_dtype()))
         return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values, kind, mask=absent)

@@ -181,6 +181,17 @@ def test_the_task_row_count_is_known_at_its_end_and_rejects_are_grouped():
     assert bad == [episodes.REJECT_GROUP, 1]
 
 
+def test_no_dense_features():
+    rng = random.Random(11)
+    shape = Shape(3, 2, 1, 1, W, 0)
+    rows = partition(rng, 6)
+    for r in rows:
+        r["_dense"] = [] if r["_ok"] else None
+    eps, rejects = cut(rows, shape, random_split(rng, len(rows)))
+    assert (eps, rejects) == reference_of(rows, shape)
+    assert eps and all(e[6] == [] for e in eps)
+
+
 def test_rows_out_of_order_are_an_error():
     rows = make_rows(random.Random(1), "t", 6, 0)
     rows[2], rows[4] = rows[4], rows[2]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from components.promotion.gate import Decision
 from components.promotion.registry import ANY
@@ -32,6 +32,9 @@ from components.steps.config import DeliveryConfig
 from components.steps.data import EtlStepResult
 from components.steps.layout import Interval, RunLayout, read_record, write_record
 from components.steps.training import TrainStepResult
+
+if TYPE_CHECKING:
+    from trainer.exported.evaluation import EpisodeScores
 
 log = logging.getLogger(__name__)
 ROC_POINTS = 50
@@ -130,12 +133,14 @@ def export_step(
     return ExportStepResult(str(r.path), r.name, r.version, r.created)
 
 
-def _roc(labels, logits) -> tuple[dict[str, list[float]], list[list[int]]]:
-    """A ROC curve of at most ROC_POINTS thresholds, and the confusion matrix at p = 0.5."""
+def _roc(scores: EpisodeScores | None) -> tuple[dict[str, list[float]], list[list[int]]]:
+    """A ROC curve of at most ROC_POINTS thresholds of the scores after adaptation, and the
+    confusion matrix at p = 0.5 (both empty of points when there are no scores: no episodes)."""
     import numpy as np
 
+    logits = scores.after if scores is not None else np.zeros(0)
     probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-    y = labels.astype(np.int64)
+    y = scores.labels.astype(np.int64) if scores is not None else np.zeros(0, dtype=np.int64)
     cuts = np.unique(np.quantile(probs, np.linspace(0, 1, ROC_POINTS))) if len(probs) else []
     pos, neg = max(int(y.sum()), 1), max(int((1 - y).sum()), 1)
     roc = {"fpr": [], "tpr": [], "thresholds": []}
@@ -163,11 +168,9 @@ def evaluate_step(
 
     from components.promotion import registry
     from components.promotion.gate import metric_value
-    from trainer.exported.evaluation import score_episodes
 
     layout = RunLayout.of(cfg.run_root)
     metric = cfg.gate.metric
-    split = metric.split(".")[0]
     batch, limit = cfg.gate.batch_episodes, cfg.gate.max_episodes
     inputs = {
         "challenger": exported.version,
@@ -182,15 +185,14 @@ def evaluate_step(
     versions = [exported.version] + (
         [pointer.version] if pointer and pointer.version != exported.version else []
     )
-    files, values, models = {}, {}, {}
+    files, values, scores = {}, {}, {}
     for version in versions:
         challenger = version == exported.version
-        path, evaluation, models[version] = _evaluate_version(
+        path, evaluation, scores[version] = _evaluate_version(
             cfg, interval, version, etl, challenger
         )
         files[version], values[version] = str(path), metric_value(evaluation, metric)
-    scores = score_episodes(models[exported.version], etl.episodes_dir, split, batch, limit)
-    roc, confusion = _roc(scores.labels, scores.after)
+    roc, confusion = _roc(scores[exported.version])
     champion = pointer.version if pointer else None
     result = EvaluationResult(
         data_hash=etl.content_hash,
@@ -209,22 +211,25 @@ def evaluate_step(
 
 def _evaluate_version(
     cfg: DeliveryConfig, interval: Interval, version: str, etl: EtlStepResult, challenger: bool
-) -> tuple[Path, dict[str, Any], Any]:
+) -> tuple[Path, dict[str, Any], EpisodeScores | None]:
     """Evaluate ``version`` on this interval's episodes (the gate metric's split, the gate's
     settings) into ``intervals/<id>/evaluation/<version>.json``: its path, its content and the
-    loaded model (None when it could not be loaded). A champion that cannot be evaluated here
-    (another feature spec) gets an evaluation with its ``error``, which the gate refuses to
-    compare with; a challenger's failure raises."""
+    scores the metrics were computed from (None when it could not be scored). A champion that
+    cannot be evaluated here (another feature spec) gets an evaluation with its ``error``, which
+    the gate refuses to compare with; a challenger's failure raises."""
     from trainer.durable import write_json_atomic
-    from trainer.exported import evaluate_exported, load_exported
+    from trainer.exported import load_exported
+    from trainer.exported.evaluation import evaluate_scored
 
     layout = RunLayout.of(cfg.run_root)
     split = cfg.gate.metric.split(".")[0]
-    model = None
+    scores = None
     try:
         model = load_exported(layout.models_root / cfg.model_name / version)
-        evaluation = evaluate_exported(model, etl.episodes_dir, (split,), cfg.gate.batch_episodes,
-                                       cfg.gate.max_episodes)  # fmt: skip
+        evaluation, scored = evaluate_scored(
+            model, etl.episodes_dir, (split,), cfg.gate.batch_episodes, cfg.gate.max_episodes
+        )
+        scores = scored.get(split)
     except ValueError as e:  # ExportError, another feature spec: the gate refuses it
         if challenger:
             raise
@@ -232,7 +237,7 @@ def _evaluate_version(
         evaluation = {"data": {"content_hash": etl.content_hash}, "splits": {}, "error": str(e)}
     path = layout.records(interval) / "evaluation" / f"{version}.json"
     write_json_atomic(path, evaluation)
-    return path, evaluation, model
+    return path, evaluation, scores
 
 
 def _decide(

@@ -117,6 +117,19 @@ def evaluate_exported(
     """Metrics of ``splits`` of the ETL output ``root`` in the shape of the trainer's
     ``eval.json`` (``{"splits": {split: result}}``) plus ``data``: the content hash and interval
     of ``root``, which the promotion gate compares across models."""
+    return evaluate_scored(model, root, splits, batch_episodes, max_episodes)[0]
+
+
+def evaluate_scored(
+    model: ExportedModel,
+    root: str,
+    splits: tuple[str, ...] = ("valid", "test_cold"),
+    batch_episodes: int = 64,
+    max_episodes: int = 0,
+) -> tuple[dict[str, Any], dict[str, EpisodeScores]]:
+    """:func:`evaluate_exported`'s result and the scores it was computed from (split -> scores,
+    for the splits that have episodes), so a caller that needs more than the metrics (a ROC
+    curve) scores the model once."""
     manifest = load_manifest(root)
     out: dict[str, Any] = {
         "data": {
@@ -128,13 +141,14 @@ def evaluate_exported(
         "settings": {"batch_episodes": batch_episodes, "max_episodes": max_episodes},
         "splits": {},
     }
+    scores: dict[str, EpisodeScores] = {}
     a = model.adaptation
     for split in splits:
         t0 = time.perf_counter()
         if not manifest.splits.get(split, {}).get("episodes", 0):
             out["splits"][split] = {"split": split, "episodes": 0, "skipped": "no episodes"}
             continue
-        s = score_episodes(model, root, split, batch_episodes, max_episodes)
+        s = scores[split] = score_episodes(model, root, split, batch_episodes, max_episodes)
         metrics = {}
         for when, logits in (("before", s.before), ("after", s.after)):
             metrics[when] = binary_metrics(s.labels, logits, s.task_ids).to_dict()
@@ -153,4 +167,4 @@ def evaluate_exported(
         log.info("%s/%s on %s %s: %d episodes, AUC %.4f -> %.4f after adaptation (%.1f s)",
                  model.name, model.version, root, split, s.num_episodes, metrics["before"]["auc"],
                  metrics["after"]["auc"], time.perf_counter() - t0)  # fmt: skip
-    return out
+    return out, scores

@@ -67,6 +67,8 @@ def test_evaluate_step_scores_the_challenger_once(single_run, episodes, tmp_path
     assert 2 <= len(result.roc["thresholds"]) <= 50
     for t, tpr, fpr in zip(*(result.roc[k] for k in ("thresholds", "tpr", "fpr")), strict=True):
         assert tpr == (probs[y == 1] >= t).mean() and fpr == (probs[y == 0] >= t).mean()
-    assert result.roc["thresholds"][0] == probs.max() and result.roc["thresholds"][-1] == probs.min()
+    assert (
+        result.roc["thresholds"][0] == probs.max() and result.roc["thresholds"][-1] == probs.min()
+    )
     confusion = [[int(((y == c) & ((probs >= 0.5) == p)).sum()) for p in (0, 1)] for c in (0, 1)]
     assert result.confusion == confusion and sum(map(sum, confusion)) == len(y)

@@ -131,9 +131,7 @@ def validate(spark, raw: Path, episodes: Path) -> dict[str, Any]:
     start = dt.datetime.fromisoformat(START).replace(tzinfo=dt.UTC)
     end = start + dt.timedelta(hours=HOURS)
     raw_report, raw_s = _timed(validate_raw, str(raw), start, end, spark, find_previous=False)
-    ep_report, ep_s = _timed(
-        validate_episodes, str(episodes), spark, find_previous=False, record=False
-    )
+    ep_report, ep_s = _timed(validate_episodes, str(episodes), find_previous=False, record=False)
     checks = {f"raw/{c.name}": c.status for c in raw_report.checks}
     checks |= {f"episodes/{c.name}": c.status for c in ep_report.checks}
     return {"raw_s": round(raw_s, 2), "episodes_s": round(ep_s, 2),

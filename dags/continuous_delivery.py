@@ -10,7 +10,8 @@ would give Airflow 3 runs with no data interval):
    rule (fails after `raw_wait_timeout_s`);
 2. **validate_raw**: the great-expectations raw-log suite (fails closed);
 3. **run_etl**: the Spark Meta-IO ETL into `<run_root>/episodes/<interval id>/`;
-4. **validate_episodes**: the episode suite; emits the `metarec_episodes` Asset on success;
+4. **validate_episodes**: the episode suite (pyarrow, no Spark); emits the `metarec_episodes`
+   Asset on success;
 5. **train**: incremental training warm-started from the champion's checkpoint, on the
    configured backend (`local` or `kubernetes`);
 6. **export_model** → **evaluate** (challenger and champion on this interval's episodes) →
@@ -103,7 +104,7 @@ def continuous_delivery() -> None:
         cfg, interval, force = _run()
         return etl_step(cfg, interval, force=force).to_dict()
 
-    @task(outlets=[EPISODES], **policy.spark_task(CFG))
+    @task(outlets=[EPISODES])  # pyarrow, no Spark: a plain task (default pool and timeout)
     def validate_episodes(etl: dict[str, Any], *, outlet_events=None) -> dict[str, Any]:
         from components.steps.data import validate_episodes_step
 

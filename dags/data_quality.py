@@ -72,7 +72,7 @@ def data_quality() -> None:
         cfg, day = _day()
         return validate_raw_step(cfg, day).to_dict()
 
-    @task(**policy.spark_task(CFG))
+    @task()  # the episode suite reads with pyarrow, no Spark: a plain task
     def audit_episodes(raw_validation: dict[str, Any]) -> dict[str, Any]:
         from components.steps.quality import audit_episodes as audit
 

@@ -44,8 +44,10 @@ class TaskKind:
 KINDS = {
     # resolve_run, gate, promote, report: JSON files and a pointer swap.
     "light": TaskKind("250m", "512Mi", "1", "1Gi", 30 * 60),
-    # validate_raw, run_etl, validate_episodes: Spark local[4] (1 GB driver heap) + Python workers.
+    # validate_raw, run_etl: Spark local[4] (1 GB driver heap) + Python workers.
     "spark": TaskKind("4", "6Gi", "4", "8Gi", 6 * 3600),
+    # validate_episodes: pyarrow reads of the episode files, one at a time (no Spark, no JVM).
+    "arrow": TaskKind("1", "2Gi", "2", "6Gi", 3 * 3600),
     # export_model, evaluate: torch on CPU, the interval's episodes in memory.
     "torch": TaskKind("2", "8Gi", "4", "16Gi", 3 * 3600),
     # train, backend "local": torchrun with nproc ranks on this pod's GPUs.

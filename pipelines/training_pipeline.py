@@ -91,7 +91,7 @@ def training_pipeline(
         gate_tolerance: Smallest change of gate_metric that counts as better or worse.
         gauc_tolerance: Refuse a challenger whose GAUC drops more than this (1e9: no guard).
         calibration_tolerance: Refuse one whose |pred/obs - 1| grows more than this (1e9: none).
-        spark_master: Spark master of the ETL and validation tasks (local[4] fits their pods).
+        spark_master: Spark master of the ETL and raw validation tasks (local[4] fits their pods).
         model_arch: Model architecture (dlrm, deepfm, ...); unset keeps the trainer config's.
         embedding_dim: Embedding size; unset keeps the trainer config's.
         meta_mode: Meta-learning mode (maml, fomaml, ...); unset keeps the trainer config's.
@@ -134,7 +134,7 @@ def training_pipeline(
     raw_ok = _task(validate_raw(run_spec=run_spec), "spark", retry=True)
     etl = _task(run_etl(run_spec=run_spec).after(raw_ok), "spark", retry=True)
     episodes = etl.outputs["episodes"]
-    valid = _task(validate_episodes(run_spec=run_spec, episodes=episodes), "spark", retry=True)
+    valid = _task(validate_episodes(run_spec=run_spec, episodes=episodes), "arrow", retry=True)
     with dsl.If(backend == "local", name="train-in-this-pod"):
         here = train(run_spec=run_spec, episodes=episodes).after(valid)
         _task(here, "gpu", retry=True, gpus=nproc).set_display_name("train (GPU)")

@@ -172,7 +172,7 @@ def run_demo(config: DemoConfig, spark=None, fresh: bool = False) -> dict[str, A
         r["etl"] = etl.to_dict()
         r["validate_episodes"] = run(
             "validate-episodes",
-            lambda: data.validate_episodes_step(cfg, interval, spark, force=fresh),
+            lambda: data.validate_episodes_step(cfg, interval, force=fresh),
             DESCRIBE["validation"],
         ).to_dict()
     finally:

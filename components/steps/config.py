@@ -188,7 +188,7 @@ class DeliveryConfig:
     """Where the ETL and training run: ``local`` (in this process: Spark ``spark_master``, torchrun)
     or ``kubernetes`` (a SparkApplication and a PyTorchJob/TrainJob, watched from here)."""
     spark_master: str = "local[2]"
-    """Spark master of the in-process Spark steps (the validations; the ETL on ``local``)."""
+    """Spark master of the in-process Spark steps (the raw validation; the ETL on ``local``)."""
     raw_wait_timeout_s: int = 6 * 3600
     """How long the DAG waits for an interval's raw partitions before failing."""
     raw_poke_interval_s: int = 300

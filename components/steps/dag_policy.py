@@ -4,7 +4,7 @@ Standard library only: the DAG files call these at parse time. The numbers come 
 config's ``[airflow]`` section (every key optional; :class:`~components.steps.config.AirflowSettings` has the defaults)::
 
     [airflow]
-    spark_pool = "metarec_spark"        # the Spark tasks: raw and episode validation, the ETL
+    spark_pool = "metarec_spark"        # the Spark tasks: raw validation, the ETL
     training_pool = "metarec_training"  # the training task (a local run or a cluster job)
     spark_timeout_s = 10800             # execution_timeout of each Spark task
     training_timeout_s = 43200          # execution_timeout of the training task

@@ -13,8 +13,9 @@ JVM once for all its steps. With ``kubernetes``, the ETL is a SparkApplication (
 render of ``manifests/overlays/spark-etl``) submitted and watched by :mod:`.dispatch`; this process
 only lists the input, waits, and reads the result from the output's ``_manifest.json`` (so the
 record is the same on both backends). The two validations stay in this process on both backends
-(Spark ``spark_master``, great-expectations): they read the interval once to compute a few
-aggregates, far lighter than the ETL, and have no job entry point of their own yet.
+(great-expectations): the raw suite on Spark ``spark_master`` reads the interval once to compute a
+few aggregates, far lighter than the ETL; the episode suite reads the episode files with pyarrow
+and starts no Spark session (no JVM).
 """
 
 from __future__ import annotations
@@ -301,9 +302,10 @@ def _manifest_hash(root: str) -> str | None:
 
 
 def validate_episodes_step(
-    cfg: DeliveryConfig, interval: Interval, spark=None, *, force: bool = False
+    cfg: DeliveryConfig, interval: Interval, *, force: bool = False
 ) -> ValidationResult:
-    """Run the episode suite on the interval's ETL output; the result is recorded in its manifest.
+    """Run the episode suite on the interval's ETL output (pyarrow: no Spark session, no JVM); the
+    result is recorded in its manifest.
 
     Skipped (``reused``) when the manifest already records a passed validation (the ETL rewrites
     the manifest, so new episodes are always validated again).
@@ -325,9 +327,7 @@ def validate_episodes_step(
         return ValidationResult(
             "episodes", str(root), True, [], recorded.get("statistics", {}), report_md, reused=True
         )
-    report = validate_episodes(
-        str(root), spark or shared_spark(cfg.spark_master), thresholds=cfg.validation
-    )
+    report = validate_episodes(str(root), thresholds=cfg.validation)
     result = _result(report, "episodes", report_md)
     if not report.success:
         raise ValidationFailed(

@@ -39,9 +39,7 @@ def deliver_interval(
     out["raw_validation"] = data.validate_raw_step(cfg, interval, spark, force=force).to_dict()
     etl = data.etl_step(cfg, interval, spark, force=force)
     out["etl"] = etl.to_dict()
-    out["validate_episodes"] = data.validate_episodes_step(
-        cfg, interval, spark, force=force
-    ).to_dict()
+    out["validate_episodes"] = data.validate_episodes_step(cfg, interval, force=force).to_dict()
     train = training.train_step(cfg, interval, etl, force=force)
     out["train"] = train.to_dict()
     exported = delivery.export_step(cfg, interval, train, etl)

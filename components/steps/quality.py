@@ -37,7 +37,7 @@ def intervals_within(cfg: DeliveryConfig, period: Interval) -> list[Interval]:
     return sorted(inside, key=lambda i: i.start)
 
 
-def audit_episodes(cfg: DeliveryConfig, period: Interval, spark=None) -> dict[str, Any]:
+def audit_episodes(cfg: DeliveryConfig, period: Interval) -> dict[str, Any]:
     """Validate the period's ETL outputs (a passed validation recorded in a manifest is reused).
 
     Raises:
@@ -46,7 +46,7 @@ def audit_episodes(cfg: DeliveryConfig, period: Interval, spark=None) -> dict[st
     results, now, failed = {}, [], []
     for interval in intervals_within(cfg, period):
         try:
-            r = validate_episodes_step(cfg, interval, spark)
+            r = validate_episodes_step(cfg, interval)
             results[interval.id] = r.to_dict()
             if not r.reused:
                 now.append(interval.id)

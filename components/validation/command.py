@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
     spark = None
-    if args.master:
+    if args.master and args.target == "raw":  # the episode suite reads with pyarrow, no Spark
         from components.etl.session import build_spark
 
         spark = build_spark("metarec-validate", master=args.master)
@@ -131,7 +131,6 @@ def run(args: argparse.Namespace) -> int:
     if args.target == "episodes":
         report = validate_episodes(
             args.root,
-            spark,
             previous=args.previous,
             find_previous=not args.no_previous,
             thresholds=Thresholds(**common),

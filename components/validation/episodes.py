@@ -34,9 +34,8 @@ INDEX_COLUMNS = ["split", "task_key", "episode"]
 
 def validate_episodes(
     root: str,
-    spark=None,
-    previous: str | None = None,
     *,
+    previous: str | None = None,
     find_previous: bool = True,
     thresholds: Thresholds | None = None,
     write_report: bool = True,
@@ -46,8 +45,6 @@ def validate_episodes(
 
     Args:
         root: the interval's directory (holds ``_manifest.json``), local path or URI.
-        spark: not used: the episode files are read and checked with pyarrow, without Spark
-            (accepted so that callers can pass the session they give ``validate_raw``).
         previous: the previous interval's output directory for the row-count band; default: the
             sibling whose manifest interval ends where this one starts (if ``find_previous``).
         find_previous: look for that sibling when ``previous`` is not given.

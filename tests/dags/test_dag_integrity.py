@@ -40,7 +40,9 @@ def test_dag_policy(dag_bag, dag_id):
         assert [f.__name__ for f in t.on_failure_callback] == ["on_task_failure"], t.task_id
 
 
-SPARK = {"validate_raw", "run_etl", "validate_episodes", "validate_raw_day", "audit_episodes"}
+SPARK = {"validate_raw", "run_etl", "validate_raw_day"}
+PYARROW = {"validate_episodes", "audit_episodes"}
+"""The episode suite reads with pyarrow: plain tasks (default pool and timeout), no Spark slot."""
 
 
 def test_spark_and_training_tasks_have_their_pools_and_timeouts(dag_bag):
@@ -56,7 +58,7 @@ def test_spark_and_training_tasks_have_their_pools_and_timeouts(dag_bag):
             assert (pool, timeout) == ("metarec_training", timedelta(hours=12)), task_id
         else:
             assert (pool, timeout) == ("default_pool", timedelta(hours=1)), task_id
-    assert {t for _, t in pools} >= SPARK | {"train"}
+    assert {t for _, t in pools} >= SPARK | PYARROW | {"train"}
     sensor = dag_bag.dags["continuous_delivery"].task_dict["wait_for_raw_partitions"]
     assert sensor.timeout == DELIVERY["raw_wait_timeout_s"]  # the wait; each poke: an hour
 

@@ -145,17 +145,16 @@ def test_evaluate_tunes_on_valid_cold_by_default(cold_run, tmp_path, capsys) -> 
 
 
 @pytest.mark.spark
-def test_episode_suite_accepts_valid_cold(spark, cold_run) -> None:
+def test_episode_suite_accepts_valid_cold(cold_run) -> None:
     from components.validation import validate_episodes
 
     report = validate_episodes(
-        cold_run[2].output, spark, find_previous=False, record=False, write_report=False
+        cold_run[2].output, find_previous=False, record=False, write_report=False
     )
     assert report.success, report.to_text()
 
 
-@pytest.mark.spark
-def test_episode_suite_fails_a_task_both_trained_on_and_in_valid_cold(spark, tmp_path) -> None:
+def test_episode_suite_fails_a_task_both_trained_on_and_in_valid_cold(tmp_path) -> None:
     from components.validation import validate_episodes
     from tests.components.validation.builders import write_episodes
 
@@ -163,7 +162,5 @@ def test_episode_suite_fails_a_task_both_trained_on_and_in_valid_cold(spark, tmp
         next(e for e in episodes if e["split"] == "train")["split"] = "valid_cold"
 
     root = write_episodes(tmp_path / "interval=a", defect=leak)
-    report = validate_episodes(
-        str(root), spark, find_previous=False, record=False, write_report=False
-    )
+    report = validate_episodes(str(root), find_previous=False, record=False, write_report=False)
     assert "cold_tasks_not_in_training" in {c.name for c in report.failed}

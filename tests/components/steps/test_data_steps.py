@@ -45,6 +45,26 @@ def test_a_failed_raw_validation_stops_the_flow_and_records_nothing(raw, tmp_pat
     assert (layout.records(interval) / "raw_validation" / "report.md").is_file()
 
 
+def test_episode_validation_starts_no_spark(tmp_path, monkeypatch):
+    """The episode suite reads with pyarrow: the step builds no Spark session (no JVM)."""
+    import components.etl.session
+    import components.steps.data
+    from components.steps.data import validate_episodes_step
+    from tests.components.validation.builders import END, START, write_episodes
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the episode validation started Spark")
+
+    monkeypatch.setattr(components.steps.data, "shared_spark", refuse)
+    monkeypatch.setattr(components.etl.session, "build_spark", refuse)
+    cfg = DeliveryConfig(run_root=str(tmp_path))
+    interval = Interval(START, END)
+    write_episodes(RunLayout.of(cfg.run_root).episodes(interval), start=START, end=END)
+    result = validate_episodes_step(cfg, interval)
+    assert result.success and not result.reused and not result.failed_checks
+    assert validate_episodes_step(cfg, interval).reused  # recorded in the manifest
+
+
 def test_the_etl_settings_reach_the_kubernetes_job_as_its_own_options():
     import argparse
 

@@ -16,8 +16,6 @@ from trainer.data.contract import MANIFEST_NAME, ContractError
 
 from .builders import END, START, K, make_episodes, write_episodes
 
-pytestmark = pytest.mark.spark
-
 
 def _failed(report) -> set[str]:
     return {c.name for c in report.failed}
@@ -27,11 +25,11 @@ def _manifest(root: Path) -> dict:
     return json.loads((root / MANIFEST_NAME).read_text())
 
 
-def test_clean_episodes_pass_and_the_manifest_records_it(spark, tmp_path):
+def test_clean_episodes_pass_and_the_manifest_records_it(tmp_path):
     root = write_episodes(tmp_path / "interval=a")
     before = _manifest(root)
 
-    report = validate_episodes(str(root), spark)
+    report = validate_episodes(str(root))
 
     assert report.success, report.to_text()
     assert report.exit_code == 0
@@ -158,11 +156,11 @@ MORE_DEFECTS = {
 
 
 @pytest.mark.parametrize("defect", sorted(DEFECTS))
-def test_each_defect_fails_with_its_check_named(spark, tmp_path, defect):
+def test_each_defect_fails_with_its_check_named(tmp_path, defect):
     corrupt, check = DEFECTS[defect]
     root = write_episodes(tmp_path / "interval=a", defect=corrupt)
 
-    report = validate_episodes(str(root), spark)
+    report = validate_episodes(str(root))
 
     assert not report.success and report.exit_code == 1
     assert check in _failed(report), report.to_text()
@@ -177,33 +175,33 @@ def test_each_defect_fails_with_its_check_named(spark, tmp_path, defect):
     assert v["success"] is False and check in v["failed_checks"]
 
 
-def test_more_defects_each_fail_exactly_their_check(spark, tmp_path):
+def test_more_defects_each_fail_exactly_their_check(tmp_path):
     def corrupt_all(eps):
         for corrupt, _ in MORE_DEFECTS.values():
             corrupt(eps)
 
     root = write_episodes(tmp_path / "interval=a", defect=corrupt_all)
-    report = validate_episodes(str(root), spark, record=False)
+    report = validate_episodes(str(root), record=False)
     assert _failed(report) == {check for _, check in MORE_DEFECTS.values()}, report.to_text()
     for name in _failed(report) - {"id_range:user_id:min"}:  # that one is an aggregate
         assert report.check(name).unexpected_count >= 1
     assert report.check("id_range:user_id:min").observed == "-7"
 
 
-def test_exactly_the_defective_check_fails(spark, tmp_path):
+def test_exactly_the_defective_check_fails(tmp_path):
     # The suite is precise: an out-of-range id fails that check and nothing else.
     root = write_episodes(tmp_path / "interval=a", defect=_id_too_large)
-    report = validate_episodes(str(root), spark, write_report=False, record=False)
+    report = validate_episodes(str(root), write_report=False, record=False)
     assert _failed(report) == {"id_range:campaign_id:max"}
     assert report.check("id_range:campaign_id:max").observed == "53"
 
 
-def test_counts_differing_from_the_manifest_fail(spark, tmp_path):
+def test_counts_differing_from_the_manifest_fail(tmp_path):
     def more_train_episodes(m):
         m["splits"]["train"]["episodes"] += 1
 
     root = write_episodes(tmp_path / "interval=a", manifest_defect=more_train_episodes)
-    report = validate_episodes(str(root), spark, record=False)
+    report = validate_episodes(str(root), record=False)
     assert _failed(report) == {"count_matches_manifest:train:episodes"}
     train = sum(e["split"] == "train" for e in make_episodes())
     c = report.check("count_matches_manifest:train:episodes")
@@ -225,13 +223,13 @@ def _sibling(tmp_path, name, start, end, episodes: int | None = None) -> Path:
     )
 
 
-def test_row_count_far_outside_the_previous_interval_fails(spark, tmp_path):
+def test_row_count_far_outside_the_previous_interval_fails(tmp_path):
     day = END - START
     _sibling(tmp_path, "interval=prev", START - day, START, episodes=1000)
     _sibling(tmp_path, "interval=older", START - 2 * day, START - day, episodes=30)
     root = write_episodes(tmp_path / "interval=cur")  # 30 episodes
 
-    report = validate_episodes(str(root), spark)
+    report = validate_episodes(str(root))
 
     assert _failed(report) == {"row_count_vs_previous"}
     c = report.check("row_count_vs_previous")
@@ -240,26 +238,24 @@ def test_row_count_far_outside_the_previous_interval_fails(spark, tmp_path):
     assert any("interval=prev" in n for n in report.notes)
 
 
-def test_row_count_within_the_previous_band_passes_and_explicit_previous_wins(spark, tmp_path):
+def test_row_count_within_the_previous_band_passes_and_explicit_previous_wins(tmp_path):
     day = END - START
     near = _sibling(tmp_path / "elsewhere", "p", START - day, START, episodes=40)
     _sibling(tmp_path, "interval=prev", START - day, START, episodes=1000)
     root = write_episodes(tmp_path / "interval=cur")
 
-    report = validate_episodes(str(root), spark, previous=str(near), record=False)
+    report = validate_episodes(str(root), previous=str(near), record=False)
     assert report.success, report.to_text()
     assert not report.check("row_count_vs_previous").skipped
 
-    looser = validate_episodes(
-        str(root), spark, thresholds=Thresholds(row_count_ratio=50.0), record=False
-    )
+    looser = validate_episodes(str(root), thresholds=Thresholds(row_count_ratio=50.0), record=False)
     assert looser.success and not looser.check("row_count_vs_previous").skipped
 
 
-def test_missing_manifest_fails_closed(spark, tmp_path, capsys):
+def test_missing_manifest_fails_closed(tmp_path, capsys):
     root = write_episodes(tmp_path / "interval=a", manifest=False)
     with pytest.raises(ContractError, match=r"no _manifest\.json"):
-        validate_episodes(str(root), spark)
+        validate_episodes(str(root))
 
     assert cli(["validate", "episodes", str(root)]) == 2
     err = capsys.readouterr().err
@@ -267,14 +263,14 @@ def test_missing_manifest_fails_closed(spark, tmp_path, capsys):
     assert not (root / "_validation").exists()
 
 
-def test_missing_directory_and_corrupt_file_fail_closed(spark, tmp_path, capsys):
+def test_missing_directory_and_corrupt_file_fail_closed(tmp_path, capsys):
     with pytest.raises(ContractError):
-        validate_episodes(str(tmp_path / "nope"), spark)
+        validate_episodes(str(tmp_path / "nope"))
     root = write_episodes(tmp_path / "interval=a")
     victim = next(root.glob("split=train/*/*.parquet"))
     victim.write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(DataUnavailableError, match="unreadable Parquet file"):
-        validate_episodes(str(root), spark)
+        validate_episodes(str(root))
     assert cli(["validate", "episodes", str(root)]) == 2
     assert victim.name in capsys.readouterr().err
 
@@ -289,7 +285,7 @@ def test_schema_violation_fails_without_running_gx(tmp_path):
     table = table.set_column(5, "sparse", table.column("sparse").cast(pa.list_(pa.int32())))
     pq.write_table(table, victim)
 
-    report = validate_episodes(str(root), spark=None, write_report=False, record=False)
+    report = validate_episodes(str(root), write_report=False, record=False)
     assert _failed(report) == {"schema"}
     (problem,) = report.check("schema").examples
     assert problem.startswith(victim.relative_to(root).as_posix())
@@ -297,7 +293,7 @@ def test_schema_violation_fails_without_running_gx(tmp_path):
     assert any("not run" in n for n in report.notes)
 
 
-def test_cli_exit_codes_and_report_paths(spark, tmp_path, capsys):
+def test_cli_exit_codes_and_report_paths(tmp_path, capsys):
     good = write_episodes(tmp_path / "good" / "interval=a")
     assert cli(["validate", "episodes", str(good)]) == 0
     out = capsys.readouterr().out
@@ -348,6 +344,6 @@ def test_damaged_data_pages_fail_closed_naming_the_file(tmp_path):
     victim.write_bytes(bytes(data))
 
     with pytest.raises(DataUnavailableError, match="unreadable Parquet file") as e:
-        validate_episodes(str(root), spark=None, write_report=False, record=False)
+        validate_episodes(str(root), write_report=False, record=False)
     assert victim.relative_to(root).as_posix() in str(e.value)
     assert "rerun the ETL" in str(e.value)

@@ -44,7 +44,7 @@ def test_real_etl_outputs_pass_and_the_second_interval_is_compared_with_the_firs
     first, second = outputs
     before = json.loads((tmp_path / "episodes" / second.split("/")[-1] / MANIFEST_NAME).read_text())
 
-    report = validate_episodes(second, spark)
+    report = validate_episodes(second)
 
     assert report.success, report.to_text()
     # The sibling interval was found and the band applied; every manifest count was compared.

@@ -12,10 +12,10 @@ The plan, and why (measured with ``bench/etl_throughput.py``, whose JSON has per
 3. de-duplication (``dedup.py``): two narrow aggregates over the same exchange (Spark reuses
    it: the input is read once), filtered to repeated ids and broadcast back — no second row
    shuffle;
-4. episode cutting (``episodes.py``): each partition is sorted by (task, time, event id, read
-   position) and ``groupBy(task).applyInArrow`` streams each task's rows, in that order, to a
-   numpy cutting that emits one row per episode (the grouping reuses the partitioning of step 2:
-   no exchange, no window, no aggregate);
+4. episode cutting (``episodes.py``): a window partitioned by task key reuses the partitioning
+   of step 2 (no exchange) and numbers each task's rows in time order; the chunk aggregate then
+   reads rows re-sorted by chunk (a cheap sort of ordered rows) and builds the fixed-size list
+   columns with compiled array functions (no lambdas);
 5. split and bucket (``splits.py``) are pure expressions of the task key and the episode's first
    query time.
 
@@ -126,6 +126,7 @@ def transform(raw, fmt: str, config: EtlConfig, observation=None):
     df = compact(parse(raw, fmt, config, observation), config)
     df = partition_by_task(df, config.num_buckets)
     df = dedup.mark_duplicates(df)
+    df = episodes.number_rows(df, config.k_support, config.q_query)
     g = episodes.build_episodes(
         df,
         config.k_support,

@@ -161,7 +161,7 @@ class EpisodeFiles:
                 f"{uri}: listed in the manifest but missing; the ETL output is incomplete or was "
                 "modified: rerun `metarec etl` for this interval"
             ) from None
-        except (pa.ArrowInvalid, OSError) as e:
+        except (pa.ArrowException, OSError) as e:  # a damaged footer: any Arrow error
             raise ContractError(
                 f"{uri}: not a readable Parquet file ({e}); rerun `metarec etl`"
             ) from e

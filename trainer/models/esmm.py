@@ -9,9 +9,10 @@ samples alone sees a biased, small sample. ESMM instead trains two towers on eve
 
 Both towers are dense halves of the configured architecture reading the SAME pooled embeddings
 (the collection is shared): tower ``k`` reads ``sparse.tower(k)``, the same input, with its own
-first-layer partial where the collection computed one per tower (DES). The dense half returns the two logits stacked on a last axis of 2
-(``[..., 0]`` CTR, ``[..., 1]`` CVR). The CTCVR loss is skipped where the conversion is unknown
-(-1: advertisers without a conversion pixel); the CTR loss counts on every impression.
+first-layer partial where the collection computed one per tower. The dense half returns the two
+logits stacked on a last axis of 2 (``[..., 0]`` CTR, ``[..., 1]`` CVR). The CTCVR loss is skipped
+where the conversion is unknown (-1: advertisers without a conversion pixel); the CTR loss counts
+on every impression.
 
 This module is model code, like the rest of ``trainer/models``: the sparse half is given to it.
 """

@@ -16,16 +16,44 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-@pytest.fixture(scope="session")
-def spark():
-    """A local[2] SparkSession shared by every Spark test (a start costs ~5-9 s and ~1 GB)."""
+def _start_spark():
     from components.etl.session import build_spark
 
-    session = build_spark(
+    return build_spark(
         "metarec-tests",
         master="local[2]",
         conf={"spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false"},
     )
+
+
+_early_spark: dict = {}
+"""``thread`` starting the session, then its ``session`` or the ``error`` it raised."""
+
+
+def pytest_collection_finish(session):
+    """Start the JVM in the background once this process knows it will run Spark tests: its
+    start-up (~5-9 s) overlaps the tests that come first; the ``spark`` fixture waits for it."""
+    import threading
+
+    def start() -> None:
+        try:
+            _early_spark["session"] = _start_spark()
+        except BaseException as e:  # raised again by the fixture, in the test that needs it
+            _early_spark["error"] = e
+
+    if any(item.get_closest_marker("spark") for item in session.items):
+        _early_spark["thread"] = threading.Thread(target=start, name="spark-start", daemon=True)
+        _early_spark["thread"].start()
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """A local[2] SparkSession shared by every Spark test (a start costs ~5-9 s and ~1 GB)."""
+    if "thread" in _early_spark:
+        _early_spark["thread"].join()
+    if "error" in _early_spark:
+        raise _early_spark["error"]
+    session = _early_spark.get("session") or _start_spark()
     yield session
     session.stop()
 

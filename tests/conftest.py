@@ -41,6 +41,8 @@ def pytest_collection_finish(session):
         except BaseException as e:  # raised again by the fixture, in the test that needs it
             _early_spark["error"] = e
 
+    if session.config.option.collectonly:
+        return
     if any(item.get_closest_marker("spark") for item in session.items):
         _early_spark["thread"] = threading.Thread(target=start, name="spark-start", daemon=True)
         _early_spark["thread"].start()

@@ -122,6 +122,31 @@ def reference_outer_loss(model, emb, lin, batch, cfg):
 # ---------------------------------------------------------------------------------------------
 
 
+def assert_matches_reference(model, named, batch, cfg, reference):
+    """``outer_loss`` and its gradients (the ``named`` parameters and the embedding rows) equal
+    ``reference(model, emb, linear, batch, cfg)``'s in float64; returns the gradients by name."""
+    sparse = model.embeddings.lookup(batch)
+    rows = model.embeddings.rows
+    loss, _ = outer_loss(model, sparse, batch, cfg)
+    params = [p for _, p in named]
+    leaves = [rows.emb] + ([rows.linear] if rows.linear is not None else [])
+    got = torch.autograd.grad(loss, params + leaves, allow_unused=True)
+
+    model.embeddings.lookup(batch)
+    ref_rows = model.embeddings.rows
+    ref = reference(model, ref_rows.emb, ref_rows.linear, batch, cfg)
+    ref_leaves = [ref_rows.emb] + ([ref_rows.linear] if ref_rows.linear is not None else [])
+    want = torch.autograd.grad(ref, params + ref_leaves, allow_unused=True)
+
+    torch.testing.assert_close(loss, ref, rtol=1e-9, atol=1e-12)
+    names = [n for n, _ in named] + ["rows.emb", "rows.linear"]
+    for name, p, g, w in zip(names, params + leaves, got, want, strict=False):
+        g = torch.zeros_like(p) if g is None else g
+        w = torch.zeros_like(p) if w is None else w
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12, msg=f"gradient of {name}")
+    return dict(zip(names, got, strict=False))
+
+
 @pytest.mark.parametrize(
     ("arch", "mode", "adapt_mode"),
     [
@@ -139,27 +164,9 @@ def test_esmm_loss_and_gradients_equal_the_per_task_reference(arch, mode, adapt_
     assert bool((batch.conversion < 0).any()) and bool((batch.click * batch.conversion > 0).any())
     cfg = MetaConfig(mode=mode, inner_steps=2, inner_lr=0.3, adapt=adapt_mode)
 
-    sparse = model.embeddings.lookup(batch)
-    rows = model.embeddings.rows
-    loss, _ = outer_loss(model, sparse, batch, cfg)
-    params = list(model.dense_half.parameters())
-    leaves = [rows.emb] + ([rows.linear] if rows.linear is not None else [])
-    got = torch.autograd.grad(loss, params + leaves, allow_unused=True)
-
-    model.embeddings.lookup(batch)
-    ref_rows = model.embeddings.rows
-    ref = reference_outer_loss(model, ref_rows.emb, ref_rows.linear, batch, cfg)
-    ref_leaves = [ref_rows.emb] + ([ref_rows.linear] if ref_rows.linear is not None else [])
-    want = torch.autograd.grad(ref, params + ref_leaves, allow_unused=True)
-
-    torch.testing.assert_close(loss, ref, rtol=1e-9, atol=1e-12)
-    names = [n for n, _ in model.dense_half.named_parameters()] + ["rows.emb", "rows.linear"]
-    for name, p, g, w in zip(names, params + leaves, got, want, strict=False):
-        g = torch.zeros_like(p) if g is None else g
-        w = torch.zeros_like(p) if w is None else w
-        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12, msg=f"gradient of {name}")
+    named = list(model.dense_half.named_parameters())
+    grad = assert_matches_reference(model, named, batch, cfg, reference_outer_loss)
     # both towers get gradients (the CVR tower only through the CTCVR loss)
-    grad = dict(zip(names, got, strict=False))
     for tower in ("ctr.", "cvr."):
         assert any(
             g is not None and g.abs().sum() > 0 for n, g in grad.items() if n.startswith(tower)
@@ -219,27 +226,10 @@ def test_metaemb_with_esmm_equals_the_per_task_reference(arch):
                      metaemb_alpha=0.3, inner_steps=2, inner_lr=0.4, encoder_hidden=5)  # fmt: skip
     model = esmm_model(arch, meta=cfg)
     batch = random_batch(LAYOUT, 4, seed=3)
-    sparse = model.embeddings.lookup(batch)
-    rows = model.embeddings.rows
-    loss, _ = outer_loss(model, sparse, batch, cfg)
-    params = list(model.parameters())  # both towers + the generator
-    leaves = [rows.emb] + ([rows.linear] if rows.linear is not None else [])
-    got = torch.autograd.grad(loss, params + leaves, allow_unused=True)
-
-    model.embeddings.lookup(batch)
-    ref_rows = model.embeddings.rows
-    ref = reference_metaemb_loss(model, ref_rows.emb, ref_rows.linear, batch, cfg)
-    ref_leaves = [ref_rows.emb] + ([ref_rows.linear] if ref_rows.linear is not None else [])
-    want = torch.autograd.grad(ref, params + ref_leaves, allow_unused=True)
-
-    torch.testing.assert_close(loss, ref, rtol=1e-9, atol=1e-12)
-    names = [n for n, _ in model.named_parameters()] + ["rows.emb", "rows.linear"]
-    for name, p, g, w in zip(names, params + leaves, got, want, strict=False):
-        g = torch.zeros_like(p) if g is None else g
-        w = torch.zeros_like(p) if w is None else w
-        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12, msg=f"gradient of {name}")
-    grad = dict(zip(names, got, strict=False))
+    named = list(model.named_parameters())  # both towers + the generator
+    grad = assert_matches_reference(model, named, batch, cfg, reference_metaemb_loss)
     assert grad["id_generator.hidden.weight"].abs().max() > 0  # the generator is trained
+    sparse = model.embeddings.lookup(batch)
     after = predict(model, sparse, batch, adapt(model, sparse, batch, cfg))
     assert after.shape == (4, LAYOUT.q_query, 2)
 

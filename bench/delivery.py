@@ -9,8 +9,8 @@ cover a base period and then ``--hours`` hourly intervals. Every path runs the s
 Airflow DAG and the KFP pipeline call (``components.steps``: check_raw, validate_raw_step,
 etl_step, validate_episodes_step, train_step, export_step, evaluate_step, gate_step,
 promote_step), in this process, on the local backend and one long-lived SparkSession
-(``data.shared_spark``); the one-rank trainer runs in this process too (``train_step(...,
-in_process=True)``: the same run as the subprocess launch, tests/components/steps/
+(``data.shared_spark``); the one-rank trainer runs in this process too (``[delivery]
+train_in_process = true``: the same run as the subprocess launch, tests/components/steps/
 test_in_process_training.py):
 
 - **base**: the incremental run root delivers the base period once, from scratch, for
@@ -102,7 +102,8 @@ def delivery_config(run_root: Path, raw: Path, steps: int, warm_start: bool, ext
         {
             "run_root": str(run_root / "run"), "raw_root": str(raw), "schedule": "hourly",
             "start_date": START, "backend": "local", "spark_master": "local[2]",
-            "trainer_config": "debug", "warm_start": warm_start, "model_name": "ctr-bench",
+            "trainer_config": "debug", "train_in_process": True, "warm_start": warm_start,
+            "model_name": "ctr-bench",
             "trainer_overrides": [f"train.steps={steps}", "checkpoint.every=0", *extra],
             "etl": ETL,
         },
@@ -157,7 +158,7 @@ def deliver(cfg, interval) -> tuple[dict[str, Any], Any, Any]:
     seconds: dict[str, float] = {}
     timed = _timer(seconds)
     etl, passed = _data_stages(cfg, interval, timed)
-    train = timed("train", training.train_step, cfg, interval, etl, in_process=True)
+    train = timed("train", training.train_step, cfg, interval, etl)
     exported = timed("export", delivery.export_step, cfg, interval, train, etl)
     ev = timed("evaluate", delivery.evaluate_step, cfg, interval, exported, etl)
     gate = timed("gate", delivery.gate_step, cfg, interval, ev)

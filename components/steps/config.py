@@ -205,6 +205,12 @@ class DeliveryConfig:
     the flow)."""
     nproc: int = 1
     """Local backend: ranks (torchrun when > 1)."""
+    train_in_process: bool = False
+    """Local backend, one rank: run the trainer inside the training step's own process
+    (``components/train/in_process.py``) instead of a child ``python -m trainer``. Same run, same
+    outputs, minus an interpreter start and a torch import per interval (``bench/delivery.py``
+    measures both). Off by default: a child process keeps a crash or a leak in training out of
+    the caller; turn it on for frequent short local runs (an Airflow task is a process of its own)."""
     warm_start: bool = True
     """Start each interval's training from the champion's checkpoint when it fits."""
     model_name: str = "ctr-dlrm"
@@ -234,6 +240,11 @@ class DeliveryConfig:
         if self.nproc < 1 or self.raw_wait_timeout_s < 1 or self.raw_poke_interval_s < 1:
             raise ValueError(
                 "delivery config: nproc, raw_wait_timeout_s and raw_poke_interval_s must be >= 1"
+            )
+        if self.train_in_process and (self.backend != "local" or self.nproc != 1):
+            raise ValueError(
+                "delivery config: train_in_process needs backend = 'local' and nproc = 1 (one "
+                f"rank in this process), got backend = {self.backend!r}, nproc = {self.nproc}"
             )
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", self.model_name):
             raise ValueError(f"delivery config: model_name {self.model_name!r} is not a valid name")

@@ -133,16 +133,12 @@ def train_step(
     *,
     force: bool = False,
     dry_run: bool = False,
-    in_process: bool = False,
 ) -> TrainStepResult:
     """Train the interval's model on ``etl``'s episodes with ``cfg.backend``.
 
     Args:
         dry_run: kubernetes only: render and check the job's objects, write them to
             ``intervals/<id>/train.k8s.yaml`` and return without a cluster.
-        in_process: local backend, one rank (``nproc = 1``): run the trainer in this process
-            (:func:`components.train.in_process.train_in_process`: the same run, without a child
-            interpreter's start-up); ignored otherwise.
 
     Raises:
         ValueError: a bad config or override. components.launchers.local.LaunchError: the local
@@ -173,7 +169,7 @@ def train_step(
         manifests = _train_on_kubernetes(cfg, interval, overrides, dry_run, layout)
         if dry_run:
             return TrainStepResult(str(run_dir), "", ws, cfg.backend, 0, {}, False, manifests)
-    elif in_process and cfg.nproc == 1:
+    elif cfg.train_in_process:
         from components.train.in_process import train_in_process
 
         train_in_process(cfg.trainer_config, overrides)

@@ -1,4 +1,4 @@
-"""The training step run in this process (``train_step(..., in_process=True)``: no interpreter
+"""The training step run in this process (``[delivery] train_in_process``: no interpreter
 spawn) trains the same model as the subprocess launch (``python -m trainer``), and fails the
 same way on bad input."""
 
@@ -31,9 +31,10 @@ def _trained(tmp: Path, episodes: Path, in_process: bool, warm_start: bool = Fal
         run_root=str(tmp / ("in" if in_process else "sub")),
         trainer_overrides=overrides,
         warm_start=warm_start,
+        train_in_process=in_process,
     )
     etl = EtlStepResult(str(episodes), "hash-of-the-episodes", 1, 1, 0, {"train": 1})
-    return train_step(cfg, HOUR, etl, in_process=in_process)
+    return train_step(cfg, HOUR, etl)
 
 
 def _state(ckpt: Path) -> dict[str, object]:
@@ -87,3 +88,10 @@ def test_in_process_training_refuses_bad_data_as_a_user_error(tmp_path):
         _trained(tmp_path, tmp_path / "missing", in_process=True)
     assert info.value.code == 2 and "trainer: error:" in str(info.value)
     assert str(tmp_path / "missing") in str(info.value)
+
+
+@pytest.mark.parametrize("settings", [{"nproc": 2}, {"backend": "kubernetes"}])
+def test_in_process_training_needs_one_local_rank(settings):
+    with pytest.raises(ValueError, match="train_in_process needs backend = 'local' and nproc = 1"):
+        DeliveryConfig(train_in_process=True, **settings)
+    assert not DeliveryConfig(**settings).train_in_process  # off by default: a child process

@@ -87,14 +87,13 @@ def _hook(
 ) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor]:
     def hook(module: nn.Module, args: tuple[Tensor, ...], y: Tensor) -> Tensor:
         x = args[0]
+        if factor is not None:  # y's value reused: the layer's gradients are adapted_linear's
+            y = adapted_linear(y.detach(), x, module.weight, module.bias, *factor)
         if delta is not None:
             dw, db = delta
             y = torch.baddbmm(y, x, dw)
             if db is not None:
                 y = y + db.unsqueeze(-2)
-        if factor is not None:
-            a, b, step = factor
-            y = low_rank_term(y, x, a, b, step, module.bias is not None)
         if leaf_outputs and not y.requires_grad:
             y = y.detach().requires_grad_()
         seen[name] = (x, y)
@@ -103,54 +102,77 @@ def _hook(
     return hook
 
 
-def low_rank_term(
-    y: Tensor, x: Tensor, a: Tensor, b: Tensor, step: float | Tensor, bias: bool
+def adapted_linear(
+    y: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    a: Tensor,
+    b: Tensor,
+    step: float | Tensor,
 ) -> Tensor:
-    """``y + (s (x @ a^T [+ 1])) @ b`` (``[+ 1]`` when ``bias``): the low-rank term added to a
-    layer's output ``y`` ``(T, n, out)`` for its input ``x`` ``(T, n, in)``, factors ``a``
-    ``(T, R, in)``, ``b`` ``(T, R, out)`` and step size ``s``, differentiable to any order."""
-    return _LowRankTerm.apply(y, x, a, b, step, bias)
+    """The adapted layer ``x @ weight + bias + (s (x @ a^T [+ 1])) @ b`` (``[+ 1]`` with a bias)
+    for inputs ``x`` ``(T, n, in)``, factors ``a`` ``(T, R, in)`` and ``b`` ``(T, R, out)`` and
+    step size ``s``, given the shared part's value ``y = x @ weight + bias`` (detached: the layer's
+    gradients, ``weight``'s and ``bias``'s included, are this function's). Differentiable to any
+    order."""
+    return _AdaptedLinear.apply(y, x, weight, bias, a, b, step)
 
 
-class _LowRankTerm(torch.autograd.Function):
-    """:func:`low_rank_term` with its backward written out. What autograd would record for the same
-    expression (bmm, add, mul, baddbmm) computes the factor ``a``'s gradient as the transpose of a
-    ``(T, in, R)`` product; adding that strided tensor into the gradient of the layer input it
-    came from (``a`` is the support side's ``x``) is several times slower than a contiguous add.
-    Here every gradient is one contiguous batched matmul, and the small ``(T, n, R)`` matrix is
-    formed once. Differentiable again (the inner loop's later steps differentiate it with
-    ``create_graph``): the backward is made of differentiable operations and, when it is being
-    recorded, recomputes the small matrix from ``x`` and ``a`` so that it carries their history.
-    """
+class _AdaptedLinear(torch.autograd.Function):
+    """:func:`adapted_linear` with its backward written out, for what autograd would record for
+    the same expression spends several extra passes over ``(T, n, in)`` tensors, and this step is
+    bound by memory traffic: the input's gradient ``grad @ weight^T`` takes the low-rank part in
+    place (``baddbmm_``) instead of a second tensor and an add; the factor ``a``'s gradient is
+    one contiguous product (autograd forms the transpose of a ``(T, in, R)`` product, and adding
+    that strided tensor into the gradient of the support input it came from is several times
+    slower than a contiguous add); the small ``(T, n, R)`` matrix is formed once. Differentiable
+    again (the inner loop's later steps differentiate it with ``create_graph``): when the backward
+    is recorded, it recomputes the small matrix from ``x`` and ``a`` (so that it carries their
+    history) and works out of place."""
 
     @staticmethod
     def forward(
-        ctx: Any, y: Tensor, x: Tensor, a: Tensor, b: Tensor, step: float | Tensor, bias: bool
+        ctx: Any,
+        y: Tensor,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        a: Tensor,
+        b: Tensor,
+        step: float | Tensor,
     ) -> Tensor:
         g = torch.bmm(x, a.transpose(-1, -2))  # (T, n, R)
-        if bias:
+        if bias is not None:
             g.add_(1.0)
         gs = g * step
-        ctx.bias = bias
-        ctx.step_is_tensor = isinstance(step, Tensor)
-        ctx.step = None if ctx.step_is_tensor else step
-        saved = (x, a, b, g, gs, step) if ctx.step_is_tensor else (x, a, b, g, gs)
-        ctx.save_for_backward(*saved)
+        ctx.has_bias = bias is not None
+        ctx.step = None if isinstance(step, Tensor) else step
+        saved = (x, weight, a, b, g, gs)
+        ctx.save_for_backward(*saved, *([step] if ctx.step is None else []))
         return torch.baddbmm(y, gs, b)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x, a, b, g, gs, *rest = ctx.saved_tensors
-        step = rest[0] if ctx.step_is_tensor else ctx.step
-        if torch.is_grad_enabled():  # recorded (create_graph): g with the history of x and a
+        x, weight, a, b, g, gs, *learned = ctx.saved_tensors
+        step = learned[0] if learned else ctx.step
+        recording = torch.is_grad_enabled()  # create_graph: every operation differentiable
+        if recording:
             g = torch.bmm(x, a.transpose(-1, -2))
-            g = g + 1.0 if ctx.bias else g
+            g = g + 1.0 if ctx.has_bias else g
             gs = g * step
-        need = ctx.needs_input_grad
+        _, need_x, need_w, need_bias, need_a, need_b, need_step = ctx.needs_input_grad
         dgs = torch.bmm(grad, b.transpose(-1, -2))  # (T, n, R)
-        dg = dgs * step if need[1] or need[2] else None
-        dx = torch.bmm(dg, a) if need[1] else None
-        da = torch.bmm(dg.transpose(-1, -2), x) if need[2] else None
-        db = torch.bmm(gs.transpose(-1, -2), grad) if need[3] else None
-        dstep = (dgs * g).sum() if ctx.step_is_tensor and need[4] else None
-        return grad, dx, da, db, dstep, None
+        dg = dgs * step if need_x or need_a else None
+        dx = dw = dbias = None
+        if need_x:
+            dx = (grad.flatten(0, -2) @ weight.t()).view(x.shape)
+            dx = torch.baddbmm(dx, dg, a) if recording else dx.baddbmm_(dg, a)
+        if need_w:
+            dw = x.flatten(0, -2).t() @ grad.flatten(0, -2)
+        if need_bias:
+            dbias = grad.flatten(0, -2).sum(0)
+        da = torch.bmm(dg.transpose(-1, -2), x) if need_a else None
+        db = torch.bmm(gs.transpose(-1, -2), grad) if need_b else None
+        dstep = (dgs * g).sum() if learned and need_step else None
+        return None, dx, dw, dbias, da, db, dstep

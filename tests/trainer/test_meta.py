@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from tests.trainer.meta_fixtures import batch_from_local_ids, make_layout, random_batch
-from trainer.lowrank import low_rank_term
+from trainer.lowrank import adapted_linear
 from trainer.meta import MetaConfig, adapt, outer_loss, predict
 from trainer.models import ModelConfig, build_model
 from trainer.sparse import LookedUpRows, SparseOut
@@ -219,36 +219,40 @@ def test_the_low_rank_hooks_live_only_during_the_inner_loop_and_adapted_forward(
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("learned_step", [False, True])
-def test_low_rank_term_equals_the_recorded_expression_to_second_order(bias, learned_step):
-    """``trainer.lowrank.low_rank_term`` (its backward written out) equals autograd's recording of
-    ``y + (s (x a^T [+ 1])) b``: values, gradients and the gradients of a function of those
-    gradients (what MAML's later inner steps differentiate), float64, to 1e-10."""
+def test_adapted_linear_equals_the_recorded_expression_to_second_order(bias, learned_step):
+    """``trainer.lowrank.adapted_linear`` (its backward written out) equals autograd's recording
+    of ``x W + c + (s (x a^T [+ 1])) b``: values, gradients and the gradients of a function of
+    those gradients (what MAML's later inner steps differentiate), float64, to 1e-10."""
     gen = torch.Generator().manual_seed(3)
 
     def leaf(*shape):
         return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_()
 
-    y, x, a, b = leaf(3, 5, 4), leaf(3, 5, 6), leaf(3, 2, 6), leaf(3, 2, 4)
+    x, w, a, b = leaf(3, 5, 6), leaf(6, 4), leaf(3, 2, 6), leaf(3, 2, 4)
+    c = leaf(4) if bias else None
     step = leaf(()) if learned_step else 0.3
     weights = leaf(3, 5, 4)  # a fixed direction for a scalar output
-    inputs = [y, x, a, b, *([step] if learned_step else [])]
+    inputs = [t for t in (x, w, c, a, b, step) if isinstance(t, torch.Tensor)]
 
-    def recorded(y, x, a, b, s):
+    def recorded():
         g = torch.bmm(x, a.transpose(-1, -2))
-        return torch.baddbmm(y, (g + 1.0 if bias else g) * s, b)
+        return torch.baddbmm(F.linear(x, w.t(), c), (g + 1.0 if bias else g) * step, b)
+
+    def written_out():
+        y = F.linear(x, w.t(), c).detach()
+        return adapted_linear(y, x, w, c, a, b, step)
 
     def first_and_second(fn):
-        out = fn(y, x, a, b, step)
+        out = fn()
         grads = torch.autograd.grad((out * weights).sum(), inputs, create_graph=True)
         second = torch.autograd.grad(
             sum((g * g).sum() for g in grads), inputs, allow_unused=True, materialize_grads=True
         )
         return out, grads, second
 
-    got = first_and_second(lambda *args: low_rank_term(*args, bias))
-    want = first_and_second(recorded)
-    for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    got, want = first_and_second(written_out), first_and_second(recorded)
+    for g, w_ in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w_, rtol=1e-10, atol=1e-12)
 
 
 def _flat_params(model):

@@ -264,7 +264,9 @@ def data_sha256(source: Any) -> str:
         streams.setdefault(key, hashlib.sha256()).update(data)
 
     parquet = pq.ParquetFile(source)
-    for batch in parquet.iter_batches(batch_size=65_536):
+    # Small batches: an episode row holds K + Q samples of every column. Hashing a 10M-row
+    # interval's files peaked at ~1 GB RSS in batches of 65,536 rows, ~0.3 GB in 1,024 (and faster).
+    for batch in parquet.iter_batches(batch_size=1_024):
         for name, column in zip(batch.schema.names, batch.columns, strict=True):
             _feed_array(feed, seen, name, column)
     text = f"rows\t{parquet.metadata.num_rows}\n" + "".join(

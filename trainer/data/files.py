@@ -180,8 +180,10 @@ class EpisodeFiles:
         if self._open is None or self._open[0] != i:
             self._open = (i, self._parquet(i))
         where = f"{self.uri(i)} row group {g}"
-        try:
-            table = self._open[1].read_row_group(g, columns=list(READ_COLUMNS))
+        try:  # one thread: the reader's own threads overlap reading with assembly, and Arrow's
+            # pool would only add CPU (~0.25x more under load, bench/reader.py) for little overlap
+            # (the sparse column is ~70% of the decoding, and one column decodes on one thread)
+            table = self._open[1].read_row_group(g, columns=list(READ_COLUMNS), use_threads=False)
         except (pa.ArrowException, OSError) as e:  # a damaged page: undecodable, bad compression
             raise ContractError(
                 f"{where} cannot be decoded ({e}): the file is damaged; rerun `metarec etl` for "

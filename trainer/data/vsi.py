@@ -56,16 +56,14 @@ class UniqueInverse:
         flat: np.ndarray,
         method: str | None = None,
         inverse_out: np.ndarray | None = None,
-        copy_ids: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Sorted unique ``ids`` (int64) and ``inverse`` (int64, shape of ``flat``) of global ids.
 
         Args:
-            flat: ids in ``[0, total_rows)``, any integer dtype and shape (int32 saves a pass).
+            flat: ids in ``[0, total_rows)``, any integer dtype and shape (int64, numpy's index
+                type, spares the gather an index conversion).
             method: ``table`` or ``sort`` (default: :attr:`method`).
             inverse_out: optional int64 array of ``flat``'s shape to write the inverse into.
-            copy_ids: False returns ``ids`` as a view of scratch (int32 with the table method),
-                valid until the next call.
         """
         method = method or self.method
         n = flat.size
@@ -79,18 +77,15 @@ class UniqueInverse:
                 f"unknown or unusable VSI method {method!r} for {self.total_rows} rows"
             )
         keys = flat.reshape(-1)
-        if keys.dtype != np.int32:
-            keys = self._buf("keys", n, np.int32)
-            np.copyto(keys, flat.reshape(-1), casting="unsafe")
         s = self._buf("sorted", n, np.int32)
-        s[:] = keys
+        np.copyto(s, keys, casting="unsafe")  # the one copy (and narrowing) before the sort
         s.sort(kind="quicksort")  # SIMD-accelerated for 32-bit ints in numpy >= 2
         first = self._buf("first", n, np.bool_)
         first[0] = True
         np.not_equal(s[1:], s[:-1], out=first[1:])
-        U = int(np.count_nonzero(first))
-        uniq = self._buf("uniq", U, np.int32)
-        np.compress(first, s, out=uniq)
+        uniq = s[first]  # boolean indexing: ~2x faster than np.compress
+        U = uniq.size
+        ids = uniq.astype(np.int64)  # also the scatter index: numpy converts any other to intp
         rank_type = np.uint16 if n <= 1 << 16 else np.int32
         pos = self._pos.get(rank_type)
         if pos is None:
@@ -98,11 +93,11 @@ class UniqueInverse:
         ranks = self._scratch.get(("ranks", rank_type))
         if ranks is None or ranks.size < U:
             ranks = self._scratch[("ranks", rank_type)] = np.arange(max(n, 1), dtype=rank_type)
-        pos[uniq] = ranks[:U]
+        pos[ids] = ranks[:U]
         gathered = self._buf("gathered", n, rank_type)
         np.take(pos, keys, out=gathered, mode="clip")  # ids are in range: clip avoids buffering
         np.copyto(inverse.reshape(-1), gathered)
-        return (uniq.astype(np.int64) if copy_ids else uniq), inverse
+        return ids, inverse
 
 
 class TaskLocalRows:
@@ -159,7 +154,7 @@ class TaskLocalRows:
             casting="unsafe",
         )
         task_inverse = np.empty((T, L), dtype=np.int64)
-        uk, _ = self._unique(keys, inverse_out=task_inverse, copy_ids=False)
+        uk, _ = self._unique(keys, inverse_out=task_inverse)
         bounds = np.searchsorted(uk, np.arange(T + 1, dtype=uk.dtype) * num_unique)
         start, counts = bounds[:-1], np.diff(bounds)
         task_inverse -= start[:, None]
@@ -172,10 +167,7 @@ class TaskLocalRows:
         np.add(start[:, None], cols[None, :], out=idx)
         np.minimum(idx, uk.size - 1, out=idx)
         task_rows = np.empty((T, M), dtype=np.int64)
-        if uk.dtype == np.int64:
-            np.take(uk, idx, out=task_rows, mode="clip")
-        else:
-            np.copyto(task_rows, uk[idx])
+        np.take(uk, idx, out=task_rows, mode="clip")
         task_rows -= (np.arange(T, dtype=np.int64) * num_unique)[:, None]
         task_rows *= mask
         return task_rows, mask, task_inverse.reshape(inverse.shape)

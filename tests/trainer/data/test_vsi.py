@@ -10,11 +10,12 @@ from trainer.data.vsi import TaskLocalRows, UniqueInverse, task_local_rows
 
 @pytest.mark.parametrize("method", ["table", "sort"])
 @pytest.mark.parametrize("n,total", [(1, 5), (1000, 50), (70_000, 1_000_000), (4096, 3)])
-def test_unique_inverse(method, n, total):
+@pytest.mark.parametrize("dtype", [np.int64, np.int32])
+def test_unique_inverse(method, n, total, dtype):
     rng = np.random.default_rng(n)
     u = UniqueInverse(total)
     for _ in range(3):  # the reused table must not leak state between calls
-        flat = rng.zipf(1.3, n).astype(np.int64) % total
+        flat = (rng.zipf(1.3, n).astype(np.int64) % total).astype(dtype)
         ids, inverse = u(flat.reshape(-1, 1), method)
         np.testing.assert_array_equal(ids, np.unique(flat))
         assert inverse.shape == (n, 1) and inverse.dtype == np.int64 and ids.dtype == np.int64

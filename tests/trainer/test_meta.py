@@ -15,6 +15,7 @@ from tests.trainer.meta_fixtures import batch_from_local_ids, make_layout, rando
 from trainer.lowrank import adapted_linear
 from trainer.meta import MetaConfig, adapt, outer_loss, predict
 from trainer.models import ModelConfig, build_model
+from trainer.models.common import relu as model_relu
 from trainer.sparse import LookedUpRows, SparseOut
 
 LAYOUT = make_layout(
@@ -253,6 +254,27 @@ def test_adapted_linear_equals_the_recorded_expression_to_second_order(bias, lea
     got, want = first_and_second(written_out), first_and_second(recorded)
     for g, w_ in zip(got, want, strict=True):
         torch.testing.assert_close(g, w_, rtol=1e-10, atol=1e-12)
+
+
+def test_model_relu_equals_torch_relu_to_third_order():
+    """``trainer.models.common.relu`` (no zero tensor for ReLU'' in MAML's second-order pass)
+    has F.relu's values and derivatives at negative, zero and positive inputs, float64: the
+    gradient of a function of the input gradient with respect to a downstream weight (MAML's
+    second-order term), and first, second and third order in the input."""
+    x0 = torch.tensor([[-1.5, 0.0, 0.7], [2.0, -0.0, -3.0]], dtype=torch.float64)
+    v = torch.tensor([[0.3, -1.2, 2.0], [0.5, 1.0, -0.4]], dtype=torch.float64)
+
+    def derivatives(fn):
+        x, w = x0.clone().requires_grad_(), (v + 1.0).requires_grad_()
+        (gx,) = torch.autograd.grad((fn(x) * w).sum(), x, create_graph=True)
+        (gw,) = torch.autograd.grad((gx * v).sum(), w)
+        (g,) = torch.autograd.grad((fn(x) ** 2 * v).sum(), x, create_graph=True)
+        (gg,) = torch.autograd.grad((g**3).sum(), x, create_graph=True)
+        (ggg,) = torch.autograd.grad((gg * v).sum(), x)
+        return fn(x0), gx, gw, g, gg, ggg
+
+    for got, want in zip(derivatives(model_relu), derivatives(F.relu), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 def _flat_params(model):

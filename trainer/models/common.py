@@ -12,12 +12,49 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainer.sparse import SparseOut
+
+
+def relu(x: Tensor) -> Tensor:
+    """``F.relu``, with the same values and derivatives of every order, minus a zero tensor per
+    second-order pass: autograd differentiates ReLU's backward ``threshold_backward(grad, out)``
+    with respect to ``out`` too, as a ``zeros_like`` added into ``out``'s gradient (two full
+    passes per layer in every MAML step); here that derivative is absent (ReLU'' = 0)."""
+    return _ReLU.apply(x)
+
+
+class _ReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        out = torch.relu(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (out,) = ctx.saved_tensors
+        return _ReLUBackward.apply(grad, out)
+
+
+class _ReLUBackward(torch.autograd.Function):
+    """``threshold_backward(grad, out, 0)`` (ReLU's backward, as autograd's), linear in ``grad``
+    and with no derivative with respect to ``out``."""
+
+    @staticmethod
+    def forward(ctx: Any, grad: Tensor, out: Tensor) -> Tensor:
+        ctx.save_for_backward(out)
+        return torch.ops.aten.threshold_backward(grad, out, 0)
+
+    @staticmethod
+    def backward(ctx: Any, grad_grad: Tensor) -> tuple[Tensor, None]:
+        (out,) = ctx.saved_tensors
+        return _ReLUBackward.apply(grad_grad, out), None
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -59,7 +96,7 @@ class MLP(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1 or self.final_relu:
-                x = F.relu(x)
+                x = relu(x)
         return x
 
     def layer_names(self, prefix: str) -> list[list[str]]:
@@ -104,7 +141,7 @@ class DeepTower(nn.Module):
         self.over_arch = MLP(sizes[0], [*sizes[1:], 1])
 
     def forward(self, sparse: SparseOut, dense: Tensor) -> Tensor:
-        return self.over_arch(F.relu(self.first(sparse, dense))).squeeze(-1)
+        return self.over_arch(relu(self.first(sparse, dense))).squeeze(-1)
 
     def layer_names(self, prefix: str) -> list[list[str]]:
         return [

@@ -26,10 +26,11 @@ min_query`` valid rows is ``task_too_small``. Every row ends up in exactly one e
 in the quarantine with one reason.
 
 How: one window (partitioned by task key, so it reuses the task shuffle) numbers the rows; the
-chunk aggregate collects each chunk (at most L samples) column by column, in time order, and
-compiled array functions (``array_position``, ``slice``, ``concat``, ``array_repeat``) place the
-boundary, build the fixed-size list columns and list the chunk's rejected rows. No UDF, no
-lambda, no per-task Python loop, and no array longer than L, however large a task.
+chunk aggregate collects each chunk (at most L samples) as one list of sample structs, in time
+order, and compiled array functions (``array_position``, ``slice``, ``concat``,
+``array_repeat``) place the boundary, build the fixed-size list columns (a full chunk's lists
+are its episode as they are) and list the chunk's rejected rows. No UDF, no lambda, no per-task
+Python loop, and no array longer than L, however large a task.
 """
 
 from __future__ import annotations
@@ -84,6 +85,17 @@ def build_episodes(df, k: int, q: int, min_support: int, min_query: int, widths:
     from pyspark.sql import functions as F
 
     ok = F.col("_ok")
+    sample = F.struct(
+        F.col("_r").alias("r"),  # first: the array sorts by it
+        F.col("_t").alias("t"),
+        F.col("_sparse").alias("sparse"),
+        F.col("_dense").alias("dense"),
+        F.col("_click").alias("click"),
+        F.col("_conversion").alias("conversion"),
+        F.col("event_id"),
+        F.col("_hour").alias("hour"),
+        F.col("_file").alias("file"),
+    )
     reject = F.struct(
         F.col("_reason").alias("reason"),
         F.col("event_id"),
@@ -91,47 +103,21 @@ def build_episodes(df, k: int, q: int, min_support: int, min_query: int, widths:
         F.col("_file").alias("file"),
         F.col("_raw").alias("raw"),
     )
-    # Each list is collected per column. Rows are sorted by (chunk, r) first, so Spark aggregates
-    # them in one ordered pass (a sort aggregate: spark.sql.execution.replaceHashWithSortAgg, set
-    # by the job) and the lists come out in time order. That is checked (r must be consecutive),
-    # and only if it does not hold are the lists zipped and sorted by r — same result, slower.
-    columns = ("r", "t", "sparse", "dense", "click", "conversion", "id", "hour", "file")
+    # One list of sample structs per chunk. Rows reach the aggregate sorted by (chunk, r), so a
+    # sort aggregate (spark.sql.execution.replaceHashWithSortAgg, set by the job) collects them in
+    # time order already; sort_array by r makes the order exact whatever aggregate Spark picks,
+    # and costs one comparison per sample on a sorted list.
     g = (
         df.sortWithinPartitions("_pk", "_ok", "_c", "_r")
         .groupBy("_pk", "_ok", "_c")
         .agg(
-            F.collect_list(F.when(ok, F.col("_r"))).alias("r"),
-            F.collect_list(F.when(ok, F.col("_t"))).alias("t"),
-            F.collect_list("_sparse").alias("sparse"),
-            F.collect_list("_dense").alias("dense"),
-            F.collect_list("_click").alias("click"),
-            F.collect_list("_conversion").alias("conversion"),
-            F.collect_list(F.when(ok, F.col("event_id"))).alias("id"),
-            F.collect_list(F.when(ok, F.col("_hour"))).alias("hour"),
-            F.collect_list(F.when(ok, F.col("_file"))).alias("file"),
+            F.sort_array(F.collect_list(F.when(ok, sample))).alias("_s"),
             F.collect_list(F.when(~ok, reject)).alias("_bad"),
             F.max("_n").alias("_task_rows"),
         )
     )
-    r0 = F.get("r", 0)
-    in_order = F.coalesce(F.col("r") == F.sequence(r0, r0 + F.size("r") - 1), F.lit(True))
-    g = g.select("*", in_order.alias("_in_order"))
-    zipped = F.sort_array(F.arrays_zip(*columns))
-
-    def ordered(name: str):
-        return F.when(F.col("_in_order"), F.col(name)).otherwise(zipped[name])
-
-    g = g.select(
-        "_pk", "_ok", "_c", "_bad", "_task_rows",
-        ordered("t").alias("_ts"),
-        F.flatten(ordered("sparse")).alias("_sparse"),
-        F.flatten(ordered("dense")).alias("_dense"),
-        ordered("click").alias("_click"),
-        ordered("conversion").alias("_conversion"),
-        ordered("id").alias("_ids"),
-        ordered("hour").alias("_hours"),
-        ordered("file").alias("_files"),
-    )  # fmt: skip
+    s = F.col("_s")
+    g = g.select("_pk", "_ok", "_c", "_s", "_bad", "_task_rows", s["t"].alias("_ts"))
 
     # The boundary, per chunk (module docstring). Offsets are 0-based positions in the chunk;
     # times are sorted, so "how many are older than t" is the first position of t. Computed in
@@ -162,55 +148,52 @@ def build_episodes(df, k: int, q: int, min_support: int, min_query: int, widths:
         F.when(emitted, n_s).otherwise(0).cast("int").alias("n_support"),
         F.when(emitted, n_q).otherwise(0).cast("int").alias("n_query"),
         F.when(emitted, q_start).otherwise(0).cast("int").alias("_q_start"),
-        F.when(small_task, F.lit(TASK_TOO_SMALL)).otherwise(F.lit(EPISODE_TOO_SMALL)).alias("_why"),
     )
+    n_s, n_q, q_start = F.col("n_support"), F.col("n_query"), F.col("_q_start")
+    full = (n_s == k) & (n_q == q)  # then q_start = K and m = K + Q: the lists are the episode
 
-    n_s, n_q, q_start, m = F.col("n_support"), F.col("n_query"), F.col("_q_start"), F.size("_ts")
-
-    def padded(name: str, width: int, zero):
+    def padded(values, width: int, zero):
         """Support values, padding to K, query values, padding to Q (``width`` per sample)."""
-        values = F.col(name)
         return F.when(
             n_s > 0,
-            F.concat(
-                F.slice(values, 1, n_s * width), F.array_repeat(zero, (F.lit(k) - n_s) * width),
-                F.slice(values, q_start * width + 1, n_q * width),
-                F.array_repeat(zero, (F.lit(q) - n_q) * width),
+            F.when(full, values).otherwise(
+                F.concat(
+                    F.slice(values, 1, n_s * width), F.array_repeat(zero, (F.lit(k) - n_s) * width),
+                    F.slice(values, q_start * width + 1, n_q * width),
+                    F.array_repeat(zero, (F.lit(q) - n_q) * width),
+                )
             ),
         )  # fmt: skip
 
-    def dropped(values):
-        """The chunk's samples that no episode takes: all of them, or the tie overflow."""
-        overflow = F.concat(
-            F.slice(values, n_s + 1, q_start - n_s),
-            F.slice(values, q_start + n_q + 1, m - q_start - n_q),
+    # The chunk's samples that no episode takes (all of them, or the tie overflow), as reject
+    # structs (zipped from their fields: no lambda); only built for chunks that drop samples.
+    dropped = F.when(n_s == 0, s).otherwise(
+        F.concat(
+            F.slice(s, n_s + 1, q_start - n_s), F.slice(s, q_start + n_q + 1, m - q_start - n_q)
         )
-        return F.when(n_s == 0, values).otherwise(overflow)
-
-    # The chunk's rows that no episode takes, as reject structs (zipped from columns: no lambda).
-    n_dropped = F.when(n_s == 0, m).otherwise(m - n_s - n_q)
-    g = g.select(
-        "*",
-        F.array_repeat(
-            F.when(n_s == 0, F.col("_why")).otherwise(F.lit(TIE_OVERFLOW)), n_dropped
-        ).alias("reason"),
-        dropped(F.col("_ids")).alias("event_id"),
-        dropped(F.col("_hours")).alias("hour"),
-        dropped(F.col("_files")).alias("file"),
-        F.array_repeat(F.lit(None).cast("string"), n_dropped).alias("raw"),
     )
-    rejects = (
-        F.when(~ok, F.col("_bad"))
-        .when(n_dropped == 0, F.col("_bad"))  # (empty: a valid chunk has no pre-existing rejects)
-        .otherwise(F.arrays_zip("reason", "event_id", "hour", "file", "raw"))
+    why = (
+        F.when(n_s > 0, F.lit(TIE_OVERFLOW))
+        .when(small_task, F.lit(TASK_TOO_SMALL))
+        .otherwise(F.lit(EPISODE_TOO_SMALL))
+    )
+    n_dropped = F.when(n_s == 0, m).otherwise(m - n_s - n_q)
+    rejects = F.when(~ok | (n_dropped == 0), F.col("_bad")).otherwise(  # (a valid chunk: no _bad)
+        F.arrays_zip(
+            F.array_repeat(why, n_dropped).alias("reason"),
+            dropped["event_id"].alias("event_id"),
+            dropped["hour"].alias("hour"),
+            dropped["file"].alias("file"),
+            F.array_repeat(F.lit(None).cast("string"), n_dropped).alias("raw"),
+        )
     )
     return g.select(
         "_pk", "_ok", "_c", "n_support", "n_query", "_task_rows",
         F.when(n_q > 0, F.element_at("_ts", q_start + 1)).alias("_first_query_t"),
-        padded("_sparse", widths[0], F.lit(0)).cast("array<bigint>").alias("sparse"),
-        padded("_dense", widths[1], F.lit(0.0).cast("float")).alias("dense"),
-        padded("_click", 1, F.lit(0).cast("tinyint")).alias("click"),
-        padded("_conversion", 1, F.lit(0).cast("tinyint")).alias("conversion"),
-        padded("_ts", 1, F.lit(0).cast("long")).alias("event_time_ms"),
+        padded(F.flatten(s["sparse"]), widths[0], F.lit(0)).cast("array<bigint>").alias("sparse"),
+        padded(F.flatten(s["dense"]), widths[1], F.lit(0.0).cast("float")).alias("dense"),
+        padded(s["click"], 1, F.lit(0).cast("tinyint")).alias("click"),
+        padded(s["conversion"], 1, F.lit(0).cast("tinyint")).alias("conversion"),
+        padded(F.col("_ts"), 1, F.lit(0).cast("long")).alias("event_time_ms"),
         rejects.alias("_rejects"),
     )  # fmt: skip

@@ -11,7 +11,8 @@ CPU time of each run, all threads, whose ratio ``reader_vs_raw_scan_cpu_time`` i
 what the wall-clock ratio tends to on a machine whose cores are all busy):
 
 - ``raw_scan``: ``ParquetFile.read_row_group`` of every row group with the same 7 projected columns
-  and no conversion at all: the practical limit;
+  and no conversion at all: the practical limit; ``raw_scan_one_thread`` the same on one thread
+  (``use_threads=False``, as the reader's reading thread decodes), for reference;
 - ``reader_prefetch2`` / ``reader_prefetch0``: :class:`EpisodeReader` (shuffle on, VSI, one epoch)
   with its two background threads, and inline; ``reader_unshuffled`` and ``reader_task_rows``
   (with task-local rows) for reference; ``reader_cuda`` when CUDA is present (each batch copied
@@ -22,8 +23,11 @@ what the wall-clock ratio tends to on a machine whose cores are all busy):
   is episodes built / time (its one-off ``read_parquet`` is reported, not charged).
 
 Targets: ``reader_prefetch2`` >= 0.6x ``raw_scan`` (issue 14; 0.5x in issue 3) and >= 20x
-``naive``. The data is
-cached in ``--data`` (regenerated when the configuration differs).
+``naive``. The data is cached in ``--data`` (regenerated when the configuration differs).
+
+The profile: ``row_group_cpu_ms`` (decoding one row group, raw vs the reader's checked read),
+``stage_ms_per_batch`` (an inline epoch's wall and CPU ms per batch: reading, assembling, and the
+VSI within assembling) and ``vsi_ms_per_batch`` (the de-duplication methods on the same batches).
 """
 
 from __future__ import annotations
@@ -117,14 +121,15 @@ def _write_flat(root: Path) -> None:
     pq.write_table(pa.concat_tables(parts), root / "_flat.parquet", compression="zstd")
 
 
-def _raw_scan(root: Path) -> dict:
+def _raw_scan(root: Path, use_threads: bool = True) -> dict:
     m = load_manifest(str(root))
     t, c = time.perf_counter(), time.process_time()
     episodes = 0
     for f in m.files_of("train"):
         pf = pq.ParquetFile(root / f["path"])
         for g in range(pf.metadata.num_row_groups):
-            episodes += pf.read_row_group(g, columns=list(READ_COLUMNS)).num_rows
+            table = pf.read_row_group(g, columns=list(READ_COLUMNS), use_threads=use_threads)
+            episodes += table.num_rows
     return {
         "seconds": time.perf_counter() - t,
         "cpu_seconds": time.process_time() - c,
@@ -228,30 +233,43 @@ def _vsi_micro(root: Path, batches: int = 40) -> dict:
 
 def _decode_micro(root: Path, groups: int = 12, rounds: int = 3) -> dict:
     """Process CPU ms per row group (median, interleaved): the raw ``read_row_group`` of the 7
-    columns vs :meth:`EpisodeFiles.read` (the same read plus the checks and the numpy views)."""
+    columns (Arrow's threads, and one thread) vs :meth:`EpisodeFiles.read` (the one-thread read
+    plus the checks and the numpy views); ``decode_overhead`` is the latter against the raw read
+    on one thread."""
     files = EpisodeFiles(str(root), "train", load_manifest(str(root)), verify_checksums=False)
     units = range(min(groups, len(files.units)))
 
-    def raw(u: int) -> None:
-        i, g = files.units[u]
-        files._parquet(i).read_row_group(g, columns=list(READ_COLUMNS))
+    def raw(use_threads: bool):
+        def read(u: int) -> None:
+            i, g = files.units[u]
+            files._parquet(i).read_row_group(g, columns=list(READ_COLUMNS), use_threads=use_threads)
 
-    spent: dict[str, list[float]] = {"raw_read_row_group": [], "episode_files_read": []}
+        return read
+
+    ways = {
+        "raw_read_row_group": raw(True),
+        "raw_read_row_group_one_thread": raw(False),
+        "episode_files_read": files.read,
+    }
+    spent: dict[str, list[float]] = {k: [] for k in ways}
     for _ in range(rounds):
         for u in units:
-            for name, fn in (("raw_read_row_group", raw), ("episode_files_read", files.read)):
+            for name, fn in ways.items():
                 c = time.process_time()
                 fn(u)
                 spent[name].append(time.process_time() - c)
     out = {k: round(statistics.median(v) * 1e3, 3) for k, v in spent.items()}
-    out["decode_overhead"] = round(out["episode_files_read"] - out["raw_read_row_group"], 3)
+    out["decode_overhead"] = round(
+        out["episode_files_read"] - out["raw_read_row_group_one_thread"], 3
+    )
     out["episodes_per_row_group"] = files.sizes[0]
     return out
 
 
 def _stages(root: Path, shuffle: bool, task_local_rows: bool = False) -> dict:
-    """Where an inline (prefetch 0) epoch spends its time, in ms per batch: reading + decoding
-    row groups vs assembling batches (gather, VSI, tensors)."""
+    """Where an inline (prefetch 0) epoch spends its time, in wall ms per batch and (``cpu``)
+    process CPU ms per batch: reading + decoding row groups vs assembling batches (gather, VSI,
+    tensors), and the VSI (batch de-duplication) within assembling."""
     reader = EpisodeReader(
         str(root),
         "train",
@@ -261,24 +279,29 @@ def _stages(root: Path, shuffle: bool, task_local_rows: bool = False) -> dict:
         shuffle=shuffle,
         task_local_rows=task_local_rows,
     )
-    spent = {"read": 0.0, "assemble": 0.0}
+    spent = {"read": 0.0, "assemble": 0.0, "vsi": 0.0}
+    cpu = dict.fromkeys(spent, 0.0)
 
     def timed(stage, fn):
-        def wrapper(*args):
-            t = time.perf_counter()
+        def wrapper(*args, **kw):
+            t, c = time.perf_counter(), time.process_time()
             try:
-                return fn(*args)
+                return fn(*args, **kw)
             finally:
                 spent[stage] += time.perf_counter() - t
+                cpu[stage] += time.process_time() - c
 
         return wrapper
 
     reader._read_unit = timed("read", reader._read_unit)
     reader._assemble = timed("assemble", reader._assemble)
-    t = time.perf_counter()
+    reader._unique = timed("vsi", reader._unique)
+    t, c = time.perf_counter(), time.process_time()
     steps = sum(1 for _ in reader)
-    total = time.perf_counter() - t
-    return {k: round(v / steps * 1e3, 3) for k, v in {**spent, "total": total}.items()}
+    spent["total"], cpu["total"] = time.perf_counter() - t, time.process_time() - c
+    out = {k: round(v / steps * 1e3, 3) for k, v in spent.items()}
+    out["cpu"] = {k: round(v / steps * 1e3, 3) for k, v in cpu.items()}
+    return out
 
 
 def _summary(runs: list[dict]) -> dict:
@@ -300,6 +323,7 @@ def run(out: Path, data: Path, episodes: int, repeat: int, naive_seconds: float,
     m = load_manifest(str(data))
     variants = {
         "raw_scan": lambda **w: _raw_scan(data),
+        "raw_scan_one_thread": lambda **w: _raw_scan(data, use_threads=False),
         "reader_prefetch2": lambda **w: _ours(data, prefetch=2, shuffle=True, **w),
         "reader_prefetch0": lambda **w: _ours(data, prefetch=0, shuffle=True, **w),
         "reader_unshuffled": lambda **w: _ours(data, prefetch=2, shuffle=False, **w),
@@ -310,7 +334,7 @@ def run(out: Path, data: Path, episodes: int, repeat: int, naive_seconds: float,
     load_before = os.getloadavg()
     _raw_scan(data)  # warm the page cache
     for name, fn in variants.items():  # warm allocators, thread arenas, the pinned-memory cache
-        if name != "raw_scan":
+        if not name.startswith("raw_scan"):
             fn(limit=200)
     runs: dict[str, list[dict]] = {k: [] for k in variants}
     for _ in range(repeat):  # interleaved, so load changes hit every variant alike
@@ -339,6 +363,15 @@ def run(out: Path, data: Path, episodes: int, repeat: int, naive_seconds: float,
         # the wall-clock one tends to when every core is busy (a shared, loaded machine)
         "reader_vs_raw_scan_cpu_time": round(
             results["raw_scan"]["cpu_seconds_median"]
+            / results["reader_prefetch2"]["cpu_seconds_median"],
+            3,
+        ),
+        # against the scan on one thread (how the reader's reading thread decodes)
+        "reader_vs_raw_scan_one_thread": round(
+            ours / results["raw_scan_one_thread"]["episodes_per_s"], 3
+        ),
+        "reader_vs_raw_scan_one_thread_cpu_time": round(
+            results["raw_scan_one_thread"]["cpu_seconds_median"]
             / results["reader_prefetch2"]["cpu_seconds_median"],
             3,
         ),

@@ -47,8 +47,9 @@ format: $(STAMP)
 
 # Test tiers (tests/README.md): `test` is what a change must pass, `test-slow` what CI adds.
 # Two pytest-xdist workers, one test file each at a time (a file's module fixtures stay in one
-# worker; each worker has its own SparkSession and Airflow home). PARALLEL= runs in one process.
-PARALLEL ?= -n 2 --dist loadfile
+# worker; each worker has its own SparkSession and Airflow home), handed out longest file first
+# (tests/file_costs.json, see tests/conftest.py). PARALLEL= runs in one process.
+PARALLEL ?= -n 2 --dist loadfile --no-loadscope-reorder
 test: lint
 	$(BIN)/python -m pytest $(PARALLEL) -m "not image_contract and not slow" --durations=25
 

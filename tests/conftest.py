@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import statistics
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+FILE_COSTS = Path(__file__).with_name("file_costs.json")
+"""Seconds per test file (setup + call + teardown of its tests) from one recorded run."""
 
 
 def _start_spark():
@@ -46,6 +50,61 @@ def pytest_collection_finish(session):
     if any(item.get_closest_marker("spark") for item in session.items):
         _early_spark["thread"] = threading.Thread(target=start, name="spark-start", daemon=True)
         _early_spark["thread"].start()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--record-file-costs",
+        action="store_true",
+        help=f"write each test file's seconds to {FILE_COSTS.name} (files not run keep theirs)",
+    )
+
+
+def _file(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In a pytest-xdist worker, order the files longest first (their recorded seconds in
+    ``file_costs.json``; an unrecorded file counts as the median one), keeping each file's tests
+    in their order. With ``--dist loadfile --no-loadscope-reorder`` (the Makefile's) xdist hands
+    files out in this order, so no long file starts last while the other worker sits idle. The
+    two longest files without Spark go first: the JVM starting in the background meanwhile
+    (``pytest_collection_finish``) does not hold up either worker's first file."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    recorded = json.loads(FILE_COSTS.read_text())["seconds"] if FILE_COSTS.is_file() else {}
+    default = statistics.median(recorded.values()) if recorded else 0.0
+    first: dict[str, int] = {}
+    spark_files: set[str] = set()
+    for i, item in enumerate(items):
+        first.setdefault(_file(item.nodeid), i)
+        if item.get_closest_marker("spark"):
+            spark_files.add(_file(item.nodeid))
+    files = sorted(first, key=lambda f: (-recorded.get(f, default), first[f]))
+    lead = [f for f in files if f not in spark_files][:2]
+    rank = {f: i for i, f in enumerate(lead + [f for f in files if f not in lead])}
+    items.sort(key=lambda item: rank[_file(item.nodeid)])
+
+
+_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # the controller, or a run without xdist
+        file = _file(report.nodeid)
+        _seconds[file] = _seconds.get(file, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if "PYTEST_XDIST_WORKER" in os.environ or not session.config.getoption("record_file_costs"):
+        return
+    from trainer.durable import write_json_atomic
+
+    recorded = json.loads(FILE_COSTS.read_text())["seconds"] if FILE_COSTS.is_file() else {}
+    recorded.update({f: round(s, 1) for f, s in _seconds.items()})
+    about = "seconds per test file (pytest --record-file-costs); tests/conftest.py sorts by them"
+    write_json_atomic(FILE_COSTS, {"about": about, "seconds": dict(sorted(recorded.items()))})
 
 
 @pytest.fixture(scope="session")

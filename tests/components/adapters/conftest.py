@@ -8,16 +8,19 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 import pytest
 
 from components.raw_schema import arrow_schema
 
 
+def _dataset(root: Path) -> ds.Dataset:
+    part = ds.partitioning(pa.schema([("dt", pa.string()), ("hr", pa.string())]), flavor="hive")
+    return ds.dataset(root, format="parquet", partitioning=part)
+
+
 def read_output(root: Path) -> pa.Table:
     """Every row of a Parquet adapter output, with its partition's ``dt`` and ``hr`` as strings."""
-    part = ds.partitioning(pa.schema([("dt", pa.string()), ("hr", pa.string())]), flavor="hive")
-    return ds.dataset(root, format="parquet", partitioning=part).to_table()
+    return _dataset(root).to_table()
 
 
 def report(root: Path) -> dict:
@@ -34,12 +37,14 @@ def assert_raw_output(root: Path, unique_ids: bool = True) -> pa.Table:
     """Schema of every file = ``arrow_schema()``; every row in its own hour; ids populated."""
     files = sorted(root.glob("dt=*/hr=*/part-*.parquet"))
     assert files, f"no part files under {root}"
+    dataset = _dataset(root)
+    assert sorted(dataset.files) == [str(f) for f in files]
     expected = arrow_schema()
-    for f in files:
-        schema = pq.read_schema(f)
-        assert schema.equals(expected, check_metadata=False), f
+    for fragment in dataset.get_fragments():  # each footer read once: the schema, then the scan
+        schema = fragment.physical_schema
+        assert schema.equals(expected, check_metadata=False), fragment.path
         assert schema.metadata[b"metarec.schema"] == b"raw_ad_log"
-    table = read_output(root)
+    table = dataset.to_table()
     hour = pc.strftime(table["event_time"], format="%Y-%m-%d %H")
     where = pc.binary_join_element_wise(table["dt"], table["hr"], " ")
     assert pc.all(pc.equal(hour, where)).as_py(), "rows in the wrong dt=/hr= partition"

@@ -7,6 +7,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
@@ -64,9 +65,14 @@ def test_fields_map_as_documented(ml_dir, ml_table):
         )
     }
     genres = [line.split("|")[0] for line in (ml_dir / "u.genre").read_text().splitlines() if line]
-    rows = {r["event_id"]: r for r in ml_table.to_pylist()}
-    for line in (ml_dir / "u.data").read_text().splitlines()[:3000]:
-        user, item, rating, ts = line.split("\t")
+    ratings = [line.split("\t") for line in (ml_dir / "u.data").read_text().splitlines()[:3000]]
+    ids = pa.array([f"ml100k-{user}-{item}-{ts}" for user, item, _, ts in ratings])
+    # Only these rows as Python objects (all 100,000 take seconds); a missing one is a KeyError.
+    rows = {
+        r["event_id"]: r
+        for r in ml_table.filter(pc.is_in(ml_table["event_id"], value_set=ids)).to_pylist()
+    }
+    for user, item, rating, ts in ratings:
         row = rows[f"ml100k-{user}-{item}-{ts}"]
         u, it = users[user], items[item]
         item_genres = [g for g, flag in zip(genres, it[5:], strict=True) if flag == "1"]

@@ -169,9 +169,11 @@ ITEMS = "".join(
     f"{i}|Movie {i} (1995)|01-Jan-1995||http://x/{i}|{'|'.join('1' if g == i % 19 else '0' for g in range(19))}\n"
     for i in range(1, 8)
 )  # fmt: skip
+# Times within MovieLens' first three days: hours with and without ratings (the empty ones
+# filled), ~70 files at most; its whole 215 days wrote thousands of empty-hour files per example.
 _good_rating = st.builds(
     lambda u, i, r, t: f"{u}\t{i}\t{r}\t{t}",
-    st.integers(1, 7), st.integers(1, 9), st.integers(0, 6), st.integers(874_724_710, 893_286_638),
+    st.integers(1, 7), st.integers(1, 9), st.integers(0, 6), st.integers(874_724_710, 874_983_910),
 )  # fmt: skip
 _rating_lines = st.lists(
     st.one_of(_good_rating, _good_rating, st.text(TEXT, max_size=30).map(

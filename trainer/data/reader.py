@@ -12,7 +12,9 @@ Pipeline (``prefetch`` > 0: two daemon threads; ``prefetch=0``: everything inlin
 
 1. reading thread, one block ahead: ``ParquetFile.read_row_group(i, columns=...)`` of the row
    groups this rank owns this epoch (plan: :mod:`trainer.data.sharding`), projecting only the 7
-   columns the trainer needs, through any ``pyarrow.fs`` URI (local path, ``file://``, ``s3://``);
+   columns the trainer needs, through any ``pyarrow.fs`` URI (local path, ``file://``, ``s3://``),
+   on this thread alone (Arrow's pool would add CPU, not overlap: the assembling thread is the
+   other busy one);
    decoded without per-row Python (:mod:`trainer.data.files`: list column -> offsets checked
    vectorised -> flat values -> numpy ``reshape(rows, K + Q, width)``, zero copy);
 2. assembling thread, ``prefetch`` batches ahead: cut the blocks into batches of T episodes
@@ -21,6 +23,8 @@ Pipeline (``prefetch`` > 0: two daemon threads; ``prefetch=0``: everything inlin
    with per-episode rows (``task_local_rows``), and write everything straight into new torch
    tensors, page-locked when ``pin_memory`` (no extra copy). Work arrays are reused between
    batches: fresh ones cost ~450 page faults per 64-episode batch, more than the work itself.
+   The ids are gathered as int64 (numpy's index type) and offset in place; VSI narrows them
+   once for its sort (``tests/trainer/data/test_assembly.py``: equal to a plain reference).
 
 Memory: about three blocks (one being read, one queued, one being cut; a block is one row group,
 or ``shuffle_buffer`` episodes) plus ``prefetch`` batches. Measured by ``bench/reader.py`` (H100

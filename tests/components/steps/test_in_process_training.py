@@ -64,6 +64,7 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
+@pytest.mark.multiprocess  # one side of the comparison is train_locally's child process
 def test_in_process_training_equals_the_subprocess_launch(tmp_path):
     episodes = write_episodes(tmp_path / "episodes")
     threads = torch.get_num_threads()

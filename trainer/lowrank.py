@@ -21,7 +21,10 @@ the forward).
 
 Batched over the episodes (no ``vmap``): inputs ``(T, n, in)``, outputs ``(T, n, out)``, factors
 ``(T, R, in)`` and ``(T, R, out)``; ``x @ W`` stays one matmul over all episodes and the low-rank
-term is one ``baddbmm`` (added into the output by the matmul itself, no extra pass).
+term is one ``baddbmm`` (added into the output by the matmul itself, no extra pass). An adapted
+layer's gradients all come from :func:`adapted_linear`, whose backward is written out: a MAML step
+is bound by memory traffic over ``(T, n, width)`` tensors, and autograd's recording of the same
+expression spends several more passes over them (see :class:`_AdaptedLinear`).
 
 A per-episode update that is not low-rank (Meta-SGD's per-parameter step sizes scale every entry
 of ``A^T B`` on its own) is a full weight offset ``dW`` ``(T, in, out)`` and bias offset ``db``

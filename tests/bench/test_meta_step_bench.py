@@ -31,3 +31,4 @@ def test_meta_step_bench_reports_phases_cpu_time_and_profile(tmp_path):
     assert report["ratios"]["maml_vs_plain_cpu_time"] > 0
     assert report["ratios"]["fomaml_vs_plain"] is None  # not run
     assert report["targets"]["maml_vs_plain"]["min"] == 0.7
+    assert set(report["machine"]["load_average"]) == {"before", "after"}

@@ -26,22 +26,27 @@ VALUES = [
 BUCKETS = (2, 7, 101, 50_021, 1_000_003, (1 << 31) - 1)
 
 
-def _spark_ids(spark, feature: str, buckets: int, values: list[str | None]) -> list[int]:
+def _spark_ids(
+    spark, cases: list[tuple[str, int]], values: list[str | None]
+) -> dict[tuple[str, int], list[int]]:
+    """The ETL's ids of ``values`` for each (feature, buckets) case, in one Spark job."""
     from pyspark.sql import functions as F
 
     from components.etl import encode
 
     df = spark.createDataFrame([(i, v) for i, v in enumerate(values)], "i int, v string")
-    rows = df.select("i", encode.feature_id(feature, F.col("v"), buckets).alias("id")).collect()
-    return [r["id"] for r in sorted(rows, key=lambda r: r["i"])]
+    ids = [encode.feature_id(f, F.col("v"), b).alias(f"id{n}") for n, (f, b) in enumerate(cases)]
+    rows = sorted(df.select("i", *ids).collect(), key=lambda r: r["i"])
+    return {case: [r[f"id{n}"] for r in rows] for n, case in enumerate(cases)}
 
 
 def test_feature_ids_match(spark):
     values = [*VALUES, None]
-    for feature in ("user_id", "campaign_id", "ad_tags", "hour_of_day"):
-        for buckets in BUCKETS:
-            expected = [hashing.feature_id(feature, v, buckets) for v in values]
-            assert _spark_ids(spark, feature, buckets, values) == expected, (feature, buckets)
+    cases = [(f, b) for f in ("user_id", "campaign_id", "ad_tags", "hour_of_day") for b in BUCKETS]
+    spark_ids = _spark_ids(spark, cases, values)
+    for feature, buckets in cases:
+        expected = [hashing.feature_id(feature, v, buckets) for v in values]
+        assert spark_ids[feature, buckets] == expected, (feature, buckets)
     assert hashing.feature_id("user_id", None, 10) == 0
 
 
@@ -68,7 +73,7 @@ def test_signed_hash_task_id_and_unit_interval_match(spark):
 )
 @given(st.lists(st.text(max_size=40), min_size=1, max_size=50))
 def test_hypothesis_strings_match(spark, values):
-    assert _spark_ids(spark, "user_interests", 10_007, values) == [
+    assert _spark_ids(spark, [("user_interests", 10_007)], values)["user_interests", 10_007] == [
         hashing.feature_id("user_interests", v, 10_007) for v in values
     ]
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -48,8 +49,14 @@ def _py_files(rel: str) -> list[Path]:
     return sorted(p.rglob("*.py")) if p.is_dir() else ([p] if p.exists() else [])
 
 
+@functools.cache
+def _parse(text: str, filename: str) -> ast.Module:
+    """Parsed once per content: the per-file tests and the cycle finder read the same files."""
+    return ast.parse(text, filename=filename)
+
+
 def _imports(path: Path, top_level_only: bool = False) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = _parse(path.read_text(), str(path))
     nodes = tree.body if top_level_only else ast.walk(tree)
     names: set[str] = set()
     for node in nodes:
@@ -135,7 +142,7 @@ def _module_imports(name: str, path: Path, modules: set[str]) -> set[str]:
     packages that contain it (Python imports those first anyway)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(_parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):

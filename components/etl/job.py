@@ -176,6 +176,7 @@ def run_etl(config: EtlConfig, spark=None) -> EtlResult:
             staging.uri,
             config.row_group_bytes,
             partition_by=("split", "bucket"),
+            plain_lists=load.PLAIN_LISTS,
         )
         stages.start("write quarantine")
         load.write_parquet(

@@ -104,6 +104,25 @@ def test_parquet_quarantine_renders_rows(parquet_run):
     }
 
 
+def test_big_list_columns_are_written_without_a_dictionary(parquet_run):
+    import pyarrow.parquet as pq
+
+    from components.etl.load import PLAIN_LISTS
+
+    _, result, _ = parquet_run
+    plain = {f"{name}.list.element" for name in PLAIN_LISTS}
+    with_dictionary = set()
+    for f in result.manifest.files:
+        meta = pq.ParquetFile(Path(result.output) / f["path"]).metadata
+        for g in range(meta.num_row_groups):
+            for c in range(meta.num_columns):
+                column = meta.row_group(g).column(c)
+                if any("DICTIONARY" in e for e in column.encodings):
+                    with_dictionary.add(column.path_in_schema)
+    assert not with_dictionary & plain
+    assert {"task_key", "click.list.element"} <= with_dictionary  # the others keep theirs
+
+
 @pytest.mark.parametrize("run", ["jsonl_run", "parquet_run"])
 def test_episode_invariants(run, request):
     _, result, config, *_ = request.getfixturevalue(run)

@@ -117,8 +117,8 @@ def adapted_linear(
     """The adapted layer ``x @ weight + bias + (s (x @ a^T [+ 1])) @ b`` (``[+ 1]`` with a bias)
     for inputs ``x`` ``(T, n, in)``, factors ``a`` ``(T, R, in)`` and ``b`` ``(T, R, out)`` and
     step size ``s``, given the shared part's value ``y = x @ weight + bias`` (detached: the layer's
-    gradients, ``weight``'s and ``bias``'s included, are this function's). Differentiable to any
-    order."""
+    gradients, ``weight``'s and ``bias``'s included, are this function's; overwritten with the
+    result). Differentiable to any order."""
     return _AdaptedLinear.apply(y, x, weight, bias, a, b, step)
 
 
@@ -153,7 +153,8 @@ class _AdaptedLinear(torch.autograd.Function):
         ctx.step = None if isinstance(step, Tensor) else step
         saved = (x, weight, a, b, g, gs)
         ctx.save_for_backward(*saved, *([step] if ctx.step is None else []))
-        return torch.baddbmm(y, gs, b)
+        ctx.mark_dirty(y)  # y (detached, saved by no one) takes the low-rank part in place
+        return y.baddbmm_(gs, b)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:

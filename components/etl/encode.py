@@ -62,16 +62,30 @@ def unit_interval(salt: str, key):
     return F.pmod(signed_hash(salt, key), F.lit(1 << UNIT_BITS).cast("long")).cast("double") / scale
 
 
-def source_value(f: FeatureConfig):
-    """The string a feature hashes, from the canonical frame (``_t`` is epoch ms)."""
+def _column(columns: dict | None, name: str):
+    """Column ``name`` of the canonical frame: ``columns[name]``, or the frame's own column."""
+    from pyspark.sql import functions as F
+
+    return F.col(name) if columns is None else columns[name]
+
+
+def source_value(f: FeatureConfig, columns: dict | None = None):
+    """The string a feature hashes, from the canonical frame (``_t`` is epoch ms).
+
+    ``columns``, here and below: the canonical frame as ``{name: column}``
+    (``rows.parquet_columns``), so that encoding composes with parsing into one projection;
+    default: the frame's own columns.
+    """
     from pyspark.sql import functions as F
 
     if f.source == "event_time":
-        return F.hour(F.timestamp_millis(F.col("_t"))).cast("string")
-    return F.col(f.source)
+        return F.hour(F.timestamp_millis(_column(columns, "_t"))).cast("string")
+    return _column(columns, f.source)
 
 
-def sparse_ids(features: tuple[FeatureConfig, ...], as_int: bool = False):
+def sparse_ids(
+    features: tuple[FeatureConfig, ...], as_int: bool = False, columns: dict | None = None
+):
     """Column ``array<bigint>`` of ``sum(slots)`` ids, in spec (slot) order.
 
     With ``as_int`` the ids are ``int`` (every table has fewer than 2^31 rows): half the bytes
@@ -82,28 +96,29 @@ def sparse_ids(features: tuple[FeatureConfig, ...], as_int: bool = False):
     ids = []
     for f in features:
         if f.kind == "multi":
-            ids.extend(multi_ids(f.name, source_value(f), f.buckets, f.slots))
+            ids.extend(multi_ids(f.name, source_value(f, columns), f.buckets, f.slots))
         else:
-            ids.append(feature_id(f.name, source_value(f), f.buckets))
+            ids.append(feature_id(f.name, source_value(f, columns), f.buckets))
     return F.array(*[i.cast("int") if as_int else i for i in ids])
 
 
-def dense_values(dense: tuple[DenseConfig, ...]):
+def dense_values(dense: tuple[DenseConfig, ...], columns: dict | None = None):
     """Column ``array<float>`` of the transformed dense features (null -> 0.0)."""
     from pyspark.sql import functions as F
 
     values = []
     for d in dense:
-        c = F.col(d.source)
+        c = _column(columns, d.source)
         c = F.log1p(c) if d.transform == "log1p" else c
         values.append(F.coalesce(c, F.lit(0.0)).cast("float"))
     return F.array(*values) if values else F.array().cast("array<float>")
 
 
-def labels():
+def labels(columns: dict | None = None):
     """``(click, conversion)`` as tinyint columns; an unknown conversion is ``UNKNOWN_LABEL``."""
     from pyspark.sql import functions as F
 
-    click = F.col("click").cast("tinyint")
-    conversion = F.coalesce(F.col("conversion"), F.lit(float(UNKNOWN_LABEL))).cast("tinyint")
+    click = _column(columns, "click").cast("tinyint")
+    unknown = F.lit(float(UNKNOWN_LABEL))
+    conversion = F.coalesce(_column(columns, "conversion"), unknown).cast("tinyint")
     return click, conversion

@@ -150,12 +150,11 @@ def read_jsonl(spark, root: str, files: list[str], batch_rows: int = 8192):
     return listing.mapInArrow(_file_reader(root, batch_rows), parsed_schema())
 
 
-def _meta(df):
+def _meta():
     """``_hour`` (epoch hour of the partition) and ``_file``, from the partition columns."""
     from pyspark.sql import functions as F
 
-    hour = (F.unix_date("dt") * 24 + F.col("hr")).cast("int")
-    return hour.alias("_hour"), F.col("_file")
+    return (F.unix_date("dt") * 24 + F.col("hr")).cast("int"), F.col("_file")
 
 
 def source_file(hour="_hour", file="_file"):
@@ -183,19 +182,21 @@ def _blank(c):
     return c.isNull() | (c == "")
 
 
-def parse_parquet(df):
-    """Typed Parquet rows -> canonical frame; the only parse reason is ``missing:<field>``."""
+def parquet_columns() -> dict:
+    """The canonical frame as expressions over the raw Parquet columns (:func:`read_raw`), in
+    canonical order: the typed values, ``_reason`` (``missing:<field>``, the only parse reason),
+    ``_raw`` (null: rendered on demand) and ``_meta``'s ``_hour`` and ``_file``."""
     from pyspark.sql import functions as F
 
-    columns = []
+    columns = {}
     for f in RAW_FIELDS:
         c = F.col(f.name)
         if f.kind == "time":
-            columns.append(F.unix_millis(c).alias("_t"))
+            columns["_t"] = F.unix_millis(c)
         elif f.kind in ("dense", "label"):
-            columns.append(c.cast("double").alias(f.name))
+            columns[f.name] = c.cast("double")
         else:
-            columns.append(c.alias(f.name))
+            columns[f.name] = c
     missing = {
         f.name: (
             _blank(F.col(f.name)) if f.kind in ("id", "categorical") else F.col(f.name).isNull()
@@ -203,21 +204,42 @@ def parse_parquet(df):
         for f in RAW_FIELDS
         if f.required
     }
-    return df.select(
-        *columns,
-        _first_missing(missing).alias("_reason"),
-        F.lit(None).cast("string").alias("_raw"),
-        *_meta(df),
-    )
+    columns["_reason"] = _first_missing(missing)
+    columns["_raw"] = F.lit(None).cast("string")
+    columns["_hour"], columns["_file"] = _meta()
+    return columns
+
+
+def columns_of(df) -> dict:
+    """``{name: column}`` for every column of ``df``: a frame as :func:`parquet_columns` gives it."""
+    from pyspark.sql import functions as F
+
+    return {name: F.col(name) for name in df.columns}
+
+
+def parse_parquet(df):
+    """Typed Parquet rows -> canonical frame; the only parse reason is ``missing:<field>``."""
+    return df.select(*[c.alias(name) for name, c in parquet_columns().items()])
 
 
 def validate_rows(df, start_ms: int, end_ms: int, max_lateness_ms: int):
     """Add the value and time rules to ``_reason`` (rows that already failed keep their reason)."""
+    reason = validated_reason(columns_of(df), start_ms, end_ms, max_lateness_ms)
+    return df.withColumn("_reason", reason)
+
+
+def validated_reason(columns: dict, start_ms: int, end_ms: int, max_lateness_ms: int):
+    """Column: ``columns["_reason"]``, else the first value or time rule that fails.
+
+    Args:
+        columns: the canonical frame as ``{name: column}`` (:func:`parquet_columns`,
+            :func:`columns_of`).
+    """
     from pyspark.sql import functions as F
 
     expr = None
     for f in fields_of("dense", "label"):
-        c = F.col(f.name)
+        c = columns[f.name]
         if f.kind == "dense":
             bad = F.isnan(c) | (F.abs(c) == float("inf"))
             if f.min_value is not None:
@@ -229,24 +251,31 @@ def validate_rows(df, start_ms: int, end_ms: int, max_lateness_ms: int):
         bad = c.isNotNull() & bad
         reason = F.lit(f"bad_value:{f.name}")
         expr = F.when(bad, reason) if expr is None else expr.when(bad, reason)
-    t, hour = F.col("_t"), F.col("_hour").cast("long") * 3_600_000
+    t, hour = columns["_t"], columns["_hour"].cast("long") * 3_600_000
     late = (t < hour - max_lateness_ms) | (t >= hour + 3_600_000) | (t < start_ms) | (t >= end_ms)
     expr = expr.when(late, F.lit(OUT_OF_RANGE))
-    return df.withColumn("_reason", F.coalesce(F.col("_reason"), expr))
+    return F.coalesce(columns["_reason"], expr)
 
 
-def render_raw(prefix: str = ""):
-    """A JSON rendering of a canonical row (for quarantine rows that have no original line)."""
+def render_raw(columns: dict | None = None):
+    """A JSON rendering of a canonical row (for quarantine rows that have no original line).
+
+    Args:
+        columns: the canonical frame as ``{name: column}``; default: the frame's own columns.
+    """
     from pyspark.sql import functions as F
+
+    def col(name: str):
+        return F.col(name) if columns is None else columns[name]
 
     parts = []
     for f in RAW_FIELDS:
         if f.kind == "time":
-            parts.append(F.timestamp_millis(F.col(prefix + "_t")).alias(f.name))
+            parts.append(F.timestamp_millis(col("_t")).alias(f.name))
         elif f.kind == "label":
-            parts.append(F.col(prefix + f.name).cast("int").alias(f.name))
+            parts.append(col(f.name).cast("int").alias(f.name))
         else:
-            parts.append(F.col(prefix + f.name).alias(f.name))
+            parts.append(col(f.name).alias(f.name))
     return F.to_json(F.struct(*parts))
 
 

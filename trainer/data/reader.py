@@ -31,7 +31,9 @@ or ``shuffle_buffer`` episodes) plus ``prefetch`` batches. Measured by ``bench/r
 host; 64 x (32 + 32) samples x 16 fields, 1M-row table; 16 cores / pinned to 2): 35.7k / 33.4k
 episodes/s (2.3M / 2.1M samples/s), 0.58x / 0.52x a raw ``pyarrow`` scan of the same row groups,
 161x / 133x a pandas per-task reader; the assembling stage (1.4-1.7 ms per batch, VSI ~1 ms of
-it) is the bottleneck, reading takes 0.9-1.1 ms per batch.
+it) is the bottleneck, reading takes 0.9-1.1 ms per batch. On the 2-core dev VM (issue 14), CPU
+per batch: reading 0.52-0.66 ms (decoding, ~72% of it the ``sparse`` column), assembling
+0.35-0.41 ms (VSI 0.27-0.29 of it); the process does ~2x the raw scan's CPU work.
 
 Validation up front (ContractError naming the file and what to do): the manifest (schema
 version), every file of the split exists and is Parquet, has the needed columns with the contract's

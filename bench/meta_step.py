@@ -40,7 +40,8 @@ traffic), elementwise 6 ms (plain: 4.7; ReLU's backward four times per layer ins
 lookup/pooling/row optimizer 4.6 ms (plain: 4.1; the two sides pooled and scattered apart), and
 about 2 ms of dispatch for 379 operators per step (plain: 208). ``trainer.lowrank.adapted_linear``
 (backward written out) and ``trainer.models.common.relu`` (no zero tensor for ReLU'') took
-MAML's step from 49.5 to 47.0 ms CPU against plain's 32.1 in the same process (0.65 -> 0.69).
+MAML / plain from 0.650 to 0.738 in wall time and from 0.638 to 0.698 in CPU time (medians of 5
+runs each of ``--threads 1 --steps 30``, before and after alternating, load average 12-15).
 The JSON records the load average before and after the run (``machine.load_average``).
 """
 

@@ -40,9 +40,9 @@ log = logging.getLogger(__name__)
 CACHE_TASKS = 4096
 """Adapted task versions kept per served model (least recently used dropped first)."""
 _FUNC_TRANSFORMS = threading.Lock()
-"""Adaptation runs ``torch.func`` transforms (``vmap``, ``grad``), whose level bookkeeping is not
-safe across threads (concurrent ones fail inside functorch): one adapted request at a time; the
-unadapted ones (the exported graph) run concurrently."""
+"""Adaptation runs the trainer's inner loop through ``torch.func.functional_call``, which swaps the
+shared model's parameters in place while it runs (not safe across threads): one adapted request at
+a time; the unadapted ones (the exported graph) run concurrently."""
 
 
 class RequestError(ValueError):

@@ -12,7 +12,7 @@ Two forms of the dense network, for two kinds of consumers:
   can serve it; ``load_exported`` uses it for unadapted scores.
 - the parameters as ``.npy`` plus the model config (``model.json``): the model is rebuilt with
   :func:`trainer.models.build_model` and the tensors copied in. Adaptation needs this form: the
-  inner loop differentiates the dense half per episode (``torch.func`` in :mod:`trainer.meta`),
+  inner loop differentiates the dense half (``functional_call`` in :mod:`trainer.meta`),
   and running the trainer's own :func:`~trainer.meta.adapt` / :func:`~trainer.meta.predict` is what
   makes serving-time adaptation equal evaluation-time adaptation.
 

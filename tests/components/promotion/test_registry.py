@@ -83,6 +83,7 @@ def _run(target, *args) -> int:
     return proc.exitcode
 
 
+@pytest.mark.multiprocess  # a process killed mid-write
 @pytest.mark.parametrize("stage", ["pointer_written", "pointer_swapped", "history_appended"])
 @pytest.mark.parametrize("action", ["promote", "rollback"])
 def test_a_crash_leaves_the_old_or_the_new_pointer_and_a_consistent_history(
@@ -130,6 +131,7 @@ def _churn(root: str, rounds: int) -> None:
             registry.rollback(root, NAME)
 
 
+@pytest.mark.multiprocess  # two writer processes: the lock between processes
 def test_readers_never_see_a_missing_or_partial_pointer(tmp_path):
     """Two writers promote and roll back concurrently (the lock serialises them) while this
     process keeps reading the pointer: every read is a whole pointer, and the history of all

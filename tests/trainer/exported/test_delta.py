@@ -177,6 +177,7 @@ def _writer(model_dir: Path) -> tuple[subprocess.Popen, str]:
     return proc, name
 
 
+@pytest.mark.multiprocess  # a writer process killed mid-export
 def test_the_temp_folder_of_a_killed_export_is_removed_by_the_next_one(tmp_path):
     model_dir = tmp_path / "m"
     killed, dead = _writer(model_dir)

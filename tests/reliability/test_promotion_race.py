@@ -14,6 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from components.promotion import registry
 from tests.reliability.unprivileged import REPO, python, run_as_user
 from trainer.exported.artifact import LOCK_FILE, locked, write_checksums
@@ -74,6 +76,7 @@ def _race(models: Path) -> dict[str, tuple[int, dict]]:
     return results
 
 
+@pytest.mark.multiprocess  # two promotion processes racing for the lock
 def test_concurrent_promotions_decide_against_the_champion_they_lock(tmp_path) -> None:
     """Whichever takes the lock first, v3 ends champion and each decision compared the challenger
     with the champion it replaced or kept at that moment (before: the loser of the lock was

@@ -67,6 +67,7 @@ def _gate(cfg: DeliveryConfig, interval, challenger: str) -> dict:
     return g.to_dict()
 
 
+@pytest.mark.multiprocess  # two promotion processes racing for the lock
 def test_two_concurrent_promotion_steps_leave_the_better_one_champion(cfg, tmp_path) -> None:
     gates = {"v2": (I2, _gate(cfg, I2, "v2")), "v3": (I3, _gate(cfg, I3, "v3"))}
     mdir = RunLayout.of(cfg.run_root).models_root / cfg.model_name

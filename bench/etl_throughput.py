@@ -16,8 +16,8 @@ and each input format, at Spark ``--master`` (``local[2]``):
   stage that ran them.
 
 The memory check (issue 14: 10 M rows in <= 2 GB peak RSS, and flat in the input size) is the
-same benchmark at 10 M rows, with 1 M as the small size (generating 10 M rows takes ~1.5 min and
-~230 MB; the run ~5 min on an idle 2-core machine)::
+same benchmark at 10 M rows, with 1 M as the small size (generating 10 M rows: ~80 s, 226 MB of
+Parquet; both ETL runs: ~10 min on 2 busy cores)::
 
     python -m bench.etl_throughput --rows 10000000 --small-rows 1000000 --formats parquet
 
@@ -63,7 +63,9 @@ class PeakRss:
     ``mapInArrow``: ``peak_workers``). Not counted: the helper commands the JVM spawns (Hadoop's
     local file system runs ``chmod``/``ls``). Until its ``exec``, such a child shares the JVM's
     address space (``posix_spawn`` is a vfork) and reports the JVM's RSS as its own: summing it
-    counted the JVM twice (3.6 GB reported for 1M rows where the JVM held 1.2-1.5 GB).
+    counted the JVM twice (3.6 GB reported for 1M rows where the JVM held 1.2-1.5 GB). The Python
+    workers are forks of one daemon: each one's RSS includes the pages they share, so their sum
+    is an upper bound (JSONL, 1M rows: 581 MB RSS where their PSS summed to ~410 MB).
     """
 
     def __init__(self, interval: float = 0.1) -> None:

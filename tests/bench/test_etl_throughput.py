@@ -5,6 +5,7 @@ benchmark itself is run by hand (its docstring)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,7 +33,7 @@ sys.stdin.read()
 """
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/bin/perl"), reason="needs perl for the helper")
+@pytest.mark.skipif(shutil.which("perl") is None, reason="needs perl for the helper")
 def test_peak_rss_counts_driver_jvm_and_python_workers_not_helper_commands():
     child = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip

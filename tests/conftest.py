@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 from pathlib import Path
 
 import pytest
@@ -66,15 +65,16 @@ def _file(nodeid: str) -> str:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """In a pytest-xdist worker, order the files longest first (their recorded seconds in
-    ``file_costs.json``; an unrecorded file counts as the median one), keeping each file's tests
-    in their order. With ``--dist loadfile --no-loadscope-reorder`` (the Makefile's) xdist hands
-    files out in this order, so no long file starts last while the other worker sits idle. The
-    two longest files without Spark go first: the JVM starting in the background meanwhile
-    (``pytest_collection_finish``) does not hold up either worker's first file."""
+    ``file_costs.json``; an unrecorded file, which may be long, counts as the longest), keeping
+    each file's tests in their order. With ``--dist loadfile --no-loadscope-reorder`` (the
+    Makefile's) xdist hands files out in this order, so no long file starts last while the other
+    worker sits idle. The two longest files without Spark go first: the JVM starting in the
+    background meanwhile (``pytest_collection_finish``) does not hold up either worker's first
+    file."""
     if "PYTEST_XDIST_WORKER" not in os.environ:
         return
     recorded = json.loads(FILE_COSTS.read_text())["seconds"] if FILE_COSTS.is_file() else {}
-    default = statistics.median(recorded.values()) if recorded else 0.0
+    default = max(recorded.values(), default=0.0)
     first: dict[str, int] = {}
     spark_files: set[str] = set()
     for i, item in enumerate(items):

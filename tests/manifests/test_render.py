@@ -3,10 +3,13 @@ brings it), and per-run renders put every parameter where the operators read it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import re
 import tomllib
+from functools import cache
+from typing import Any
 
 import pytest
 
@@ -42,6 +45,17 @@ def _params(variant: str = "pytorchjob-gpu", **kw) -> TrainRunParams:
     return TrainRunParams(**{**base, **kw})
 
 
+@cache
+def _four_node_render(variant: str) -> tuple[dict[str, Any], ...]:
+    return tuple(render_run(_params(variant, nodes=4)))
+
+
+def four_node_run(variant: str) -> list[dict[str, Any]]:
+    """``render_run`` of ``_params(variant, nodes=4)``, rendered once for the two tests that read
+    it (a fresh copy per call)."""
+    return copy.deepcopy(list(_four_node_render(variant)))
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_overlay_renders_with_kustomize(overlay: str):
     objs = rendered(overlay)
@@ -56,7 +70,7 @@ def test_every_overlay_renders_with_kustomize(overlay: str):
 
 @pytest.mark.parametrize("variant", TRAIN_OVERLAYS)
 def test_run_render_keeps_the_overlays_order(variant: str):
-    kinds = [o["kind"] for o in render_run(_params(variant, nodes=4))]
+    kinds = [o["kind"] for o in four_node_run(variant)]
     expected = ["ConfigMap", "TrainingRuntime", "TrainJob"] if "trainjob" in variant else None
     assert kinds == (expected or ["ConfigMap", "PyTorchJob"])
 
@@ -99,8 +113,7 @@ def test_the_image_parameter_reaches_every_trainer_container(image: str, expecte
 
 @pytest.mark.parametrize("variant", TRAIN_OVERLAYS)
 def test_run_parameters_land_where_the_operator_reads_them(variant: str):
-    params = _params(variant, nodes=4)
-    objs = render_run(params)
+    objs = four_node_run(variant)
     job = job_of(objs)
     name = job["metadata"]["name"]
     assert name.endswith("-r20261101")

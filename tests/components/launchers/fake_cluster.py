@@ -5,6 +5,7 @@ as the job runs. Errors are the real client's ``ApiException`` with the real sta
 from __future__ import annotations
 
 import copy
+from functools import cache
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -160,14 +161,20 @@ class FakeCluster:
 
 
 def objects_for(kind: str, run_id: str = "r1") -> list[dict[str, Any]]:
-    """A real render of a run of ``kind`` (the objects the launcher would get)."""
+    """A real render of a run of ``kind`` (the objects the launcher would get): rendered once per
+    kind and run id in a process, a fresh copy per call (launchers and tests change them)."""
+    return copy.deepcopy(list(_render(kind, run_id)))
+
+
+@cache
+def _render(kind: str, run_id: str) -> tuple[dict[str, Any], ...]:
     if kind == "SparkApplication":
         params = EtlRunParams(run_id=run_id, input="/data/raw", output="/data/episodes",
                               start="2026-11-01T00", end="2026-11-02T00")  # fmt: skip
-        return render_etl_run(params)
+        return tuple(render_etl_run(params))
     variant = "pytorchjob-cpu" if kind == "PyTorchJob" else "trainjob-cpu"
     params = TrainRunParams(run_id=run_id, variant=variant, overrides=("data.path=/data/e",))
-    return render_run(params)
+    return tuple(render_run(params))
 
 
 def run_scenario(

@@ -11,10 +11,6 @@ import pytest
 from components.launchers.checks import pod_specs, require_valid, webhook_errors
 from tests.components.launchers.fake_cluster import objects_for
 
-PYTORCHJOB = objects_for("PyTorchJob")
-TRAINJOB = objects_for("TrainJob")
-SPARK = objects_for("SparkApplication")
-
 
 def _master(job: dict) -> dict:
     return job["spec"]["pytorchReplicaSpecs"]["Master"]
@@ -65,7 +61,7 @@ PYTORCHJOB_CASES: list[tuple[str, Callable[[dict], None]]] = [
 
 @pytest.mark.parametrize(("message", "mutate"), PYTORCHJOB_CASES)
 def test_pytorchjob_rules(message: str, mutate: Callable[[dict], None]):
-    job = copy.deepcopy(PYTORCHJOB[-1])
+    job = objects_for("PyTorchJob")[-1]
     assert webhook_errors(job) == []
     mutate(job)
     assert any(message in e for e in webhook_errors(job)), webhook_errors(job)
@@ -99,7 +95,7 @@ TRAINJOB_CASES: list[tuple[str, int, Callable[[dict], None]]] = [
 
 @pytest.mark.parametrize(("message", "index", "mutate"), TRAINJOB_CASES)
 def test_trainjob_and_runtime_rules(message: str, index: int, mutate: Callable[[dict], None]):
-    objs = copy.deepcopy(TRAINJOB)
+    objs = objects_for("TrainJob")
     require_valid(objs)
     mutate(objs[index])
     with pytest.raises(ValueError, match=message):
@@ -107,27 +103,27 @@ def test_trainjob_and_runtime_rules(message: str, index: int, mutate: Callable[[
 
 
 def test_plain_torchrun_is_still_a_valid_trainjob_command():
-    objs = copy.deepcopy(TRAINJOB)
+    objs = objects_for("TrainJob")
     assert objs[2]["kind"] == "TrainJob"
     objs[2]["spec"]["trainer"]["command"] = ["torchrun"]
     require_valid(objs)  # Trainer v2 restarts it (exit 1), it just cannot fail fast on exit 2
 
 
 def test_cross_references_must_resolve():
-    objs = copy.deepcopy(TRAINJOB)
+    objs = objects_for("TrainJob")
     with pytest.raises(ValueError, match=r"runtime .* missing"):
         require_valid([o for o in objs if o["kind"] != "TrainingRuntime"])
     with pytest.raises(ValueError, match=r"ConfigMap .* missing"):
-        require_valid([o for o in copy.deepcopy(PYTORCHJOB) if o["kind"] != "ConfigMap"])
+        require_valid([o for o in objects_for("PyTorchJob") if o["kind"] != "ConfigMap"])
 
 
 @pytest.mark.parametrize("key", ["image", "mainApplicationFile", "sparkVersion"])
 def test_sparkapplication_rules(key: str):
-    app = copy.deepcopy(SPARK[0])
+    app = objects_for("SparkApplication")[0]
     assert webhook_errors(app) == []
     app["spec"].pop(key)
     assert webhook_errors(app) == [f"spec.{key} is required"]
-    app = copy.deepcopy(SPARK[0])
+    app = objects_for("SparkApplication")[0]
     app["spec"]["driver"].pop("serviceAccount")
     assert "serviceAccount" in webhook_errors(app)[0]
 

@@ -55,7 +55,9 @@ def build(path: Path, kustomization: dict[str, Any] | None = None) -> list[dict[
     )
     if proc.returncode != 0:
         raise ValueError(f"kubectl kustomize {path} failed: {proc.stderr.strip()}")
-    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc is not None]
+    # libyaml's safe loader when PyYAML has it (the same documents, parsed faster)
+    docs = yaml.load_all(proc.stdout, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return [doc for doc in docs if doc is not None]
 
 
 def image_rule(placeholder: str, image: str) -> dict[str, Any]:

@@ -25,7 +25,9 @@ from trainer.trainer import Trainer
 REPO = Path(__file__).resolve().parents[2]
 CODE_DIRS = ("trainer", "components", "pipelines", "dags")
 UNPICKLERS = ("pickle", "cPickle", "_pickle", "marshal", "dill", "joblib", "cloudpickle")
-YAML_LOADS = ("yaml.load", "yaml.unsafe_load", "yaml.full_load")
+YAML_LOADS = tuple(
+    f"yaml.{f}{a}" for f in ("load", "unsafe_load", "full_load") for a in ("", "_all")
+)
 # bench/ is not scanned: two benchmarks read back the reports their own child processes just
 # wrote (torch.load of their own temp files), never a model, a checkpoint or user input.
 
@@ -72,7 +74,8 @@ def test_the_scan_can_fail() -> None:
         "torch.load(p)\ntorch.load(p, weights_only=False)\nnp.load(p)\npickle.loads(b)\n"
         "yaml.load(s)\ntorch.export.load(p)\ntorch.load(p, weights_only=True)\n"
         "np.load(p, allow_pickle=False)\nyaml.load(s, Loader=yaml.SafeLoader)\n"
-    )) == 6  # fmt: skip
+        "yaml.load_all(s)\nyaml.load_all(s, Loader=getattr(yaml, 'CSafeLoader', yaml.SafeLoader))\n"
+    )) == 7  # fmt: skip
 
 
 class _Payload:

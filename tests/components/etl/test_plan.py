@@ -39,3 +39,21 @@ def test_one_full_row_shuffle_and_no_python_udf(spark, tmp_path):
         "PythonUDF" not in plan and "BatchEvalPython" not in plan and "ArrowEvalPython" not in plan
     )
     assert "SortAggregate" in plan or "ObjectHashAggregate" in plan
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_parse_and_encode_compile_whole_stage(spark, tmp_path, fmt):
+    """Every method Spark generates for parse + validate + encode stays under the limit the job
+    sets (the JIT's), else Spark runs that stage as slower row-by-row projections; see
+    ``transform.compact``. Checked on the default features."""
+    from components.etl import extract, rows
+    from components.etl import transform as tr
+    from components.etl.job import JOB_CONF
+
+    rawdata.corrupted_interval(tmp_path / "raw", fmt)
+    config = make_config(tmp_path / "raw", tmp_path / "out")
+    listing = extract.list_input(config)
+    df = tr.compact(tr.parse(rows.read_raw(spark, listing), listing.fmt, config), config)
+    stages = df._jdf.queryExecution().debug().codegenToSeq()
+    sizes = [stages.apply(i)._3().maxMethodCodeSize() for i in range(stages.size())]
+    assert sizes and max(sizes) <= int(JOB_CONF["spark.sql.codegen.hugeMethodLimit"]), sizes

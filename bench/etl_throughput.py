@@ -71,10 +71,11 @@ class PeakRss:
     is an upper bound (JSONL, 1M rows: 581 MB RSS where their PSS summed to ~410 MB).
     """
 
-    def __init__(self, interval: float = 0.1) -> None:
+    def __init__(self, interval: float = 0.1, pid: int | None = None) -> None:
+        """``pid``: the driver process (default: this one)."""
         import psutil
 
-        self._proc, self._interval = psutil.Process(), interval
+        self._proc, self._interval = psutil.Process(pid), interval
         self._exe = self._proc.exe()
         self.peak = self.peak_python = self.peak_jvm = self.peak_workers = 0
         self._stop = threading.Event()

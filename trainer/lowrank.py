@@ -154,10 +154,18 @@ class _AdaptedLinear(torch.autograd.Function):
         saved = (x, weight, a, b, g, gs)
         ctx.save_for_backward(*saved, *([step] if ctx.step is None else []))
         ctx.mark_dirty(y)  # y (detached, saved by no one) takes the low-rank part in place
-        return y.baddbmm_(gs, b)
+        device = x.device.type  # the backward runs under the forward's autocast, as autocast's own
+        ctx.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
+        return y.baddbmm_(gs.to(y.dtype), b.to(y.dtype))
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        device, dtype, enabled = ctx.autocast
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            return _AdaptedLinear._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, a, b, g, gs, *learned = ctx.saved_tensors
         step = learned[0] if learned else ctx.step
         recording = torch.is_grad_enabled()  # create_graph: every operation differentiable
@@ -171,7 +179,8 @@ class _AdaptedLinear(torch.autograd.Function):
         dx = dw = dbias = None
         if need_x:
             dx = (grad.flatten(0, -2) @ weight.t()).view(x.shape)
-            dx = torch.baddbmm(dx, dg, a) if recording else dx.baddbmm_(dg, a)
+            dg_, a_ = dg.to(dx.dtype), a.to(dx.dtype)  # (no copies unless under autocast)
+            dx = torch.baddbmm(dx, dg_, a_) if recording else dx.baddbmm_(dg_, a_)
         if need_w:
             dw = x.flatten(0, -2).t() @ grad.flatten(0, -2)
         if need_bias:

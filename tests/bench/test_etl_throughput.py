@@ -17,8 +17,16 @@ from bench.etl_throughput import TARGET, PeakRss, memory_check
 
 MB = 2**20
 
-# A stand-in for the JVM (a direct child) holding 150 MB, which starts a Python worker (this
-# interpreter) holding 100 MB and a helper command (perl) holding 200 MB, then says "ready".
+# A stand-in for the driver: it starts the JVM's stand-in (its direct child) holding 150 MB, which
+# starts a Python worker (this interpreter) holding 100 MB and a helper command (perl) holding
+# 200 MB, then says "ready". (Not this test's process: under xdist it has a real JVM child.)
+_DRIVER = """
+import subprocess, sys
+jvm = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdin=subprocess.PIPE,
+                       stdout=subprocess.PIPE, text=True)
+print(jvm.stdout.readline().strip(), flush=True)
+sys.stdin.read()
+"""
 _CHILD = """
 import subprocess, sys
 hold = bytearray(b"j") * (150 << 20)
@@ -35,11 +43,11 @@ sys.stdin.read()
 
 @pytest.mark.skipif(shutil.which("perl") is None, reason="needs perl for the helper")
 def test_peak_rss_counts_driver_jvm_and_python_workers_not_helper_commands():
-    child = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE,
+    child = subprocess.Popen([sys.executable, "-c", _DRIVER, _CHILD], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
     try:
         assert child.stdout.readline().strip() == "ready"
-        with PeakRss(interval=0.05) as mem:
+        with PeakRss(interval=0.05, pid=child.pid) as mem:
             time.sleep(0.3)
     finally:
         os.killpg(child.pid, signal.SIGKILL)

@@ -49,9 +49,9 @@ def pipeline_arguments(raw: Path, run: Path, delivery_config: Path) -> dict[str,
     }
 
 
-def write_inputs(root: Path) -> tuple[Path, Path]:
-    """Generate the interval's raw logs under ``root/raw`` and write ``root/delivery.json``;
-    returns both paths."""
+def write_inputs(root: Path, **settings: object) -> tuple[Path, Path]:
+    """Generate the interval's raw logs under ``root/raw`` and write ``root/delivery.json``
+    (plus ``settings``); returns both paths."""
     from components.generate import GeneratorConfig, generate
 
     raw = root / "raw"
@@ -60,6 +60,8 @@ def write_inputs(root: Path) -> tuple[Path, Path]:
     )
     delivery_config = root / "delivery.json"
     delivery_config.write_text(
-        json.dumps({"etl": ETL, "trainer_overrides": TRAINER, "gate": {"max_episodes": 64}})
+        json.dumps(
+            {"etl": ETL, "trainer_overrides": TRAINER, "gate": {"max_episodes": 64}, **settings}
+        )
     )
     return raw, delivery_config

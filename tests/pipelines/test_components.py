@@ -42,7 +42,9 @@ def flow(spark, tmp_path_factory) -> SimpleNamespace:
 
     tmp = tmp_path_factory.mktemp("components")
     arts = tmp / "artifacts"
-    raw, delivery_config = write_inputs(tmp)
+    # the trainer in this process (the subprocess launch: tests/pipelines/test_local_run.py, and
+    # in-process = subprocess: tests/components/steps/test_in_process_training.py)
+    raw, delivery_config = write_inputs(tmp, train_in_process=True)
     f = SimpleNamespace(run=tmp / "run", artifacts=arts)
     # The explicit interval (a backfill) wins over the scheduled time, which is weeks later.
     f.spec = resolve_run.python_func(

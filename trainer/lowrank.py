@@ -135,16 +135,8 @@ class _AdaptedLinear(torch.autograd.Function):
     history) and works out of place."""
 
     @staticmethod
-    def forward(
-        ctx: Any,
-        y: Tensor,
-        x: Tensor,
-        weight: Tensor,
-        bias: Tensor | None,
-        a: Tensor,
-        b: Tensor,
-        step: float | Tensor,
-    ) -> Tensor:
+    def forward(ctx: Any, y: Tensor, x: Tensor, weight: Tensor, *factors: Any) -> Tensor:
+        bias, a, b, step = factors  # (types: adapted_linear's)
         g = torch.bmm(x, a.transpose(-1, -2))  # (T, n, R)
         if bias is not None:
             g.add_(1.0)

@@ -30,12 +30,12 @@ PAYLOAD = ("_sparse", "_dense", "_click", "_conversion")
 """Encoded sample columns: set for valid rows, null for rejected ones (see transform.compact)."""
 
 
-def content_hash(columns: dict | None = None):
+def content_hash(columns: dict):
     """``xxhash64`` over the parsed raw fields (``_t`` stands for event_time), from the canonical
-    frame as ``{name: column}`` (``rows.parquet_columns``; default: the frame's own columns)."""
+    frame as ``{name: column}`` (``rows.parquet_columns`` or ``rows.columns_of``)."""
     from pyspark.sql import functions as F
 
-    return F.xxhash64(*[F.col(c) if columns is None else columns[c] for c in DATA_COLUMNS])
+    return F.xxhash64(*[columns[c] for c in DATA_COLUMNS])
 
 
 def winner_key():

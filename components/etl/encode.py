@@ -62,30 +62,21 @@ def unit_interval(salt: str, key):
     return F.pmod(signed_hash(salt, key), F.lit(1 << UNIT_BITS).cast("long")).cast("double") / scale
 
 
-def _column(columns: dict | None, name: str):
-    """Column ``name`` of the canonical frame: ``columns[name]``, or the frame's own column."""
-    from pyspark.sql import functions as F
-
-    return F.col(name) if columns is None else columns[name]
-
-
-def source_value(f: FeatureConfig, columns: dict | None = None):
+def source_value(f: FeatureConfig, columns: dict):
     """The string a feature hashes, from the canonical frame (``_t`` is epoch ms).
 
     ``columns``, here and below: the canonical frame as ``{name: column}``
-    (``rows.parquet_columns``), so that encoding composes with parsing into one projection;
-    default: the frame's own columns.
+    (``rows.parquet_columns``, or ``rows.columns_of(frame)``), so that encoding composes with
+    parsing into one projection.
     """
     from pyspark.sql import functions as F
 
     if f.source == "event_time":
-        return F.hour(F.timestamp_millis(_column(columns, "_t"))).cast("string")
-    return _column(columns, f.source)
+        return F.hour(F.timestamp_millis(columns["_t"])).cast("string")
+    return columns[f.source]
 
 
-def sparse_ids(
-    features: tuple[FeatureConfig, ...], as_int: bool = False, columns: dict | None = None
-):
+def sparse_ids(features: tuple[FeatureConfig, ...], columns: dict, as_int: bool = False):
     """Column ``array<bigint>`` of ``sum(slots)`` ids, in spec (slot) order.
 
     With ``as_int`` the ids are ``int`` (every table has fewer than 2^31 rows): half the bytes
@@ -102,23 +93,23 @@ def sparse_ids(
     return F.array(*[i.cast("int") if as_int else i for i in ids])
 
 
-def dense_values(dense: tuple[DenseConfig, ...], columns: dict | None = None):
+def dense_values(dense: tuple[DenseConfig, ...], columns: dict):
     """Column ``array<float>`` of the transformed dense features (null -> 0.0)."""
     from pyspark.sql import functions as F
 
     values = []
     for d in dense:
-        c = _column(columns, d.source)
+        c = columns[d.source]
         c = F.log1p(c) if d.transform == "log1p" else c
         values.append(F.coalesce(c, F.lit(0.0)).cast("float"))
     return F.array(*values) if values else F.array().cast("array<float>")
 
 
-def labels(columns: dict | None = None):
+def labels(columns: dict):
     """``(click, conversion)`` as tinyint columns; an unknown conversion is ``UNKNOWN_LABEL``."""
     from pyspark.sql import functions as F
 
-    click = _column(columns, "click").cast("tinyint")
+    click = columns["click"].cast("tinyint")
     unknown = F.lit(float(UNKNOWN_LABEL))
-    conversion = F.coalesce(_column(columns, "conversion"), unknown).cast("tinyint")
+    conversion = F.coalesce(columns["conversion"], unknown).cast("tinyint")
     return click, conversion

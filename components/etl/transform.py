@@ -146,7 +146,7 @@ def compact(parsed, config: EtlConfig):
     )
     features = {name: F.col(name) for name in sources}
     features["_t"] = F.col("_carry._t")
-    sparse = encode.sparse_ids(config.features, as_int=True, columns=features)
+    sparse = encode.sparse_ids(config.features, features, as_int=True)
     unpacked = {name: F.col(f"_carry.{name}") for name in carried}
     unpacked["_sparse"] = F.when(F.col("_carry._reason").isNull(), sparse)
     return observe(df.select(*[unpacked[name].alias(name) for name in COMPACT_COLUMNS]))

@@ -94,7 +94,11 @@ def test_sample_encoding_matches_python(spark):
     df = spark.createDataFrame(
         [tuple(s.get(c) for c in rows.DATA_COLUMNS) for s in samples], schema
     )
-    got = [r["ids"] for r in df.select(encode.sparse_ids(DEFAULT_FEATURES).alias("ids")).collect()]
+    columns = rows.columns_of(df)
+    got = [
+        r["ids"]
+        for r in df.select(encode.sparse_ids(DEFAULT_FEATURES, columns).alias("ids")).collect()
+    ]
     for s, ids in zip(samples, got, strict=True):
         expected = []
         for f in DEFAULT_FEATURES:
@@ -107,8 +111,8 @@ def test_sample_encoding_matches_python(spark):
                 expected.append(hashing.feature_id(f.name, s.get(f.source), f.buckets))
         assert ids == expected
         assert len(ids) == sum(f.slots for f in DEFAULT_FEATURES) == 22
-    as_int = df.select(encode.sparse_ids(DEFAULT_FEATURES, as_int=True).alias("x")).schema["x"]
-    assert as_int.dataType.simpleString() == "array<int>"
+    as_int = df.select(encode.sparse_ids(DEFAULT_FEATURES, columns, as_int=True).alias("x"))
+    assert as_int.schema["x"].dataType.simpleString() == "array<int>"
 
 
 def test_multi_slots_python_twin(spark):

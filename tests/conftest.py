@@ -17,6 +17,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # (measured: 86 -> 56 CPU-seconds for the ETL job, episode and raw-validation files). Spark's
 # launcher adds SPARK_SUBMIT_OPTS to the driver JVM's command line; results are unaffected.
 os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1")
+# CPython 3.11's ast module keeps one recursion counter for all threads (python/cpython#106905),
+# and 3.11 parses source to underline errors in every traceback it formats. A traceback formatted
+# in a background thread while the test's thread parses source (inspect.getsource, ast.parse) fails
+# the test with "SystemError: AST constructor recursion depth mismatch": seen twice, when py4j's
+# finalizer thread logged a retried connection reset (at INFO: Airflow's import sets the root
+# logger to INFO) during the unpickling scan or an argparse help built from docstrings. Without
+# column positions no traceback parses source. For the xdist workers and every process a test starts
+# (a run in this one process, PARALLEL=, needs it set before it starts).
+os.environ.setdefault("PYTHONNODEBUGRANGES", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

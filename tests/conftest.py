@@ -18,14 +18,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # (measured: 86 -> 56 CPU-seconds for the ETL job, episode and raw-validation files). Spark's
 # launcher adds SPARK_SUBMIT_OPTS to the driver JVM's command line; results are unaffected.
 os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1")
-# CPython 3.11's ast module keeps one recursion counter for all threads (python/cpython#106905),
-# and 3.11 parses source to underline errors in every traceback it formats. A traceback formatted
-# in a background thread while the test's thread parses source (inspect.getsource, ast.parse) fails
-# the test with "SystemError: AST constructor recursion depth mismatch": seen twice, when py4j's
-# finalizer thread logged a retried connection reset (at INFO: Airflow's import sets the root
-# logger to INFO) during the unpickling scan or an argparse help built from docstrings. Without
-# column positions no traceback parses source. For the xdist workers and every process a test starts
-# (a run in this one process, PARALLEL=, needs it set before it starts).
+# CPython 3.11 keeps one AST recursion counter for all threads (python/cpython#106905) and parses
+# source to underline each traceback it formats: a traceback formatted in another thread (py4j's
+# finalizer logging a retried connection reset, at INFO once Airflow's import set the root logger
+# to INFO) fails a concurrent ast.parse with "SystemError: AST constructor recursion depth
+# mismatch" (tests/test_suite_setup.py). Without column positions no traceback parses source.
+# Applies to the xdist workers and the processes tests start; a PARALLEL= run must set it itself.
 os.environ.setdefault("PYTHONNODEBUGRANGES", "1")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,8 +88,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ``file_costs.json`` for this tier, else for the largest recorded tier; an unrecorded file,
     which may be long, counts as the longest), keeping each file's tests in their order. With
     ``--dist loadfile --no-loadscope-reorder`` (the Makefile's) xdist hands files out in this
-    order, so no long file starts last while the other worker sits idle. The two longest files
-    without Spark go first: the JVM starting in the background meanwhile
+    order, so no long file starts last while the other worker sits idle. The two longest recorded
+    files without Spark go first: the JVM starting in the background meanwhile
     (``pytest_collection_finish``) does not hold up either worker's first file."""
     if "PYTEST_XDIST_WORKER" not in os.environ:
         return
@@ -105,7 +103,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if item.get_closest_marker("spark"):
             spark_files.add(_file(item.nodeid))
     files = sorted(first, key=lambda f: (-recorded.get(f, default), first[f]))
-    lead = [f for f in files if f not in spark_files][:2]
+    lead = [f for f in files if f in recorded and f not in spark_files][:2]
     rank = {f: i for i, f in enumerate(lead + [f for f in files if f not in lead])}
     items.sort(key=lambda item: rank[_file(item.nodeid)])
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -48,11 +47,9 @@ RACE = textwrap.dedent(
 
 
 def test_tracebacks_formatted_in_other_threads_never_break_a_parse(tmp_path: Path) -> None:
-    script = (
-        tmp_path / "race.py"
-    )  # a file: a traceback shows (and underlines) only lines it can read
+    # A file, not `python -c`: a traceback shows (and underlines) only lines it can read.
+    script = tmp_path / "race.py"
     script.write_text(RACE)
-    out = subprocess.run(
-        [sys.executable, str(script)], env=os.environ, capture_output=True, text=True, check=True
-    )
+    # The child inherits this process's environment, the one conftest.py set.
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["0"], out.stdout + out.stderr
